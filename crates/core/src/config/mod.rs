@@ -1,0 +1,607 @@
+//! Configuration: the file format ([`RawConfig`]), `${VAR}` expansion, and
+//! validation into [`Settings`], the checked form every other crate uses.
+//!
+//! Loading files and reading the environment is the binary's job; this module
+//! receives a parsed tree and an environment lookup function.
+
+mod expand;
+mod model;
+mod secret;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::time::Duration;
+
+use url::Url;
+
+pub use expand::expand_env;
+pub use model::*;
+pub use secret::Secret;
+
+use crate::rules::CelFilter;
+
+/// One problem in the configuration, naming the field it is about.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    /// Dotted path, e.g. `dispatcher.items[0].capacity.max_capacity`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// A problem with `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "invalid configuration ({} problem{}):",
+            self.0.len(),
+            if self.0.len() == 1 { "" } else { "s" }
+        )?;
+        for e in &self.0 {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses an expanded config tree. Unknown keys are not errors (the original
+/// service ignored them) but are returned so the caller can warn about typos.
+pub fn parse(value: serde_json::Value) -> Result<(RawConfig, Vec<String>), ConfigErrors> {
+    let mut unknown = Vec::new();
+    let raw: RawConfig =
+        serde_ignored::deserialize(value, |path| unknown.push(path.to_string()))
+            .map_err(|e| ConfigErrors(vec![ConfigError::new("(file)", e.to_string())]))?;
+    Ok((raw, unknown))
+}
+
+/// Tekton API version of the PipelineRun resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TektonApiVersion {
+    /// `tekton.dev/v1` (Tekton Pipelines ≥ 0.44).
+    V1,
+    /// `tekton.dev/v1beta1` for old clusters.
+    V1Beta1,
+}
+
+impl TektonApiVersion {
+    /// The version segment of the API group path.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::V1 => "v1",
+            Self::V1Beta1 => "v1beta1",
+        }
+    }
+}
+
+/// Identity of a capacity pool: `namespace/pipeline[?k=v,...]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct PoolKey(pub String);
+
+impl fmt::Display for PoolKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A pipeline pool: PipelineRuns of one Pipeline in one namespace, optionally
+/// narrowed by annotations, limited to `max_capacity` at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSpec {
+    /// Stable identity, stored on dispatches.
+    pub key: PoolKey,
+    /// Namespace of the PipelineRuns.
+    pub namespace: String,
+    /// Value of the `tekton.dev/pipeline` label.
+    pub pipeline_name: String,
+    /// Annotations a PipelineRun must carry to count.
+    pub annotation_selector: BTreeMap<String, String>,
+    /// Which Tekton API serves the PipelineRuns.
+    pub api_version: TektonApiVersion,
+    /// Most PipelineRuns running at once.
+    pub max_capacity: u32,
+}
+
+impl PoolSpec {
+    /// The GitHub label put on pull requests waiting for this pool.
+    pub fn queued_label(&self) -> String {
+        format!("{}/queued", self.pipeline_name)
+    }
+
+    fn key_for(namespace: &str, pipeline: &str, selector: &BTreeMap<String, String>) -> PoolKey {
+        let mut key = format!("{namespace}/{pipeline}");
+        if !selector.is_empty() {
+            let parts: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            key.push('?');
+            key.push_str(&parts.join(","));
+        }
+        PoolKey(key)
+    }
+}
+
+/// A validated `dispatcher.items[]` entry.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// Unique name.
+    pub name: String,
+    /// Pull-request actions that match.
+    pub events: BTreeSet<String>,
+    /// `owner/name`.
+    pub repository: String,
+    /// EventListener URL.
+    pub callback_url: Url,
+    /// The pool it dispatches into.
+    pub pool: PoolKey,
+    /// Optional CEL filter, compiled.
+    pub filter: Option<CelFilter>,
+}
+
+/// Validated security settings.
+#[derive(Debug, Clone)]
+pub struct Security {
+    /// Secrets tried in order; empty only when `verify_signatures` is false.
+    pub webhook_secrets: Vec<Secret>,
+    /// Whether signatures are checked.
+    pub verify_signatures: bool,
+    /// Accepted `X-GitHub-Event` values.
+    pub allowed_github_events: BTreeSet<String>,
+}
+
+/// Retry and timing knobs of the dispatch engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DispatchTuning {
+    /// Trigger attempts before `failed`.
+    pub max_attempts: u32,
+    /// First retry delay.
+    pub retry_backoff_base: Duration,
+    /// Largest retry delay.
+    pub retry_backoff_max: Duration,
+    /// Slot reservation after a 202 until the PipelineRun shows up.
+    pub reservation_timeout: Duration,
+    /// Safety pass interval.
+    pub safety_pass_interval: Duration,
+    /// EventListener POST timeout.
+    pub trigger_timeout: Duration,
+    /// Full relist interval of PipelineRuns.
+    pub capacity_resync_interval: Duration,
+    /// Age after which a pool's Kubernetes state is unknown.
+    pub capacity_stale_after: Duration,
+    /// Standby's leadership poll interval.
+    pub leader_retry_interval: Duration,
+}
+
+impl Default for DispatchTuning {
+    fn default() -> Self {
+        let d = DispatchSection::default();
+        Self {
+            max_attempts: d.max_attempts,
+            retry_backoff_base: d.retry_backoff_base,
+            retry_backoff_max: d.retry_backoff_max,
+            reservation_timeout: d.reservation_timeout,
+            safety_pass_interval: d.safety_pass_interval,
+            trigger_timeout: d.trigger_timeout,
+            capacity_resync_interval: d.capacity_resync_interval,
+            capacity_stale_after: d.capacity_stale_after,
+            leader_retry_interval: d.leader_retry_interval,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Routes, in file order.
+    pub items: Vec<Item>,
+    /// Distinct capacity pools, keyed by [`PoolKey`].
+    pub pools: BTreeMap<PoolKey, PoolSpec>,
+    /// Signature settings.
+    pub security: Security,
+    /// HTTP listener.
+    pub server: ServerSection,
+    /// Database settings (URL resolved by the binary).
+    pub database: DatabaseSection,
+    /// GitHub API.
+    pub github: GithubSection,
+    /// Parsed `github.api_url`.
+    pub github_api_url: Url,
+    /// Bearer tokens for the API; empty = open.
+    pub api_tokens: Vec<Secret>,
+    /// Engine tuning.
+    pub dispatch: DispatchTuning,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter directive.
+    pub log_level: String,
+}
+
+impl Settings {
+    /// Validates a raw config, reporting every problem at once.
+    pub fn from_raw(raw: RawConfig) -> Result<Self, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut pools: BTreeMap<PoolKey, (PoolSpec, usize)> = BTreeMap::new();
+        let mut items = Vec::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+
+        for (i, raw_item) in raw.dispatcher.items.into_iter().enumerate() {
+            let at = |f: &str| format!("dispatcher.items[{i}].{f}");
+            if raw_item.name.trim().is_empty() {
+                errors.push(ConfigError::new(at("name"), "must not be empty"));
+            } else if let Some(first) = names.insert(raw_item.name.clone(), i) {
+                errors.push(ConfigError::new(
+                    at("name"),
+                    format!(
+                        "duplicate item name '{}' (also dispatcher.items[{first}])",
+                        raw_item.name
+                    ),
+                ));
+            }
+            if raw_item.events.is_empty() {
+                errors.push(ConfigError::new(
+                    at("events"),
+                    "must list at least one pull_request action",
+                ));
+            }
+            if !is_full_repo_name(&raw_item.full_repository_name) {
+                errors.push(ConfigError::new(
+                    at("full_repository_name"),
+                    format!(
+                        "must be 'owner/name' (got '{}')",
+                        raw_item.full_repository_name
+                    ),
+                ));
+            }
+            let callback_url = match parse_http_url(&raw_item.callback_url) {
+                Ok(u) => Some(u),
+                Err(m) => {
+                    errors.push(ConfigError::new(at("callback_url"), m));
+                    None
+                }
+            };
+            let pool = validate_capacity(&raw_item.capacity, &at, &mut errors);
+            let filter = match raw_item
+                .filter
+                .as_ref()
+                .and_then(|f| f.cel_expression.as_deref())
+            {
+                Some(expr) if !expr.trim().is_empty() => match CelFilter::compile(expr) {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        errors.push(ConfigError::new(at("filter.cel_expression"), e.to_string()));
+                        None
+                    }
+                },
+                _ => None,
+            };
+            let (Some(callback_url), Some(pool)) = (callback_url, pool) else {
+                continue;
+            };
+            let key = pool.key.clone();
+            match pools.get(&key) {
+                Some((existing, first)) if existing.max_capacity != pool.max_capacity => {
+                    errors.push(ConfigError::new(
+                        at("capacity.max_capacity"),
+                        format!(
+                            "pool {key} is shared with dispatcher.items[{first}] which sets max_capacity {}; one pool has one limit (got {})",
+                            existing.max_capacity, pool.max_capacity
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    pools.insert(key.clone(), (pool, i));
+                }
+            }
+            items.push(Item {
+                name: raw_item.name,
+                events: raw_item.events.into_iter().collect(),
+                repository: raw_item.full_repository_name,
+                callback_url,
+                pool: key,
+                filter,
+            });
+        }
+
+        let security = validate_security(raw.security, &mut errors);
+        validate_server(&raw.server, &mut errors);
+        if raw.database.pool_size == 0 {
+            errors.push(ConfigError::new("database.pool_size", "must be at least 1"));
+        }
+        let github_api_url = match parse_http_url(&raw.github.api_url) {
+            Ok(u) => Some(u),
+            Err(m) => {
+                errors.push(ConfigError::new("github.api_url", m));
+                None
+            }
+        };
+        for (i, t) in raw.api.tokens.iter().enumerate() {
+            if t.expose().trim().is_empty() {
+                errors.push(ConfigError::new(
+                    format!("api.tokens[{i}]"),
+                    "must not be empty",
+                ));
+            }
+        }
+        let dispatch = validate_dispatch(&raw.dispatch, &mut errors);
+        let log_format = match raw.logging.format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                errors.push(ConfigError::new(
+                    "logging.format",
+                    format!("must be 'text' or 'json' (got '{other}')"),
+                ));
+                LogFormat::Text
+            }
+        };
+
+        match github_api_url {
+            Some(github_api_url) if errors.is_empty() => Ok(Self {
+                items,
+                pools: pools.into_iter().map(|(k, (p, _))| (k, p)).collect(),
+                security,
+                server: raw.server,
+                database: raw.database,
+                github: raw.github,
+                github_api_url,
+                api_tokens: raw.api.tokens,
+                dispatch,
+                log_format,
+                log_level: raw.logging.level,
+            }),
+            _ => Err(ConfigErrors(errors)),
+        }
+    }
+
+    /// The item called `name`, if configured.
+    pub fn item(&self, name: &str) -> Option<&Item> {
+        self.items.iter().find(|i| i.name == name)
+    }
+}
+
+fn is_full_repo_name(s: &str) -> bool {
+    let mut parts = s.split('/');
+    let ok = |p: Option<&str>| {
+        p.is_some_and(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+    };
+    ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
+}
+
+fn parse_http_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s).map_err(|e| format!("not a valid URL ('{s}'): {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("must be an http(s) URL with a host (got '{s}')"));
+    }
+    Ok(url)
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn validate_capacity(
+    raw: &RawCapacity,
+    at: &dyn Fn(&str) -> String,
+    errors: &mut Vec<ConfigError>,
+) -> Option<PoolSpec> {
+    let before = errors.len();
+    if raw.kind != "ocp_tekton" {
+        errors.push(ConfigError::new(
+            at("capacity.type"),
+            format!(
+                "unknown capacity type '{}' (supported: ocp_tekton)",
+                raw.kind
+            ),
+        ));
+    }
+    if !is_dns_label(&raw.pipeline_name) {
+        errors.push(ConfigError::new(
+            at("capacity.pipeline_name"),
+            format!(
+                "must be a Kubernetes object name (got '{}')",
+                raw.pipeline_name
+            ),
+        ));
+    }
+    if !is_dns_label(&raw.namespace) {
+        errors.push(ConfigError::new(
+            at("capacity.namespace"),
+            format!(
+                "must be a Kubernetes namespace name (got '{}')",
+                raw.namespace
+            ),
+        ));
+    }
+    let max_capacity = match u32::try_from(raw.max_capacity) {
+        Ok(n) if n >= 1 => n,
+        _ => {
+            errors.push(ConfigError::new(
+                at("capacity.max_capacity"),
+                format!("must be at least 1 (got {})", raw.max_capacity),
+            ));
+            0
+        }
+    };
+    for key in raw.annotation_selector.keys() {
+        if key.is_empty() {
+            errors.push(ConfigError::new(
+                at("capacity.annotation_selector"),
+                "annotation names must not be empty",
+            ));
+        }
+    }
+    let api_version = match raw.api_version.as_str() {
+        "v1" | "tekton.dev/v1" => TektonApiVersion::V1,
+        "v1beta1" | "tekton.dev/v1beta1" => TektonApiVersion::V1Beta1,
+        other => {
+            errors.push(ConfigError::new(
+                at("capacity.api_version"),
+                format!("must be 'v1' or 'v1beta1' (got '{other}')"),
+            ));
+            TektonApiVersion::V1
+        }
+    };
+    (errors.len() == before).then(|| PoolSpec {
+        key: PoolSpec::key_for(&raw.namespace, &raw.pipeline_name, &raw.annotation_selector),
+        namespace: raw.namespace.clone(),
+        pipeline_name: raw.pipeline_name.clone(),
+        annotation_selector: raw.annotation_selector.clone(),
+        api_version,
+        max_capacity,
+    })
+}
+
+fn validate_security(raw: SecuritySection, errors: &mut Vec<ConfigError>) -> Security {
+    let webhook_secrets = raw.github_webhook_secret.secrets();
+    if raw.verify_signatures && webhook_secrets.is_empty() {
+        errors.push(ConfigError::new(
+            "security.github_webhook_secret",
+            "required while security.verify_signatures is true (set it or GITHUB_WEBHOOK_SECRET)",
+        ));
+    }
+    if raw.allowed_github_events.is_empty() {
+        errors.push(ConfigError::new(
+            "security.allowed_github_events",
+            "must list at least one event type",
+        ));
+    }
+    Security {
+        webhook_secrets,
+        verify_signatures: raw.verify_signatures,
+        allowed_github_events: raw.allowed_github_events.into_iter().collect(),
+    }
+}
+
+fn validate_server(raw: &ServerSection, errors: &mut Vec<ConfigError>) {
+    if raw.body_limit_bytes == 0 {
+        errors.push(ConfigError::new(
+            "server.body_limit_bytes",
+            "must be positive",
+        ));
+    }
+    for (field, d) in [
+        ("server.header_read_timeout", raw.header_read_timeout),
+        ("server.request_timeout", raw.request_timeout),
+    ] {
+        if d.is_zero() {
+            errors.push(ConfigError::new(field, "must be positive"));
+        }
+    }
+}
+
+fn validate_dispatch(raw: &DispatchSection, errors: &mut Vec<ConfigError>) -> DispatchTuning {
+    if raw.max_attempts == 0 {
+        errors.push(ConfigError::new(
+            "dispatch.max_attempts",
+            "must be at least 1",
+        ));
+    }
+    for (field, d) in [
+        ("dispatch.retry_backoff_base", raw.retry_backoff_base),
+        ("dispatch.retry_backoff_max", raw.retry_backoff_max),
+        ("dispatch.reservation_timeout", raw.reservation_timeout),
+        ("dispatch.safety_pass_interval", raw.safety_pass_interval),
+        ("dispatch.trigger_timeout", raw.trigger_timeout),
+        (
+            "dispatch.capacity_resync_interval",
+            raw.capacity_resync_interval,
+        ),
+        ("dispatch.capacity_stale_after", raw.capacity_stale_after),
+        ("dispatch.leader_retry_interval", raw.leader_retry_interval),
+    ] {
+        if d.is_zero() {
+            errors.push(ConfigError::new(field, "must be positive"));
+        }
+    }
+    if raw.retry_backoff_base > raw.retry_backoff_max {
+        errors.push(ConfigError::new(
+            "dispatch.retry_backoff_base",
+            "must not exceed dispatch.retry_backoff_max",
+        ));
+    }
+    if raw.capacity_stale_after <= raw.capacity_resync_interval {
+        errors.push(ConfigError::new(
+            "dispatch.capacity_stale_after",
+            "must be longer than dispatch.capacity_resync_interval, or every pool would look stale between resyncs",
+        ));
+    }
+    DispatchTuning {
+        max_attempts: raw.max_attempts,
+        retry_backoff_base: raw.retry_backoff_base,
+        retry_backoff_max: raw.retry_backoff_max,
+        reservation_timeout: raw.reservation_timeout,
+        safety_pass_interval: raw.safety_pass_interval,
+        trigger_timeout: raw.trigger_timeout,
+        capacity_resync_interval: raw.capacity_resync_interval,
+        capacity_stale_after: raw.capacity_stale_after,
+        leader_retry_interval: raw.leader_retry_interval,
+    }
+}
+
+/// Builds a PostgreSQL URL from the original service's `POSTGRESQL_*` parts,
+/// percent-encoding user, password and database name so any character works.
+pub fn database_url_from_parts(
+    user: &str,
+    password: Option<&str>,
+    host: &str,
+    port: u16,
+    database: &str,
+) -> String {
+    use std::fmt::Write;
+    let enc = |s: &str| -> String {
+        let mut out = String::new();
+        for b in s.bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                out.push(char::from(b));
+            } else {
+                let _ = write!(out, "%{b:02X}");
+            }
+        }
+        out
+    };
+    let auth = match password {
+        Some(p) if !p.is_empty() => format!("{}:{}", enc(user), enc(p)),
+        _ => enc(user),
+    };
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    format!("postgres://{auth}@{host}:{port}/{}", enc(database))
+}
+
+#[cfg(test)]
+mod tests;

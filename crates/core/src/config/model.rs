@@ -1,0 +1,308 @@
+//! The configuration file as written by operators: the original service's
+//! format plus optional sections, all with defaults. Nothing here is
+//! validated; see [`super::Settings`] for the checked form.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::secret::Secret;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RawConfig {
+    /// `dispatcher.items[]` from the original format.
+    pub dispatcher: DispatcherSection,
+    /// Signature checks and the event-type allow-list.
+    pub security: SecuritySection,
+    /// HTTP listener.
+    pub server: ServerSection,
+    /// PostgreSQL connection.
+    pub database: DatabaseSection,
+    /// GitHub API used for PR labels.
+    pub github: GithubSection,
+    /// Authentication of the status and admin endpoints.
+    pub api: ApiSection,
+    /// Dispatch engine tuning.
+    pub dispatch: DispatchSection,
+    /// Log output.
+    pub logging: LoggingSection,
+}
+
+/// `dispatcher:` section.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct DispatcherSection {
+    /// One entry per (repository, pipeline) route.
+    pub items: Vec<RawItem>,
+}
+
+/// One `dispatcher.items[]` entry.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RawItem {
+    /// Unique, human-readable name.
+    pub name: String,
+    /// Pull-request actions that trigger this item.
+    pub events: Vec<String>,
+    /// `owner/name` of the repository.
+    pub full_repository_name: String,
+    /// Tekton EventListener URL.
+    pub callback_url: String,
+    /// Capacity pool of the pipeline.
+    pub capacity: RawCapacity,
+    /// Optional CEL filter.
+    pub filter: Option<RawFilter>,
+}
+
+/// `capacity:` of an item.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RawCapacity {
+    /// Only `ocp_tekton` exists.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Tekton `Pipeline` name (label `tekton.dev/pipeline`).
+    pub pipeline_name: String,
+    /// Maximum concurrently running PipelineRuns.
+    pub max_capacity: i64,
+    /// Namespace of the PipelineRuns.
+    pub namespace: String,
+    /// PipelineRun annotations that narrow the pool.
+    pub annotation_selector: BTreeMap<String, String>,
+    /// Tekton API version: `v1` (default) or `v1beta1`.
+    pub api_version: String,
+}
+
+impl Default for RawCapacity {
+    fn default() -> Self {
+        Self {
+            kind: String::new(),
+            pipeline_name: String::new(),
+            max_capacity: 0,
+            namespace: String::new(),
+            annotation_selector: BTreeMap::new(),
+            api_version: "v1".to_owned(),
+        }
+    }
+}
+
+/// `filter:` of an item.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RawFilter {
+    /// CEL over `body` and `headers`.
+    pub cel_expression: Option<String>,
+}
+
+/// `security:` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct SecuritySection {
+    /// One secret or a list (rotation: any one matches).
+    pub github_webhook_secret: SecretList,
+    /// Reject deliveries without a valid signature.
+    pub verify_signatures: bool,
+    /// `X-GitHub-Event` values accepted (`ping` is always answered).
+    pub allowed_github_events: Vec<String>,
+}
+
+impl Default for SecuritySection {
+    fn default() -> Self {
+        Self {
+            github_webhook_secret: SecretList::default(),
+            verify_signatures: true,
+            allowed_github_events: vec!["pull_request".to_owned()],
+        }
+    }
+}
+
+/// A secret given as one string or as a list of strings.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum SecretList {
+    /// Not configured.
+    #[default]
+    None,
+    /// `github_webhook_secret: "..."`.
+    One(Secret),
+    /// `github_webhook_secret: ["new", "old"]`.
+    Many(Vec<Secret>),
+}
+
+impl SecretList {
+    /// The non-empty secrets, in configured order.
+    pub fn secrets(&self) -> Vec<Secret> {
+        let all: Vec<Secret> = match self {
+            Self::None => Vec::new(),
+            Self::One(s) => vec![s.clone()],
+            Self::Many(v) => v.clone(),
+        };
+        all.into_iter().filter(|s| !s.expose().is_empty()).collect()
+    }
+}
+
+/// `server:` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ServerSection {
+    /// Address to bind.
+    pub bind: IpAddr,
+    /// Port (`DISPATCHER_PORT` overrides).
+    pub port: u16,
+    /// Largest accepted request body in bytes (GitHub caps payloads at 25 MiB).
+    pub body_limit_bytes: usize,
+    /// Time allowed to read a request's headers.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Time allowed for a whole request, body included.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Time given to in-flight requests on SIGTERM.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            bind: IpAddr::from([0, 0, 0, 0]),
+            port: 5000,
+            body_limit_bytes: 25 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `database:` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct DatabaseSection {
+    /// `postgres://...` (`DATABASE_URL` or `POSTGRESQL_*` override).
+    pub url: Option<Secret>,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// Time allowed to open a connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time a request waits for a pooled connection.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// Apply pending migrations when `serve` starts.
+    pub migrate_on_start: bool,
+}
+
+impl Default for DatabaseSection {
+    fn default() -> Self {
+        Self {
+            url: None,
+            pool_size: 10,
+            connect_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(5),
+            migrate_on_start: true,
+        }
+    }
+}
+
+/// `github:` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct GithubSection {
+    /// REST API base (`GITHUB_API_URL` overrides).
+    pub api_url: String,
+    /// Token for labels (`GITHUB_TOKEN` overrides). Labels are skipped without one.
+    pub token: Option<Secret>,
+    /// Timeout of each GitHub call.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for GithubSection {
+    fn default() -> Self {
+        Self {
+            api_url: "https://api.github.com".to_owned(),
+            token: None,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `api:` section.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ApiSection {
+    /// Bearer tokens accepted on the events and admin endpoints; empty = open.
+    pub tokens: Vec<Secret>,
+}
+
+/// `dispatch:` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct DispatchSection {
+    /// Trigger attempts before a dispatch is `failed`.
+    pub max_attempts: u32,
+    /// First retry delay.
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff_base: Duration,
+    /// Largest retry delay.
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff_max: Duration,
+    /// How long a triggered dispatch holds a slot before its PipelineRun appears.
+    #[serde(with = "humantime_serde")]
+    pub reservation_timeout: Duration,
+    /// Interval of the slow safety pass.
+    #[serde(with = "humantime_serde")]
+    pub safety_pass_interval: Duration,
+    /// Timeout of each EventListener POST.
+    #[serde(with = "humantime_serde")]
+    pub trigger_timeout: Duration,
+    /// Interval of the full PipelineRun list that repairs watch drift and proves the API is reachable.
+    #[serde(with = "humantime_serde")]
+    pub capacity_resync_interval: Duration,
+    /// A pool whose Kubernetes state is older than this dispatches nothing.
+    #[serde(with = "humantime_serde")]
+    pub capacity_stale_after: Duration,
+    /// How often a standby replica tries to become the active dispatcher.
+    #[serde(with = "humantime_serde")]
+    pub leader_retry_interval: Duration,
+}
+
+impl Default for DispatchSection {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            retry_backoff_base: Duration::from_secs(1),
+            retry_backoff_max: Duration::from_secs(60),
+            reservation_timeout: Duration::from_secs(120),
+            safety_pass_interval: Duration::from_secs(30),
+            trigger_timeout: Duration::from_secs(10),
+            capacity_resync_interval: Duration::from_secs(10),
+            capacity_stale_after: Duration::from_secs(30),
+            leader_retry_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// `logging:` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct LoggingSection {
+    /// `text` (default) or `json`.
+    pub format: String,
+    /// tracing filter directive (`LOG_LEVEL` overrides), e.g. `info` or `dispatcher=debug`.
+    pub level: String,
+}
+
+impl Default for LoggingSection {
+    fn default() -> Self {
+        Self {
+            format: "text".to_owned(),
+            level: "info".to_owned(),
+        }
+    }
+}

@@ -1,0 +1,281 @@
+use serde_json::{Value, json};
+
+use super::*;
+
+fn original_example() -> Value {
+    json!({
+        "dispatcher": {"items": [{
+            "name": "Community Operators",
+            "events": ["opened", "synchronize", "ready_for_review"],
+            "full_repository_name": "redhat-openshift-ecosystem/community-operators",
+            "capacity": {
+                "type": "ocp_tekton",
+                "pipeline_name": "operator-hosted-pipeline",
+                "max_capacity": 5,
+                "namespace": "operator-pipeline-prod",
+                "annotation_selector": {
+                    "operator-pipelines.redhat.com/repository": "redhat-openshift-ecosystem/community-operators"
+                }
+            },
+            "filter": {"cel_expression": "body.pull_request.base.ref == \"main\""},
+            "callback_url": "https://el-operator-pipeline.example.com"
+        }]},
+        "security": {
+            "github_webhook_secret": "s3cr3t",
+            "verify_signatures": true,
+            "allowed_github_events": ["pull_request"]
+        }
+    })
+}
+
+fn settings(v: Value) -> Result<Settings, ConfigErrors> {
+    let (raw, _) = parse(v)?;
+    Settings::from_raw(raw)
+}
+
+/// Applies `edit` to the example and returns the single error it causes.
+fn single_error(edit: impl FnOnce(&mut Value)) -> ConfigError {
+    let mut v = original_example();
+    edit(&mut v);
+    let errs = settings(v).expect_err("config should be rejected").0;
+    assert_eq!(errs.len(), 1, "expected one error, got {errs:?}");
+    errs.into_iter().next().expect("one error")
+}
+
+fn item(v: &mut Value) -> &mut Value {
+    &mut v["dispatcher"]["items"][0]
+}
+
+#[test]
+fn original_example_is_accepted_with_defaults() {
+    let s = settings(original_example()).expect("valid");
+    assert_eq!(s.items.len(), 1);
+    let item = &s.items[0];
+    assert_eq!(
+        item.repository,
+        "redhat-openshift-ecosystem/community-operators"
+    );
+    assert!(item.events.contains("synchronize"));
+    assert!(item.filter.is_some());
+    let pool = &s.pools[&item.pool];
+    assert_eq!(pool.max_capacity, 5);
+    assert_eq!(pool.api_version, TektonApiVersion::V1);
+    assert_eq!(pool.queued_label(), "operator-hosted-pipeline/queued");
+    assert_eq!(
+        pool.key.0,
+        "operator-pipeline-prod/operator-hosted-pipeline?operator-pipelines.redhat.com/repository=redhat-openshift-ecosystem/community-operators"
+    );
+    assert_eq!(s.server.port, 5000);
+    assert_eq!(s.server.body_limit_bytes, 25 * 1024 * 1024);
+    assert!(s.database.migrate_on_start);
+    assert_eq!(s.github_api_url.as_str(), "https://api.github.com/");
+    assert_eq!(s.dispatch, DispatchTuning::default());
+    assert_eq!(s.dispatch.max_attempts, 5);
+    assert_eq!(s.security.webhook_secrets.len(), 1);
+}
+
+#[test]
+fn unknown_keys_are_reported_not_fatal() {
+    let mut v = original_example();
+    v["dispatch"] = json!({"max_atempts": 3});
+    let (_, unknown) = parse(v).expect("parses");
+    assert_eq!(unknown, vec!["dispatch.max_atempts".to_owned()]);
+}
+
+#[test]
+fn secret_may_be_a_list() {
+    let mut v = original_example();
+    v["security"]["github_webhook_secret"] = json!(["new", "old", ""]);
+    let s = settings(v).expect("valid");
+    let secrets: Vec<&str> = s
+        .security
+        .webhook_secrets
+        .iter()
+        .map(Secret::expose)
+        .collect();
+    assert_eq!(secrets, ["new", "old"]);
+}
+
+#[test]
+fn durations_are_humantime() {
+    let mut v = original_example();
+    v["dispatch"] = json!({"retry_backoff_base": "250ms", "reservation_timeout": "5m"});
+    let s = settings(v).expect("valid");
+    assert_eq!(s.dispatch.retry_backoff_base, Duration::from_millis(250));
+    assert_eq!(s.dispatch.reservation_timeout, Duration::from_secs(300));
+}
+
+#[test]
+fn rejects_unknown_capacity_type() {
+    let e = single_error(|v| item(v)["capacity"]["type"] = json!("k8s_jobs"));
+    assert_eq!(e.field, "dispatcher.items[0].capacity.type");
+    assert!(e.message.contains("k8s_jobs"));
+}
+
+#[test]
+fn rejects_max_capacity_below_one() {
+    for bad in [0, -3] {
+        let e = single_error(|v| item(v)["capacity"]["max_capacity"] = json!(bad));
+        assert_eq!(e.field, "dispatcher.items[0].capacity.max_capacity");
+    }
+}
+
+#[test]
+fn rejects_bad_callback_url() {
+    for bad in ["not a url", "ftp://host/x", "http://"] {
+        let e = single_error(|v| item(v)["callback_url"] = json!(bad));
+        assert_eq!(e.field, "dispatcher.items[0].callback_url", "{bad}");
+    }
+}
+
+#[test]
+fn rejects_duplicate_item_names() {
+    let mut v = original_example();
+    let copy = item(&mut v).clone();
+    v["dispatcher"]["items"]
+        .as_array_mut()
+        .expect("array")
+        .push(copy);
+    let errs = settings(v).expect_err("duplicate").0;
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].field, "dispatcher.items[1].name");
+    assert!(errs[0].message.contains("dispatcher.items[0]"));
+}
+
+#[test]
+fn rejects_cel_syntax_errors() {
+    let e = single_error(|v| item(v)["filter"]["cel_expression"] = json!("body.action =="));
+    assert_eq!(e.field, "dispatcher.items[0].filter.cel_expression");
+}
+
+#[test]
+fn rejects_missing_secret_when_verifying() {
+    let e = single_error(|v| {
+        v["security"]
+            .as_object_mut()
+            .expect("object")
+            .remove("github_webhook_secret");
+    });
+    assert_eq!(e.field, "security.github_webhook_secret");
+    let mut v = original_example();
+    v["security"] = json!({"verify_signatures": false});
+    assert!(settings(v).is_ok());
+}
+
+#[test]
+fn rejects_other_item_mistakes() {
+    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        (
+            "dispatcher.items[0].events",
+            Box::new(|v| item(v)["events"] = json!([])),
+        ),
+        (
+            "dispatcher.items[0].full_repository_name",
+            Box::new(|v| item(v)["full_repository_name"] = json!("noslash")),
+        ),
+        (
+            "dispatcher.items[0].name",
+            Box::new(|v| item(v)["name"] = json!(" ")),
+        ),
+        (
+            "dispatcher.items[0].capacity.pipeline_name",
+            Box::new(|v| item(v)["capacity"]["pipeline_name"] = json!("")),
+        ),
+        (
+            "dispatcher.items[0].capacity.namespace",
+            Box::new(|v| item(v)["capacity"]["namespace"] = json!("Bad_NS")),
+        ),
+        (
+            "dispatcher.items[0].capacity.api_version",
+            Box::new(|v| item(v)["capacity"]["api_version"] = json!("v2")),
+        ),
+        (
+            "security.allowed_github_events",
+            Box::new(|v| v["security"]["allowed_github_events"] = json!([])),
+        ),
+        (
+            "github.api_url",
+            Box::new(|v| v["github"] = json!({"api_url": "nope"})),
+        ),
+        (
+            "database.pool_size",
+            Box::new(|v| v["database"] = json!({"pool_size": 0})),
+        ),
+        (
+            "dispatch.max_attempts",
+            Box::new(|v| v["dispatch"] = json!({"max_attempts": 0})),
+        ),
+        (
+            "dispatch.retry_backoff_base",
+            Box::new(|v| v["dispatch"] = json!({"retry_backoff_base": "2m"})),
+        ),
+        (
+            "dispatch.capacity_stale_after",
+            Box::new(|v| v["dispatch"] = json!({"capacity_stale_after": "1s"})),
+        ),
+        (
+            "server.body_limit_bytes",
+            Box::new(|v| v["server"] = json!({"body_limit_bytes": 0})),
+        ),
+        (
+            "logging.format",
+            Box::new(|v| v["logging"] = json!({"format": "xml"})),
+        ),
+        (
+            "api.tokens[0]",
+            Box::new(|v| v["api"] = json!({"tokens": [""]})),
+        ),
+    ];
+    for (field, edit) in cases {
+        let e = single_error(|v| edit(v));
+        assert_eq!(e.field, field);
+    }
+}
+
+#[test]
+fn type_errors_are_reported() {
+    let mut v = original_example();
+    item(&mut v)["capacity"]["max_capacity"] = json!("five");
+    let errs = settings(v).expect_err("type error").0;
+    assert!(
+        errs[0].message.contains("max_capacity") || errs[0].message.contains("invalid type"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn one_pool_one_limit() {
+    let mut v = original_example();
+    let mut copy = item(&mut v).clone();
+    copy["name"] = json!("second");
+    copy["capacity"]["max_capacity"] = json!(7);
+    v["dispatcher"]["items"]
+        .as_array_mut()
+        .expect("array")
+        .push(copy);
+    let errs = settings(v).expect_err("conflict").0;
+    assert_eq!(errs[0].field, "dispatcher.items[1].capacity.max_capacity");
+}
+
+#[test]
+fn reports_all_errors_at_once() {
+    let mut v = original_example();
+    item(&mut v)["capacity"]["max_capacity"] = json!(0);
+    item(&mut v)["callback_url"] = json!("nope");
+    let errs = settings(v).expect_err("two errors");
+    assert_eq!(errs.0.len(), 2);
+    let text = errs.to_string();
+    assert!(text.contains("2 problems"), "{text}");
+}
+
+#[test]
+fn database_url_escapes_parts() {
+    assert_eq!(
+        database_url_from_parts("us er", Some("p@ss:w/rd%"), "db.example", 5432, "my db"),
+        "postgres://us%20er:p%40ss%3Aw%2Frd%25@db.example:5432/my%20db"
+    );
+    assert_eq!(
+        database_url_from_parts("u", None, "::1", 5433, "d"),
+        "postgres://u@[::1]:5433/d"
+    );
+}

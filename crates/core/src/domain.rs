@@ -1,0 +1,298 @@
+//! Domain vocabulary shared by every crate: identifiers, statuses and the
+//! shapes of stored events and dispatches.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// Database identifier of a stored webhook event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventId(pub i64);
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Database identifier of a dispatch (one event routed to one config item).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DispatchId(pub i64);
+
+impl fmt::Display for DispatchId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A pull request: repository `owner/name` plus its number.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PullRequestRef {
+    /// `owner/name`, as GitHub spells it in `repository.full_name`.
+    pub repository: String,
+    /// The pull request number.
+    pub number: i64,
+}
+
+impl fmt::Display for PullRequestRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.repository, self.number)
+    }
+}
+
+/// Declares a string-backed enum with `as_str`, `FromStr`, `Display`, serde
+/// and the list of all values, so the vocabulary is written exactly once.
+macro_rules! vocabulary {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name { $($(#[$vmeta])* $variant,)+ }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The wire and database spelling.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text,)+ }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownValue;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(UnknownValue {
+                        kind: stringify!($name),
+                        value: other.to_owned(),
+                        allowed: &[$($text,)+],
+                    }),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+/// A string that is not part of a vocabulary.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {kind} '{value}' (allowed: {})", allowed.join(", "))]
+pub struct UnknownValue {
+    /// Which vocabulary was asked.
+    pub kind: &'static str,
+    /// The rejected text.
+    pub value: String,
+    /// The accepted spellings.
+    pub allowed: &'static [&'static str],
+}
+
+vocabulary! {
+    /// Status of a webhook event, in the original service's vocabulary plus `failed`.
+    EventStatus {
+        /// Stored, not yet planned.
+        Pending => "pending",
+        /// Waiting for pipeline capacity.
+        Queued => "queued",
+        /// Accepted by the EventListener (202).
+        Processed => "processed",
+        /// Superseded by a newer event for the same pull request.
+        Cancelled => "cancelled",
+        /// No config item matched.
+        Aborted => "aborted",
+        /// The trigger ran out of retries.
+        Failed => "failed",
+    }
+}
+
+vocabulary! {
+    /// Lifecycle of one dispatch (event × config item).
+    DispatchState {
+        /// Waiting for capacity (or for its next retry).
+        Queued => "queued",
+        /// The POST to the EventListener is in flight.
+        Triggering => "triggering",
+        /// The EventListener answered 202; the PipelineRun is not seen yet.
+        Triggered => "triggered",
+        /// The PipelineRun carrying our EventListener event id was seen.
+        Confirmed => "confirmed",
+        /// Superseded by a newer event before it was triggered.
+        Cancelled => "cancelled",
+        /// Ran out of trigger attempts.
+        Failed => "failed",
+    }
+}
+
+impl DispatchState {
+    /// Whether the dispatch still needs the engine's attention.
+    pub fn is_open(self) -> bool {
+        matches!(self, Self::Queued | Self::Triggering | Self::Triggered)
+    }
+
+    /// Whether the EventListener accepted this dispatch.
+    pub fn was_accepted(self) -> bool {
+        matches!(self, Self::Triggered | Self::Confirmed)
+    }
+}
+
+/// Message stored on events cancelled by a newer one (the original's text).
+pub const CANCELLED_MESSAGE: &str =
+    "Cancelled due to receiving a newer event for the same pull request";
+/// Message stored on events no config item matched (the original's text).
+pub const UNSUPPORTED_MESSAGE: &str = "Unsupported event";
+
+/// An event as reported by the API: exactly the original service's fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventRecord {
+    /// Database id.
+    pub id: EventId,
+    /// GitHub's `X-GitHub-Delivery`.
+    pub delivery_id: String,
+    /// Payload `action` (opened, synchronize, ...).
+    pub action: String,
+    /// Payload `repository.full_name`.
+    pub repository_full_name: String,
+    /// Payload `pull_request.number`.
+    pub pull_request_number: i64,
+    /// The EventListener accepted at least one trigger for this event.
+    pub processed: bool,
+    /// Why the event was not (or not fully) processed.
+    pub processing_error: Option<String>,
+    /// When the delivery was stored.
+    #[serde(with = "rfc3339")]
+    pub received_at: OffsetDateTime,
+    /// When the event reached a final status.
+    #[serde(with = "rfc3339::option")]
+    pub processed_at: Option<OffsetDateTime>,
+    /// Current status.
+    pub status: EventStatus,
+}
+
+/// One dispatch as shown in the event detail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DispatchRecord {
+    /// Database id.
+    pub id: DispatchId,
+    /// Config item name.
+    pub item: String,
+    /// Capacity pool key.
+    pub pool: String,
+    /// Lifecycle state.
+    pub state: DispatchState,
+    /// Trigger attempts made so far.
+    pub attempts: i32,
+    /// When the next attempt may run (queued dispatches).
+    #[serde(with = "rfc3339::option")]
+    pub next_attempt_at: Option<OffsetDateTime>,
+    /// Last trigger error, if any.
+    pub last_error: Option<String>,
+    /// `eventID` returned by the EventListener.
+    pub listener_event_id: Option<String>,
+    /// When the dispatch was created.
+    #[serde(with = "rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When the EventListener answered 202.
+    #[serde(with = "rfc3339::option")]
+    pub triggered_at: Option<OffsetDateTime>,
+    /// When the PipelineRun was first seen.
+    #[serde(with = "rfc3339::option")]
+    pub confirmed_at: Option<OffsetDateTime>,
+    /// When the dispatch was cancelled or failed.
+    #[serde(with = "rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+/// An event with everything stored about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventDetail {
+    /// The listing fields.
+    #[serde(flatten)]
+    pub event: EventRecord,
+    /// `X-GitHub-Event`.
+    pub event_type: String,
+    /// Forwardable headers, GitHub's spelling.
+    pub headers: Vec<(String, String)>,
+    /// One entry per matched config item.
+    pub dispatches: Vec<DispatchRecord>,
+}
+
+/// RFC 3339 (UTC, `Z`) serialisation for timestamps.
+pub mod rfc3339 {
+    use serde::Serializer;
+    use time::OffsetDateTime;
+    use time::format_description::well_known::Rfc3339;
+
+    /// Formats a timestamp in UTC.
+    pub fn format(t: OffsetDateTime) -> String {
+        t.to_offset(time::UtcOffset::UTC)
+            .format(&Rfc3339)
+            .unwrap_or_else(|_| t.unix_timestamp().to_string())
+    }
+
+    /// serde `serialize_with` for `OffsetDateTime`.
+    pub fn serialize<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*t))
+    }
+
+    /// The same for `Option<OffsetDateTime>` (null when absent).
+    pub mod option {
+        use serde::Serializer;
+        use time::OffsetDateTime;
+
+        /// serde `serialize_with` for `Option<OffsetDateTime>`.
+        pub fn serialize<S: Serializer>(
+            t: &Option<OffsetDateTime>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => s.serialize_str(&super::format(*t)),
+                None => s.serialize_none(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vocabularies_round_trip() {
+        for s in EventStatus::ALL {
+            assert_eq!(s.as_str().parse::<EventStatus>(), Ok(*s));
+        }
+        for s in DispatchState::ALL {
+            assert_eq!(s.as_str().parse::<DispatchState>(), Ok(*s));
+        }
+        let err = "bogus".parse::<EventStatus>().unwrap_err();
+        assert!(err.to_string().contains("pending"), "{err}");
+    }
+
+    #[test]
+    fn timestamps_are_utc_rfc3339() {
+        let t = time::macros::datetime!(2026-11-28 10:00:00.5 +02:00);
+        assert_eq!(rfc3339::format(t), "2026-11-28T08:00:00.5Z");
+    }
+}

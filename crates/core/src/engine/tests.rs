@@ -1,0 +1,409 @@
+//! Engine passes over in-memory ports.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures_executor::block_on;
+use serde_json::json;
+use time::OffsetDateTime;
+use time::macros::datetime;
+
+use super::*;
+use crate::config::{PoolSpec, parse};
+use crate::domain::{DispatchId, DispatchState, EventId, PullRequestRef};
+use crate::planner::{IntakePlan, NewDispatch};
+use crate::ports::{OpenDispatch, TriggerError, TriggerJob, UnplannedEvent};
+
+const T0: OffsetDateTime = datetime!(2026-11-28 12:00 UTC);
+
+fn settings(cap: u32, max_attempts: u32) -> Arc<Settings> {
+    let v = json!({
+        "dispatcher": {"items": [{
+            "name": "ops", "events": ["opened", "synchronize"], "full_repository_name": "o/r",
+            "callback_url": "http://el:8080/",
+            "capacity": {"type": "ocp_tekton", "pipeline_name": "p", "max_capacity": cap, "namespace": "ns"},
+        }]},
+        "security": {"verify_signatures": false},
+        "dispatch": {"max_attempts": max_attempts},
+    });
+    let (raw, _) = parse(v).expect("parses");
+    Arc::new(Settings::from_raw(raw).expect("valid"))
+}
+
+#[derive(Default)]
+struct MemStore {
+    events: Vec<(UnplannedEvent, bool)>,
+    dispatches: BTreeMap<i64, (OpenDispatch, Option<String>)>,
+    aborted: HashSet<EventId>,
+    fail_record: bool,
+}
+
+impl MemStore {
+    fn add_event(&mut self, id: i64, pr: i64, action: &str) {
+        let e = UnplannedEvent {
+            id: EventId(id),
+            action: action.into(),
+            pr: PullRequestRef {
+                repository: "o/r".into(),
+                number: pr,
+            },
+            payload: format!("{{\"n\":{id}}}"),
+            headers: vec![("X-GitHub-Event".into(), "pull_request".into())],
+        };
+        self.events.push((e, false));
+    }
+
+    fn states(&self) -> Vec<(i64, DispatchState)> {
+        self.dispatches
+            .values()
+            .map(|(d, _)| (d.event_id.0, d.state))
+            .collect()
+    }
+}
+
+impl DispatchStore for MemStore {
+    async fn unplanned_events(&mut self, limit: usize) -> Result<Vec<UnplannedEvent>, StoreError> {
+        Ok(self
+            .events
+            .iter()
+            .filter(|(_, planned)| !planned)
+            .take(limit)
+            .map(|(e, _)| e.clone())
+            .collect())
+    }
+
+    async fn open_dispatches(
+        &mut self,
+        cutoff: OffsetDateTime,
+    ) -> Result<Vec<OpenDispatch>, StoreError> {
+        Ok(self
+            .dispatches
+            .values()
+            .map(|(d, _)| d)
+            .filter(|d| match d.state {
+                DispatchState::Queued | DispatchState::Triggering => true,
+                DispatchState::Triggered => d.triggered_at.is_some_and(|t| t > cutoff),
+                _ => false,
+            })
+            .cloned()
+            .collect())
+    }
+
+    async fn apply_intake(
+        &mut self,
+        plan: &IntakePlan,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        for (e, planned) in &mut self.events {
+            if plan.planned.contains(&e.id) {
+                *planned = true;
+            }
+        }
+        self.aborted.extend(plan.aborted.iter().copied());
+        for id in &plan.superseded {
+            if let Some((d, _)) = self.dispatches.get_mut(&id.0) {
+                d.state = DispatchState::Cancelled;
+            }
+        }
+        for NewDispatch {
+            event_id,
+            item,
+            pool,
+            pr,
+            queue_position,
+            state,
+            ..
+        } in plan.new_dispatches.iter().cloned()
+        {
+            let id = self.dispatches.len() as i64 + 1;
+            let d = OpenDispatch {
+                id: DispatchId(id),
+                event_id,
+                item,
+                pool,
+                pr,
+                state,
+                queue_position,
+                attempts: 0,
+                next_attempt_at: now,
+                listener_event_id: None,
+                trigger_started_at: None,
+                triggered_at: None,
+            };
+            self.dispatches.insert(id, (d, None));
+        }
+        Ok(())
+    }
+
+    async fn begin_triggers(
+        &mut self,
+        ids: &[DispatchId],
+        now: OffsetDateTime,
+    ) -> Result<Vec<TriggerJob>, StoreError> {
+        let mut jobs = Vec::new();
+        for id in ids {
+            let (d, _) = self
+                .dispatches
+                .get_mut(&id.0)
+                .ok_or(StoreError::LostLeadership)?;
+            if d.state != DispatchState::Queued {
+                continue;
+            }
+            d.state = DispatchState::Triggering;
+            d.attempts += 1;
+            d.trigger_started_at = Some(now);
+            let (e, _) = self
+                .events
+                .iter()
+                .find(|(e, _)| e.id == d.event_id)
+                .ok_or(StoreError::LostLeadership)?;
+            jobs.push(TriggerJob {
+                dispatch: d.id,
+                event_id: d.event_id,
+                item: d.item.clone(),
+                pr: d.pr.clone(),
+                attempt: d.attempts,
+                payload: e.payload.clone(),
+                headers: e.headers.clone(),
+            });
+        }
+        Ok(jobs)
+    }
+
+    async fn record_outcomes(
+        &mut self,
+        outcomes: &[DispatchOutcome],
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        if self.fail_record {
+            return Err(StoreError::Unavailable("database went away".into()));
+        }
+        for o in outcomes {
+            let (d, err) = self
+                .dispatches
+                .get_mut(&o.id().0)
+                .ok_or(StoreError::LostLeadership)?;
+            match o {
+                DispatchOutcome::Triggered {
+                    listener_event_id, ..
+                } => {
+                    d.state = DispatchState::Triggered;
+                    d.listener_event_id = listener_event_id.clone();
+                    d.triggered_at = Some(now);
+                }
+                DispatchOutcome::Retry {
+                    next_attempt_at,
+                    error,
+                    ..
+                } => {
+                    d.state = DispatchState::Queued;
+                    d.next_attempt_at = *next_attempt_at;
+                    *err = Some(error.clone());
+                }
+                DispatchOutcome::Failed { error, .. } => {
+                    d.state = DispatchState::Failed;
+                    *err = Some(error.clone());
+                }
+                DispatchOutcome::Confirmed { .. } => d.state = DispatchState::Confirmed,
+            }
+        }
+        Ok(())
+    }
+
+    async fn reconcile_labels(&mut self, _now: OffsetDateTime) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+}
+
+struct FixedCapacity(Mutex<PoolState>);
+
+impl CapacitySource for FixedCapacity {
+    fn pool_state(&self, _pool: &PoolSpec) -> PoolState {
+        self.0
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or(PoolState::Unknown {
+                reason: "poisoned".into(),
+            })
+    }
+}
+
+fn running(n: u32, seen: &[&str]) -> FixedCapacity {
+    FixedCapacity(Mutex::new(PoolState::Known {
+        running: n,
+        seen_event_ids: seen.iter().map(|s| (*s).to_owned()).collect(),
+    }))
+}
+
+/// Records every POST; answers from a script (default: 202 with eventID `ev-<n>`).
+#[derive(Default)]
+struct ScriptedTrigger {
+    calls: Mutex<Vec<String>>,
+    failures_left: Mutex<u32>,
+}
+
+impl Trigger for ScriptedTrigger {
+    async fn trigger(&self, request: TriggerRequest<'_>) -> Result<Option<String>, TriggerError> {
+        let mut calls = self.calls.lock().map_err(|_| TriggerError::Timeout)?;
+        calls.push(request.payload.to_owned());
+        let mut failures = self
+            .failures_left
+            .lock()
+            .map_err(|_| TriggerError::Timeout)?;
+        if *failures > 0 {
+            *failures -= 1;
+            return Err(TriggerError::Rejected {
+                status: 503,
+                body: "busy".into(),
+            });
+        }
+        Ok(Some(format!("ev-{}", calls.len())))
+    }
+}
+
+struct ManualClock(Mutex<OffsetDateTime>);
+
+impl ManualClock {
+    fn advance(&self, d: Duration) {
+        if let Ok(mut t) = self.0.lock() {
+            *t += d;
+        }
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> OffsetDateTime {
+        self.0.lock().map(|t| *t).unwrap_or(T0)
+    }
+}
+
+#[test]
+fn dispatches_within_capacity_and_supersedes_waiting_events() {
+    let mut engine = Engine::new(settings(1, 5));
+    let mut store = MemStore::default();
+    let trigger = ScriptedTrigger::default();
+    let clock = ManualClock(Mutex::new(T0));
+    store.add_event(1, 10, "opened");
+    store.add_event(2, 11, "opened");
+    store.add_event(3, 12, "closed");
+
+    let report =
+        block_on(engine.run_pass(&mut store, &running(0, &[]), &trigger, &clock)).expect("pass");
+    assert_eq!(
+        (report.planned, report.aborted, report.triggered),
+        (3, 1, 1)
+    );
+    assert_eq!(
+        store.states(),
+        [(1, DispatchState::Triggered), (2, DispatchState::Queued)]
+    );
+    assert!(store.aborted.contains(&EventId(3)));
+
+    // A push to PR 11 while it waits: the newer event takes its place.
+    store.add_event(4, 11, "synchronize");
+    let report = block_on(engine.run_pass(&mut store, &running(1, &["ev-1"]), &trigger, &clock))
+        .expect("pass");
+    assert_eq!(
+        (report.superseded, report.triggered, report.confirmed),
+        (1, 0, 1)
+    );
+    assert_eq!(
+        store.states(),
+        [
+            (1, DispatchState::Confirmed),
+            (2, DispatchState::Cancelled),
+            (4, DispatchState::Queued)
+        ]
+    );
+
+    // The run finishes: the slot goes to the superseding event, with the old position.
+    let report = block_on(engine.run_pass(&mut store, &running(0, &["ev-1"]), &trigger, &clock))
+        .expect("pass");
+    assert_eq!(report.triggered, 1);
+    let calls = trigger.calls.lock().map(|c| c.clone()).unwrap_or_default();
+    assert_eq!(calls, ["{\"n\":1}", "{\"n\":4}"]);
+}
+
+#[test]
+fn failed_triggers_back_off_then_fail() {
+    let mut engine = Engine::new(settings(2, 3));
+    let mut store = MemStore::default();
+    let trigger = ScriptedTrigger {
+        failures_left: Mutex::new(10),
+        ..Default::default()
+    };
+    let clock = ManualClock(Mutex::new(T0));
+    store.add_event(1, 10, "opened");
+    let cap = running(0, &[]);
+
+    let report = block_on(engine.run_pass(&mut store, &cap, &trigger, &clock)).expect("pass");
+    assert_eq!(report.retried, 1);
+    let wake = report.next_wakeup.expect("retry scheduled");
+    assert!(wake > T0 && wake <= T0 + Duration::from_secs(1), "{wake}");
+
+    // Not due yet: nothing is sent.
+    let report = block_on(engine.run_pass(&mut store, &cap, &trigger, &clock)).expect("pass");
+    assert_eq!(report.retried, 0);
+
+    clock.advance(Duration::from_secs(1));
+    let report = block_on(engine.run_pass(&mut store, &cap, &trigger, &clock)).expect("pass");
+    assert_eq!(report.retried, 1);
+    clock.advance(Duration::from_secs(2));
+    let report = block_on(engine.run_pass(&mut store, &cap, &trigger, &clock)).expect("pass");
+    assert_eq!(report.failed, 1);
+    assert_eq!(store.states(), [(1, DispatchState::Failed)]);
+    let err = store.dispatches[&1].1.clone().unwrap_or_default();
+    assert!(
+        err.contains("gave up after 3 attempts") && err.contains("503"),
+        "{err}"
+    );
+    assert_eq!(trigger.calls.lock().map(|c| c.len()).unwrap_or_default(), 3);
+}
+
+#[test]
+fn unknown_kubernetes_state_triggers_nothing() {
+    let mut engine = Engine::new(settings(5, 5));
+    let mut store = MemStore::default();
+    let trigger = ScriptedTrigger::default();
+    let clock = ManualClock(Mutex::new(T0));
+    store.add_event(1, 10, "opened");
+    let down = FixedCapacity(Mutex::new(PoolState::Unknown {
+        reason: "api unreachable".into(),
+    }));
+    let report = block_on(engine.run_pass(&mut store, &down, &trigger, &clock)).expect("pass");
+    assert_eq!(report.triggered, 0);
+    assert_eq!(report.usage[0].blocked.as_deref(), Some("api unreachable"));
+    assert!(
+        trigger
+            .calls
+            .lock()
+            .map(|c| c.is_empty())
+            .unwrap_or_default()
+    );
+    let report =
+        block_on(engine.run_pass(&mut store, &running(0, &[]), &trigger, &clock)).expect("pass");
+    assert_eq!(report.triggered, 1);
+}
+
+#[test]
+fn outcomes_that_could_not_be_recorded_are_recorded_next_pass() {
+    let mut engine = Engine::new(settings(1, 5));
+    let mut store = MemStore::default();
+    let trigger = ScriptedTrigger::default();
+    let clock = ManualClock(Mutex::new(T0));
+    store.add_event(1, 10, "opened");
+    store.fail_record = true;
+    assert!(block_on(engine.run_pass(&mut store, &running(0, &[]), &trigger, &clock)).is_err());
+    assert_eq!(store.states(), [(1, DispatchState::Triggering)]);
+
+    store.fail_record = false;
+    let report =
+        block_on(engine.run_pass(&mut store, &running(0, &[]), &trigger, &clock)).expect("pass");
+    assert_eq!(
+        report.triggered, 0,
+        "the accepted trigger is not sent again"
+    );
+    assert_eq!(store.states(), [(1, DispatchState::Triggered)]);
+    assert_eq!(trigger.calls.lock().map(|c| c.len()).unwrap_or_default(), 1);
+}

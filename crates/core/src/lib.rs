@@ -1,0 +1,45 @@
+//! # dispatcher-core
+//!
+//! The Webhook Dispatcher's domain and decisions, free of I/O.
+//!
+//! **Owns:** domain types ([`domain`]), the configuration model and its
+//! validation ([`config`]), what a stored delivery contains ([`intake`]),
+//! matching rules with CEL filters ([`rules`]), the pure dispatch planner
+//! ([`planner`]), event-status folding ([`status`]), retry backoff
+//! ([`backoff`]), the port traits ([`ports`]) and the engine that runs one
+//! dispatch pass over them ([`engine`], [`labels`]).
+//!
+//! **Must not:** do I/O or depend on tokio, hyper, diesel, kube or reqwest.
+//! Adapters implement [`ports`] in other crates; `just check-layers` enforces
+//! this.
+//!
+//! ```
+//! use dispatcher_core::config::{parse, Settings};
+//! use dispatcher_core::rules::{match_items, EventFacts};
+//!
+//! let file = serde_json::json!({
+//!     "dispatcher": {"items": [{
+//!         "name": "ops", "events": ["opened"], "full_repository_name": "o/r",
+//!         "callback_url": "http://el:8080",
+//!         "capacity": {"type": "ocp_tekton", "pipeline_name": "p", "max_capacity": 2, "namespace": "ns"},
+//!         "filter": {"cel_expression": "body.pull_request.base.ref == 'main'"}
+//!     }]},
+//!     "security": {"github_webhook_secret": "s3cr3t"}
+//! });
+//! let (raw, _unknown_keys) = parse(file).unwrap();
+//! let settings = Settings::from_raw(raw).unwrap();
+//! let payload = br#"{"pull_request": {"base": {"ref": "main"}}}"#;
+//! let facts = EventFacts { action: "opened", repository: "o/r", payload, headers: &[] };
+//! assert_eq!(match_items(&settings, &facts).items.len(), 1);
+//! ```
+
+pub mod backoff;
+pub mod config;
+pub mod domain;
+pub mod engine;
+pub mod intake;
+pub mod labels;
+pub mod planner;
+pub mod ports;
+pub mod rules;
+pub mod status;

@@ -1,0 +1,337 @@
+//! The traits the engine and the HTTP layer talk to. Implementations live in
+//! `dispatcher-store` (PostgreSQL), `dispatcher-capacity` (Kubernetes and the
+//! EventListener) and `dispatcher-github`; tests use in-memory fakes.
+
+use std::collections::HashSet;
+use std::future::Future;
+
+use time::OffsetDateTime;
+use url::Url;
+
+use crate::config::PoolKey;
+use crate::domain::{
+    DispatchId, DispatchState, EventDetail, EventId, EventRecord, EventStatus, PullRequestRef,
+};
+use crate::intake::NewEvent;
+use crate::planner::{DispatchOutcome, IntakePlan};
+
+/// A boxed error from an adapter.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Errors of the storage port.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached in time (pool timeout, connection refused).
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] BoxError),
+    /// This replica no longer holds the dispatcher lock; it must stop dispatching.
+    #[error("lost the dispatcher lock")]
+    LostLeadership,
+    /// Any other database failure.
+    #[error("database error: {0}")]
+    Query(#[source] BoxError),
+}
+
+/// Result of storing a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordOutcome {
+    /// A new row was committed.
+    Created(EventRecord),
+    /// The same delivery (same id, same body) was stored before.
+    AlreadyStored(EventRecord),
+    /// The delivery id is stored with a different body; nothing changed.
+    Conflict(EventRecord),
+}
+
+/// Filters of the events listing (an explicit allow-list).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// `status=`.
+    pub status: Option<EventStatus>,
+    /// `repository_full_name=`.
+    pub repository_full_name: Option<String>,
+    /// `pull_request_number=`.
+    pub pull_request_number: Option<i64>,
+    /// `action=`.
+    pub action: Option<String>,
+    /// `delivery_id=`.
+    pub delivery_id: Option<String>,
+    /// `processed=`.
+    pub processed: Option<bool>,
+}
+
+/// One page of the events listing, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventQuery {
+    /// 1-based page.
+    pub page: u32,
+    /// Rows per page.
+    pub page_size: u32,
+    /// Filters.
+    pub filter: EventFilter,
+}
+
+/// A page of events plus the total matching count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventPage {
+    /// Events of this page, newest first.
+    pub events: Vec<EventRecord>,
+    /// All events matching the filter.
+    pub total_count: u64,
+}
+
+/// What the HTTP layer needs from storage (every replica uses it).
+pub trait EventRepository: Send + Sync + 'static {
+    /// Stores a delivery, idempotently on its delivery id; returns after commit.
+    fn record(
+        &self,
+        event: NewEvent,
+    ) -> impl Future<Output = Result<RecordOutcome, StoreError>> + Send;
+    /// Lists events, newest first.
+    fn list(
+        &self,
+        query: &EventQuery,
+    ) -> impl Future<Output = Result<EventPage, StoreError>> + Send;
+    /// One event with headers and dispatches.
+    fn detail(
+        &self,
+        id: EventId,
+    ) -> impl Future<Output = Result<Option<EventDetail>, StoreError>> + Send;
+    /// Checks that the database answers.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// A stored event that has not been matched against the config yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnplannedEvent {
+    /// Event id.
+    pub id: EventId,
+    /// Payload `action`.
+    pub action: String,
+    /// Pull request.
+    pub pr: PullRequestRef,
+    /// Raw payload.
+    pub payload: String,
+    /// Forwardable headers.
+    pub headers: Vec<(String, String)>,
+}
+
+/// A dispatch that still needs the engine: queued, triggering or triggered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenDispatch {
+    /// Dispatch id.
+    pub id: DispatchId,
+    /// Its event.
+    pub event_id: EventId,
+    /// Config item name.
+    pub item: String,
+    /// Capacity pool.
+    pub pool: PoolKey,
+    /// Pull request.
+    pub pr: PullRequestRef,
+    /// Queued, Triggering or Triggered.
+    pub state: DispatchState,
+    /// FIFO key: the id of the first event of this PR's chain of superseding events.
+    pub queue_position: i64,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Earliest next attempt (queued).
+    pub next_attempt_at: OffsetDateTime,
+    /// EventListener `eventID` (triggered).
+    pub listener_event_id: Option<String>,
+    /// When the in-flight POST started (triggering).
+    pub trigger_started_at: Option<OffsetDateTime>,
+    /// When the 202 arrived (triggered).
+    pub triggered_at: Option<OffsetDateTime>,
+}
+
+/// Everything needed to POST one dispatch to its EventListener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerJob {
+    /// Dispatch id.
+    pub dispatch: DispatchId,
+    /// Its event.
+    pub event_id: EventId,
+    /// Config item name.
+    pub item: String,
+    /// Pull request (for logs).
+    pub pr: PullRequestRef,
+    /// Attempt number of this POST (1-based).
+    pub attempt: u32,
+    /// Raw payload, byte-exact.
+    pub payload: String,
+    /// Forwardable headers.
+    pub headers: Vec<(String, String)>,
+}
+
+/// The storage the single active dispatcher works on. Every method is one
+/// transaction; implementations must fence writes so that a replica that lost
+/// the dispatcher lock cannot change anything ([`StoreError::LostLeadership`]).
+pub trait DispatchStore: Send {
+    /// Events not matched yet, oldest first.
+    fn unplanned_events(
+        &mut self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<UnplannedEvent>, StoreError>> + Send;
+    /// Queued and triggering dispatches, plus triggered ones newer than `reservation_cutoff`.
+    fn open_dispatches(
+        &mut self,
+        reservation_cutoff: OffsetDateTime,
+    ) -> impl Future<Output = Result<Vec<OpenDispatch>, StoreError>> + Send;
+    /// Applies matching results atomically: aborts, new dispatches, superseded ones.
+    fn apply_intake(
+        &mut self,
+        plan: &IntakePlan,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Moves still-queued dispatches to `triggering` (one more attempt) and returns their payloads.
+    fn begin_triggers(
+        &mut self,
+        ids: &[DispatchId],
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Vec<TriggerJob>, StoreError>> + Send;
+    /// Records outcomes atomically and refreshes the affected events' statuses.
+    fn record_outcomes(
+        &mut self,
+        outcomes: &[DispatchOutcome],
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Brings the wanted `<pipeline>/queued` labels in line with the queue; returns how many changed.
+    fn reconcile_labels(
+        &mut self,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// What is known about one pool's PipelineRuns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolState {
+    /// Kubernetes state is not known to be current: dispatch nothing (fail closed).
+    Unknown {
+        /// Why, for logs and readiness.
+        reason: String,
+    },
+    /// Current state.
+    Known {
+        /// PipelineRuns in the pool that are not finished.
+        running: u32,
+        /// `triggers.tekton.dev/triggers-eventid` labels of every PipelineRun of the pipeline, finished or not.
+        seen_event_ids: HashSet<String>,
+    },
+}
+
+/// Source of pool usage (the Kubernetes watch).
+pub trait CapacitySource: Send + Sync {
+    /// Current state of `pool`; cheap, reads a cache.
+    fn pool_state(&self, pool: &crate::config::PoolSpec) -> PoolState;
+}
+
+/// One POST to an EventListener.
+#[derive(Debug, Clone, Copy)]
+pub struct TriggerRequest<'a> {
+    /// `callback_url`.
+    pub url: &'a Url,
+    /// Raw payload, forwarded byte-for-byte.
+    pub payload: &'a str,
+    /// Forwardable headers.
+    pub headers: &'a [(String, String)],
+}
+
+/// Why a trigger was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TriggerError {
+    /// The listener answered something other than 202.
+    #[error("EventListener answered HTTP {status}: {body}")]
+    Rejected {
+        /// HTTP status.
+        status: u16,
+        /// Start of the answer body.
+        body: String,
+    },
+    /// Connection or protocol failure.
+    #[error("EventListener unreachable: {0}")]
+    Transport(String),
+    /// No answer within `dispatch.trigger_timeout`.
+    #[error("EventListener did not answer within the trigger timeout")]
+    Timeout,
+}
+
+/// The EventListener client.
+pub trait Trigger: Send + Sync {
+    /// POSTs the delivery; `Ok(eventID)` on 202 (`None` if the answer had none).
+    fn trigger(
+        &self,
+        request: TriggerRequest<'_>,
+    ) -> impl Future<Output = Result<Option<String>, TriggerError>> + Send;
+}
+
+/// Wall clock, injectable for tests.
+pub trait Clock: Send + Sync {
+    /// Now.
+    fn now(&self) -> OffsetDateTime;
+}
+
+/// The real clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+}
+
+/// One pending change of a pull-request label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelTask {
+    /// Pull request.
+    pub pr: PullRequestRef,
+    /// Label name, e.g. `operator-hosted-pipeline/queued`.
+    pub label: String,
+    /// Add (true) or remove (false).
+    pub wanted: bool,
+    /// Failed attempts so far.
+    pub attempts: u32,
+}
+
+/// Storage of label intents.
+pub trait LabelStore: Send {
+    /// Label changes whose next attempt is due.
+    fn due_label_tasks(
+        &mut self,
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<LabelTask>, StoreError>> + Send;
+    /// Records the result of one change (`retry_at` set on failure).
+    fn finish_label_task(
+        &mut self,
+        task: &LabelTask,
+        error: Option<String>,
+        retry_at: Option<OffsetDateTime>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Earliest time a failed label change should be retried.
+    fn next_label_retry(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<OffsetDateTime>, StoreError>> + Send;
+}
+
+/// Why a GitHub call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NotifyError(pub String);
+
+/// Pull-request feedback on GitHub.
+pub trait PrNotifier: Send + Sync {
+    /// Adds `label` to the pull request.
+    fn add_label(
+        &self,
+        pr: &PullRequestRef,
+        label: &str,
+    ) -> impl Future<Output = Result<(), NotifyError>> + Send;
+    /// Removes `label`; a label that is not there is success.
+    fn remove_label(
+        &self,
+        pr: &PullRequestRef,
+        label: &str,
+    ) -> impl Future<Output = Result<(), NotifyError>> + Send;
+}
