@@ -1,0 +1,135 @@
+//! Label intents ([`LabelStore`]): which `<pipeline>/queued` labels GitHub
+//! should show, and which of those it already does.
+//!
+//! The engine's reconciliation writes `wanted`; the label worker sends the
+//! difference to GitHub and records `applied`. Completion writes are upserts
+//! so a label added while the intent was withdrawn is remembered and removed.
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use dispatcher_core::domain::PullRequestRef;
+use dispatcher_core::ports::{LabelStore, LabelTask, StoreError};
+use time::OffsetDateTime;
+
+use crate::error;
+use crate::pool::Database;
+use crate::schema::pr_labels;
+
+/// Label intents in PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PgLabels {
+    db: Database,
+}
+
+impl PgLabels {
+    pub(crate) fn new(db: Database) -> Self {
+        Self { db }
+    }
+}
+
+impl LabelStore for PgLabels {
+    async fn due_label_tasks(
+        &mut self,
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<LabelTask>, StoreError> {
+        let mut conn = self.db.conn().await?;
+        let rows: Vec<(String, i64, String, bool, i32)> = pr_labels::table
+            .filter(pr_labels::wanted.ne(pr_labels::applied))
+            .filter(pr_labels::next_attempt_at.le(now))
+            .order(pr_labels::next_attempt_at)
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .select((
+                pr_labels::repository_full_name,
+                pr_labels::pull_request_number,
+                pr_labels::label,
+                pr_labels::wanted,
+                pr_labels::attempts,
+            ))
+            .load(&mut conn)
+            .await
+            .map_err(error::query)?;
+        Ok(rows
+            .into_iter()
+            .map(|(repository, number, label, wanted, attempts)| LabelTask {
+                pr: PullRequestRef { repository, number },
+                label,
+                wanted,
+                attempts: u32::try_from(attempts).unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    async fn finish_label_task(
+        &mut self,
+        task: &LabelTask,
+        error: Option<String>,
+        retry_at: Option<OffsetDateTime>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.db.conn().await?;
+        let key = pr_labels::table
+            .filter(pr_labels::repository_full_name.eq(&task.pr.repository))
+            .filter(pr_labels::pull_request_number.eq(task.pr.number))
+            .filter(pr_labels::label.eq(&task.label));
+        let now = OffsetDateTime::now_utc();
+        if let Some(error) = error {
+            diesel::update(key)
+                .set((
+                    pr_labels::attempts.eq(pr_labels::attempts + 1),
+                    pr_labels::last_error.eq(error),
+                    pr_labels::next_attempt_at.eq(retry_at.unwrap_or(now)),
+                    pr_labels::updated_at.eq(now),
+                ))
+                .execute(&mut conn)
+                .await
+                .map_err(error::query)?;
+        } else if task.wanted {
+            // Added on GitHub: remember that even if the intent changed meanwhile.
+            diesel::insert_into(pr_labels::table)
+                .values((
+                    pr_labels::repository_full_name.eq(&task.pr.repository),
+                    pr_labels::pull_request_number.eq(task.pr.number),
+                    pr_labels::label.eq(&task.label),
+                    pr_labels::wanted.eq(false),
+                    pr_labels::applied.eq(true),
+                ))
+                .on_conflict((
+                    pr_labels::repository_full_name,
+                    pr_labels::pull_request_number,
+                    pr_labels::label,
+                ))
+                .do_update()
+                .set((
+                    pr_labels::applied.eq(true),
+                    pr_labels::attempts.eq(0),
+                    pr_labels::last_error.eq(None::<String>),
+                    pr_labels::updated_at.eq(now),
+                ))
+                .execute(&mut conn)
+                .await
+                .map_err(error::query)?;
+        } else {
+            // Removed on GitHub: forget the row unless the label is wanted again.
+            diesel::delete(key.filter(pr_labels::wanted.eq(false)))
+                .execute(&mut conn)
+                .await
+                .map_err(error::query)?;
+            diesel::update(key.filter(pr_labels::wanted.eq(true)))
+                .set((pr_labels::applied.eq(false), pr_labels::updated_at.eq(now)))
+                .execute(&mut conn)
+                .await
+                .map_err(error::query)?;
+        }
+        Ok(())
+    }
+
+    async fn next_label_retry(&mut self) -> Result<Option<OffsetDateTime>, StoreError> {
+        let mut conn = self.db.conn().await?;
+        pr_labels::table
+            .filter(pr_labels::wanted.ne(pr_labels::applied))
+            .select(diesel::dsl::min(pr_labels::next_attempt_at))
+            .first(&mut conn)
+            .await
+            .map_err(error::query)
+    }
+}

@@ -1,0 +1,61 @@
+//! Diesel table definitions, mirroring `migrations/` (checked by the
+//! `schema_matches_migrations` test).
+
+diesel::table! {
+    webhook_events (id) {
+        id -> Int8,
+        delivery_id -> Text,
+        event_type -> Text,
+        action -> Text,
+        repository_full_name -> Text,
+        pull_request_number -> Int8,
+        payload -> Json,
+        headers -> Jsonb,
+        status -> Text,
+        processed -> Bool,
+        processing_error -> Nullable<Text>,
+        received_at -> Timestamptz,
+        processed_at -> Nullable<Timestamptz>,
+        planned_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    dispatches (id) {
+        id -> Int8,
+        event_id -> Int8,
+        item_name -> Text,
+        pool -> Text,
+        queued_label -> Text,
+        repository_full_name -> Text,
+        pull_request_number -> Int8,
+        state -> Text,
+        queue_position -> Int8,
+        attempts -> Int4,
+        next_attempt_at -> Timestamptz,
+        last_error -> Nullable<Text>,
+        listener_event_id -> Nullable<Text>,
+        created_at -> Timestamptz,
+        trigger_started_at -> Nullable<Timestamptz>,
+        triggered_at -> Nullable<Timestamptz>,
+        confirmed_at -> Nullable<Timestamptz>,
+        finished_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    pr_labels (repository_full_name, pull_request_number, label) {
+        repository_full_name -> Text,
+        pull_request_number -> Int8,
+        label -> Text,
+        wanted -> Bool,
+        applied -> Bool,
+        attempts -> Int4,
+        next_attempt_at -> Timestamptz,
+        last_error -> Nullable<Text>,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(dispatches -> webhook_events (event_id));
+diesel::allow_tables_to_appear_in_same_query!(webhook_events, dispatches, pr_labels);

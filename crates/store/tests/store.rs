@@ -1,0 +1,611 @@
+//! The store against real PostgreSQL (one database per test).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::{Connection, RunQueryDsl as _};
+use diesel_async::AsyncPgConnection;
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_migrations::MigrationHarness;
+use dispatcher_core::config::PoolKey;
+use dispatcher_core::domain::{DispatchId, DispatchState, EventId, EventStatus, PullRequestRef};
+use dispatcher_core::intake::NewEvent;
+use dispatcher_core::planner::{DispatchOutcome, IntakePlan, NewDispatch};
+use dispatcher_core::ports::{
+    DispatchStore, EventFilter, EventQuery, EventRepository, LabelStore, LabelTask, RecordOutcome,
+};
+use dispatcher_store::{Database, MIGRATIONS, PoolOptions};
+use dispatcher_testdb::TestDatabase;
+use time::OffsetDateTime;
+
+fn db(test: &TestDatabase) -> Database {
+    Database::connect(
+        test.url(),
+        PoolOptions {
+            max_size: 20,
+            ..PoolOptions::default()
+        },
+    )
+    .expect("pool")
+}
+
+fn event(delivery: &str, pr: i64, payload: &str) -> NewEvent {
+    NewEvent {
+        delivery_id: delivery.to_owned(),
+        event_type: "pull_request".to_owned(),
+        action: "opened".to_owned(),
+        repository_full_name: "o/r".to_owned(),
+        pull_request_number: pr,
+        payload: payload.to_owned(),
+        headers: vec![
+            ("X-GitHub-Event".to_owned(), "pull_request".to_owned()),
+            ("X-GitHub-Delivery".to_owned(), delivery.to_owned()),
+        ],
+    }
+}
+
+fn created(outcome: RecordOutcome) -> EventId {
+    match outcome {
+        RecordOutcome::Created(e) => e.id,
+        other => panic!("expected a new row, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn payload_is_stored_byte_exact() {
+    let t = TestDatabase::new();
+    let events = db(&t).events();
+    // Odd spacing, key order, escapes and non-ASCII survive untouched (jsonb would not).
+    let payload = "{ \"b\" : 1,\n\t\"a\":[1.50, 2e3, -0],\"s\":\"\\u0000 \\u00e9 é \\ud83d\\ude00 😀\", \"a\": null }";
+    let id = created(events.record(event("d-1", 1, payload)).await.unwrap());
+    let stored = events.detail(id).await.unwrap().expect("stored");
+    assert_eq!(stored.event.delivery_id, "d-1");
+    assert_eq!(stored.event.status, EventStatus::Pending);
+    assert_eq!(
+        stored.headers[0],
+        ("X-GitHub-Event".to_owned(), "pull_request".to_owned())
+    );
+    let mut leader = db(&t).try_lead(false).await.unwrap().expect("leader");
+    let unplanned = leader.unplanned_events(10).await.unwrap();
+    assert_eq!(unplanned[0].payload, payload);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_duplicate_deliveries_make_exactly_one_row() {
+    let t = TestDatabase::new();
+    let events = db(&t).events();
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let events = events.clone();
+            tokio::spawn(async move { events.record(event("dup", 7, "{\"x\":1}")).await })
+        })
+        .collect();
+    let mut created = 0;
+    let mut ids = HashSet::new();
+    for t in tasks {
+        match t.await.unwrap().unwrap() {
+            RecordOutcome::Created(e) => {
+                created += 1;
+                ids.insert(e.id);
+            }
+            RecordOutcome::AlreadyStored(e) => {
+                ids.insert(e.id);
+            }
+            RecordOutcome::Conflict(e) => panic!("same body is not a conflict: {e:?}"),
+        }
+    }
+    assert_eq!(created, 1);
+    assert_eq!(ids.len(), 1);
+    let page = events
+        .list(&EventQuery {
+            page: 1,
+            page_size: 100,
+            filter: EventFilter::default(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.total_count, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn same_delivery_with_another_body_is_a_conflict() {
+    let t = TestDatabase::new();
+    let events = db(&t).events();
+    created(events.record(event("d", 1, "{\"x\":1}")).await.unwrap());
+    assert!(matches!(
+        events.record(event("d", 1, "{\"x\": 1}")).await.unwrap(),
+        RecordOutcome::Conflict(_)
+    ));
+    assert!(matches!(
+        events.record(event("d", 1, "{\"x\":1}")).await.unwrap(),
+        RecordOutcome::AlreadyStored(_)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listing_pages_newest_first_with_filters() {
+    let t = TestDatabase::new();
+    let events = db(&t).events();
+    for i in 1..=25 {
+        let mut e = event(&format!("d{i}"), i % 3, "{}");
+        if i % 5 == 0 {
+            e.action = "synchronize".into();
+        }
+        events.record(e).await.unwrap();
+    }
+    let q = |page, page_size, filter| EventQuery {
+        page,
+        page_size,
+        filter,
+    };
+    let p1 = events
+        .list(&q(1, 10, EventFilter::default()))
+        .await
+        .unwrap();
+    assert_eq!(p1.total_count, 25);
+    let deliveries: Vec<&str> = p1.events.iter().map(|e| e.delivery_id.as_str()).collect();
+    assert_eq!(deliveries[..3], ["d25", "d24", "d23"]);
+    let p3 = events
+        .list(&q(3, 10, EventFilter::default()))
+        .await
+        .unwrap();
+    assert_eq!(p3.events.len(), 5);
+    assert_eq!(p3.events.last().unwrap().delivery_id, "d1");
+    let sync = events
+        .list(&q(
+            1,
+            100,
+            EventFilter {
+                action: Some("synchronize".into()),
+                ..EventFilter::default()
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(sync.total_count, 5);
+    let combined = EventFilter {
+        pull_request_number: Some(0),
+        action: Some("synchronize".into()),
+        processed: Some(false),
+        status: Some(EventStatus::Pending),
+        repository_full_name: Some("o/r".into()),
+        delivery_id: None,
+    };
+    let r = events.list(&q(1, 100, combined)).await.unwrap();
+    assert_eq!(
+        r.events
+            .iter()
+            .map(|e| e.delivery_id.as_str())
+            .collect::<Vec<_>>(),
+        ["d15"]
+    );
+    let none = events
+        .list(&q(
+            1,
+            100,
+            EventFilter {
+                status: Some(EventStatus::Processed),
+                ..EventFilter::default()
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(none.total_count, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_one_leader_at_a_time() {
+    let t = TestDatabase::new();
+    let a = db(&t);
+    let b = db(&t);
+    let mut first = a
+        .try_lead(true)
+        .await
+        .unwrap()
+        .expect("first replica leads");
+    assert!(
+        b.try_lead(true).await.unwrap().is_none(),
+        "second replica stands by"
+    );
+    first.check().await.unwrap();
+    drop(first);
+    // The lock goes with the connection; the server frees it when the socket closes.
+    let mut attempts = 0;
+    loop {
+        if b.try_lead(true).await.unwrap().is_some() {
+            break;
+        }
+        attempts += 1;
+        assert!(attempts < 100, "standby never took over");
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inserts_wake_the_leader() {
+    let t = TestDatabase::new();
+    let database = db(&t);
+    let mut leader = database.try_lead(true).await.unwrap().expect("leader");
+    let waiting = tokio::spawn(async move { leader.wait_for_wakeup().await.map(|()| leader) });
+    database
+        .events()
+        .record(event("wake", 1, "{}"))
+        .await
+        .unwrap();
+    let woke = tokio::time::timeout(Duration::from_secs(10), waiting).await;
+    assert!(matches!(woke, Ok(Ok(Ok(_)))), "no wake-up after insert");
+}
+
+fn new_dispatch(event: EventId, pr: i64, item: &str, state: DispatchState) -> NewDispatch {
+    NewDispatch {
+        event_id: event,
+        item: item.into(),
+        pool: PoolKey("ns/p".into()),
+        queued_label: "p/queued".into(),
+        pr: PullRequestRef {
+            repository: "o/r".into(),
+            number: pr,
+        },
+        queue_position: event.0,
+        state,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dispatch_lifecycle_updates_event_status() {
+    let t = TestDatabase::new();
+    let database = db(&t);
+    let events = database.events();
+    let e1 = created(events.record(event("a", 1, "{\"n\":1}")).await.unwrap());
+    let e2 = created(events.record(event("b", 1, "{\"n\":2}")).await.unwrap());
+    let e3 = created(events.record(event("c", 2, "{\"n\":3}")).await.unwrap());
+    let mut leader = database.try_lead(true).await.unwrap().expect("leader");
+    let now = OffsetDateTime::now_utc();
+
+    let plan = IntakePlan {
+        planned: vec![e1, e2, e3],
+        aborted: vec![e3],
+        new_dispatches: vec![
+            new_dispatch(e1, 1, "ops", DispatchState::Cancelled),
+            new_dispatch(e2, 1, "ops", DispatchState::Queued),
+        ],
+        superseded: vec![],
+    };
+    leader.apply_intake(&plan, now).await.unwrap();
+    assert!(leader.unplanned_events(10).await.unwrap().is_empty());
+    let status = |id| {
+        let events = events.clone();
+        async move { events.detail(id).await.unwrap().unwrap() }
+    };
+    assert_eq!(status(e1).await.event.status, EventStatus::Cancelled);
+    let aborted = status(e3).await.event;
+    assert_eq!(
+        (aborted.status, aborted.processing_error.as_deref()),
+        (EventStatus::Aborted, Some("Unsupported event"))
+    );
+    assert_eq!(status(e2).await.event.status, EventStatus::Queued);
+
+    let open = leader
+        .open_dispatches(now - Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(open.len(), 1);
+    let id = open[0].id;
+    let jobs = leader.begin_triggers(&[id], now).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        (jobs[0].attempt, jobs[0].payload.as_str()),
+        (1, "{\"n\":2}")
+    );
+    assert!(
+        leader.begin_triggers(&[id], now).await.unwrap().is_empty(),
+        "a triggering dispatch is not started twice"
+    );
+
+    // A stale outcome (wrong attempt) changes nothing.
+    let stale = DispatchOutcome::Triggered {
+        id,
+        attempt: 7,
+        listener_event_id: Some("x".into()),
+    };
+    leader.record_outcomes(&[stale], now).await.unwrap();
+    assert_eq!(
+        status(e2).await.dispatches[0].state,
+        DispatchState::Triggering
+    );
+
+    let ok = DispatchOutcome::Triggered {
+        id,
+        attempt: 1,
+        listener_event_id: Some("ev-9".into()),
+    };
+    leader.record_outcomes(&[ok], now).await.unwrap();
+    let detail = status(e2).await;
+    assert_eq!(
+        (detail.event.status, detail.event.processed),
+        (EventStatus::Processed, true)
+    );
+    assert!(detail.event.processed_at.is_some());
+    assert_eq!(
+        detail.dispatches[0].listener_event_id.as_deref(),
+        Some("ev-9")
+    );
+
+    leader
+        .record_outcomes(&[DispatchOutcome::Confirmed { id }], now)
+        .await
+        .unwrap();
+    let detail = status(e2).await;
+    assert_eq!(detail.dispatches[0].state, DispatchState::Confirmed);
+    assert!(detail.dispatches[0].confirmed_at.is_some());
+    assert!(
+        leader
+            .open_dispatches(now - Duration::from_secs(120))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_and_failures_are_recorded() {
+    let t = TestDatabase::new();
+    let database = db(&t);
+    let e = created(database.events().record(event("a", 1, "{}")).await.unwrap());
+    let mut leader = database.try_lead(true).await.unwrap().expect("leader");
+    let now = OffsetDateTime::now_utc();
+    let plan = IntakePlan {
+        planned: vec![e],
+        new_dispatches: vec![new_dispatch(e, 1, "ops", DispatchState::Queued)],
+        ..IntakePlan::default()
+    };
+    leader.apply_intake(&plan, now).await.unwrap();
+    let id: DispatchId = leader.open_dispatches(now).await.unwrap()[0].id;
+    leader.begin_triggers(&[id], now).await.unwrap();
+    let later = now + Duration::from_secs(3);
+    leader
+        .record_outcomes(
+            &[DispatchOutcome::Retry {
+                id,
+                attempt: 1,
+                next_attempt_at: later,
+                error: "HTTP 503".into(),
+            }],
+            now,
+        )
+        .await
+        .unwrap();
+    let open = leader.open_dispatches(now).await.unwrap();
+    assert_eq!(
+        (open[0].state, open[0].attempts),
+        (DispatchState::Queued, 1)
+    );
+    assert_eq!(
+        open[0].next_attempt_at.unix_timestamp(),
+        later.unix_timestamp()
+    );
+    leader.begin_triggers(&[id], later).await.unwrap();
+    leader
+        .record_outcomes(
+            &[DispatchOutcome::Failed {
+                id,
+                attempt: 2,
+                error: "gave up".into(),
+            }],
+            later,
+        )
+        .await
+        .unwrap();
+    let detail = database.events().detail(e).await.unwrap().unwrap();
+    assert_eq!(detail.event.status, EventStatus::Failed);
+    assert_eq!(detail.event.processing_error.as_deref(), Some("gave up"));
+    assert_eq!(detail.dispatches[0].attempts, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn label_intents_follow_the_queue() {
+    let t = TestDatabase::new();
+    let database = db(&t);
+    let e = created(database.events().record(event("a", 5, "{}")).await.unwrap());
+    let mut leader = database.try_lead(true).await.unwrap().expect("leader");
+    let mut labels = database.labels();
+    let now = OffsetDateTime::now_utc();
+    let plan = IntakePlan {
+        planned: vec![e],
+        new_dispatches: vec![new_dispatch(e, 5, "ops", DispatchState::Queued)],
+        ..IntakePlan::default()
+    };
+    leader.apply_intake(&plan, now).await.unwrap();
+    assert_eq!(leader.reconcile_labels(now).await.unwrap(), 1);
+    assert_eq!(leader.reconcile_labels(now).await.unwrap(), 0, "idempotent");
+    let tasks = labels.due_label_tasks(now, 10).await.unwrap();
+    let expected = LabelTask {
+        pr: PullRequestRef {
+            repository: "o/r".into(),
+            number: 5,
+        },
+        label: "p/queued".into(),
+        wanted: true,
+        attempts: 0,
+    };
+    assert_eq!(tasks, [expected.clone()]);
+
+    // GitHub fails once: retried later, not now.
+    let retry = now + Duration::from_secs(60);
+    labels
+        .finish_label_task(&expected, Some("HTTP 502".into()), Some(retry))
+        .await
+        .unwrap();
+    assert!(labels.due_label_tasks(now, 10).await.unwrap().is_empty());
+    assert_eq!(
+        labels
+            .next_label_retry()
+            .await
+            .unwrap()
+            .map(|t| t.unix_timestamp()),
+        Some(retry.unix_timestamp())
+    );
+    labels
+        .finish_label_task(&expected, None, None)
+        .await
+        .unwrap();
+    assert!(
+        labels.due_label_tasks(retry, 10).await.unwrap().is_empty(),
+        "applied"
+    );
+
+    // Dispatched: the label must go.
+    let id = leader.open_dispatches(now).await.unwrap()[0].id;
+    leader.begin_triggers(&[id], now).await.unwrap();
+    leader
+        .record_outcomes(
+            &[DispatchOutcome::Triggered {
+                id,
+                attempt: 1,
+                listener_event_id: None,
+            }],
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(leader.reconcile_labels(now).await.unwrap(), 1);
+    let tasks = labels.due_label_tasks(now, 10).await.unwrap();
+    assert_eq!(tasks.len(), 1);
+    assert!(!tasks[0].wanted);
+    labels
+        .finish_label_task(&tasks[0], None, None)
+        .await
+        .unwrap();
+    assert!(labels.due_label_tasks(now, 10).await.unwrap().is_empty());
+    assert_eq!(labels.next_label_retry().await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_label_added_after_its_intent_was_withdrawn_is_removed() {
+    let t = TestDatabase::new();
+    let database = db(&t);
+    let mut labels = database.labels();
+    let task = LabelTask {
+        pr: PullRequestRef {
+            repository: "o/r".into(),
+            number: 1,
+        },
+        label: "p/queued".into(),
+        wanted: true,
+        attempts: 0,
+    };
+    // The row vanished (intent withdrawn) while the add was in flight.
+    labels.finish_label_task(&task, None, None).await.unwrap();
+    let tasks = labels
+        .due_label_tasks(OffsetDateTime::now_utc(), 10)
+        .await
+        .unwrap();
+    assert_eq!(tasks.len(), 1);
+    assert!(!tasks[0].wanted, "the stray label is scheduled for removal");
+}
+
+#[test]
+fn migrations_apply_on_a_database_holding_data() {
+    let t = TestDatabase::empty();
+    let url = t.url().to_owned();
+    std::thread::spawn(move || {
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url).unwrap();
+        conn.run_next_migration(MIGRATIONS).unwrap();
+        conn.batch_execute(
+            "INSERT INTO webhook_events (delivery_id, event_type, action, repository_full_name, pull_request_number, payload, headers)
+             VALUES ('old-1', 'pull_request', 'opened', 'o/r', 3, '{\"k\": 1}', '[[\"X-GitHub-Event\",\"pull_request\"]]')",
+        )
+        .unwrap();
+        conn.run_pending_migrations(MIGRATIONS).unwrap();
+        #[derive(diesel::QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            payload: String,
+            #[diesel(sql_type = diesel::sql_types::Bool)]
+            unplanned: bool,
+        }
+        let rows: Vec<Row> = diesel::sql_query(
+            "SELECT payload::text AS payload, planned_at IS NULL AS unplanned FROM webhook_events",
+        )
+        .load(&mut conn)
+        .unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].payload, "{\"k\": 1}");
+        assert!(rows[0].unplanned, "acknowledged events from before the engine still get dispatched");
+        // And everything reverts cleanly.
+        conn.revert_all_migrations(MIGRATIONS).unwrap();
+        conn.run_pending_migrations(MIGRATIONS).unwrap();
+    })
+    .join()
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_migrations_is_idempotent() {
+    let t = TestDatabase::empty();
+    let applied = dispatcher_store::run_migrations(t.url()).await.unwrap();
+    assert_eq!(applied.len(), 2);
+    assert!(
+        dispatcher_store::run_migrations(t.url())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        dispatcher_store::pending_migrations(t.url())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn schema_matches_migrations() {
+    let t = TestDatabase::new();
+    let url = t.url().to_owned();
+    std::thread::spawn(move || {
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url).unwrap();
+        #[derive(diesel::QueryableByName)]
+        struct Col {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            table_name: String,
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            column_name: String,
+        }
+        let cols: Vec<Col> = diesel::sql_query(
+            "SELECT table_name::text, column_name::text FROM information_schema.columns
+              WHERE table_schema = 'public' AND table_name IN ('webhook_events', 'dispatches', 'pr_labels')
+              ORDER BY table_name, ordinal_position",
+        )
+        .load(&mut conn)
+        .unwrap();
+        use dispatcher_store::schema::*;
+        // The SQL diesel generates for `SELECT all_columns` names every declared column.
+        fn names(sql: String, table: &str) -> Vec<String> {
+            let prefix = format!("\"{table}\".\"");
+            sql.split(&prefix).skip(1).filter_map(|rest| rest.split('"').next()).map(str::to_owned).collect()
+        }
+        let declared = |table: &str| -> Vec<String> {
+            use diesel::{QueryDsl, debug_query, pg::Pg};
+            let sql = match table {
+                "webhook_events" => debug_query::<Pg, _>(&webhook_events::table.select(webhook_events::all_columns)).to_string(),
+                "dispatches" => debug_query::<Pg, _>(&dispatches::table.select(dispatches::all_columns)).to_string(),
+                _ => debug_query::<Pg, _>(&pr_labels::table.select(pr_labels::all_columns)).to_string(),
+            };
+            names(sql, table)
+        };
+        for table in ["webhook_events", "dispatches", "pr_labels"] {
+            let actual: Vec<String> = cols.iter().filter(|c| c.table_name == table).map(|c| c.column_name.clone()).collect();
+            let mut expected = declared(table);
+            let mut sorted_actual = actual.clone();
+            expected.sort();
+            sorted_actual.sort();
+            assert_eq!(sorted_actual, expected, "schema.rs is out of date for {table}");
+        }
+    })
+    .join()
+    .unwrap();
+}
