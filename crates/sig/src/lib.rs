@@ -97,6 +97,52 @@ impl SigningKeys {
     }
 }
 
+/// Bearer tokens, checked in constant time. Each token is kept only as an
+/// HMAC under a per-process random key, so comparing a presented token is an
+/// HMAC verification (`ring::hmac::verify` is constant time) and the tokens
+/// themselves are not held in memory after construction.
+#[derive(Clone)]
+pub struct TokenSet {
+    key: hmac::Key,
+    tags: Vec<hmac::Tag>,
+}
+
+impl fmt::Debug for TokenSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenSet({} token(s), redacted)", self.tags.len())
+    }
+}
+
+impl TokenSet {
+    /// A set holding `tokens`; fails only if the system RNG does.
+    pub fn new<I, S>(tokens: I) -> Result<Self, ring::error::Unspecified>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<[u8]>,
+    {
+        let key = hmac::Key::generate(hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())?;
+        let tags = tokens
+            .into_iter()
+            .map(|t| hmac::sign(&key, t.as_ref()))
+            .collect();
+        Ok(Self { key, tags })
+    }
+
+    /// Whether no token is configured (the API is open).
+    pub fn is_empty(&self) -> bool {
+        self.tags.is_empty()
+    }
+
+    /// Whether `presented` is one of the tokens.
+    pub fn contains(&self, presented: &[u8]) -> bool {
+        let mut found = false;
+        for tag in &self.tags {
+            found |= hmac::verify(&self.key, presented, tag.as_ref()).is_ok();
+        }
+        found
+    }
+}
+
 /// The `X-Hub-Signature-256` value for `body` signed with `secret`.
 pub fn sign(secret: &[u8], body: &[u8]) -> String {
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
@@ -204,6 +250,15 @@ mod tests {
             SigningKeys::new(Vec::<&str>::new()).verify(PAYLOAD, EXPECTED),
             Err(SignatureError::NoSecrets)
         );
+    }
+
+    #[test]
+    fn token_sets_match_exactly() {
+        let tokens = TokenSet::new(["alpha", "beta"]).expect("rng");
+        assert!(tokens.contains(b"alpha") && tokens.contains(b"beta"));
+        assert!(!tokens.contains(b"alph") && !tokens.contains(b"alphaa") && !tokens.contains(b""));
+        assert!(TokenSet::new(Vec::<&str>::new()).expect("rng").is_empty());
+        assert!(!format!("{tokens:?}").contains("alpha"));
     }
 
     #[test]

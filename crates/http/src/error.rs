@@ -1,0 +1,95 @@
+//! Every error answer of the API, and the one place that maps it to an HTTP
+//! status and a JSON body. Nothing answers HTML, not even 404 or 405.
+
+use dispatcher_core::intake::PayloadError;
+use dispatcher_core::ports::StoreError;
+use http::StatusCode;
+
+/// Why a request was not served.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Body larger than `server.body_limit_bytes`.
+    #[error("Payload too large (limit {limit} bytes)")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// `User-Agent` does not start with `GitHub-Hookshot/`.
+    #[error("Invalid User-Agent header")]
+    InvalidUserAgent,
+    /// `X-GitHub-Event` missing (`None`) or not allowed.
+    #[error("Event type '{0}' not allowed")]
+    EventNotAllowed(String),
+    /// No configured secret produces the signature.
+    #[error("Invalid webhook signature")]
+    InvalidSignature,
+    /// `X-GitHub-Delivery` missing or empty.
+    #[error("Missing X-GitHub-Delivery header")]
+    MissingDelivery,
+    /// Content type is not JSON.
+    #[error("Unsupported Content-Type '{0}': expected application/json")]
+    UnsupportedMediaType(String),
+    /// Body is not a usable pull-request payload.
+    #[error("{0}")]
+    InvalidPayload(#[from] PayloadError),
+    /// Delivery id stored with a different body.
+    #[error("Delivery '{0}' was already received with a different payload")]
+    DeliveryConflict(String),
+    /// Missing or wrong bearer token.
+    #[error("Missing or invalid bearer token")]
+    Unauthorized,
+    /// No such route or resource.
+    #[error("{0}")]
+    NotFound(String),
+    /// Route exists, method does not.
+    #[error("Method {method} not allowed (allowed: {allowed})")]
+    MethodNotAllowed {
+        /// The method used.
+        method: String,
+        /// The methods the route accepts.
+        allowed: &'static str,
+    },
+    /// Bad query parameters or path values.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request took longer than `server.request_timeout`.
+    #[error("Request timed out")]
+    Timeout,
+    /// Storage failed.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+impl ApiError {
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::InvalidUserAgent
+            | Self::EventNotAllowed(_)
+            | Self::MissingDelivery
+            | Self::InvalidPayload(_)
+            | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidSignature | Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::DeliveryConflict(_) => StatusCode::CONFLICT,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Timeout => StatusCode::REQUEST_TIMEOUT,
+            Self::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The message shown to the client. Server-side failures do not leak
+    /// internals; the detail goes to the log.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Store(StoreError::Unavailable(_)) => {
+                "Database unavailable, retry later".to_owned()
+            }
+            Self::Store(_) => "Internal server error".to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
