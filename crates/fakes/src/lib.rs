@@ -1,1 +1,34 @@
-//! stub
+//! # dispatcher-fakes
+//!
+//! Test support: small local fakes, each on 127.0.0.1 port 0, that speak the
+//! real wire formats of the dispatcher's peers.
+//!
+//! * [`FakeKube`]: the Kubernetes API for `tekton.dev` PipelineRuns (list,
+//!   `?watch=true` streaming, resourceVersions, label selectors, outages).
+//! * [`FakeEventListener`]: a Tekton EventListener (202 + `eventID`, GitHub
+//!   signature check over the raw bytes, scripted failures, optional
+//!   PipelineRun creation in a [`FakeKube`]).
+//! * [`FakeGithub`]: the GitHub issue-labels API.
+//!
+//! Each fake has a `wait_until` that waits on its own change notifications,
+//! so tests never sleep to synchronise.
+//!
+//! **Must not:** be a dependency of anything but tests and benchmarks.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! let kube = dispatcher_fakes::FakeKube::start().await?;
+//! kube.create_run("ns", "run-1", "my-pipeline", Some("event-1"), &[]);
+//! assert_eq!(kube.unfinished("my-pipeline"), ["run-1"]);
+//! # Ok(()) }
+//! ```
+
+mod github;
+mod kube;
+mod listener;
+mod server;
+
+pub use github::{FakeGithub, LabelCall};
+pub use kube::FakeKube;
+pub use listener::{FakeEventListener, Received, TektonMode};
+pub use server::{FakeBody, FakeRequest, FakeServer};

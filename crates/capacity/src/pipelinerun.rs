@@ -1,0 +1,101 @@
+//! What the dispatcher needs to know about one PipelineRun.
+
+use std::collections::BTreeMap;
+
+use kube::api::DynamicObject;
+
+/// Label Tekton Pipelines puts on every PipelineRun of a Pipeline.
+pub const PIPELINE_LABEL: &str = "tekton.dev/pipeline";
+/// Label Tekton Triggers puts on resources created for one EventListener event.
+pub const EVENT_ID_LABEL: &str = "triggers.tekton.dev/triggers-eventid";
+
+/// A PipelineRun reduced to what capacity counting needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunInfo {
+    /// `metadata.annotations`.
+    pub annotations: BTreeMap<String, String>,
+    /// The EventListener event that created it, if any.
+    pub event_id: Option<String>,
+    /// Whether its `Succeeded` condition is final (`True` or `False`).
+    pub finished: bool,
+}
+
+impl RunInfo {
+    /// Reads a PipelineRun. Runs with no `Succeeded` condition yet, or one
+    /// with status `Unknown` (running, pending, cancelling...), are unfinished.
+    pub fn from_object(obj: &DynamicObject) -> Self {
+        let conditions = obj
+            .data
+            .pointer("/status/conditions")
+            .and_then(|c| c.as_array());
+        let finished = conditions.is_some_and(|conds| {
+            conds.iter().any(|c| {
+                c.get("type").and_then(|t| t.as_str()) == Some("Succeeded")
+                    && matches!(
+                        c.get("status").and_then(|s| s.as_str()),
+                        Some("True" | "False")
+                    )
+            })
+        });
+        Self {
+            annotations: obj.metadata.annotations.clone().unwrap_or_default(),
+            event_id: obj
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(EVENT_ID_LABEL))
+                .cloned(),
+            finished,
+        }
+    }
+
+    /// Whether the run carries every annotation of `selector`.
+    pub fn matches(&self, selector: &BTreeMap<String, String>) -> bool {
+        selector
+            .iter()
+            .all(|(k, v)| self.annotations.get(k) == Some(v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(status: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
+            "metadata": {
+                "name": "r", "namespace": "ns",
+                "labels": {"tekton.dev/pipeline": "p", "triggers.tekton.dev/triggers-eventid": "ev-1"},
+                "annotations": {"repo": "o/r"}
+            },
+            "status": status,
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn finished_only_when_succeeded_is_final() {
+        let cond = |status: &str, reason: &str| serde_json::json!({"conditions": [{"type": "Succeeded", "status": status, "reason": reason}]});
+        assert!(
+            !RunInfo::from_object(&run(serde_json::json!({}))).finished,
+            "no condition yet"
+        );
+        assert!(!RunInfo::from_object(&run(cond("Unknown", "Running"))).finished);
+        assert!(!RunInfo::from_object(&run(cond("Unknown", "PipelineRunPending"))).finished);
+        assert!(!RunInfo::from_object(&run(cond("Unknown", "Cancelling"))).finished);
+        assert!(RunInfo::from_object(&run(cond("True", "Succeeded"))).finished);
+        assert!(RunInfo::from_object(&run(cond("False", "Cancelled"))).finished);
+        assert!(RunInfo::from_object(&run(cond("False", "Failed"))).finished);
+    }
+
+    #[test]
+    fn reads_event_id_and_annotations() {
+        let info = RunInfo::from_object(&run(serde_json::json!({})));
+        assert_eq!(info.event_id.as_deref(), Some("ev-1"));
+        assert!(info.matches(&BTreeMap::new()));
+        assert!(info.matches(&BTreeMap::from([("repo".to_owned(), "o/r".to_owned())])));
+        assert!(!info.matches(&BTreeMap::from([("repo".to_owned(), "o/other".to_owned())])));
+        assert!(!info.matches(&BTreeMap::from([("missing".to_owned(), "x".to_owned())])));
+    }
+}

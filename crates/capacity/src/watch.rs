@@ -1,0 +1,303 @@
+//! Pool usage from Kubernetes: one watch per (namespace, pipeline, API
+//! version), shared by every pool on it, plus a periodic full list that
+//! repairs drift and proves the API still answers.
+//!
+//! Health is tracked here rather than trusted to the client: kube's retries
+//! can make a watch look quiet-but-fine during an outage. A pool's state is
+//! `Unknown` (and nothing is dispatched into it) until the first full list,
+//! after any error until the next success, and when nothing succeeded for
+//! `stale_after`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use dispatcher_core::config::{PoolSpec, TektonApiVersion};
+use dispatcher_core::ports::{CapacitySource, PoolState};
+use futures_util::StreamExt;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::pipelinerun::{PIPELINE_LABEL, RunInfo};
+
+/// Timing of the capacity view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CapacityOptions {
+    /// Interval of the full list.
+    pub resync_interval: Duration,
+    /// Age after which a pool's state is unknown.
+    pub stale_after: Duration,
+    /// Timeout of one full list.
+    pub list_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct WatchKey {
+    namespace: String,
+    pipeline: String,
+    api_version: TektonApiVersion,
+}
+
+impl WatchKey {
+    fn of(pool: &PoolSpec) -> Self {
+        Self {
+            namespace: pool.namespace.clone(),
+            pipeline: pool.pipeline_name.clone(),
+            api_version: pool.api_version,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Snapshot {
+    runs: HashMap<String, RunInfo>,
+    synced: bool,
+    last_ok: Option<Instant>,
+    error: Option<String>,
+    /// Objects of a watch restart, swapped in at `InitDone`.
+    init_buffer: Option<HashMap<String, RunInfo>>,
+}
+
+#[derive(Debug)]
+struct WatchState {
+    key: WatchKey,
+    snapshot: RwLock<Snapshot>,
+}
+
+impl WatchState {
+    fn update(&self, f: impl FnOnce(&mut Snapshot)) {
+        let Ok(mut s) = self.snapshot.write() else {
+            return;
+        };
+        let was_healthy = s.synced && s.error.is_none();
+        f(&mut s);
+        let healthy = s.synced && s.error.is_none();
+        let (ns, pipeline) = (&self.key.namespace, &self.key.pipeline);
+        match (was_healthy, healthy) {
+            (false, true) => {
+                tracing::info!(namespace = %ns, pipeline = %pipeline, runs = s.runs.len(), "PipelineRun state is current")
+            }
+            (true, false) => tracing::warn!(
+                namespace = %ns, pipeline = %pipeline, error = s.error.as_deref().unwrap_or("-"),
+                "PipelineRun state unknown; not dispatching into this pipeline until the Kubernetes API answers"
+            ),
+            _ => {}
+        }
+    }
+
+    fn ok(s: &mut Snapshot) {
+        s.last_ok = Some(Instant::now());
+        s.error = None;
+    }
+}
+
+/// The Kubernetes-backed [`CapacitySource`]. Dropping it stops its tasks.
+#[derive(Debug)]
+pub struct KubeCapacity {
+    watches: BTreeMap<WatchKey, Arc<WatchState>>,
+    changed: Arc<Notify>,
+    options: CapacityOptions,
+    unavailable: Option<String>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl KubeCapacity {
+    /// Starts watching the PipelineRuns of every pool.
+    pub fn start<'a>(
+        client: &kube::Client,
+        pools: impl IntoIterator<Item = &'a PoolSpec>,
+        options: CapacityOptions,
+    ) -> Self {
+        let changed = Arc::new(Notify::new());
+        let mut watches = BTreeMap::new();
+        let mut tasks = Vec::new();
+        for pool in pools {
+            let key = WatchKey::of(pool);
+            if watches.contains_key(&key) {
+                continue;
+            }
+            let state = Arc::new(WatchState {
+                key: key.clone(),
+                snapshot: RwLock::new(Snapshot::default()),
+            });
+            let api = pipeline_runs(client.clone(), &key);
+            let labels = format!("{PIPELINE_LABEL}={}", key.pipeline);
+            tasks.push(tokio::spawn(watch(
+                api.clone(),
+                labels.clone(),
+                Arc::clone(&state),
+                Arc::clone(&changed),
+            )));
+            tasks.push(tokio::spawn(resync(
+                api,
+                labels,
+                Arc::clone(&state),
+                Arc::clone(&changed),
+                options,
+            )));
+            watches.insert(key, state);
+        }
+        Self {
+            watches,
+            changed,
+            options,
+            unavailable: None,
+            tasks,
+        }
+    }
+
+    /// A source that knows nothing: every pool is `Unknown` with `reason`
+    /// (no Kubernetes configuration could be loaded).
+    pub fn unavailable(reason: impl Into<String>, options: CapacityOptions) -> Self {
+        Self {
+            watches: BTreeMap::new(),
+            changed: Arc::new(Notify::new()),
+            options,
+            unavailable: Some(reason.into()),
+            tasks: Vec::new(),
+        }
+    }
+
+    /// Notified whenever a pool's usage or health changes.
+    pub fn changed(&self) -> Arc<Notify> {
+        Arc::clone(&self.changed)
+    }
+}
+
+impl Drop for KubeCapacity {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl CapacitySource for KubeCapacity {
+    fn pool_state(&self, pool: &PoolSpec) -> PoolState {
+        if let Some(reason) = &self.unavailable {
+            return PoolState::Unknown {
+                reason: reason.clone(),
+            };
+        }
+        let Some(state) = self.watches.get(&WatchKey::of(pool)) else {
+            return PoolState::Unknown {
+                reason: "pool is not watched".to_owned(),
+            };
+        };
+        let Ok(s) = state.snapshot.read() else {
+            return PoolState::Unknown {
+                reason: "internal state poisoned".to_owned(),
+            };
+        };
+        if let Some(error) = &s.error {
+            return PoolState::Unknown {
+                reason: format!("Kubernetes API error: {error}"),
+            };
+        }
+        if !s.synced {
+            return PoolState::Unknown {
+                reason: "waiting for the first PipelineRun list".to_owned(),
+            };
+        }
+        match s.last_ok {
+            Some(t) if t.elapsed() <= self.options.stale_after => {}
+            _ => {
+                return PoolState::Unknown {
+                    reason: format!(
+                        "no answer from the Kubernetes API for over {}s",
+                        self.options.stale_after.as_secs()
+                    ),
+                };
+            }
+        }
+        let running = s
+            .runs
+            .values()
+            .filter(|r| !r.finished && r.matches(&pool.annotation_selector))
+            .count();
+        let seen_event_ids: HashSet<String> =
+            s.runs.values().filter_map(|r| r.event_id.clone()).collect();
+        PoolState::Known {
+            running: u32::try_from(running).unwrap_or(u32::MAX),
+            seen_event_ids,
+        }
+    }
+}
+
+fn pipeline_runs(client: kube::Client, key: &WatchKey) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("tekton.dev", key.api_version.as_str(), "PipelineRun");
+    let resource = ApiResource::from_gvk_with_plural(&gvk, "pipelineruns");
+    Api::namespaced_with(client, &key.namespace, &resource)
+}
+
+fn name_of(obj: &DynamicObject) -> String {
+    obj.metadata.name.clone().unwrap_or_default()
+}
+
+async fn watch(
+    api: Api<DynamicObject>,
+    labels: String,
+    state: Arc<WatchState>,
+    changed: Arc<Notify>,
+) {
+    let stream =
+        watcher::watcher(api, watcher::Config::default().labels(&labels)).default_backoff();
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        state.update(|s| match event {
+            Ok(Event::Init) => s.init_buffer = Some(HashMap::new()),
+            Ok(Event::InitApply(obj)) => {
+                s.init_buffer
+                    .get_or_insert_with(HashMap::new)
+                    .insert(name_of(&obj), RunInfo::from_object(&obj));
+            }
+            Ok(Event::InitDone) => {
+                s.runs = s.init_buffer.take().unwrap_or_default();
+                s.synced = true;
+                WatchState::ok(s);
+            }
+            Ok(Event::Apply(obj)) => {
+                s.runs.insert(name_of(&obj), RunInfo::from_object(&obj));
+                WatchState::ok(s);
+            }
+            Ok(Event::Delete(obj)) => {
+                s.runs.remove(&name_of(&obj));
+                WatchState::ok(s);
+            }
+            Err(e) => s.error = Some(e.to_string()),
+        });
+        changed.notify_one();
+    }
+}
+
+async fn resync(
+    api: Api<DynamicObject>,
+    labels: String,
+    state: Arc<WatchState>,
+    changed: Arc<Notify>,
+    options: CapacityOptions,
+) {
+    let mut ticks = tokio::time::interval(options.resync_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let params = ListParams::default().labels(&labels);
+    loop {
+        ticks.tick().await;
+        match tokio::time::timeout(options.list_timeout, api.list(&params)).await {
+            Ok(Ok(list)) => state.update(|s| {
+                s.runs = list
+                    .items
+                    .iter()
+                    .map(|o| (name_of(o), RunInfo::from_object(o)))
+                    .collect();
+                s.synced = true;
+                WatchState::ok(s);
+            }),
+            Ok(Err(e)) => state.update(|s| s.error = Some(e.to_string())),
+            Err(_) => state.update(|s| s.error = Some("PipelineRun list timed out".to_owned())),
+        }
+        changed.notify_one();
+    }
+}

@@ -1,0 +1,246 @@
+//! A fake GitHub REST API for issue labels: add
+//! (`POST /repos/{owner}/{repo}/issues/{n}/labels`) and remove
+//! (`DELETE /repos/{owner}/{repo}/issues/{n}/labels/{name}`, 404 when absent).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::server::{FakeRequest, FakeServer, json as json_response};
+
+/// One label call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelCall {
+    /// `add` or `remove`.
+    pub op: &'static str,
+    /// `owner/repo`.
+    pub repo: String,
+    /// Issue / PR number.
+    pub number: i64,
+    /// Label name.
+    pub label: String,
+    /// Status answered.
+    pub status: u16,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    labels: BTreeMap<(String, i64), BTreeSet<String>>,
+    calls: Vec<LabelCall>,
+    fail_next: u32,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: Mutex<State>,
+    tick: watch::Sender<u64>,
+    token: String,
+}
+
+/// The fake GitHub API. Clones share state.
+#[derive(Debug, Clone)]
+pub struct FakeGithub {
+    inner: Arc<Inner>,
+    server: Arc<FakeServer>,
+}
+
+impl FakeGithub {
+    /// Starts the fake; requests must carry `Authorization: Bearer <token>`.
+    pub async fn start(token: &str) -> std::io::Result<Self> {
+        let (tick, _) = watch::channel(0);
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State::default()),
+            tick,
+            token: token.to_owned(),
+        });
+        let handler_inner = Arc::clone(&inner);
+        let server = FakeServer::start(move |r| {
+            let inner = Arc::clone(&handler_inner);
+            async move { handle(&inner, r) }
+        })
+        .await?;
+        Ok(Self {
+            inner,
+            server: Arc::new(server),
+        })
+    }
+
+    /// API base URL (`github.api_url`).
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Current labels of a pull request.
+    pub fn labels(&self, repo: &str, number: i64) -> BTreeSet<String> {
+        self.state()
+            .labels
+            .get(&(repo.to_owned(), number))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every call so far.
+    pub fn calls(&self) -> Vec<LabelCall> {
+        self.state().calls.clone()
+    }
+
+    /// Answer the next `n` calls with 502.
+    pub fn fail_next(&self, n: u32) {
+        self.state().fail_next = n;
+    }
+
+    /// Puts a label on a PR directly (as a pipeline or a human would).
+    pub fn set_label(&self, repo: &str, number: i64, label: &str, present: bool) {
+        let mut s = self.state();
+        let set = s.labels.entry((repo.to_owned(), number)).or_default();
+        if present {
+            set.insert(label.to_owned());
+        } else {
+            set.remove(label);
+        }
+        drop(s);
+        self.inner.tick.send_modify(|t| *t += 1);
+    }
+
+    /// Waits (without polling) until `predicate` holds, or `timeout` passes.
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        predicate: impl Fn(&FakeGithub) -> bool,
+    ) -> bool {
+        let mut rx = self.inner.tick.subscribe();
+        tokio::time::timeout(timeout, async {
+            loop {
+                rx.mark_unchanged();
+                if predicate(self) {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+}
+
+fn handle(inner: &Arc<Inner>, request: FakeRequest) -> http::Response<crate::server::FakeBody> {
+    let auth = request
+        .parts
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if auth != format!("Bearer {}", inner.token) {
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            &json!({"message": "Bad credentials"}),
+        );
+    }
+    let path = request.parts.uri.path().to_owned();
+    let segments: Vec<String> = path
+        .trim_matches('/')
+        .split('/')
+        .map(|s| percent_decode(s))
+        .collect();
+    let parsed = match segments
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["repos", owner, repo, "issues", n, "labels"] => n
+            .parse::<i64>()
+            .ok()
+            .map(|n| (format!("{owner}/{repo}"), n, None)),
+        ["repos", owner, repo, "issues", n, "labels", label] => n
+            .parse::<i64>()
+            .ok()
+            .map(|n| (format!("{owner}/{repo}"), n, Some((*label).to_owned()))),
+        _ => None,
+    };
+    let Some((repo, number, label)) = parsed else {
+        return json_response(StatusCode::NOT_FOUND, &json!({"message": "Not Found"}));
+    };
+    let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+    let failing = s.fail_next > 0;
+    s.fail_next = s.fail_next.saturating_sub(1);
+    let (op, names, status) = match (&request.parts.method, label) {
+        (&Method::POST, None) => {
+            let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
+            let names: Vec<String> = body["labels"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|l| l.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if failing {
+                ("add", names, 502)
+            } else {
+                let set = s.labels.entry((repo.clone(), number)).or_default();
+                set.extend(names.iter().cloned());
+                ("add", names, 200)
+            }
+        }
+        (&Method::DELETE, Some(label)) => {
+            if failing {
+                ("remove", vec![label], 502)
+            } else {
+                let removed = s
+                    .labels
+                    .entry((repo.clone(), number))
+                    .or_default()
+                    .remove(&label);
+                ("remove", vec![label], if removed { 200 } else { 404 })
+            }
+        }
+        _ => {
+            return json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"message": "Method not allowed"}),
+            );
+        }
+    };
+    for label in &names {
+        s.calls.push(LabelCall {
+            op,
+            repo: repo.clone(),
+            number,
+            label: label.clone(),
+            status,
+        });
+    }
+    let current: Vec<serde_json::Value> = s
+        .labels
+        .get(&(repo, number))
+        .map(|l| l.iter().map(|n| json!({"name": n})).collect())
+        .unwrap_or_default();
+    drop(s);
+    inner.tick.send_modify(|t| *t += 1);
+    match status {
+        200 => json_response(StatusCode::OK, &json!(current)),
+        404 => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"message": "Label does not exist"}),
+        ),
+        _ => json_response(StatusCode::BAD_GATEWAY, &json!({"message": "Server Error"})),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}

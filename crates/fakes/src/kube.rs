@@ -1,0 +1,453 @@
+//! A fake Kubernetes API serving `tekton.dev` PipelineRuns: list and
+//! `?watch=true` streaming with resourceVersions and label selectors, the way
+//! kube-rs' watcher uses them. Tests create and finish runs, take the API
+//! down and bring it back, and read the highest number of runs that were ever
+//! unfinished at once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::server::{FakeBody, FakeRequest, FakeServer, json as json_response};
+
+#[derive(Debug, Clone)]
+struct Change {
+    rv: u64,
+    kind: &'static str,
+    namespace: String,
+    object: Value,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    rv: u64,
+    /// (namespace, name) → object (without apiVersion; set per request).
+    objects: BTreeMap<(String, String), Value>,
+    history: Vec<Change>,
+    down: bool,
+    max_unfinished: HashMap<String, usize>,
+    list_requests: u64,
+    watch_requests: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: Mutex<State>,
+    /// Bumped on every change (new resourceVersion or up/down).
+    tick: watch::Sender<u64>,
+}
+
+/// The fake API server. Clones share state.
+#[derive(Debug, Clone)]
+pub struct FakeKube {
+    inner: Arc<Inner>,
+    server: Arc<FakeServer>,
+}
+
+fn is_finished(obj: &Value) -> bool {
+    obj.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|c| {
+            c.iter().any(|c| {
+                c["type"] == "Succeeded" && (c["status"] == "True" || c["status"] == "False")
+            })
+        })
+}
+
+fn labels_match(obj: &Value, selector: &[(String, String)]) -> bool {
+    selector.iter().all(|(k, v)| {
+        obj.pointer("/metadata/labels")
+            .and_then(|l| l.get(k))
+            .and_then(Value::as_str)
+            == Some(v)
+    })
+}
+
+/// `a=b,c==d` (equality only, which is all the dispatcher sends).
+fn parse_selector(s: &str) -> Vec<(String, String)> {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| {
+            let (k, v) = p.split_once("==").or_else(|| p.split_once('='))?;
+            Some((k.trim().to_owned(), v.trim().to_owned()))
+        })
+        .collect()
+}
+
+impl FakeKube {
+    /// Starts the fake on a free loopback port.
+    pub async fn start() -> std::io::Result<Self> {
+        let (tick, _) = watch::channel(0);
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State::default()),
+            tick,
+        });
+        let handler_inner = Arc::clone(&inner);
+        let server = FakeServer::start(move |r| {
+            let inner = Arc::clone(&handler_inner);
+            async move { handle(&inner, r) }
+        })
+        .await?;
+        Ok(Self {
+            inner,
+            server: Arc::new(server),
+        })
+    }
+
+    /// Base URL of the API.
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// A kubeconfig pointing at this server (for the real binary).
+    pub fn kubeconfig(&self, namespace: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\nclusters:\n- name: fake\n  cluster:\n    server: {}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {namespace}\nusers:\n- name: fake\n  user:\n    token: fake-token\n",
+            self.url()
+        )
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record(&self, state: &mut State, kind: &'static str, namespace: &str, object: Value) {
+        state.rv += 1;
+        let rv = state.rv;
+        let mut object = object;
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if kind == "DELETED" {
+            state.objects.remove(&(namespace.to_owned(), name));
+        } else {
+            state
+                .objects
+                .insert((namespace.to_owned(), name), object.clone());
+        }
+        state.history.push(Change {
+            rv,
+            kind,
+            namespace: namespace.to_owned(),
+            object,
+        });
+        let mut per_pipeline: HashMap<String, usize> = HashMap::new();
+        for obj in state.objects.values().filter(|o| !is_finished(o)) {
+            let p = obj
+                .pointer("/metadata/labels/tekton.dev~1pipeline")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            *per_pipeline.entry(p.to_owned()).or_default() += 1;
+        }
+        for (p, n) in per_pipeline {
+            let max = state.max_unfinished.entry(p).or_default();
+            *max = (*max).max(n);
+        }
+        self.inner.tick.send_modify(|t| *t += 1);
+    }
+
+    /// Creates an unfinished PipelineRun of `pipeline`.
+    pub fn create_run(
+        &self,
+        namespace: &str,
+        name: &str,
+        pipeline: &str,
+        event_id: Option<&str>,
+        annotations: &[(&str, &str)],
+    ) {
+        let mut labels = json!({"tekton.dev/pipeline": pipeline});
+        if let Some(id) = event_id {
+            labels["triggers.tekton.dev/triggers-eventid"] = json!(id);
+        }
+        let annotations: serde_json::Map<String, Value> = annotations
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect();
+        let object = json!({
+            "kind": "PipelineRun",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels, "annotations": annotations, "uid": format!("uid-{name}")},
+            "spec": {"pipelineRef": {"name": pipeline}},
+            "status": {"conditions": [{"type": "Succeeded", "status": "Unknown", "reason": "Running"}]},
+        });
+        let mut state = self.state();
+        self.record(&mut state, "ADDED", namespace, object);
+    }
+
+    /// Sets the `Succeeded` condition of a run (`"True"`, `"False"` or `"Unknown"`).
+    pub fn set_succeeded(&self, namespace: &str, name: &str, status: &str, reason: &str) {
+        let mut state = self.state();
+        let Some(mut object) = state
+            .objects
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+        else {
+            return;
+        };
+        object["status"] =
+            json!({"conditions": [{"type": "Succeeded", "status": status, "reason": reason}]});
+        self.record(&mut state, "MODIFIED", namespace, object);
+    }
+
+    /// Deletes a run.
+    pub fn delete_run(&self, namespace: &str, name: &str) {
+        let mut state = self.state();
+        let Some(object) = state
+            .objects
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+        else {
+            return;
+        };
+        self.record(&mut state, "DELETED", namespace, object);
+    }
+
+    /// Names of unfinished runs of `pipeline`, oldest first.
+    pub fn unfinished(&self, pipeline: &str) -> Vec<String> {
+        let state = self.state();
+        let mut runs: Vec<(u64, String)> = state
+            .objects
+            .values()
+            .filter(|o| {
+                !is_finished(o)
+                    && o.pointer("/metadata/labels/tekton.dev~1pipeline")
+                        .and_then(Value::as_str)
+                        == Some(pipeline)
+            })
+            .map(|o| {
+                let created = state
+                    .history
+                    .iter()
+                    .find(|c| {
+                        c.kind == "ADDED" && c.object["metadata"]["name"] == o["metadata"]["name"]
+                    })
+                    .map_or(0, |c| c.rv);
+                (
+                    created,
+                    o["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+            })
+            .collect();
+        runs.sort();
+        runs.into_iter().map(|(_, n)| n).collect()
+    }
+
+    /// The most runs of `pipeline` that were ever unfinished at the same time.
+    pub fn max_unfinished(&self, pipeline: &str) -> usize {
+        self.state()
+            .max_unfinished
+            .get(pipeline)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Runs of `pipeline` ever created.
+    pub fn created(&self, pipeline: &str) -> usize {
+        self.state()
+            .history
+            .iter()
+            .filter(|c| {
+                c.kind == "ADDED"
+                    && c.object
+                        .pointer("/metadata/labels/tekton.dev~1pipeline")
+                        .and_then(Value::as_str)
+                        == Some(pipeline)
+            })
+            .count()
+    }
+
+    /// Takes the API down (every request answers 503, open watches end) or brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.state().down = down;
+        self.inner.tick.send_modify(|t| *t += 1);
+    }
+
+    /// (list requests, watch requests) served so far.
+    pub fn request_counts(&self) -> (u64, u64) {
+        let s = self.state();
+        (s.list_requests, s.watch_requests)
+    }
+
+    /// Waits (without polling) until `predicate` holds, or `timeout` passes.
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        predicate: impl Fn(&FakeKube) -> bool,
+    ) -> bool {
+        let mut rx = self.inner.tick.subscribe();
+        tokio::time::timeout(timeout, async {
+            loop {
+                if predicate(self) {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+}
+
+fn status_error(code: StatusCode, reason: &str, message: &str) -> Response<FakeBody> {
+    json_response(
+        code,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code.as_u16()}),
+    )
+}
+
+fn handle(inner: &Arc<Inner>, request: FakeRequest) -> Response<FakeBody> {
+    let path = request.parts.uri.path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // /apis/tekton.dev/{version}/namespaces/{ns}/pipelineruns
+    let (version, namespace) = match segments.as_slice() {
+        [
+            "apis",
+            "tekton.dev",
+            version,
+            "namespaces",
+            ns,
+            "pipelineruns",
+        ] => ((*version).to_owned(), (*ns).to_owned()),
+        _ => {
+            return status_error(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("the server could not find {path}"),
+            );
+        }
+    };
+    if request.parts.method != Method::GET {
+        return status_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "only GET is served",
+        );
+    }
+    // kube-rs sends `?&labelSelector=...`; form parsing skips the empty pair.
+    let query: HashMap<String, String> =
+        url::form_urlencoded::parse(request.parts.uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let selector = parse_selector(query.get("labelSelector").map_or("", String::as_str));
+    let api_version = format!("tekton.dev/{version}");
+    let mut state = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+    if state.down {
+        return status_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the fake API is down",
+        );
+    }
+    let with_version = |o: &Value| {
+        let mut o = o.clone();
+        o["apiVersion"] = json!(api_version);
+        o
+    };
+    if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
+        state.watch_requests += 1;
+        let from: u64 = query
+            .get("resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(state.rv);
+        let timeout = query
+            .get("timeoutSeconds")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(290u64);
+        drop(state);
+        return watch_stream(
+            Arc::clone(inner),
+            namespace,
+            selector,
+            api_version,
+            from,
+            Duration::from_secs(timeout),
+        );
+    }
+    state.list_requests += 1;
+    let items: Vec<Value> = state
+        .objects
+        .iter()
+        .filter(|((ns, _), o)| *ns == namespace && labels_match(o, &selector))
+        .map(|(_, o)| with_version(o))
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({"apiVersion": api_version, "kind": "PipelineRunList", "metadata": {"resourceVersion": state.rv.to_string()}, "items": items}),
+    )
+}
+
+fn watch_stream(
+    inner: Arc<Inner>,
+    namespace: String,
+    selector: Vec<(String, String)>,
+    api_version: String,
+    from: u64,
+    timeout: Duration,
+) -> Response<FakeBody> {
+    let rx = inner.tick.subscribe();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let stream = futures_util::stream::unfold((from, rx), move |(mut sent, mut rx)| {
+        let inner = Arc::clone(&inner);
+        let namespace = namespace.clone();
+        let selector = selector.clone();
+        let api_version = api_version.clone();
+        async move {
+            loop {
+                rx.mark_unchanged();
+                let next = {
+                    let state = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+                    if state.down {
+                        return None;
+                    }
+                    state
+                        .history
+                        .iter()
+                        .find(|c| {
+                            c.rv > sent
+                                && c.namespace == namespace
+                                && labels_match(&c.object, &selector)
+                        })
+                        .cloned()
+                        .or_else(|| {
+                            // Skip past changes that do not match this watch.
+                            sent = sent.max(state.rv);
+                            None
+                        })
+                };
+                if let Some(change) = next {
+                    sent = change.rv;
+                    let mut object = change.object;
+                    object["apiVersion"] = json!(api_version);
+                    let line = format!("{}\n", json!({"type": change.kind, "object": object}));
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(line))),
+                        (sent, rx),
+                    ));
+                }
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { return None },
+                    () = tokio::time::sleep_until(deadline) => return None,
+                }
+            }
+        }
+    });
+    let mut r = Response::new(StreamBody::new(stream).boxed());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
