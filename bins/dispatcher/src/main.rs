@@ -1,1 +1,140 @@
-fn main() {}
+//! # dispatcher
+//!
+//! The Webhook Dispatcher binary: a thin layer over the workspace crates.
+//!
+//! **Owns:** the command line (`serve`, the default; `migrate`;
+//! `check-config`), configuration loading (figment), logging setup, wiring
+//! and graceful shutdown.
+//!
+//! **Must not:** contain business rules: routing, planning and status live
+//! in `dispatcher-core`; storage, Kubernetes, GitHub and HTTP in their crates.
+
+mod config;
+mod dispatch;
+mod serve;
+mod status;
+mod telemetry;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use dispatcher_core::config::LogFormat;
+
+/// GitHub pull-request webhooks to capacity-limited Tekton pipelines.
+#[derive(Debug, Parser)]
+#[command(name = "dispatcher", version, about)]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, short, global = true, env = "WEBHOOK_DISPATCHER_CONFIG", default_value = config::DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// Log at debug level.
+    #[arg(long, short, global = true)]
+    verbose: bool,
+    /// Log format (overrides LOG_FORMAT and logging.format).
+    #[arg(long, global = true, value_parser = ["text", "json"])]
+    log_format: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Validate the configuration and exit (non-zero on any problem).
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Logging may not be up (config errors come first): print plainly too.
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    // reqwest and kube use rustls without a built-in provider: install ring's.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let env = |k: &str| std::env::var(k).ok();
+    let loaded = config::load(&cli.config, &env)?;
+    let settings = loaded.settings;
+    let format = match cli.log_format.as_deref() {
+        Some("json") => LogFormat::Json,
+        Some(_) => LogFormat::Text,
+        None => settings.log_format,
+    };
+    telemetry::init(format, &settings.log_level, cli.verbose)?;
+    for key in &loaded.unknown_keys {
+        tracing::warn!(key = %key, file = %loaded.path.display(), "unknown configuration key ignored (typo?)");
+    }
+
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig => {
+            #[allow(clippy::print_stdout)] // the command's output
+            {
+                println!(
+                    "{}: OK ({} item(s), {} pool(s), signatures {})",
+                    loaded.path.display(),
+                    settings.items.len(),
+                    settings.pools.len(),
+                    if settings.security.verify_signatures {
+                        "verified"
+                    } else {
+                        "NOT verified"
+                    }
+                );
+                for pool in settings.pools.values() {
+                    println!(
+                        "  pool {} (max {}, tekton.dev/{})",
+                        pool.key,
+                        pool.max_capacity,
+                        pool.api_version.as_str()
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Migrate => {
+            let url = database_url(&settings)?;
+            runtime()?.block_on(async {
+                let applied = dispatcher_store::run_migrations(&url)
+                    .await
+                    .context("applying migrations")?;
+                if applied.is_empty() {
+                    tracing::info!("database schema is up to date");
+                }
+                for version in applied {
+                    tracing::info!(%version, "applied migration");
+                }
+                Ok(())
+            })
+        }
+        Command::Serve => {
+            let url = database_url(&settings)?;
+            runtime()?.block_on(serve::serve(settings, &url))
+        }
+    }
+}
+
+fn database_url(settings: &dispatcher_core::config::Settings) -> anyhow::Result<String> {
+    settings.database.url.as_ref().map(|u| u.expose().to_owned()).filter(|u| !u.is_empty()).context(
+        "no database configured: set DATABASE_URL, the POSTGRESQL_* variables, or database.url in the config file",
+    )
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}

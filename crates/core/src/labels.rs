@@ -9,8 +9,8 @@ use time::OffsetDateTime;
 use crate::backoff::retry_delay;
 use crate::ports::{Clock, LabelStore, PrNotifier, StoreError};
 
-/// Label changes sent per pass.
-const LABEL_BATCH: usize = 50;
+/// Label changes sent per pass (a full batch means more may be due).
+pub const LABEL_BATCH: usize = 50;
 const LABEL_RETRY_BASE: Duration = Duration::from_secs(2);
 const LABEL_RETRY_MAX: Duration = Duration::from_secs(300);
 
