@@ -1,0 +1,429 @@
+//! End-to-end: the real binary dispatching into fake Tekton (EventListener +
+//! Kubernetes API) with fake GitHub labels, on real PostgreSQL (issue:
+//! dispatch engine).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use dispatcher_fakes::{FakeEventListener, FakeGithub, FakeKube, TektonMode};
+use dispatcher_testdb::TestDatabase;
+use support::*;
+
+const PIPELINE: &str = "pipe";
+const GITHUB_TOKEN: &str = "gh-e2e-token";
+
+struct World {
+    db: TestDatabase,
+    kube: FakeKube,
+    listener: FakeEventListener,
+    github: FakeGithub,
+    dir: TempDir,
+    capacity: u32,
+}
+
+impl World {
+    /// Fakes plus a database; PipelineRuns last `run_for` (None: until finished by the test).
+    async fn new(capacity: u32, run_for: Option<Duration>) -> World {
+        install_crypto();
+        let kube = FakeKube::start().await.unwrap();
+        let tekton = TektonMode {
+            kube: kube.clone(),
+            namespace: "ns".into(),
+            pipeline: PIPELINE.into(),
+            annotations: vec![],
+            run_for,
+        };
+        let listener = FakeEventListener::start(Some(SECRET), Some(tekton))
+            .await
+            .unwrap();
+        let github = FakeGithub::start(GITHUB_TOKEN).await.unwrap();
+        let dir = TempDir::new("world");
+        std::fs::write(dir.0.join("kubeconfig"), kube.kubeconfig("ns")).unwrap();
+        World {
+            db: TestDatabase::new(),
+            kube,
+            listener,
+            github,
+            dir,
+            capacity,
+        }
+    }
+
+    fn config(&self) -> String {
+        format!(
+            r#"
+dispatcher:
+  items:
+    - name: ops
+      events: [opened, synchronize, reopened]
+      full_repository_name: o/r
+      capacity: {{type: ocp_tekton, pipeline_name: {PIPELINE}, max_capacity: {cap}, namespace: ns}}
+      callback_url: "{listener}"
+security:
+  github_webhook_secret: "${{GITHUB_WEBHOOK_SECRET}}"
+  allowed_github_events: [pull_request]
+server: {{bind: 127.0.0.1, port: 0}}
+github: {{api_url: "{github}"}}
+dispatch:
+  max_attempts: 3
+  retry_backoff_base: 50ms
+  retry_backoff_max: 200ms
+  trigger_timeout: 2s
+  reservation_timeout: 30s
+  capacity_resync_interval: 300ms
+  capacity_stale_after: 5s
+  leader_retry_interval: 100ms
+  safety_pass_interval: 5s
+"#,
+            cap = self.capacity,
+            listener = self.listener.url(),
+            github = self.github.url(),
+        )
+    }
+
+    async fn replica(&self) -> Service {
+        let env = [
+            (
+                "KUBECONFIG",
+                self.dir.0.join("kubeconfig").display().to_string(),
+            ),
+            ("GITHUB_TOKEN", GITHUB_TOKEN.to_owned()),
+        ];
+        Service::start(&self.config(), self.db.url(), &env).await
+    }
+
+    /// PR number of every accepted trigger, in arrival order.
+    fn dispatched_prs(&self) -> Vec<i64> {
+        self.listener
+            .accepted()
+            .iter()
+            .map(|r| r.json()["pull_request"]["number"].as_i64().unwrap())
+            .collect()
+    }
+
+    async fn wait_dispatched(&self, n: usize) {
+        let ok = self
+            .listener
+            .wait_until(WAIT, |l| l.accepted().len() >= n)
+            .await;
+        assert!(
+            ok,
+            "only {} of {n} dispatched",
+            self.listener.accepted().len()
+        );
+    }
+}
+
+fn counts(prs: &[i64]) -> HashMap<i64, usize> {
+    let mut m = HashMap::new();
+    for p in prs {
+        *m.entry(*p).or_default() += 1;
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn burst_of_30_prs_against_capacity_3() {
+    let world = World::new(3, Some(Duration::from_millis(100))).await;
+    let svc = world.replica().await;
+    for pr in 1..=30 {
+        assert_eq!(
+            send_pr(&svc.url, &format!("d-{pr}"), "o/r", pr, "opened")
+                .await
+                .0,
+            200
+        );
+    }
+    world.wait_dispatched(30).await;
+    assert!(
+        world
+            .kube
+            .wait_until(WAIT, |k| k.unfinished(PIPELINE).is_empty())
+            .await
+    );
+
+    assert!(
+        world.kube.max_unfinished(PIPELINE) <= 3,
+        "capacity exceeded: {}",
+        world.kube.max_unfinished(PIPELINE)
+    );
+    let prs = world.dispatched_prs();
+    assert!(
+        counts(&prs).values().all(|c| *c == 1) && prs.len() == 30,
+        "not exactly once: {prs:?}"
+    );
+    // FIFO: a PR arrives at most (capacity - 1) places from its turn; only
+    // triggers sent concurrently in one pass may swap.
+    for (position, pr) in prs.iter().enumerate() {
+        assert!(
+            (position as i64 - (pr - 1)).abs() < 3,
+            "PR {pr} dispatched at position {position}: {prs:?}"
+        );
+    }
+    for r in world.listener.accepted() {
+        assert!(r.signature_ok, "forwarded signature must verify");
+        assert_eq!(r.header("x-github-event"), Some("pull_request"));
+    }
+    let (_, list) = svc
+        .get("/api/v1/events/status?filter=status=processed&page_size=100")
+        .await;
+    assert_eq!(list["total_count"], 30, "{list}");
+    assert!(
+        list["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["processed"] == true)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn newest_event_wins_while_queued_and_labels_follow_the_queue() {
+    let world = World::new(1, None).await;
+    let svc = world.replica().await;
+    let (_, first) = send_pr(&svc.url, "pr1-a", "o/r", 1, "opened").await;
+    world.wait_dispatched(1).await;
+    svc.wait_event(first["id"].as_i64().unwrap(), |e| {
+        e["status"] == "processed"
+    })
+    .await;
+
+    let (_, older) = send_pr(&svc.url, "pr2-a", "o/r", 2, "opened").await;
+    let older_id = older["id"].as_i64().unwrap();
+    svc.wait_event(older_id, |e| e["status"] == "queued").await;
+    let label = format!("{PIPELINE}/queued");
+    assert!(
+        world
+            .github
+            .wait_until(WAIT, |g| g.labels("o/r", 2).contains(&label))
+            .await,
+        "queued label added"
+    );
+
+    let (_, newer) = send_pr(&svc.url, "pr2-b", "o/r", 2, "synchronize").await;
+    let newer_id = newer["id"].as_i64().unwrap();
+    let cancelled = svc
+        .wait_event(older_id, |e| e["status"] == "cancelled")
+        .await;
+    assert_eq!(
+        cancelled["processing_error"],
+        "Cancelled due to receiving a newer event for the same pull request"
+    );
+    // An event no item matches is aborted and cancels nothing.
+    let (_, closed) = send_pr(&svc.url, "pr2-c", "o/r", 2, "closed").await;
+    let aborted = svc
+        .wait_event(closed["id"].as_i64().unwrap(), |e| e["status"] == "aborted")
+        .await;
+    assert_eq!(aborted["processing_error"], "Unsupported event");
+    svc.wait_event(newer_id, |e| e["status"] == "queued").await;
+
+    assert_eq!(world.listener.finish_runs(1), 1);
+    world.wait_dispatched(2).await;
+    let dispatched = svc
+        .wait_event(newer_id, |e| e["status"] == "processed")
+        .await;
+    assert_eq!(
+        dispatched["dispatches"][0]["state"]
+            .as_str()
+            .map(|s| s == "triggered" || s == "confirmed"),
+        Some(true)
+    );
+    assert!(dispatched["dispatches"][0]["listener_event_id"].is_string());
+    let second = &world.listener.accepted()[1];
+    assert_eq!(
+        second.json()["action"],
+        "synchronize",
+        "the newest event ran, not the superseded one"
+    );
+    assert_eq!(world.dispatched_prs(), [1, 2]);
+
+    assert!(
+        world
+            .github
+            .wait_until(WAIT, |g| g.labels("o/r", 2).is_empty())
+            .await,
+        "queued label removed on dispatch"
+    );
+    let calls: Vec<(&str, i64)> = world
+        .github
+        .calls()
+        .iter()
+        .map(|c| (c.op, c.number))
+        .collect();
+    assert_eq!(
+        calls,
+        [("add", 2), ("remove", 2)],
+        "PR 1 never waited, so it was never labelled"
+    );
+    // Confirmation: the PipelineRun with our eventID was seen.
+    svc.wait_event(newer_id, |e| e["dispatches"][0]["state"] == "confirmed")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listener_failures_are_retried_then_failed() {
+    let world = World::new(5, Some(Duration::from_millis(50))).await;
+    let svc = world.replica().await;
+    world.listener.fail_all(true);
+    let (_, doomed) = send_pr(&svc.url, "d-1", "o/r", 1, "opened").await;
+    let failed = svc
+        .wait_event(doomed["id"].as_i64().unwrap(), |e| e["status"] == "failed")
+        .await;
+    assert_eq!(world.listener.received().len(), 3, "max_attempts POSTs");
+    assert_eq!(failed["dispatches"][0]["attempts"], 3);
+    let error = failed["processing_error"].as_str().unwrap();
+    assert!(
+        error.contains("500") && error.contains("3 attempts"),
+        "{error}"
+    );
+    assert_eq!(failed["processed"], false);
+
+    world.listener.fail_all(false);
+    world.listener.fail_next(2);
+    let (_, flaky) = send_pr(&svc.url, "d-2", "o/r", 2, "opened").await;
+    let ok = svc
+        .wait_event(flaky["id"].as_i64().unwrap(), |e| {
+            e["status"] == "processed"
+        })
+        .await;
+    assert_eq!(ok["dispatches"][0]["attempts"], 3);
+    assert_eq!(world.dispatched_prs(), [2]);
+}
+
+async fn wait_pool_state(svc: &Service, state: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut every = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        every.tick().await;
+        let (_, ready) = svc.get("/api/v1/status/ready").await;
+        if ready["dispatcher"]["pools"][0]["state"] == state {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pool never became {state}: {ready}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubernetes_outage_blocks_dispatch_until_recovery() {
+    let world = World::new(2, Some(Duration::from_millis(50))).await;
+    let svc = world.replica().await;
+    wait_pool_state(&svc, "known").await;
+    world.kube.set_down(true);
+    wait_pool_state(&svc, "unknown").await;
+    let (_, ready) = svc.get("/api/v1/status/ready").await;
+    assert_eq!(
+        (ready["status"].as_str(), ready["database"].as_str()),
+        (Some("degraded"), Some("ok"))
+    );
+
+    let (status, event) = send_pr(&svc.url, "d-1", "o/r", 1, "opened").await;
+    assert_eq!(status, 200, "intake keeps working");
+    let id = event["id"].as_i64().unwrap();
+    // Planned in a pass that could not dispatch: the pool is unknown, so it waits.
+    svc.wait_event(id, |e| e["status"] == "queued").await;
+    assert!(
+        world.listener.received().is_empty(),
+        "nothing dispatched while the API is down"
+    );
+
+    world.kube.set_down(false);
+    svc.wait_event(id, |e| e["status"] == "processed").await;
+    assert_eq!(world.dispatched_prs(), [1]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_never_exceed_capacity_or_dispatch_twice() {
+    let world = World::new(3, Some(Duration::from_millis(80))).await;
+    let a = world.replica().await;
+    let b = world.replica().await;
+    let sends: Vec<_> = (1..=30)
+        .map(|pr| {
+            let url = if pr % 2 == 0 {
+                a.url.clone()
+            } else {
+                b.url.clone()
+            };
+            tokio::spawn(async move {
+                send_pr(&url, &format!("d-{pr}"), "o/r", pr, "opened")
+                    .await
+                    .0
+            })
+        })
+        .collect();
+    for s in sends {
+        assert_eq!(s.await.unwrap(), 200);
+    }
+    world.wait_dispatched(30).await;
+    assert!(
+        world
+            .kube
+            .wait_until(WAIT, |k| k.unfinished(PIPELINE).is_empty())
+            .await
+    );
+    assert!(
+        world.kube.max_unfinished(PIPELINE) <= 3,
+        "capacity exceeded: {}",
+        world.kube.max_unfinished(PIPELINE)
+    );
+    let prs = world.dispatched_prs();
+    assert!(
+        prs.len() == 30 && counts(&prs).values().all(|c| *c == 1),
+        "not exactly once: {prs:?}"
+    );
+    let roles = [a.role().await, b.role().await];
+    assert!(
+        roles.contains(&"leader".to_owned()) && roles.contains(&"standby".to_owned()),
+        "{roles:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_active_replica_loses_and_repeats_nothing() {
+    let world = World::new(2, None).await;
+    let mut replicas = vec![world.replica().await, world.replica().await];
+    for pr in 1..=8 {
+        let url = &replicas[(pr % 2) as usize].url;
+        assert_eq!(
+            send_pr(url, &format!("d-{pr}"), "o/r", pr, "opened")
+                .await
+                .0,
+            200
+        );
+    }
+    world.wait_dispatched(2).await;
+
+    let mut leader = None;
+    for (i, r) in replicas.iter().enumerate() {
+        if r.role().await == "leader" {
+            leader = Some(i);
+        }
+    }
+    let leader = leader.expect("one replica leads");
+    // Capacity is full and runs only finish when told: nothing is in flight.
+    replicas[leader].kill9().await;
+    let survivor = replicas.remove(1 - leader);
+
+    let mut done = 2;
+    while done < 8 {
+        assert_eq!(world.listener.finish_runs(2), 2);
+        done += 2;
+        world.wait_dispatched(done).await;
+    }
+    world.listener.finish_runs(2);
+    let prs = world.dispatched_prs();
+    assert_eq!(prs.len(), 8, "{prs:?}");
+    assert!(counts(&prs).values().all(|c| *c == 1), "repeated: {prs:?}");
+    assert!(world.kube.max_unfinished(PIPELINE) <= 2);
+    assert_eq!(survivor.role().await, "leader");
+    let (_, list) = survivor
+        .get("/api/v1/events/status?filter=processed=true")
+        .await;
+    assert_eq!(list["total_count"], 8);
+}
