@@ -1,5 +1,3 @@
-DROP TRIGGER webhook_events_notify ON webhook_events;
-DROP FUNCTION webhook_events_notify();
 DROP TABLE pr_labels;
 DROP TABLE dispatches;
 DROP INDEX webhook_events_unplanned_idx;

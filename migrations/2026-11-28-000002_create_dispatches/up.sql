@@ -52,12 +52,7 @@ CREATE TABLE pr_labels (
 );
 CREATE INDEX pr_labels_pending_idx ON pr_labels (next_attempt_at) WHERE wanted <> applied;
 
--- Wake the active dispatcher as soon as a delivery commits.
-CREATE FUNCTION webhook_events_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('dispatcher_wakeup', NEW.id::text);
-    RETURN NULL;
-END;
-$$;
-CREATE TRIGGER webhook_events_notify AFTER INSERT ON webhook_events
-    FOR EACH ROW EXECUTE FUNCTION webhook_events_notify();
+-- Wake-ups: replicas send `NOTIFY dispatcher_wakeup` *after* a delivery
+-- commits, from a separate statement. A NOTIFY inside the inserting
+-- transaction (say, from a trigger) would take PostgreSQL's notification-queue
+-- lock through every commit and serialise all concurrent intake.

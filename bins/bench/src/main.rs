@@ -1,1 +1,140 @@
-fn main() {}
+//! # dispatcher-bench
+//!
+//! Measures the release binary against baselines taken in the same run, so
+//! results are ratios that survive noisy, shared machines:
+//!
+//! * `intake`: signed ~25 KB `pull_request` deliveries at a fixed concurrency
+//!   for a fixed time, versus the same rows inserted straight into PostgreSQL
+//!   (tokio-postgres, same concurrency). Throughput, p50/p99, errors, peak RSS.
+//! * `latency`: from the webhook's 200 to the EventListener receiving the
+//!   POST, with free capacity, versus a direct POST to the same listener.
+//! * `drain`: N PRs queued against capacity C with runs of R ms, versus the
+//!   ideal `ceil(N/C) × R`.
+//!
+//! Needs `DATABASE_URL` (a server where it may create databases) and the
+//! `dispatcher` binary; `just bench` provides both.
+
+mod harness;
+mod intake;
+mod pipeline;
+mod rawhttp;
+mod stats;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// Benchmarks of the Webhook Dispatcher.
+#[derive(Debug, Parser)]
+struct Cli {
+    /// The release `dispatcher` binary.
+    #[arg(long, default_value = "target/release/dispatcher")]
+    dispatcher: PathBuf,
+    /// PostgreSQL server (databases are created and dropped on it).
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+enum Command {
+    /// Every benchmark with its defaults.
+    All,
+    /// Intake throughput versus direct inserts.
+    Intake {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Concurrent requests.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Payload size in KiB.
+        #[arg(long, default_value_t = 25)]
+        payload_kib: usize,
+    },
+    /// Webhook 200 → EventListener POST latency.
+    Latency {
+        /// Events measured.
+        #[arg(long, default_value_t = 500)]
+        events: usize,
+    },
+    /// Queue drain time versus the ideal.
+    Drain {
+        /// Pull requests queued.
+        #[arg(long, default_value_t = 200)]
+        prs: usize,
+        /// Pipeline capacity.
+        #[arg(long, default_value_t = 5)]
+        capacity: usize,
+        /// Duration of each fake PipelineRun in milliseconds.
+        #[arg(long, default_value_t = 200)]
+        run_ms: u64,
+    },
+}
+
+#[allow(clippy::print_stdout)] // the report is the program's output
+fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let commands = match cli.command.clone().unwrap_or(Command::All) {
+        Command::All => vec![
+            Command::Intake {
+                seconds: 10,
+                concurrency: 32,
+                payload_kib: 25,
+            },
+            Command::Latency { events: 500 },
+            Command::Drain {
+                prs: 200,
+                capacity: 5,
+                run_ms: 200,
+            },
+        ],
+        one => vec![one],
+    };
+    runtime.block_on(async {
+        for command in commands {
+            let report = match command {
+                Command::Intake {
+                    seconds,
+                    concurrency,
+                    payload_kib,
+                } => {
+                    intake::run(
+                        &cli.dispatcher,
+                        &cli.database_url,
+                        Duration::from_secs(seconds),
+                        concurrency,
+                        payload_kib * 1024,
+                    )
+                    .await?
+                }
+                Command::Latency { events } => {
+                    pipeline::latency(&cli.dispatcher, &cli.database_url, events).await?
+                }
+                Command::Drain {
+                    prs,
+                    capacity,
+                    run_ms,
+                } => {
+                    pipeline::drain(
+                        &cli.dispatcher,
+                        &cli.database_url,
+                        prs,
+                        capacity,
+                        Duration::from_millis(run_ms),
+                    )
+                    .await?
+                }
+                Command::All => continue,
+            };
+            println!("{report}");
+        }
+        anyhow::Ok(())
+    })
+}

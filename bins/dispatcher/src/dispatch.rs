@@ -93,7 +93,12 @@ impl Dispatcher {
         });
         let capacity_changed = self.capacity.changed();
         let safety = self.settings.dispatch.safety_pass_interval;
+        let min_interval = self.settings.dispatch.min_pass_interval;
+        let mut last_pass = tokio::time::Instant::now() - min_interval;
         loop {
+            // Batch a flood of wake-ups into fewer passes (see dispatch.min_pass_interval).
+            tokio::time::sleep_until(last_pass + min_interval).await;
+            last_pass = tokio::time::Instant::now();
             let next_wakeup = match engine
                 .run_pass(&mut session, &*self.capacity, &self.trigger, &SystemClock)
                 .await

@@ -45,7 +45,7 @@ pub(crate) async fn serve(settings: Settings, database_url: &str) -> anyhow::Res
     let github = match &settings.github.token {
         Some(token) if !token.expose().is_empty() => Some(
             GithubLabels::new(
-                settings.github_api_url.clone(),
+                &settings.github_api_url,
                 token.expose(),
                 settings.github.timeout,
             )

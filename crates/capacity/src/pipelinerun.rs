@@ -61,7 +61,7 @@ impl RunInfo {
 mod tests {
     use super::*;
 
-    fn run(status: serde_json::Value) -> DynamicObject {
+    fn run(status: &serde_json::Value) -> DynamicObject {
         serde_json::from_value(serde_json::json!({
             "apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
             "metadata": {
@@ -78,20 +78,20 @@ mod tests {
     fn finished_only_when_succeeded_is_final() {
         let cond = |status: &str, reason: &str| serde_json::json!({"conditions": [{"type": "Succeeded", "status": status, "reason": reason}]});
         assert!(
-            !RunInfo::from_object(&run(serde_json::json!({}))).finished,
+            !RunInfo::from_object(&run(&serde_json::json!({}))).finished,
             "no condition yet"
         );
-        assert!(!RunInfo::from_object(&run(cond("Unknown", "Running"))).finished);
-        assert!(!RunInfo::from_object(&run(cond("Unknown", "PipelineRunPending"))).finished);
-        assert!(!RunInfo::from_object(&run(cond("Unknown", "Cancelling"))).finished);
-        assert!(RunInfo::from_object(&run(cond("True", "Succeeded"))).finished);
-        assert!(RunInfo::from_object(&run(cond("False", "Cancelled"))).finished);
-        assert!(RunInfo::from_object(&run(cond("False", "Failed"))).finished);
+        assert!(!RunInfo::from_object(&run(&cond("Unknown", "Running"))).finished);
+        assert!(!RunInfo::from_object(&run(&cond("Unknown", "PipelineRunPending"))).finished);
+        assert!(!RunInfo::from_object(&run(&cond("Unknown", "Cancelling"))).finished);
+        assert!(RunInfo::from_object(&run(&cond("True", "Succeeded"))).finished);
+        assert!(RunInfo::from_object(&run(&cond("False", "Cancelled"))).finished);
+        assert!(RunInfo::from_object(&run(&cond("False", "Failed"))).finished);
     }
 
     #[test]
     fn reads_event_id_and_annotations() {
-        let info = RunInfo::from_object(&run(serde_json::json!({})));
+        let info = RunInfo::from_object(&run(&serde_json::json!({})));
         assert_eq!(info.event_id.as_deref(), Some("ev-1"));
         assert!(info.matches(&BTreeMap::new()));
         assert!(info.matches(&BTreeMap::from([("repo".to_owned(), "o/r".to_owned())])));

@@ -7,7 +7,7 @@
 //! ambiguous window is a crash during the POST itself (see
 //! [`crate::planner::DispatchLimits::orphan_after`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 
 use crate::backoff::retry_delay;
 use crate::config::{PoolKey, Settings};
+use crate::domain::{DispatchState, EventId};
 use crate::planner::{
     DispatchLimits, DispatchOutcome, MatchedEvent, MatchedItem, PoolUsage, plan_dispatch,
     plan_intake,
@@ -23,7 +24,7 @@ use crate::planner::{
 use crate::ports::{
     CapacitySource, Clock, DispatchStore, PoolState, StoreError, Trigger, TriggerRequest,
 };
-use crate::rules::{EventFacts, match_items};
+use crate::rules::{EventFacts, match_items, needs_payload};
 
 /// Events matched per store round trip.
 const PLAN_BATCH: usize = 500;
@@ -117,7 +118,20 @@ impl Engine {
                 break;
             }
             let batch_len = events.len();
-            let matched: Vec<MatchedEvent> = events.iter().map(|e| self.match_event(e)).collect();
+            let wanted: Vec<EventId> = events
+                .iter()
+                .filter(|e| needs_payload(&self.settings, &e.pr.repository, &e.action))
+                .map(|e| e.id)
+                .collect();
+            let payloads = if wanted.is_empty() {
+                HashMap::new()
+            } else {
+                store.event_payloads(&wanted).await?
+            };
+            let matched: Vec<MatchedEvent> = events
+                .iter()
+                .map(|e| self.match_event(e, payloads.get(&e.id).map_or(&[][..], |p| p.as_bytes())))
+                .collect();
             let plan = plan_intake(&matched, &open);
             report.planned += plan.planned.len();
             report.aborted += plan.aborted.len();
@@ -125,13 +139,12 @@ impl Engine {
                 + plan
                     .new_dispatches
                     .iter()
-                    .filter(|d| d.state == crate::domain::DispatchState::Cancelled)
+                    .filter(|d| d.state == DispatchState::Cancelled)
                     .count();
-            store.apply_intake(&plan, now).await?;
+            let created = store.apply_intake(&plan, now).await?;
+            open.retain(|d| !plan.superseded.contains(&d.id));
+            open.extend(created);
             now = clock.now();
-            open = store
-                .open_dispatches(now - self.limits.reservation_timeout)
-                .await?;
             if batch_len < PLAN_BATCH {
                 break;
             }
@@ -162,10 +175,10 @@ impl Engine {
             store.record_outcomes(&plan.outcomes, now).await?;
         }
         for u in &plan.usage {
-            if let Some(reason) = &u.blocked {
-                if u.waiting > 0 {
-                    tracing::warn!(pool = %u.pool, waiting = u.waiting, %reason, "pool state unknown; dispatching nothing for it");
-                }
+            if let Some(reason) = &u.blocked
+                && u.waiting > 0
+            {
+                tracing::warn!(pool = %u.pool, waiting = u.waiting, %reason, "pool state unknown; dispatching nothing for it");
             }
         }
         report.usage = plan.usage;
@@ -266,11 +279,11 @@ impl Engine {
         Ok(report)
     }
 
-    fn match_event(&self, e: &crate::ports::UnplannedEvent) -> MatchedEvent {
+    fn match_event(&self, e: &crate::ports::UnplannedEvent, payload: &[u8]) -> MatchedEvent {
         let facts = EventFacts {
             action: &e.action,
             repository: &e.pr.repository,
-            payload: e.payload.as_bytes(),
+            payload,
             headers: &e.headers,
         };
         let matches = match_items(&self.settings, &facts);

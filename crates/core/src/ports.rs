@@ -110,8 +110,6 @@ pub struct UnplannedEvent {
     pub action: String,
     /// Pull request.
     pub pr: PullRequestRef,
-    /// Raw payload.
-    pub payload: String,
     /// Forwardable headers.
     pub headers: Vec<(String, String)>,
 }
@@ -168,22 +166,28 @@ pub struct TriggerJob {
 /// transaction; implementations must fence writes so that a replica that lost
 /// the dispatcher lock cannot change anything ([`StoreError::LostLeadership`]).
 pub trait DispatchStore: Send {
-    /// Events not matched yet, oldest first.
+    /// Events not matched yet, oldest first (without payloads: most routing needs none).
     fn unplanned_events(
         &mut self,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<UnplannedEvent>, StoreError>> + Send;
+    /// Raw payloads of `ids`, for CEL filters.
+    fn event_payloads(
+        &mut self,
+        ids: &[EventId],
+    ) -> impl Future<Output = Result<std::collections::HashMap<EventId, String>, StoreError>> + Send;
     /// Queued and triggering dispatches, plus triggered ones newer than `reservation_cutoff`.
     fn open_dispatches(
         &mut self,
         reservation_cutoff: OffsetDateTime,
     ) -> impl Future<Output = Result<Vec<OpenDispatch>, StoreError>> + Send;
-    /// Applies matching results atomically: aborts, new dispatches, superseded ones.
+    /// Applies matching results atomically: aborts, new dispatches, superseded
+    /// ones. Returns the new dispatches that are queued.
     fn apply_intake(
         &mut self,
         plan: &IntakePlan,
         now: OffsetDateTime,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<OpenDispatch>, StoreError>> + Send;
     /// Moves still-queued dispatches to `triggering` (one more attempt) and returns their payloads.
     fn begin_triggers(
         &mut self,

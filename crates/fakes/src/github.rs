@@ -60,7 +60,7 @@ impl FakeGithub {
         let handler_inner = Arc::clone(&inner);
         let server = FakeServer::start(move |r| {
             let inner = Arc::clone(&handler_inner);
-            async move { handle(&inner, r) }
+            async move { handle(&inner, &r) }
         })
         .await?;
         Ok(Self {
@@ -133,7 +133,7 @@ impl FakeGithub {
     }
 }
 
-fn handle(inner: &Arc<Inner>, request: FakeRequest) -> http::Response<crate::server::FakeBody> {
+fn handle(inner: &Arc<Inner>, request: &FakeRequest) -> http::Response<crate::server::FakeBody> {
     let auth = request
         .parts
         .headers
@@ -150,7 +150,7 @@ fn handle(inner: &Arc<Inner>, request: FakeRequest) -> http::Response<crate::ser
     let segments: Vec<String> = path
         .trim_matches('/')
         .split('/')
-        .map(|s| percent_decode(s))
+        .map(percent_decode)
         .collect();
     let parsed = match segments
         .iter()

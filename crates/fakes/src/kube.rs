@@ -92,7 +92,7 @@ impl FakeKube {
         let handler_inner = Arc::clone(&inner);
         let server = FakeServer::start(move |r| {
             let inner = Arc::clone(&handler_inner);
-            async move { handle(&inner, r) }
+            async move { handle(&inner, &r) }
         })
         .await?;
         Ok(Self {
@@ -308,7 +308,7 @@ fn status_error(code: StatusCode, reason: &str, message: &str) -> Response<FakeB
     )
 }
 
-fn handle(inner: &Arc<Inner>, request: FakeRequest) -> Response<FakeBody> {
+fn handle(inner: &Arc<Inner>, request: &FakeRequest) -> Response<FakeBody> {
     let path = request.parts.uri.path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     // /apis/tekton.dev/{version}/namespaces/{ns}/pipelineruns

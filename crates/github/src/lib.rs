@@ -15,7 +15,7 @@
 //! use dispatcher_core::ports::PrNotifier;
 //!
 //! let github = dispatcher_github::GithubLabels::new(
-//!     "https://api.github.com".parse()?, "ghp_token", std::time::Duration::from_secs(10))?;
+//!     &"https://api.github.com".parse()?, "ghp_token", std::time::Duration::from_secs(10))?;
 //! let pr = PullRequestRef { repository: "o/r".into(), number: 7 };
 //! github.add_label(&pr, "operator-hosted-pipeline/queued").await?;
 //! # Ok(()) }
@@ -54,7 +54,7 @@ impl std::fmt::Debug for GithubLabels {
 impl GithubLabels {
     /// A client for `api_url` (e.g. `https://api.github.com` or a GHES `/api/v3` base).
     pub fn new(
-        api_url: reqwest::Url,
+        api_url: &reqwest::Url,
         token: &str,
         timeout: Duration,
     ) -> Result<Self, reqwest::Error> {
@@ -148,7 +148,7 @@ mod tests {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let fake = FakeGithub::start("tok").await.unwrap();
         let github =
-            GithubLabels::new(fake.url().parse().unwrap(), "tok", Duration::from_secs(5)).unwrap();
+            GithubLabels::new(&fake.url().parse().unwrap(), "tok", Duration::from_secs(5)).unwrap();
         let pr = PullRequestRef {
             repository: "o/r".into(),
             number: 7,
@@ -179,8 +179,8 @@ mod tests {
         fake.fail_next(1);
         let err = github.add_label(&pr, "x/queued").await.unwrap_err();
         assert!(err.0.contains("502"), "{err}");
-        let wrong =
-            GithubLabels::new(fake.url().parse().unwrap(), "nope", Duration::from_secs(5)).unwrap();
+        let wrong = GithubLabels::new(&fake.url().parse().unwrap(), "nope", Duration::from_secs(5))
+            .unwrap();
         let err = wrong.add_label(&pr, "x/queued").await.unwrap_err();
         assert!(
             err.0.contains("401") && err.0.contains("Bad credentials"),

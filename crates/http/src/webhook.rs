@@ -40,18 +40,17 @@ pub(crate) async fn receive<R: EventRepository>(
             event_type.unwrap_or("None").to_owned(),
         ));
     }
-    if app.config.verify_signatures {
-        if let Err(reason) = app
+    if app.config.verify_signatures
+        && let Err(reason) = app
             .keys
             .verify(&body, header(headers, "x-hub-signature-256"))
-        {
-            tracing::warn!(
-                delivery_id = header(headers, "x-github-delivery").unwrap_or("-"),
-                %reason,
-                "rejected webhook with invalid signature"
-            );
-            return Err(ApiError::InvalidSignature);
-        }
+    {
+        tracing::warn!(
+            delivery_id = header(headers, "x-github-delivery").unwrap_or("-"),
+            %reason,
+            "rejected webhook with invalid signature"
+        );
+        return Err(ApiError::InvalidSignature);
     }
     if is_ping {
         tracing::info!(

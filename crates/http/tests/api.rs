@@ -91,7 +91,7 @@ impl EventRepository for MemRepo {
     }
 }
 
-fn settings(extra: Value) -> Settings {
+fn settings(extra: &Value) -> Settings {
     let mut v = json!({
         "security": {"github_webhook_secret": SECRET, "allowed_github_events": ["pull_request", "push"]},
         "server": {"body_limit_bytes": 4096},
@@ -106,7 +106,7 @@ fn settings(extra: Value) -> Settings {
 }
 
 fn app() -> App<MemRepo> {
-    App::new(&settings(json!({})), MemRepo::default()).unwrap()
+    App::new(&settings(&json!({})), MemRepo::default()).unwrap()
 }
 
 fn pr_payload(number: i64) -> String {
@@ -175,7 +175,7 @@ fn get(path: &str) -> Request<Full<Bytes>> {
 #[tokio::test]
 async fn stores_a_signed_pull_request_and_answers_with_the_event() {
     let repo = MemRepo::default();
-    let app = App::new(&settings(json!({})), repo.clone()).unwrap();
+    let app = App::new(&settings(&json!({})), repo.clone()).unwrap();
     let (status, body) = send(&app, Delivery::pr("d-1", pr_payload(7)).request()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["message"], "Event received");
@@ -473,7 +473,7 @@ async fn status_endpoints() {
         )
     );
     let down = App::new(
-        &settings(json!({})),
+        &settings(&json!({})),
         MemRepo {
             down: true,
             ..MemRepo::default()
@@ -509,7 +509,7 @@ async fn status_endpoints() {
 #[tokio::test]
 async fn api_tokens_guard_the_events_api_only() {
     let app = App::new(
-        &settings(json!({"api": {"tokens": ["t0ken"]}})),
+        &settings(&json!({"api": {"tokens": ["t0ken"]}})),
         MemRepo::default(),
     )
     .unwrap();
@@ -549,7 +549,7 @@ async fn api_tokens_guard_the_events_api_only() {
 
 #[tokio::test]
 async fn unsigned_mode_accepts_without_signature() {
-    let s = settings(json!({"security": {"verify_signatures": false}}));
+    let s = settings(&json!({"security": {"verify_signatures": false}}));
     let app = App::new(&s, MemRepo::default()).unwrap();
     let mut d = Delivery::pr("d", pr_payload(1));
     d.signature = None;

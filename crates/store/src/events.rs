@@ -174,6 +174,7 @@ impl EventRepository for PgEvents {
             .optional()
             .map_err(error::query)?;
         if let Some(row) = inserted {
+            self.db.wake_dispatcher();
             return Ok(RecordOutcome::Created(row.into()));
         }
         let existing: Existing = diesel::sql_query(

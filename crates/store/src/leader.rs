@@ -5,10 +5,11 @@
 //! fence: if the connection dies, the lock is released *and* this replica can
 //! no longer change anything, so two replicas never dispatch at once.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use diesel::prelude::*;
-use diesel::sql_types::{Int8, Timestamptz};
+use diesel::sql_types::{Array, Int8, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use dispatcher_core::config::PoolKey;
 use dispatcher_core::domain::{
@@ -24,11 +25,10 @@ use crate::events::headers_from_json;
 use crate::raw_json::RawJson;
 use crate::schema::{dispatches, webhook_events};
 use crate::status;
+use crate::wakeup::WAKEUP_CHANNEL;
 
 /// Advisory lock key of the active dispatcher ("dispatch").
 const LEADER_LOCK: i64 = 0x6469_7370_6174_6368;
-/// Channel the `webhook_events` insert trigger notifies.
-const WAKEUP_CHANNEL: &str = "dispatcher_wakeup";
 
 /// The active dispatcher's connection. Dropping it releases leadership.
 pub struct LeaderSession {
@@ -154,33 +154,45 @@ fn open_from_row(r: OpenRow) -> OpenDispatch {
 
 impl DispatchStore for LeaderSession {
     async fn unplanned_events(&mut self, limit: usize) -> Result<Vec<UnplannedEvent>, StoreError> {
-        let rows: Vec<(i64, String, String, i64, RawJson, serde_json::Value)> =
-            webhook_events::table
-                .filter(webhook_events::planned_at.is_null())
-                .order(webhook_events::id)
-                .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-                .select((
-                    webhook_events::id,
-                    webhook_events::action,
-                    webhook_events::repository_full_name,
-                    webhook_events::pull_request_number,
-                    webhook_events::payload,
-                    webhook_events::headers,
-                ))
-                .load(&mut self.conn)
-                .await
-                .map_err(error::leader)?;
+        let rows: Vec<(i64, String, String, i64, serde_json::Value)> = webhook_events::table
+            .filter(webhook_events::planned_at.is_null())
+            .order(webhook_events::id)
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .select((
+                webhook_events::id,
+                webhook_events::action,
+                webhook_events::repository_full_name,
+                webhook_events::pull_request_number,
+                webhook_events::headers,
+            ))
+            .load(&mut self.conn)
+            .await
+            .map_err(error::leader)?;
         Ok(rows
             .into_iter()
-            .map(
-                |(id, action, repository, number, payload, headers)| UnplannedEvent {
-                    id: EventId(id),
-                    action,
-                    pr: PullRequestRef { repository, number },
-                    payload: payload.0,
-                    headers: headers_from_json(&headers),
-                },
-            )
+            .map(|(id, action, repository, number, headers)| UnplannedEvent {
+                id: EventId(id),
+                action,
+                pr: PullRequestRef { repository, number },
+                headers: headers_from_json(&headers),
+            })
+            .collect())
+    }
+
+    async fn event_payloads(
+        &mut self,
+        ids: &[EventId],
+    ) -> Result<HashMap<EventId, String>, StoreError> {
+        let ids: Vec<i64> = ids.iter().map(|e| e.0).collect();
+        let rows: Vec<(i64, RawJson)> = webhook_events::table
+            .filter(webhook_events::id.eq_any(&ids))
+            .select((webhook_events::id, webhook_events::payload))
+            .load(&mut self.conn)
+            .await
+            .map_err(error::leader)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, payload)| (EventId(id), payload.0))
             .collect())
     }
 
@@ -208,7 +220,7 @@ impl DispatchStore for LeaderSession {
         &mut self,
         plan: &IntakePlan,
         now: OffsetDateTime,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<OpenDispatch>, StoreError> {
         let planned: Vec<i64> = plan.planned.iter().map(|e| e.0).collect();
         let aborted: Vec<i64> = plan.aborted.iter().map(|e| e.0).collect();
         let superseded: Vec<i64> = plan.superseded.iter().map(|d| d.0).collect();
@@ -234,42 +246,50 @@ impl DispatchStore for LeaderSession {
             .collect();
         self.conn
             .transaction::<_, diesel::result::Error, _>(async |conn| {
-                diesel::update(webhook_events::table.filter(webhook_events::id.eq_any(&planned)))
-                    .set(webhook_events::planned_at.eq(now))
-                    .execute(conn)
-                    .await?;
-                diesel::update(webhook_events::table.filter(webhook_events::id.eq_any(&aborted)))
-                    .set((
-                        webhook_events::status.eq("aborted"),
-                        webhook_events::processing_error.eq(UNSUPPORTED_MESSAGE),
-                        webhook_events::processed_at.eq(now),
-                    ))
-                    .execute(conn)
-                    .await?;
-                let mut touched: Vec<i64> = diesel::update(
-                    dispatches::table
-                        .filter(dispatches::id.eq_any(&superseded))
-                        .filter(dispatches::state.eq("queued")),
+                // One statement marks every event planned and the unmatched ones aborted.
+                diesel::sql_query(
+                    "UPDATE webhook_events
+                        SET planned_at = $1,
+                            status = CASE WHEN id = ANY($3) THEN 'aborted' ELSE status END,
+                            processing_error = CASE WHEN id = ANY($3) THEN $4 ELSE processing_error END,
+                            processed_at = CASE WHEN id = ANY($3) THEN $1 ELSE processed_at END
+                      WHERE id = ANY($2)",
                 )
-                .set((
-                    dispatches::state.eq("cancelled"),
-                    dispatches::finished_at.eq(now),
-                ))
-                .returning(dispatches::event_id)
-                .get_results(conn)
+                .bind::<Timestamptz, _>(now)
+                .bind::<Array<Int8>, _>(&planned)
+                .bind::<Array<Int8>, _>(&aborted)
+                .bind::<Text, _>(UNSUPPORTED_MESSAGE)
+                .execute(conn)
                 .await?;
-                if !rows.is_empty() {
+                let mut touched: Vec<i64> = if superseded.is_empty() {
+                    Vec::new()
+                } else {
+                    diesel::update(
+                        dispatches::table
+                            .filter(dispatches::id.eq_any(&superseded))
+                            .filter(dispatches::state.eq("queued")),
+                    )
+                    .set((dispatches::state.eq("cancelled"), dispatches::finished_at.eq(now)))
+                    .returning(dispatches::event_id)
+                    .get_results(conn)
+                    .await?
+                };
+                let created: Vec<OpenRow> = if rows.is_empty() {
+                    Vec::new()
+                } else {
                     diesel::insert_into(dispatches::table)
                         .values(&rows)
                         .on_conflict((dispatches::event_id, dispatches::item_name))
                         .do_nothing()
-                        .execute(conn)
-                        .await?;
-                }
+                        .returning(OpenRow::as_returning())
+                        .get_results(conn)
+                        .await?
+                };
                 touched.extend(rows.iter().map(|r| r.event_id));
                 touched.sort_unstable();
                 touched.dedup();
-                status::refresh(conn, &touched, now).await
+                status::refresh(conn, &touched, now).await?;
+                Ok(created.into_iter().filter(|d| d.state == "queued").map(open_from_row).collect())
             })
             .await
             .map_err(error::leader)

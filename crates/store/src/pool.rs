@@ -10,6 +10,7 @@ use diesel_async::pooled_connection::{
 use dispatcher_core::ports::StoreError;
 
 use crate::error;
+use crate::wakeup::Wakeups;
 use crate::{LeaderSession, PgEvents, PgLabels};
 
 /// Pool sizing and timeouts.
@@ -37,6 +38,7 @@ impl Default for PoolOptions {
 #[derive(Clone)]
 pub struct Database {
     pool: Pool<AsyncPgConnection>,
+    wakeups: Wakeups,
     url: String,
     connect_timeout: Duration,
 }
@@ -51,7 +53,8 @@ impl std::fmt::Debug for Database {
 
 impl Database {
     /// Builds the pool; connections are opened lazily, so this does not fail
-    /// when the database is down (the status endpoint reports that).
+    /// when the database is down (the status endpoint reports that). Call it
+    /// inside a tokio runtime: it starts the task that sends wake-ups.
     pub fn connect(url: &str, options: PoolOptions) -> Result<Self, StoreError> {
         let mut config = ManagerConfig::default();
         // Broken connections are detected by the driver; a round trip per
@@ -67,8 +70,10 @@ impl Database {
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        let wakeups = Wakeups::start(pool.clone());
         Ok(Self {
             pool,
+            wakeups,
             url: url.to_owned(),
             connect_timeout: options.connect_timeout,
         })
@@ -91,6 +96,11 @@ impl Database {
         labels_enabled: bool,
     ) -> Result<Option<LeaderSession>, StoreError> {
         LeaderSession::try_acquire(&self.url, self.connect_timeout, labels_enabled).await
+    }
+
+    /// Wakes the active dispatcher (after a delivery committed).
+    pub(crate) fn wake_dispatcher(&self) {
+        self.wakeups.wake();
     }
 
     pub(crate) async fn conn(&self) -> Result<Object<AsyncPgConnection>, StoreError> {

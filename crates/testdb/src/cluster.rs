@@ -112,13 +112,16 @@ impl Cluster {
             if answers_protocol(self.port) {
                 return Ok(());
             }
-            if let Ok(mut child) = self.watchdog.lock() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Err(io::Error::other(format!(
-                        "postgres exited early ({status}): {}",
-                        self.log()
-                    )));
-                }
+            let exited = self
+                .watchdog
+                .lock()
+                .ok()
+                .and_then(|mut child| child.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                return Err(io::Error::other(format!(
+                    "postgres exited early ({status}): {}",
+                    self.log()
+                )));
             }
             if Instant::now() > deadline {
                 return Err(io::Error::other(format!(

@@ -183,6 +183,8 @@ pub struct DispatchTuning {
     pub capacity_stale_after: Duration,
     /// Standby's leadership poll interval.
     pub leader_retry_interval: Duration,
+    /// Shortest time between the starts of two passes.
+    pub min_pass_interval: Duration,
 }
 
 impl Default for DispatchTuning {
@@ -198,6 +200,7 @@ impl Default for DispatchTuning {
             capacity_resync_interval: d.capacity_resync_interval,
             capacity_stale_after: d.capacity_stale_after,
             leader_retry_interval: d.leader_retry_interval,
+            min_pass_interval: d.min_pass_interval,
         }
     }
 }
@@ -545,6 +548,12 @@ fn validate_dispatch(raw: &DispatchSection, errors: &mut Vec<ConfigError>) -> Di
             errors.push(ConfigError::new(field, "must be positive"));
         }
     }
+    if raw.min_pass_interval > Duration::from_secs(1) {
+        errors.push(ConfigError::new(
+            "dispatch.min_pass_interval",
+            "must be at most 1s: it delays every dispatch by up to this much",
+        ));
+    }
     if raw.retry_backoff_base > raw.retry_backoff_max {
         errors.push(ConfigError::new(
             "dispatch.retry_backoff_base",
@@ -567,6 +576,7 @@ fn validate_dispatch(raw: &DispatchSection, errors: &mut Vec<ConfigError>) -> Di
         capacity_resync_interval: raw.capacity_resync_interval,
         capacity_stale_after: raw.capacity_stale_after,
         leader_retry_interval: raw.leader_retry_interval,
+        min_pass_interval: raw.min_pass_interval,
     }
 }
 

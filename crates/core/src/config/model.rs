@@ -270,6 +270,11 @@ pub struct DispatchSection {
     /// How often a standby replica tries to become the active dispatcher.
     #[serde(with = "humantime_serde")]
     pub leader_retry_interval: Duration,
+    /// Shortest time between the starts of two passes. Under a flood of
+    /// deliveries this batches them into fewer, larger passes (bounded extra
+    /// latency); `0s` runs a pass per wake-up.
+    #[serde(with = "humantime_serde")]
+    pub min_pass_interval: Duration,
 }
 
 impl Default for DispatchSection {
@@ -284,6 +289,7 @@ impl Default for DispatchSection {
             capacity_resync_interval: Duration::from_secs(10),
             capacity_stale_after: Duration::from_secs(30),
             leader_retry_interval: Duration::from_secs(1),
+            min_pass_interval: Duration::from_millis(5),
         }
     }
 }

@@ -164,7 +164,8 @@ fn rejects_missing_secret_when_verifying() {
 
 #[test]
 fn rejects_other_item_mistakes() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
         (
             "dispatcher.items[0].events",
             Box::new(|v| item(v)["events"] = json!([])),

@@ -1,6 +1,6 @@
 //! Engine passes over in-memory ports.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -18,11 +18,16 @@ use crate::ports::{OpenDispatch, TriggerError, TriggerJob, UnplannedEvent};
 const T0: OffsetDateTime = datetime!(2026-11-28 12:00 UTC);
 
 fn settings(cap: u32, max_attempts: u32) -> Arc<Settings> {
+    settings_with_filter(cap, max_attempts, None)
+}
+
+fn settings_with_filter(cap: u32, max_attempts: u32, filter: Option<&str>) -> Arc<Settings> {
     let v = json!({
         "dispatcher": {"items": [{
             "name": "ops", "events": ["opened", "synchronize"], "full_repository_name": "o/r",
             "callback_url": "http://el:8080/",
             "capacity": {"type": "ocp_tekton", "pipeline_name": "p", "max_capacity": cap, "namespace": "ns"},
+            "filter": {"cel_expression": filter},
         }]},
         "security": {"verify_signatures": false},
         "dispatch": {"max_attempts": max_attempts},
@@ -34,6 +39,8 @@ fn settings(cap: u32, max_attempts: u32) -> Arc<Settings> {
 #[derive(Default)]
 struct MemStore {
     events: Vec<(UnplannedEvent, bool)>,
+    payloads: HashMap<EventId, String>,
+    payload_reads: usize,
     dispatches: BTreeMap<i64, (OpenDispatch, Option<String>)>,
     aborted: HashSet<EventId>,
     fail_record: bool,
@@ -48,9 +55,9 @@ impl MemStore {
                 repository: "o/r".into(),
                 number: pr,
             },
-            payload: format!("{{\"n\":{id}}}"),
             headers: vec![("X-GitHub-Event".into(), "pull_request".into())],
         };
+        self.payloads.insert(EventId(id), format!("{{\"n\":{id}}}"));
         self.events.push((e, false));
     }
 
@@ -63,6 +70,17 @@ impl MemStore {
 }
 
 impl DispatchStore for MemStore {
+    async fn event_payloads(
+        &mut self,
+        ids: &[EventId],
+    ) -> Result<HashMap<EventId, String>, StoreError> {
+        self.payload_reads += ids.len();
+        Ok(ids
+            .iter()
+            .filter_map(|id| Some((*id, self.payloads.get(id)?.clone())))
+            .collect())
+    }
+
     async fn unplanned_events(&mut self, limit: usize) -> Result<Vec<UnplannedEvent>, StoreError> {
         Ok(self
             .events
@@ -94,7 +112,8 @@ impl DispatchStore for MemStore {
         &mut self,
         plan: &IntakePlan,
         now: OffsetDateTime,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<OpenDispatch>, StoreError> {
+        let mut created = Vec::new();
         for (e, planned) in &mut self.events {
             if plan.planned.contains(&e.id) {
                 *planned = true;
@@ -131,9 +150,12 @@ impl DispatchStore for MemStore {
                 trigger_started_at: None,
                 triggered_at: None,
             };
+            if d.state == DispatchState::Queued {
+                created.push(d.clone());
+            }
             self.dispatches.insert(id, (d, None));
         }
-        Ok(())
+        Ok(created)
     }
 
     async fn begin_triggers(
@@ -158,13 +180,14 @@ impl DispatchStore for MemStore {
                 .iter()
                 .find(|(e, _)| e.id == d.event_id)
                 .ok_or(StoreError::LostLeadership)?;
+            let payload = self.payloads.get(&e.id).cloned().unwrap_or_default();
             jobs.push(TriggerJob {
                 dispatch: d.id,
                 event_id: d.event_id,
                 item: d.item.clone(),
                 pr: d.pr.clone(),
                 attempt: d.attempts,
-                payload: e.payload.clone(),
+                payload,
                 headers: e.headers.clone(),
             });
         }
@@ -406,4 +429,30 @@ fn outcomes_that_could_not_be_recorded_are_recorded_next_pass() {
     );
     assert_eq!(store.states(), [(1, DispatchState::Triggered)]);
     assert_eq!(trigger.calls.lock().map(|c| c.len()).unwrap_or_default(), 1);
+}
+
+#[test]
+fn payloads_are_read_only_for_filters() {
+    let trigger = ScriptedTrigger::default();
+    let clock = ManualClock(Mutex::new(T0));
+
+    let mut engine = Engine::new(settings(5, 5));
+    let mut store = MemStore::default();
+    store.add_event(1, 10, "opened");
+    block_on(engine.run_pass(&mut store, &running(0, &[]), &trigger, &clock)).expect("pass");
+    assert_eq!(store.payload_reads, 0, "no filter, no payload read");
+
+    let mut engine = Engine::new(settings_with_filter(5, 5, Some("body.n == 2")));
+    let mut store = MemStore::default();
+    store.add_event(1, 10, "opened");
+    store.add_event(2, 11, "opened");
+    store.add_event(3, 12, "closed");
+    let report =
+        block_on(engine.run_pass(&mut store, &running(0, &[]), &trigger, &clock)).expect("pass");
+    assert_eq!(
+        store.payload_reads, 2,
+        "only events a filtered item could match"
+    );
+    assert_eq!((report.aborted, report.triggered), (2, 1));
+    assert_eq!(store.states(), [(2, DispatchState::Triggered)]);
 }

@@ -44,6 +44,16 @@ pub struct Matches<'s> {
     pub problems: Vec<FilterProblem>,
 }
 
+/// Whether matching an event of `repository`/`action` needs its payload
+/// (some candidate item has a CEL filter). Most events need none, which
+/// spares the store from reading the (up to 25 MiB) body back.
+pub fn needs_payload(settings: &Settings, repository: &str, action: &str) -> bool {
+    settings
+        .items
+        .iter()
+        .any(|i| i.filter.is_some() && i.repository == repository && i.events.contains(action))
+}
+
 /// Matches `event` against every configured item.
 pub fn match_items<'s>(settings: &'s Settings, event: &EventFacts<'_>) -> Matches<'s> {
     let mut out = Matches::default();
