@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::harness::{BenchDb, Dispatcher, SECRET, connect, pr_payload};
-use crate::stats::{Samples, ms};
+use crate::stats::{Samples, mib, ms};
 
 struct Load {
     ok: u64,
@@ -209,10 +209,6 @@ pub(crate) async fn run(
         "  throughput ratio: {:.2} of baseline (target >= 0.70)",
         rate(&measured) / rate(&baseline)
     )?;
-    write!(
-        out,
-        "  dispatcher peak RSS: {:.1} MiB (target < 64 MiB)",
-        rss as f64 / (1024.0 * 1024.0)
-    )?;
+    write!(out, "  dispatcher peak RSS: {} (target < 64 MiB)", mib(rss))?;
     Ok(out)
 }

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use dispatcher_fakes::{FakeEventListener, FakeKube, TektonMode};
 
 use crate::harness::{BenchDb, Dispatcher, SECRET, pr_payload};
-use crate::stats::{Samples, ms};
+use crate::stats::{Samples, mib, ms};
 
 const PIPELINE: &str = "bench-pipeline";
 const WAIT: Duration = Duration::from_secs(120);
@@ -206,11 +206,7 @@ pub(crate) async fn latency(
         ms(direct.percentile(50.0)),
         ms(direct.percentile(99.0))
     )?;
-    write!(
-        out,
-        "  dispatcher peak RSS: {:.1} MiB",
-        rss as f64 / (1024.0 * 1024.0)
-    )?;
+    write!(out, "  dispatcher peak RSS: {}", mib(rss))?;
     Ok(out)
 }
 
@@ -288,10 +284,6 @@ pub(crate) async fn drain(
         out,
         "  most runs at once: {max_running} (capacity {capacity}); triggers accepted: {once} (PRs {prs})"
     )?;
-    write!(
-        out,
-        "  dispatcher peak RSS: {:.1} MiB",
-        rss as f64 / (1024.0 * 1024.0)
-    )?;
+    write!(out, "  dispatcher peak RSS: {}", mib(rss))?;
     Ok(out)
 }

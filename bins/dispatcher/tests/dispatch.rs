@@ -295,19 +295,10 @@ async fn listener_failures_are_retried_then_failed() {
 }
 
 async fn wait_pool_state(svc: &Service, state: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut every = tokio::time::interval(Duration::from_millis(20));
-    loop {
-        every.tick().await;
-        let (_, ready) = svc.get("/api/v1/status/ready").await;
-        if ready["dispatcher"]["pools"][0]["state"] == state {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "pool never became {state}: {ready}"
-        );
-    }
+    svc.get_until("/api/v1/status/ready", |r| {
+        r["dispatcher"]["pools"][0]["state"] == state
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

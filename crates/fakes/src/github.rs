@@ -3,13 +3,13 @@
 //! (`DELETE /repos/{owner}/{repo}/issues/{n}/labels/{name}`, 404 when absent).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
 use serde_json::json;
-use tokio::sync::watch;
 
+use crate::observed::Observed;
 use crate::server::{FakeRequest, FakeServer, json as json_response};
 
 /// One label call.
@@ -36,8 +36,7 @@ struct State {
 
 #[derive(Debug)]
 struct Inner {
-    state: Mutex<State>,
-    tick: watch::Sender<u64>,
+    shared: Observed<State>,
     token: String,
 }
 
@@ -51,10 +50,8 @@ pub struct FakeGithub {
 impl FakeGithub {
     /// Starts the fake; requests must carry `Authorization: Bearer <token>`.
     pub async fn start(token: &str) -> std::io::Result<Self> {
-        let (tick, _) = watch::channel(0);
         let inner = Arc::new(Inner {
-            state: Mutex::new(State::default()),
-            tick,
+            shared: Observed::new(State::default()),
             token: token.to_owned(),
         });
         let handler_inner = Arc::clone(&inner);
@@ -75,7 +72,7 @@ impl FakeGithub {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.shared.lock()
     }
 
     /// Current labels of a pull request.
@@ -107,7 +104,7 @@ impl FakeGithub {
             set.remove(label);
         }
         drop(s);
-        self.inner.tick.send_modify(|t| *t += 1);
+        self.inner.shared.changed();
     }
 
     /// Waits (without polling) until `predicate` holds, or `timeout` passes.
@@ -116,20 +113,10 @@ impl FakeGithub {
         timeout: Duration,
         predicate: impl Fn(&FakeGithub) -> bool,
     ) -> bool {
-        let mut rx = self.inner.tick.subscribe();
-        tokio::time::timeout(timeout, async {
-            loop {
-                rx.mark_unchanged();
-                if predicate(self) {
-                    return;
-                }
-                if rx.changed().await.is_err() {
-                    return;
-                }
-            }
-        })
-        .await
-        .is_ok()
+        self.inner
+            .shared
+            .wait_until(timeout, || predicate(self))
+            .await
     }
 }
 
@@ -171,7 +158,7 @@ fn handle(inner: &Arc<Inner>, request: &FakeRequest) -> http::Response<crate::se
     let Some((repo, number, label)) = parsed else {
         return json_response(StatusCode::NOT_FOUND, &json!({"message": "Not Found"}));
     };
-    let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+    let mut s = inner.shared.lock();
     let failing = s.fail_next > 0;
     s.fail_next = s.fail_next.saturating_sub(1);
     let (op, names, status) = match (&request.parts.method, label) {
@@ -227,7 +214,7 @@ fn handle(inner: &Arc<Inner>, request: &FakeRequest) -> http::Response<crate::se
         .map(|l| l.iter().map(|n| json!({"name": n})).collect())
         .unwrap_or_default();
     drop(s);
-    inner.tick.send_modify(|t| *t += 1);
+    inner.shared.changed();
     match status {
         200 => json_response(StatusCode::OK, &json!(current)),
         404 => json_response(

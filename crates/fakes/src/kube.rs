@@ -5,7 +5,7 @@
 //! unfinished at once.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,8 +13,8 @@ use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
+use crate::observed::Observed;
 use crate::server::{FakeBody, FakeRequest, FakeServer, json as json_response};
 
 #[derive(Debug, Clone)]
@@ -37,12 +37,8 @@ struct State {
     watch_requests: u64,
 }
 
-#[derive(Debug)]
-struct Inner {
-    state: Mutex<State>,
-    /// Bumped on every change (new resourceVersion or up/down).
-    tick: watch::Sender<u64>,
-}
+/// Notified on every change (new resourceVersion, or the API going up or down).
+type Inner = Observed<State>;
 
 /// The fake API server. Clones share state.
 #[derive(Debug, Clone)]
@@ -84,11 +80,7 @@ fn parse_selector(s: &str) -> Vec<(String, String)> {
 impl FakeKube {
     /// Starts the fake on a free loopback port.
     pub async fn start() -> std::io::Result<Self> {
-        let (tick, _) = watch::channel(0);
-        let inner = Arc::new(Inner {
-            state: Mutex::new(State::default()),
-            tick,
-        });
+        let inner = Arc::new(Observed::new(State::default()));
         let handler_inner = Arc::clone(&inner);
         let server = FakeServer::start(move |r| {
             let inner = Arc::clone(&handler_inner);
@@ -115,7 +107,7 @@ impl FakeKube {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock()
     }
 
     fn record(&self, state: &mut State, kind: &'static str, namespace: &str, object: Value) {
@@ -152,7 +144,7 @@ impl FakeKube {
             let max = state.max_unfinished.entry(p).or_default();
             *max = (*max).max(n);
         }
-        self.inner.tick.send_modify(|t| *t += 1);
+        self.inner.changed();
     }
 
     /// Creates an unfinished PipelineRun of `pipeline`.
@@ -270,7 +262,7 @@ impl FakeKube {
     /// Takes the API down (every request answers 503, open watches end) or brings it back.
     pub fn set_down(&self, down: bool) {
         self.state().down = down;
-        self.inner.tick.send_modify(|t| *t += 1);
+        self.inner.changed();
     }
 
     /// (list requests, watch requests) served so far.
@@ -285,19 +277,7 @@ impl FakeKube {
         timeout: Duration,
         predicate: impl Fn(&FakeKube) -> bool,
     ) -> bool {
-        let mut rx = self.inner.tick.subscribe();
-        tokio::time::timeout(timeout, async {
-            loop {
-                if predicate(self) {
-                    return;
-                }
-                if rx.changed().await.is_err() {
-                    return;
-                }
-            }
-        })
-        .await
-        .is_ok()
+        self.inner.wait_until(timeout, || predicate(self)).await
     }
 }
 
@@ -343,7 +323,7 @@ fn handle(inner: &Arc<Inner>, request: &FakeRequest) -> Response<FakeBody> {
             .collect();
     let selector = parse_selector(query.get("labelSelector").map_or("", String::as_str));
     let api_version = format!("tekton.dev/{version}");
-    let mut state = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+    let mut state = inner.lock();
     if state.down {
         return status_error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -397,7 +377,7 @@ fn watch_stream(
     from: u64,
     timeout: Duration,
 ) -> Response<FakeBody> {
-    let rx = inner.tick.subscribe();
+    let rx = inner.subscribe();
     let deadline = tokio::time::Instant::now() + timeout;
     let stream = futures_util::stream::unfold((from, rx), move |(mut sent, mut rx)| {
         let inner = Arc::clone(&inner);
@@ -408,7 +388,7 @@ fn watch_stream(
             loop {
                 rx.mark_unchanged();
                 let next = {
-                    let state = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+                    let state = inner.lock();
                     if state.down {
                         return None;
                     }

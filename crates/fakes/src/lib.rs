@@ -26,6 +26,7 @@
 mod github;
 mod kube;
 mod listener;
+mod observed;
 mod server;
 
 pub use github::{FakeGithub, LabelCall};

@@ -6,15 +6,15 @@
 //! so tests can run whole queues.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::StatusCode;
 use serde_json::json;
-use tokio::sync::watch;
 
 use crate::kube::FakeKube;
+use crate::observed::Observed;
 use crate::server::{FakeRequest, FakeServer, json as json_response};
 
 /// How the fake creates PipelineRuns for accepted events.
@@ -73,8 +73,7 @@ struct State {
 
 #[derive(Debug)]
 struct Inner {
-    state: Mutex<State>,
-    tick: watch::Sender<u64>,
+    shared: Observed<State>,
     secret: Option<String>,
     tekton: Option<TektonMode>,
     counter: AtomicU64,
@@ -90,10 +89,8 @@ pub struct FakeEventListener {
 impl FakeEventListener {
     /// Starts a listener; with `secret`, unsigned or badly signed POSTs get 403.
     pub async fn start(secret: Option<&str>, tekton: Option<TektonMode>) -> std::io::Result<Self> {
-        let (tick, _) = watch::channel(0);
         let inner = Arc::new(Inner {
-            state: Mutex::new(State::default()),
-            tick,
+            shared: Observed::new(State::default()),
             secret: secret.map(str::to_owned),
             tekton,
             counter: AtomicU64::new(0),
@@ -116,7 +113,7 @@ impl FakeEventListener {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.shared.lock()
     }
 
     /// Every POST so far.
@@ -163,20 +160,10 @@ impl FakeEventListener {
         timeout: Duration,
         predicate: impl Fn(&FakeEventListener) -> bool,
     ) -> bool {
-        let mut rx = self.inner.tick.subscribe();
-        tokio::time::timeout(timeout, async {
-            loop {
-                rx.mark_unchanged();
-                if predicate(self) {
-                    return;
-                }
-                if rx.changed().await.is_err() {
-                    return;
-                }
-            }
-        })
-        .await
-        .is_ok()
+        self.inner
+            .shared
+            .wait_until(timeout, || predicate(self))
+            .await
     }
 }
 
@@ -203,7 +190,7 @@ fn handle(inner: &Arc<Inner>, request: FakeRequest) -> http::Response<crate::ser
             .verify(&request.body, signature)
             .is_ok()
     });
-    let mut state = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+    let mut state = inner.shared.lock();
     let failing = state.fail_all || state.fail_next > 0;
     state.fail_next = state.fail_next.saturating_sub(1);
     let (status, event_id, response) = if request.parts.method != http::Method::POST {
@@ -281,6 +268,6 @@ fn handle(inner: &Arc<Inner>, request: FakeRequest) -> http::Response<crate::ser
             });
         }
     }
-    inner.tick.send_modify(|t| *t += 1);
+    inner.shared.changed();
     response
 }

@@ -167,22 +167,29 @@ impl Service {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    /// Polls the API for an event until `pred` holds (a condition with a
-    /// deadline: the API has no push channel to wait on).
-    pub async fn wait_event(&self, id: i64, pred: impl Fn(&Value) -> bool) -> Value {
+    /// GETs `path` until `pred` holds for the JSON answer and returns it (a
+    /// condition with a deadline: the API has no push channel to wait on).
+    pub async fn get_until(&self, path: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + WAIT;
         let mut every = tokio::time::interval(Duration::from_millis(20));
         loop {
             every.tick().await;
-            let (_, body) = self.get(&format!("/api/v1/events/{id}")).await;
-            if pred(&body["event"]) {
-                return body["event"].clone();
+            let (_, body) = self.get(path).await;
+            if pred(&body) {
+                return body;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "event {id} never matched; last: {body}"
+                "GET {path} never matched; last: {body}"
             );
         }
+    }
+
+    /// Waits until event `id` matches `pred`; returns the event.
+    pub async fn wait_event(&self, id: i64, pred: impl Fn(&Value) -> bool) -> Value {
+        self.get_until(&format!("/api/v1/events/{id}"), |b| pred(&b["event"]))
+            .await["event"]
+            .clone()
     }
 
     /// Role reported on /api/v1/status/ready.
