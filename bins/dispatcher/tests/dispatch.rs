@@ -105,6 +105,29 @@ dispatch:
             .collect()
     }
 
+    /// Waits until `n` PRs ran and finished; asserts the pool never exceeded
+    /// its capacity and each PR ran exactly once. PR numbers in dispatch order.
+    async fn drained(&self, n: usize) -> Vec<i64> {
+        self.wait_dispatched(n).await;
+        assert!(
+            self.kube
+                .wait_until(WAIT, |k| k.unfinished(PIPELINE).is_empty())
+                .await
+        );
+        let most = self.kube.max_unfinished(PIPELINE);
+        assert!(
+            most <= self.capacity as usize,
+            "capacity {} exceeded: {most}",
+            self.capacity
+        );
+        let prs = self.dispatched_prs();
+        assert!(
+            prs.len() == n && counts(&prs).values().all(|c| *c == 1),
+            "not exactly once: {prs:?}"
+        );
+        prs
+    }
+
     async fn wait_dispatched(&self, n: usize) {
         let ok = self
             .listener
@@ -138,24 +161,7 @@ async fn burst_of_30_prs_against_capacity_3() {
             200
         );
     }
-    world.wait_dispatched(30).await;
-    assert!(
-        world
-            .kube
-            .wait_until(WAIT, |k| k.unfinished(PIPELINE).is_empty())
-            .await
-    );
-
-    assert!(
-        world.kube.max_unfinished(PIPELINE) <= 3,
-        "capacity exceeded: {}",
-        world.kube.max_unfinished(PIPELINE)
-    );
-    let prs = world.dispatched_prs();
-    assert!(
-        counts(&prs).values().all(|c| *c == 1) && prs.len() == 30,
-        "not exactly once: {prs:?}"
-    );
+    let prs = world.drained(30).await;
     // FIFO: a PR arrives at most (capacity - 1) places from its turn; only
     // triggers sent concurrently in one pass may swap.
     for (position, pr) in prs.iter().enumerate() {
@@ -351,23 +357,7 @@ async fn two_replicas_never_exceed_capacity_or_dispatch_twice() {
     for s in sends {
         assert_eq!(s.await.unwrap(), 200);
     }
-    world.wait_dispatched(30).await;
-    assert!(
-        world
-            .kube
-            .wait_until(WAIT, |k| k.unfinished(PIPELINE).is_empty())
-            .await
-    );
-    assert!(
-        world.kube.max_unfinished(PIPELINE) <= 3,
-        "capacity exceeded: {}",
-        world.kube.max_unfinished(PIPELINE)
-    );
-    let prs = world.dispatched_prs();
-    assert!(
-        prs.len() == 30 && counts(&prs).values().all(|c| *c == 1),
-        "not exactly once: {prs:?}"
-    );
+    let prs = world.drained(30).await;
     let roles = [a.role().await, b.role().await];
     assert!(
         roles.contains(&"leader".to_owned()) && roles.contains(&"standby".to_owned()),

@@ -80,7 +80,8 @@ pub(crate) async fn receive<R: EventRepository>(
     }
     let fields = pull_request_fields(&body)?;
     // pull_request_fields validated the body as UTF-8 JSON.
-    let payload = String::from_utf8(body.to_vec())
+    // Reuses the body's buffer when it is not shared (no copy of a large payload).
+    let payload = String::from_utf8(Vec::from(body))
         .map_err(|e| ApiError::BadRequest(format!("Invalid JSON payload: {e}")))?;
     let forwarded = headers
         .iter()

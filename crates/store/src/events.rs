@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 
 use crate::error;
 use crate::pool::Database;
-use crate::raw_json::RawJson;
+use crate::raw_json::RawJsonRef;
 use crate::schema::{dispatches, webhook_events};
 
 /// Events stored in PostgreSQL; cheap to clone.
@@ -31,7 +31,7 @@ struct NewRow<'a> {
     action: &'a str,
     repository_full_name: &'a str,
     pull_request_number: i64,
-    payload: RawJson,
+    payload: RawJsonRef<'a>,
     headers: serde_json::Value,
 }
 
@@ -158,7 +158,7 @@ impl EventRepository for PgEvents {
             action: &event.action,
             repository_full_name: &event.repository_full_name,
             pull_request_number: event.pull_request_number,
-            payload: RawJson(event.payload.clone()),
+            payload: RawJsonRef(&event.payload),
             headers: headers_to_json(&event.headers),
         };
         // One autocommit statement: when it returns, the row is durable.

@@ -40,4 +40,4 @@ pub use labels::PgLabels;
 pub use leader::LeaderSession;
 pub use migrate::{MIGRATIONS, pending_migrations, run_migrations};
 pub use pool::{Database, PoolOptions};
-pub use raw_json::RawJson;
+pub use raw_json::{RawJson, RawJsonRef};

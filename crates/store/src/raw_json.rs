@@ -30,3 +30,15 @@ impl FromSql<Json, Pg> for RawJson {
         Ok(Self(String::from_utf8(value.as_bytes().to_vec())?))
     }
 }
+
+/// Borrowed JSON text to write, byte for byte (avoids copying large bodies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, AsExpression)]
+#[diesel(sql_type = Json)]
+pub struct RawJsonRef<'a>(pub &'a str);
+
+impl ToSql<Json, Pg> for RawJsonRef<'_> {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+        out.write_all(self.0.as_bytes())?;
+        Ok(IsNull::No)
+    }
+}
