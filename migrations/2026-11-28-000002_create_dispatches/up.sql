@@ -33,9 +33,8 @@ CREATE TABLE dispatches (
 -- Open work per pool in FIFO order (the engine's hot query).
 CREATE INDEX dispatches_open_idx ON dispatches (pool, queue_position, id)
     WHERE state IN ('queued', 'triggering', 'triggered');
--- Label reconciliation: what is queued per pull request.
-CREATE INDEX dispatches_queued_pr_idx ON dispatches (repository_full_name, pull_request_number, queued_label)
-    WHERE state = 'queued';
+-- Newest-wins checks: the dispatches of one PR and item by event.
+CREATE INDEX dispatches_pr_item_idx ON dispatches (repository_full_name, pull_request_number, item_name, event_id);
 
 -- Desired `<pipeline>/queued` labels and whether GitHub has them yet.
 CREATE TABLE pr_labels (

@@ -8,15 +8,20 @@ use std::time::Duration;
 
 use dispatcher_capacity::{EventListenerClient, KubeCapacity};
 use dispatcher_core::config::Settings;
-use dispatcher_core::engine::{Engine, PassReport};
+use dispatcher_core::engine::{Engine, PassReport, TriggerReport};
 use dispatcher_core::labels::{LABEL_BATCH, run_label_pass};
-use dispatcher_core::ports::{StoreError, SystemClock};
+use dispatcher_core::ports::{
+    StoreError, SystemClock, Trigger, TriggerError, TriggerJob, TriggerRequest,
+};
 use dispatcher_github::GithubLabels;
 use dispatcher_store::{Database, LeaderSession, PgLabels};
 use time::OffsetDateTime;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::status::{DispatcherStatus, Role};
+
+/// A finished POST: the job and what the EventListener said.
+type TriggerResult = (TriggerJob, Result<Option<String>, TriggerError>);
 
 /// Pause after a pass failed for a reason other than losing the database.
 const PASS_ERROR_BACKOFF: Duration = Duration::from_secs(1);
@@ -95,16 +100,29 @@ impl Dispatcher {
         let safety = self.settings.dispatch.safety_pass_interval;
         let min_interval = self.settings.dispatch.min_pass_interval;
         let mut last_pass = tokio::time::Instant::now() - min_interval;
+        // POSTs run as tasks so a slow EventListener never holds up other pools;
+        // their results come back here and are recorded before the next pass.
+        let (results_tx, mut results_rx) = mpsc::unbounded_channel::<TriggerResult>();
+        let mut in_flight = 0usize;
+        let mut finished: Vec<TriggerResult> = Vec::new();
         loop {
             // Batch a flood of wake-ups into fewer passes (see dispatch.min_pass_interval).
             tokio::time::sleep_until(last_pass + min_interval).await;
             last_pass = tokio::time::Instant::now();
-            let next_wakeup = match engine
-                .run_pass(&mut session, &*self.capacity, &self.trigger, &SystemClock)
+            while let Ok(result) = results_rx.try_recv() {
+                finished.push(result);
+            }
+            in_flight -= finished.len();
+            let next_wakeup = match self
+                .pass(engine, &mut session, std::mem::take(&mut finished))
                 .await
             {
-                Ok(report) => {
+                Ok((report, jobs)) => {
                     self.after_pass(&report, &label_wake);
+                    for job in jobs {
+                        in_flight += 1;
+                        self.send(engine, job, results_tx.clone());
+                    }
                     report.next_wakeup.map_or(safety, until).min(safety)
                 }
                 Err(StoreError::LostLeadership | StoreError::Unavailable(_)) => {
@@ -124,13 +142,103 @@ impl Dispatcher {
                     tracing::warn!("lost the database connection; no longer the active dispatcher");
                     return;
                 },
+                Some(result) = results_rx.recv() => finished.push(result),
                 () = capacity_changed.notified() => {}
                 () = tokio::time::sleep(next_wakeup) => {}
                 _ = shutdown.changed() => {
-                    tracing::info!("stopping the dispatcher");
+                    tracing::info!(in_flight, "stopping the dispatcher");
+                    self.finish_in_flight(engine, &mut session, &mut results_rx, in_flight).await;
                     return;
                 }
             }
+        }
+    }
+
+    /// Records finished triggers, then plans and commits the next pass.
+    async fn pass(
+        &self,
+        engine: &mut Engine,
+        session: &mut LeaderSession,
+        finished: Vec<TriggerResult>,
+    ) -> Result<(PassReport, Vec<TriggerJob>), StoreError> {
+        let recorded = if finished.is_empty() {
+            TriggerReport::default()
+        } else {
+            engine
+                .record_triggers(session, finished, &SystemClock)
+                .await?
+        };
+        let (mut report, jobs) = engine
+            .plan_pass(session, &*self.capacity, &SystemClock)
+            .await?;
+        report.triggered += recorded.triggered;
+        report.retried += recorded.retried;
+        report.failed += recorded.failed;
+        report.next_wakeup = match (report.next_wakeup, recorded.next_wakeup) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok((report, jobs))
+    }
+
+    /// POSTs one job in its own task; the result is sent back to the loop.
+    fn send(
+        &self,
+        engine: &Engine,
+        job: TriggerJob,
+        results: mpsc::UnboundedSender<TriggerResult>,
+    ) {
+        let trigger = self.trigger.clone();
+        let url = engine.callback_url(&job).cloned();
+        tokio::spawn(async move {
+            let result = match &url {
+                Some(url) => {
+                    trigger
+                        .trigger(TriggerRequest {
+                            url,
+                            payload: &job.payload,
+                            headers: &job.headers,
+                        })
+                        .await
+                }
+                None => Err(TriggerError::Transport(format!(
+                    "item '{}' is no longer configured",
+                    job.item
+                ))),
+            };
+            let _ = results.send((job, result));
+        });
+    }
+
+    /// On shutdown, waits for POSTs already sent (each is bounded by the
+    /// trigger timeout) and records them, so the next leader does not have to
+    /// treat them as orphans and send them again.
+    async fn finish_in_flight(
+        &self,
+        engine: &mut Engine,
+        session: &mut LeaderSession,
+        results: &mut mpsc::UnboundedReceiver<TriggerResult>,
+        mut in_flight: usize,
+    ) {
+        let deadline = tokio::time::Instant::now()
+            + self.settings.dispatch.trigger_timeout
+            + Duration::from_secs(1);
+        let mut finished = Vec::new();
+        while in_flight > 0 {
+            match tokio::time::timeout_at(deadline, results.recv()).await {
+                Ok(Some(result)) => {
+                    finished.push(result);
+                    in_flight -= 1;
+                }
+                _ => break,
+            }
+        }
+        if !finished.is_empty()
+            && let Err(e) = engine
+                .record_triggers(session, finished, &SystemClock)
+                .await
+        {
+            tracing::warn!(error = %e, "could not record the last trigger results; they will be retried");
         }
     }
 

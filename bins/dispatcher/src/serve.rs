@@ -106,7 +106,7 @@ async fn start_capacity(settings: &Settings) -> KubeCapacity {
     let options = CapacityOptions {
         resync_interval: d.capacity_resync_interval,
         stale_after: d.capacity_stale_after,
-        list_timeout: d.capacity_resync_interval.min(Duration::from_secs(10)),
+        list_timeout: d.capacity_stale_after,
     };
     if settings.pools.is_empty() {
         return KubeCapacity::unavailable("no pools configured", options);

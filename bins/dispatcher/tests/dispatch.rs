@@ -357,7 +357,7 @@ async fn two_replicas_never_exceed_capacity_or_dispatch_twice() {
     for s in sends {
         assert_eq!(s.await.unwrap(), 200);
     }
-    let prs = world.drained(30).await;
+    world.drained(30).await;
     let roles = [a.role().await, b.role().await];
     assert!(
         roles.contains(&"leader".to_owned()) && roles.contains(&"standby".to_owned()),
@@ -407,4 +407,60 @@ async fn killing_the_active_replica_loses_and_repeats_nothing() {
         .get("/api/v1/events/status?filter=processed=true")
         .await;
     assert_eq!(list["total_count"], 8);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_event_listener_does_not_hold_up_other_pipelines() {
+    install_crypto();
+    let kube = FakeKube::start().await.unwrap();
+    let tekton = |pipeline: &str| TektonMode {
+        kube: kube.clone(),
+        namespace: "ns".into(),
+        pipeline: pipeline.into(),
+        annotations: vec![],
+        run_for: None,
+    };
+    let stuck = FakeEventListener::start(Some(SECRET), Some(tekton("slow")))
+        .await
+        .unwrap();
+    let healthy = FakeEventListener::start(Some(SECRET), Some(tekton("fast")))
+        .await
+        .unwrap();
+    stuck.hang(true);
+    let dir = TempDir::new("hang");
+    std::fs::write(dir.0.join("kubeconfig"), kube.kubeconfig("ns")).unwrap();
+    let item = |name: &str, repo: &str, pipeline: &str, url: &str| {
+        format!(
+            "    - {{name: {name}, events: [opened], full_repository_name: {repo}, callback_url: \"{url}\",\n       capacity: {{type: ocp_tekton, pipeline_name: {pipeline}, max_capacity: 2, namespace: ns}}}}\n"
+        )
+    };
+    let config = format!(
+        "dispatcher:\n  items:\n{}{}security: {{github_webhook_secret: \"${{GITHUB_WEBHOOK_SECRET}}\"}}\nserver: {{bind: 127.0.0.1, port: 0}}\n\
+         dispatch: {{trigger_timeout: 10m, capacity_resync_interval: 300ms, capacity_stale_after: 5s}}\n",
+        item("slow", "o/slow", "slow", &stuck.url()),
+        item("fast", "o/fast", "fast", &healthy.url()),
+    );
+    let db = TestDatabase::new();
+    let svc = Service::start(
+        &config,
+        db.url(),
+        &[("KUBECONFIG", dir.0.join("kubeconfig").display().to_string())],
+    )
+    .await;
+
+    send_pr(&svc.url, "d-slow", "o/slow", 1, "opened").await;
+    assert!(
+        stuck.wait_until(WAIT, |l| l.arrived() == 1).await,
+        "the slow POST is in flight"
+    );
+    let (_, fast) = send_pr(&svc.url, "d-fast", "o/fast", 2, "opened").await;
+    assert!(
+        healthy.wait_until(WAIT, |l| l.accepted().len() == 1).await,
+        "the other pipeline is not held up"
+    );
+    svc.wait_event(fast["id"].as_i64().unwrap(), |e| e["status"] == "processed")
+        .await;
+    assert!(stuck.accepted().is_empty(), "still hanging");
+    stuck.hang(false);
+    assert!(stuck.wait_until(WAIT, |l| l.accepted().len() == 1).await);
 }

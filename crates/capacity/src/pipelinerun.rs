@@ -18,6 +18,9 @@ pub struct RunInfo {
     pub event_id: Option<String>,
     /// Whether its `Succeeded` condition is final (`True` or `False`).
     pub finished: bool,
+    /// `metadata.resourceVersion`, when it is a number (it is on etcd-backed
+    /// API servers); used to merge a full list with newer watch events.
+    pub resource_version: Option<u64>,
 }
 
 impl RunInfo {
@@ -38,6 +41,11 @@ impl RunInfo {
             })
         });
         Self {
+            resource_version: obj
+                .metadata
+                .resource_version
+                .as_deref()
+                .and_then(|v| v.parse().ok()),
             annotations: obj.metadata.annotations.clone().unwrap_or_default(),
             event_id: obj
                 .metadata

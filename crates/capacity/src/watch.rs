@@ -59,6 +59,35 @@ struct Snapshot {
     error: Option<String>,
     /// Objects of a watch restart, swapped in at `InitDone`.
     init_buffer: Option<HashMap<String, RunInfo>>,
+    /// Runs the watch deleted since the last full list, with the version of
+    /// their deletion, so a list taken before the deletion cannot revive them.
+    deleted: HashMap<String, u64>,
+}
+
+impl Snapshot {
+    /// Merges a full list taken at `list_version` into the watch's view:
+    /// anything the watch applied after the list's snapshot wins.
+    fn merge_list(&mut self, listed: HashMap<String, RunInfo>, list_version: Option<u64>) {
+        let Some(at) = list_version else {
+            self.runs = listed;
+            self.deleted.clear();
+            return;
+        };
+        let newer = |rv: Option<u64>| rv.is_some_and(|rv| rv > at);
+        self.runs
+            .retain(|name, run| listed.contains_key(name) || newer(run.resource_version));
+        for (name, run) in listed {
+            let deleted_later = self.deleted.get(&name).is_some_and(|rv| *rv > at);
+            let cached_newer = self
+                .runs
+                .get(&name)
+                .is_some_and(|c| newer(c.resource_version));
+            if !deleted_later && !cached_newer {
+                self.runs.insert(name, run);
+            }
+        }
+        self.deleted.retain(|_, rv| *rv > at);
+    }
 }
 
 #[derive(Debug)]
@@ -256,6 +285,7 @@ async fn watch(
             }
             Ok(Event::InitDone) => {
                 s.runs = s.init_buffer.take().unwrap_or_default();
+                s.deleted.clear();
                 s.synced = true;
                 WatchState::ok(s);
             }
@@ -264,12 +294,49 @@ async fn watch(
                 WatchState::ok(s);
             }
             Ok(Event::Delete(obj)) => {
-                s.runs.remove(&name_of(&obj));
+                let name = name_of(&obj);
+                if let Some(rv) = RunInfo::from_object(&obj).resource_version {
+                    s.deleted.insert(name.clone(), rv);
+                }
+                s.runs.remove(&name);
                 WatchState::ok(s);
             }
             Err(e) => s.error = Some(e.to_string()),
         });
         changed.notify_one();
+    }
+}
+
+/// Page size of the full list (PipelineRuns are large objects).
+const LIST_PAGE: u32 = 200;
+
+/// Lists every PipelineRun of the watch, page by page; returns them with the
+/// list's resourceVersion.
+async fn list_all(
+    api: &Api<DynamicObject>,
+    labels: &str,
+) -> Result<(HashMap<String, RunInfo>, Option<u64>), kube::Error> {
+    let mut runs = HashMap::new();
+    let mut version = None;
+    let mut params = ListParams::default().labels(labels).limit(LIST_PAGE);
+    loop {
+        let page = api.list(&params).await?;
+        if version.is_none() {
+            version = page
+                .metadata
+                .resource_version
+                .as_deref()
+                .and_then(|v| v.parse().ok());
+        }
+        runs.extend(
+            page.items
+                .iter()
+                .map(|o| (name_of(o), RunInfo::from_object(o))),
+        );
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok((runs, version)),
+        }
     }
 }
 
@@ -282,22 +349,79 @@ async fn resync(
 ) {
     let mut ticks = tokio::time::interval(options.resync_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let params = ListParams::default().labels(&labels);
     loop {
         ticks.tick().await;
-        match tokio::time::timeout(options.list_timeout, api.list(&params)).await {
-            Ok(Ok(list)) => state.update(|s| {
-                s.runs = list
-                    .items
-                    .iter()
-                    .map(|o| (name_of(o), RunInfo::from_object(o)))
-                    .collect();
+        match tokio::time::timeout(options.list_timeout, list_all(&api, &labels)).await {
+            Ok(Ok((runs, version))) => state.update(|s| {
+                s.merge_list(runs, version);
                 s.synced = true;
                 WatchState::ok(s);
             }),
             Ok(Err(e)) => state.update(|s| s.error = Some(e.to_string())),
-            Err(_) => state.update(|s| s.error = Some("PipelineRun list timed out".to_owned())),
+            // A slow list proves nothing either way; staleness decides (a pool
+            // whose watch and lists are all silent for `stale_after` is unknown).
+            Err(_) => tracing::warn!(
+                namespace = %state.key.namespace, pipeline = %state.key.pipeline,
+                timeout_secs = options.list_timeout.as_secs(), "PipelineRun list timed out"
+            ),
         }
         changed.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(rv: u64) -> RunInfo {
+        RunInfo {
+            annotations: Default::default(),
+            event_id: None,
+            finished: false,
+            resource_version: Some(rv),
+        }
+    }
+
+    #[test]
+    fn a_list_older_than_the_watch_does_not_undo_it() {
+        let mut s = Snapshot::default();
+        // The watch saw `new` created (rv 12) and `gone` deleted (rv 13) after the list's snapshot (rv 10).
+        s.runs.insert("new".into(), run(12));
+        s.runs.insert("kept".into(), run(5));
+        s.runs.insert("stale".into(), run(6));
+        s.deleted.insert("gone".into(), 13);
+        s.deleted.insert("long-gone".into(), 4);
+        let listed: HashMap<String, RunInfo> = [
+            ("kept".to_owned(), run(9)),
+            ("gone".to_owned(), run(8)),
+            ("other".to_owned(), run(7)),
+        ]
+        .into();
+        s.merge_list(listed, Some(10));
+        let mut names: Vec<&str> = s.runs.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["kept", "new", "other"],
+            "stale removed, gone stays gone, new stays"
+        );
+        assert_eq!(
+            s.runs["kept"].resource_version,
+            Some(9),
+            "the list repairs older entries"
+        );
+        assert_eq!(
+            s.deleted.keys().collect::<Vec<_>>(),
+            ["gone"],
+            "tombstones older than the list are dropped"
+        );
+    }
+
+    #[test]
+    fn without_versions_the_list_replaces_everything() {
+        let mut s = Snapshot::default();
+        s.runs.insert("a".into(), run(1));
+        s.merge_list([("b".to_owned(), run(2))].into(), None);
+        assert_eq!(s.runs.keys().collect::<Vec<_>>(), ["b"]);
     }
 }

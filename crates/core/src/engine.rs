@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use time::OffsetDateTime;
+use url::Url;
 
 use crate::backoff::retry_delay;
 use crate::config::{PoolKey, Settings};
@@ -22,14 +23,19 @@ use crate::planner::{
     plan_intake,
 };
 use crate::ports::{
-    CapacitySource, Clock, DispatchStore, PoolState, StoreError, Trigger, TriggerRequest,
+    CapacitySource, Clock, DispatchStore, PoolState, StoreError, Trigger, TriggerError, TriggerJob,
+    TriggerRequest,
 };
 use crate::rules::{EventFacts, match_items, needs_payload};
 
 /// Events matched per store round trip.
 const PLAN_BATCH: usize = 500;
-/// Margin on top of the trigger timeout before an in-flight trigger of a dead dispatcher is retried.
-const ORPHAN_GRACE: Duration = Duration::from_secs(5);
+/// Margin on top of the trigger timeout before an in-flight trigger of a dead
+/// dispatcher is retried; generous, because the replica that retries compares
+/// its own clock with the one that started the trigger.
+const ORPHAN_GRACE: Duration = Duration::from_secs(30);
+/// Passes that may fail to record kept outcomes before they are dropped.
+const MAX_RECORD_REPLAYS: u32 = 3;
 
 /// What one pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -56,6 +62,26 @@ pub struct PassReport {
     pub next_wakeup: Option<OffsetDateTime>,
 }
 
+/// What recording a batch of trigger results did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TriggerReport {
+    /// Accepted by their EventListener.
+    pub triggered: usize,
+    /// Failed attempts that will be retried.
+    pub retried: usize,
+    /// Out of attempts.
+    pub failed: usize,
+    /// The earliest retry.
+    pub next_wakeup: Option<OffsetDateTime>,
+}
+
+fn earliest(a: Option<OffsetDateTime>, b: Option<OffsetDateTime>) -> Option<OffsetDateTime> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// The dispatch engine of the active replica.
 #[derive(Debug)]
 pub struct Engine {
@@ -64,6 +90,8 @@ pub struct Engine {
     /// Outcomes of POSTs already sent whose recording failed; recorded first
     /// thing next pass so an accepted trigger is not mistaken for an orphan.
     unrecorded: Vec<DispatchOutcome>,
+    /// Consecutive passes that failed to record `unrecorded`.
+    unrecorded_failures: u32,
 }
 
 impl Engine {
@@ -79,6 +107,7 @@ impl Engine {
             settings,
             limits,
             unrecorded: Vec::new(),
+            unrecorded_failures: 0,
         }
     }
 
@@ -87,7 +116,8 @@ impl Engine {
         &self.settings
     }
 
-    /// Runs one pass. Store errors abort the pass; everything already
+    /// Runs one pass and sends its triggers, waiting for them: plan, POST
+    /// concurrently, record. Store errors abort the pass; everything already
     /// committed stays valid and the next pass continues from there.
     pub async fn run_pass<S, C, T, K>(
         &mut self,
@@ -102,10 +132,82 @@ impl Engine {
         T: Trigger,
         K: Clock,
     {
+        let (mut report, jobs) = self.plan_pass(store, capacity, clock).await?;
+        if jobs.is_empty() {
+            return Ok(report);
+        }
+        let this = &*self;
+        let results = join_all(jobs.into_iter().map(|job| async move {
+            let result = match this.callback_url(&job) {
+                Some(url) => {
+                    trigger
+                        .trigger(TriggerRequest {
+                            url,
+                            payload: &job.payload,
+                            headers: &job.headers,
+                        })
+                        .await
+                }
+                None => Err(TriggerError::Transport(format!(
+                    "item '{}' vanished",
+                    job.item
+                ))),
+            };
+            (job, result)
+        }))
+        .await;
+        let recorded = self.record_triggers(store, results, clock).await?;
+        report.triggered += recorded.triggered;
+        report.retried += recorded.retried;
+        report.failed += recorded.failed;
+        report.next_wakeup = earliest(report.next_wakeup, recorded.next_wakeup);
+        report.labels_changed += store.reconcile_labels(clock.now()).await?;
+        Ok(report)
+    }
+
+    /// The EventListener URL of a job's item.
+    pub fn callback_url(&self, job: &TriggerJob) -> Option<&Url> {
+        self.settings.item(&job.item).map(|i| &i.callback_url)
+    }
+
+    /// Plans a pass and commits its decisions; returns the triggers to send.
+    /// Each returned job is committed as `triggering` (counted against its
+    /// pool). The caller POSTs them, concurrently and without holding up later
+    /// passes, and hands the results to [`Engine::record_triggers`].
+    pub async fn plan_pass<S, C, K>(
+        &mut self,
+        store: &mut S,
+        capacity: &C,
+        clock: &K,
+    ) -> Result<(PassReport, Vec<TriggerJob>), StoreError>
+    where
+        S: DispatchStore,
+        C: CapacitySource,
+        K: Clock,
+    {
         let mut report = PassReport::default();
         if !self.unrecorded.is_empty() {
-            store.record_outcomes(&self.unrecorded, clock.now()).await?;
-            self.unrecorded.clear();
+            match store.record_outcomes(&self.unrecorded, clock.now()).await {
+                Ok(()) => {
+                    self.unrecorded.clear();
+                    self.unrecorded_failures = 0;
+                }
+                // The database rejects these writes themselves: keeping them would
+                // stop every later pass. Their dispatches stay `triggering` and are
+                // retried as orphans (at worst one duplicate each).
+                Err(StoreError::Query(e)) if self.unrecorded_failures + 1 >= MAX_RECORD_REPLAYS => {
+                    tracing::error!(
+                        error = %e, outcomes = self.unrecorded.len(),
+                        "giving up recording trigger outcomes; their dispatches will be retried"
+                    );
+                    self.unrecorded.clear();
+                    self.unrecorded_failures = 0;
+                }
+                Err(e) => {
+                    self.unrecorded_failures += 1;
+                    return Err(e);
+                }
+            }
         }
 
         let mut now = clock.now();
@@ -168,6 +270,10 @@ impl Engine {
                     report.retried += 1;
                     tracing::warn!(dispatch_id = %id, %error, "retrying dispatch");
                 }
+                DispatchOutcome::Superseded { id } => {
+                    report.superseded += 1;
+                    tracing::info!(dispatch_id = %id, "dispatch superseded by a newer event while waiting to retry");
+                }
                 DispatchOutcome::Triggered { .. } => {}
             }
         }
@@ -184,99 +290,100 @@ impl Engine {
         report.usage = plan.usage;
         report.next_wakeup = plan.next_wakeup;
 
-        if !plan.trigger.is_empty() {
-            let jobs = store.begin_triggers(&plan.trigger, clock.now()).await?;
-            let settings = &*self.settings;
-            let results = join_all(jobs.iter().map(|job| async move {
-                let url = settings.item(&job.item).map(|i| &i.callback_url);
-                let result = match url {
-                    Some(url) => {
-                        trigger
-                            .trigger(TriggerRequest {
-                                url,
-                                payload: &job.payload,
-                                headers: &job.headers,
-                            })
-                            .await
-                    }
-                    None => Err(crate::ports::TriggerError::Transport(format!(
-                        "item '{}' vanished",
-                        job.item
-                    ))),
-                };
-                (job, result)
-            }))
-            .await;
-            let done = clock.now();
-            let mut outcomes = Vec::with_capacity(results.len());
-            for (job, result) in results {
-                let outcome = match result {
-                    Ok(listener_event_id) => {
-                        report.triggered += 1;
-                        tracing::info!(
-                            dispatch_id = %job.dispatch, event_id = %job.event_id, repo = %job.pr.repository,
-                            pr = job.pr.number, item = %job.item, attempt = job.attempt,
-                            listener_event_id = listener_event_id.as_deref().unwrap_or("-"),
-                            "triggered pipeline"
-                        );
-                        DispatchOutcome::Triggered {
-                            id: job.dispatch,
-                            attempt: job.attempt,
-                            listener_event_id,
-                        }
-                    }
-                    Err(e) if job.attempt >= self.limits.max_attempts => {
-                        report.failed += 1;
-                        tracing::error!(
-                            dispatch_id = %job.dispatch, event_id = %job.event_id, repo = %job.pr.repository,
-                            pr = job.pr.number, item = %job.item, attempt = job.attempt, error = %e,
-                            "trigger failed; out of attempts"
-                        );
-                        DispatchOutcome::Failed {
-                            id: job.dispatch,
-                            attempt: job.attempt,
-                            error: format!("gave up after {} attempts: {e}", job.attempt),
-                        }
-                    }
-                    Err(e) => {
-                        report.retried += 1;
-                        let d = &self.settings.dispatch;
-                        let seed = u64::try_from(job.dispatch.0).unwrap_or_default();
-                        let next_attempt_at = done
-                            + retry_delay(
-                                d.retry_backoff_base,
-                                d.retry_backoff_max,
-                                job.attempt,
-                                seed,
-                            );
-                        tracing::warn!(
-                            dispatch_id = %job.dispatch, event_id = %job.event_id, repo = %job.pr.repository,
-                            pr = job.pr.number, item = %job.item, attempt = job.attempt, error = %e,
-                            retry_at = %crate::domain::rfc3339::format(next_attempt_at), "trigger failed; will retry"
-                        );
-                        report.next_wakeup = Some(
-                            report
-                                .next_wakeup
-                                .map_or(next_attempt_at, |w| w.min(next_attempt_at)),
-                        );
-                        DispatchOutcome::Retry {
-                            id: job.dispatch,
-                            attempt: job.attempt,
-                            next_attempt_at,
-                            error: e.to_string(),
-                        }
-                    }
-                };
-                outcomes.push(outcome);
+        let jobs = if plan.trigger.is_empty() {
+            Vec::new()
+        } else {
+            store.begin_triggers(&plan.trigger, clock.now()).await?
+        };
+        report.labels_changed = store.reconcile_labels(clock.now()).await?;
+        Ok((report, jobs))
+    }
+
+    /// Records the results of POSTs started by [`Engine::plan_pass`]: 202 →
+    /// `triggered`; otherwise a retry with backoff, or `failed` after
+    /// `max_attempts`. If recording fails, the outcomes are kept and recorded
+    /// first by the next pass.
+    pub async fn record_triggers<S, K>(
+        &mut self,
+        store: &mut S,
+        results: Vec<(TriggerJob, Result<Option<String>, TriggerError>)>,
+        clock: &K,
+    ) -> Result<TriggerReport, StoreError>
+    where
+        S: DispatchStore,
+        K: Clock,
+    {
+        let mut report = TriggerReport::default();
+        let done = clock.now();
+        let outcomes: Vec<DispatchOutcome> = results
+            .into_iter()
+            .map(|(job, result)| self.outcome(&job, result, done, &mut report))
+            .collect();
+        if outcomes.is_empty() {
+            return Ok(report);
+        }
+        if let Err(e) = store.record_outcomes(&outcomes, done).await {
+            self.unrecorded.extend(outcomes);
+            return Err(e);
+        }
+        Ok(report)
+    }
+
+    fn outcome(
+        &self,
+        job: &TriggerJob,
+        result: Result<Option<String>, TriggerError>,
+        done: OffsetDateTime,
+        report: &mut TriggerReport,
+    ) -> DispatchOutcome {
+        match result {
+            Ok(listener_event_id) => {
+                report.triggered += 1;
+                tracing::info!(
+                    dispatch_id = %job.dispatch, event_id = %job.event_id, repo = %job.pr.repository,
+                    pr = job.pr.number, item = %job.item, attempt = job.attempt,
+                    listener_event_id = listener_event_id.as_deref().unwrap_or("-"),
+                    "triggered pipeline"
+                );
+                DispatchOutcome::Triggered {
+                    id: job.dispatch,
+                    attempt: job.attempt,
+                    listener_event_id,
+                }
             }
-            if let Err(e) = store.record_outcomes(&outcomes, done).await {
-                self.unrecorded = outcomes;
-                return Err(e);
+            Err(e) if job.attempt >= self.limits.max_attempts => {
+                report.failed += 1;
+                tracing::error!(
+                    dispatch_id = %job.dispatch, event_id = %job.event_id, repo = %job.pr.repository,
+                    pr = job.pr.number, item = %job.item, attempt = job.attempt, error = %e,
+                    "trigger failed; out of attempts"
+                );
+                DispatchOutcome::Failed {
+                    id: job.dispatch,
+                    attempt: job.attempt,
+                    error: format!("gave up after {} attempts: {e}", job.attempt),
+                }
+            }
+            Err(e) => {
+                report.retried += 1;
+                let d = &self.settings.dispatch;
+                let seed = u64::try_from(job.dispatch.0).unwrap_or_default();
+                let next_attempt_at = done
+                    + retry_delay(d.retry_backoff_base, d.retry_backoff_max, job.attempt, seed);
+                tracing::warn!(
+                    dispatch_id = %job.dispatch, event_id = %job.event_id, repo = %job.pr.repository,
+                    pr = job.pr.number, item = %job.item, attempt = job.attempt, error = %e,
+                    retry_at = %crate::domain::rfc3339::format(next_attempt_at), "trigger failed; will retry"
+                );
+                report.next_wakeup = earliest(report.next_wakeup, Some(next_attempt_at));
+                DispatchOutcome::Retry {
+                    id: job.dispatch,
+                    attempt: job.attempt,
+                    next_attempt_at,
+                    error: e.to_string(),
+                }
             }
         }
-
-        report.labels_changed = store.reconcile_labels(clock.now()).await?;
-        Ok(report)
     }
 
     fn match_event(&self, e: &crate::ports::UnplannedEvent, payload: &[u8]) -> MatchedEvent {

@@ -85,15 +85,20 @@ pub fn plan_intake(events: &[MatchedEvent], open: &[OpenDispatch]) -> IntakePlan
         Existing(DispatchId, i64),
         New(usize, i64),
     }
-    // The waiting dispatch per (repository, PR, item), newest first wins.
-    let mut waiting: HashMap<(PullRequestRef, String), Waiting> = HashMap::new();
-    let mut existing: Vec<&OpenDispatch> = open
-        .iter()
-        .filter(|d| d.state == DispatchState::Queued)
-        .collect();
-    existing.sort_by_key(|d| (d.event_id, d.id));
-    for d in existing {
+    type Key = (PullRequestRef, String);
+    // Per (repository, PR, item): the queued dispatch, and the newest event
+    // with open work. Event ids are assigned at insert, not at commit, so a
+    // delivery can be planned after a newer one; it must not win.
+    let mut waiting: HashMap<Key, Waiting> = HashMap::new();
+    let mut newest: HashMap<Key, EventId> = HashMap::new();
+    let mut sorted_open: Vec<&OpenDispatch> = open.iter().collect();
+    sorted_open.sort_by_key(|d| (d.event_id, d.id));
+    for d in sorted_open {
         let key = (d.pr.clone(), d.item.clone());
+        newest.insert(key.clone(), d.event_id);
+        if d.state != DispatchState::Queued {
+            continue;
+        }
         // Invariant: at most one queued dispatch per key; if the store ever holds
         // two, the older one is superseded here and the invariant is restored.
         if let Some(Waiting::Existing(older, _)) =
@@ -111,27 +116,38 @@ pub fn plan_intake(events: &[MatchedEvent], open: &[OpenDispatch]) -> IntakePlan
         }
         for m in &event.items {
             let key = (event.pr.clone(), m.item.clone());
-            let position = match waiting.get(&key) {
-                Some(Waiting::Existing(id, pos)) => {
-                    plan.superseded.push(*id);
-                    *pos
-                }
-                Some(Waiting::New(index, pos)) => {
-                    plan.new_dispatches[*index].state = DispatchState::Cancelled;
-                    *pos
-                }
-                None => event.id.0,
-            };
-            waiting.insert(key, Waiting::New(plan.new_dispatches.len(), position));
-            plan.new_dispatches.push(NewDispatch {
+            let mut new = NewDispatch {
                 event_id: event.id,
                 item: m.item.clone(),
                 pool: m.pool.clone(),
                 queued_label: m.queued_label.clone(),
                 pr: event.pr.clone(),
-                queue_position: position,
+                queue_position: event.id.0,
                 state: DispatchState::Queued,
-            });
+            };
+            if newest.get(&key).is_some_and(|n| *n > event.id) {
+                // A newer event for this PR is already planned: this one is stale.
+                new.state = DispatchState::Cancelled;
+                plan.new_dispatches.push(new);
+                continue;
+            }
+            match waiting.get(&key) {
+                Some(Waiting::Existing(id, position)) => {
+                    plan.superseded.push(*id);
+                    new.queue_position = *position;
+                }
+                Some(Waiting::New(index, position)) => {
+                    plan.new_dispatches[*index].state = DispatchState::Cancelled;
+                    new.queue_position = *position;
+                }
+                None => {}
+            }
+            newest.insert(key.clone(), event.id);
+            waiting.insert(
+                key,
+                Waiting::New(plan.new_dispatches.len(), new.queue_position),
+            );
+            plan.new_dispatches.push(new);
         }
     }
     plan
@@ -174,6 +190,12 @@ pub enum DispatchOutcome {
         /// Dispatch.
         id: DispatchId,
     },
+    /// A queued dispatch for which a newer event of the same PR and item
+    /// exists (it was re-queued for a retry after the newer one arrived).
+    Superseded {
+        /// Dispatch.
+        id: DispatchId,
+    },
 }
 
 impl DispatchOutcome {
@@ -183,7 +205,8 @@ impl DispatchOutcome {
             Self::Triggered { id, .. }
             | Self::Retry { id, .. }
             | Self::Failed { id, .. }
-            | Self::Confirmed { id } => *id,
+            | Self::Confirmed { id }
+            | Self::Superseded { id } => *id,
         }
     }
 }
@@ -293,6 +316,10 @@ pub fn plan_dispatch(
                     }
                 }
                 DispatchState::Queued => {
+                    if d.has_newer {
+                        plan.outcomes.push(DispatchOutcome::Superseded { id: d.id });
+                        continue;
+                    }
                     if settings.item(&d.item).is_none() || spec.is_none() {
                         plan.outcomes.push(DispatchOutcome::Failed {
                             id: d.id,

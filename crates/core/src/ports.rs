@@ -141,6 +141,9 @@ pub struct OpenDispatch {
     pub trigger_started_at: Option<OffsetDateTime>,
     /// When the 202 arrived (triggered).
     pub triggered_at: Option<OffsetDateTime>,
+    /// A dispatch for a newer event of the same PR and item exists (in any
+    /// state). A queued dispatch with a newer sibling must not run.
+    pub has_newer: bool,
 }
 
 /// Everything needed to POST one dispatch to its EventListener.

@@ -69,6 +69,8 @@ struct State {
     received: Vec<Received>,
     fail_next: u32,
     fail_all: bool,
+    hang: bool,
+    arrived: usize,
 }
 
 #[derive(Debug)]
@@ -98,7 +100,16 @@ impl FakeEventListener {
         let handler_inner = Arc::clone(&inner);
         let server = FakeServer::start(move |r| {
             let inner = Arc::clone(&handler_inner);
-            async move { handle(&inner, r) }
+            async move {
+                inner.shared.lock().arrived += 1;
+                inner.shared.changed();
+                // A hanging listener answers only once released (or never).
+                inner
+                    .shared
+                    .wait_until(Duration::from_secs(3600), || !inner.shared.lock().hang)
+                    .await;
+                handle(&inner, r)
+            }
         })
         .await?;
         Ok(Self {
@@ -139,6 +150,17 @@ impl FakeEventListener {
     /// Answer every POST with 500 until called with `false`.
     pub fn fail_all(&self, fail: bool) {
         self.state().fail_all = fail;
+    }
+
+    /// POSTs that arrived, answered or not (a hanging listener holds them).
+    pub fn arrived(&self) -> usize {
+        self.state().arrived
+    }
+
+    /// Hold every POST without answering until called with `false`.
+    pub fn hang(&self, hang: bool) {
+        self.state().hang = hang;
+        self.inner.shared.changed();
     }
 
     /// Finishes the `n` oldest unfinished runs of the Tekton-mode pipeline.

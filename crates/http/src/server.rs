@@ -36,8 +36,10 @@ pub async fn serve<R: EventRepository>(
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
-                        // Out of file descriptors and the like: log, keep serving.
+                        // Out of file descriptors and the like: log, back off
+                        // briefly (the error would repeat at once), keep serving.
                         tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                 };

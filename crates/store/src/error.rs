@@ -22,3 +22,18 @@ pub(crate) fn leader(e: DieselError) -> StoreError {
         other => other,
     }
 }
+
+/// Text as PostgreSQL `text` accepts it: no NUL characters (an EventListener
+/// or proxy error body can carry them, and one unwritable outcome must not
+/// stop the engine).
+pub(crate) fn storable(s: &str) -> String {
+    s.replace('\0', "\u{FFFD}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nul_is_replaced() {
+        assert_eq!(super::storable("a\0b"), "a\u{FFFD}b");
+    }
+}

@@ -73,10 +73,12 @@ impl LabelStore for PgLabels {
             .filter(pr_labels::label.eq(&task.label));
         let now = OffsetDateTime::now_utc();
         if let Some(error) = error {
-            diesel::update(key)
+            // Only if the intent is still the one that failed: a reconciliation
+            // may have flipped it (and reset the schedule) meanwhile.
+            diesel::update(key.filter(pr_labels::wanted.eq(task.wanted)))
                 .set((
                     pr_labels::attempts.eq(pr_labels::attempts + 1),
-                    pr_labels::last_error.eq(error),
+                    pr_labels::last_error.eq(error::storable(&error)),
                     pr_labels::next_attempt_at.eq(retry_at.unwrap_or(now)),
                     pr_labels::updated_at.eq(now),
                 ))

@@ -58,7 +58,7 @@ struct NewDispatchRow<'a> {
     finished_at: Option<OffsetDateTime>,
 }
 
-#[derive(Queryable, Selectable)]
+#[derive(Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = dispatches)]
 struct OpenRow {
     id: i64,
@@ -74,6 +74,14 @@ struct OpenRow {
     listener_event_id: Option<String>,
     trigger_started_at: Option<OffsetDateTime>,
     triggered_at: Option<OffsetDateTime>,
+}
+
+#[derive(QueryableByName)]
+struct OpenWithSiblings {
+    #[diesel(embed)]
+    dispatch: OpenRow,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    has_newer: bool,
 }
 
 impl LeaderSession {
@@ -149,6 +157,7 @@ fn open_from_row(r: OpenRow) -> OpenDispatch {
         listener_event_id: r.listener_event_id,
         trigger_started_at: r.trigger_started_at,
         triggered_at: r.triggered_at,
+        has_newer: false,
     }
 }
 
@@ -200,20 +209,31 @@ impl DispatchStore for LeaderSession {
         &mut self,
         reservation_cutoff: OffsetDateTime,
     ) -> Result<Vec<OpenDispatch>, StoreError> {
-        let rows: Vec<OpenRow> = dispatches::table
-            .filter(
-                dispatches::state
-                    .eq_any(["queued", "triggering"])
-                    .or(dispatches::state
-                        .eq("triggered")
-                        .and(dispatches::triggered_at.gt(reservation_cutoff))),
-            )
-            .order((dispatches::pool, dispatches::queue_position, dispatches::id))
-            .select(OpenRow::as_select())
-            .load(&mut self.conn)
-            .await
-            .map_err(error::leader)?;
-        Ok(rows.into_iter().map(open_from_row).collect())
+        let rows: Vec<OpenWithSiblings> = diesel::sql_query(
+            "SELECT d.id, d.event_id, d.item_name, d.pool, d.repository_full_name, d.pull_request_number,
+                    d.state, d.queue_position, d.attempts, d.next_attempt_at, d.listener_event_id,
+                    d.trigger_started_at, d.triggered_at,
+                    EXISTS (SELECT 1 FROM dispatches n
+                             WHERE n.repository_full_name = d.repository_full_name
+                               AND n.pull_request_number = d.pull_request_number
+                               AND n.item_name = d.item_name
+                               AND n.event_id > d.event_id) AS has_newer
+               FROM dispatches d
+              WHERE d.state IN ('queued', 'triggering')
+                 OR (d.state = 'triggered' AND d.triggered_at > $1)
+              ORDER BY d.pool, d.queue_position, d.id",
+        )
+        .bind::<Timestamptz, _>(reservation_cutoff)
+        .load(&mut self.conn)
+        .await
+        .map_err(error::leader)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| OpenDispatch {
+                has_newer: r.has_newer,
+                ..open_from_row(r.dispatch)
+            })
+            .collect())
     }
 
     async fn apply_intake(
@@ -392,7 +412,8 @@ impl DispatchStore for LeaderSession {
                         )
                         .set((
                             dispatches::state.eq("triggered"),
-                            dispatches::listener_event_id.eq(listener_event_id),
+                            dispatches::listener_event_id
+                                .eq(listener_event_id.as_deref().map(error::storable)),
                             dispatches::triggered_at.eq(now),
                         ))
                         .returning(dispatches::event_id)
@@ -412,7 +433,7 @@ impl DispatchStore for LeaderSession {
                         .set((
                             dispatches::state.eq("queued"),
                             dispatches::next_attempt_at.eq(next_attempt_at),
-                            dispatches::last_error.eq(error),
+                            dispatches::last_error.eq(error::storable(error)),
                         ))
                         .returning(dispatches::event_id)
                         .get_result(conn)
@@ -425,7 +446,7 @@ impl DispatchStore for LeaderSession {
                         )
                         .set((
                             dispatches::state.eq("failed"),
-                            dispatches::last_error.eq(error),
+                            dispatches::last_error.eq(error::storable(error)),
                             dispatches::finished_at.eq(now),
                         ))
                         .returning(dispatches::event_id)
@@ -437,6 +458,17 @@ impl DispatchStore for LeaderSession {
                                 .set((
                                     dispatches::state.eq("confirmed"),
                                     dispatches::confirmed_at.eq(now),
+                                ))
+                                .returning(dispatches::event_id)
+                                .get_result(conn)
+                                .await
+                                .optional()?
+                        }
+                        DispatchOutcome::Superseded { .. } => {
+                            diesel::update(target.filter(dispatches::state.eq("queued")))
+                                .set((
+                                    dispatches::state.eq("cancelled"),
+                                    dispatches::finished_at.eq(now),
                                 ))
                                 .returning(dispatches::event_id)
                                 .get_result(conn)
@@ -466,7 +498,10 @@ impl DispatchStore for LeaderSession {
         let result: Changed = diesel::sql_query(
             "WITH wanted AS (
                  SELECT DISTINCT repository_full_name, pull_request_number, queued_label AS label
-                   FROM dispatches WHERE state = 'queued'
+                   FROM dispatches
+                  -- Waiting: queued, or being retried (a first attempt in flight
+                  -- never waited, so dispatching at once never labels).
+                  WHERE state = 'queued' OR (state = 'triggering' AND attempts > 1)
              ), added AS (
                  INSERT INTO pr_labels AS p (repository_full_name, pull_request_number, label, wanted, next_attempt_at, updated_at)
                  SELECT repository_full_name, pull_request_number, label, TRUE, $1, $1 FROM wanted

@@ -616,3 +616,62 @@ fn schema_matches_migrations() {
     .join()
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_knows_about_newer_events_and_can_be_superseded() {
+    let t = TestDatabase::new();
+    let database = db(&t);
+    let events = database.events();
+    let e1 = created(events.record(event("a", 1, "{}")).await.unwrap());
+    let e2 = created(events.record(event("b", 1, "{\"n\":2}")).await.unwrap());
+    let mut leader = database.try_lead(false).await.unwrap().expect("leader");
+    let now = OffsetDateTime::now_utc();
+    let first = IntakePlan {
+        planned: vec![e1],
+        new_dispatches: vec![new_dispatch(e1, 1, "ops", DispatchState::Queued)],
+        ..IntakePlan::default()
+    };
+    let a = leader.apply_intake(&first, now).await.unwrap()[0].id;
+    leader.begin_triggers(&[a], now).await.unwrap();
+    // The newer event arrives while the first POST is in flight.
+    let second = IntakePlan {
+        planned: vec![e2],
+        new_dispatches: vec![new_dispatch(e2, 1, "ops", DispatchState::Queued)],
+        ..IntakePlan::default()
+    };
+    let b = leader.apply_intake(&second, now).await.unwrap()[0].id;
+    let error = "HTTP 502: \0binary\0".to_owned();
+    leader
+        .record_outcomes(
+            &[DispatchOutcome::Retry {
+                id: a,
+                attempt: 1,
+                next_attempt_at: now,
+                error,
+            }],
+            now,
+        )
+        .await
+        .unwrap();
+    let open = leader
+        .open_dispatches(now - Duration::from_secs(60))
+        .await
+        .unwrap();
+    let flags: Vec<(DispatchId, bool)> = open.iter().map(|d| (d.id, d.has_newer)).collect();
+    assert_eq!(flags, [(a, true), (b, false)]);
+
+    leader
+        .record_outcomes(&[DispatchOutcome::Superseded { id: a }], now)
+        .await
+        .unwrap();
+    let detail = events.detail(e1).await.unwrap().unwrap();
+    assert_eq!(detail.event.status, EventStatus::Cancelled);
+    assert!(
+        detail.dispatches[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("binary"),
+        "NUL bytes are storable"
+    );
+}

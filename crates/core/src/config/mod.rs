@@ -313,6 +313,16 @@ impl Settings {
                         ),
                     ));
                 }
+                Some((existing, first)) if existing.api_version != pool.api_version => {
+                    errors.push(ConfigError::new(
+                        at("capacity.api_version"),
+                        format!(
+                            "pool {key} is shared with dispatcher.items[{first}] which uses tekton.dev/{}; one pool has one API version (got {})",
+                            existing.api_version.as_str(),
+                            pool.api_version.as_str()
+                        ),
+                    ));
+                }
                 Some(_) => {}
                 None => {
                     pools.insert(key.clone(), (pool, i));

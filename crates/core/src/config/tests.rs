@@ -259,6 +259,20 @@ fn one_pool_one_limit() {
 }
 
 #[test]
+fn one_pool_one_api_version() {
+    let mut v = original_example();
+    let mut copy = item(&mut v).clone();
+    copy["name"] = json!("second");
+    copy["capacity"]["api_version"] = json!("v1beta1");
+    v["dispatcher"]["items"]
+        .as_array_mut()
+        .expect("array")
+        .push(copy);
+    let errs = settings(v).expect_err("conflict").0;
+    assert_eq!(errs[0].field, "dispatcher.items[1].capacity.api_version");
+}
+
+#[test]
 fn reports_all_errors_at_once() {
     let mut v = original_example();
     item(&mut v)["capacity"]["max_capacity"] = json!(0);

@@ -44,6 +44,7 @@ struct MemStore {
     dispatches: BTreeMap<i64, (OpenDispatch, Option<String>)>,
     aborted: HashSet<EventId>,
     fail_record: bool,
+    reject_record: bool,
 }
 
 impl MemStore {
@@ -95,16 +96,21 @@ impl DispatchStore for MemStore {
         &mut self,
         cutoff: OffsetDateTime,
     ) -> Result<Vec<OpenDispatch>, StoreError> {
-        Ok(self
-            .dispatches
-            .values()
-            .map(|(d, _)| d)
+        let all: Vec<&OpenDispatch> = self.dispatches.values().map(|(d, _)| d).collect();
+        Ok(all
+            .iter()
             .filter(|d| match d.state {
                 DispatchState::Queued | DispatchState::Triggering => true,
                 DispatchState::Triggered => d.triggered_at.is_some_and(|t| t > cutoff),
                 _ => false,
             })
-            .cloned()
+            .map(|d| {
+                let mut d = (*d).clone();
+                d.has_newer = all
+                    .iter()
+                    .any(|o| o.pr == d.pr && o.item == d.item && o.event_id > d.event_id);
+                d
+            })
             .collect())
     }
 
@@ -149,6 +155,7 @@ impl DispatchStore for MemStore {
                 listener_event_id: None,
                 trigger_started_at: None,
                 triggered_at: None,
+                has_newer: false,
             };
             if d.state == DispatchState::Queued {
                 created.push(d.clone());
@@ -199,6 +206,9 @@ impl DispatchStore for MemStore {
         outcomes: &[DispatchOutcome],
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
+        if self.reject_record {
+            return Err(StoreError::Query("value rejected".into()));
+        }
         if self.fail_record {
             return Err(StoreError::Unavailable("database went away".into()));
         }
@@ -229,6 +239,7 @@ impl DispatchStore for MemStore {
                     *err = Some(error.clone());
                 }
                 DispatchOutcome::Confirmed { .. } => d.state = DispatchState::Confirmed,
+                DispatchOutcome::Superseded { .. } => d.state = DispatchState::Cancelled,
             }
         }
         Ok(())
@@ -455,4 +466,61 @@ fn payloads_are_read_only_for_filters() {
     );
     assert_eq!((report.aborted, report.triggered), (2, 1));
     assert_eq!(store.states(), [(2, DispatchState::Triggered)]);
+}
+
+#[test]
+fn a_retried_dispatch_loses_to_a_newer_event() {
+    let mut engine = Engine::new(settings(2, 5));
+    let mut store = MemStore::default();
+    let trigger = ScriptedTrigger {
+        failures_left: Mutex::new(1),
+        ..Default::default()
+    };
+    let clock = ManualClock(Mutex::new(T0));
+    let cap = running(0, &[]);
+    store.add_event(1, 10, "opened");
+    let report = block_on(engine.run_pass(&mut store, &cap, &trigger, &clock)).expect("pass");
+    assert_eq!(report.retried, 1, "first attempt fails; back to the queue");
+
+    // A push arrives while the first event waits for its retry.
+    store.add_event(2, 10, "synchronize");
+    clock.advance(Duration::from_secs(2));
+    block_on(engine.run_pass(&mut store, &cap, &trigger, &clock)).expect("pass");
+    block_on(engine.run_pass(&mut store, &cap, &trigger, &clock)).expect("pass");
+    assert_eq!(
+        store.states(),
+        [(1, DispatchState::Cancelled), (2, DispatchState::Triggered)]
+    );
+    let calls = trigger.calls.lock().map(|c| c.clone()).unwrap_or_default();
+    assert_eq!(
+        calls,
+        ["{\"n\":1}", "{\"n\":2}"],
+        "the old event is not retried"
+    );
+}
+
+#[test]
+fn outcomes_the_database_keeps_rejecting_are_dropped_not_replayed_forever() {
+    let mut engine = Engine::new(settings(1, 5));
+    let mut store = MemStore::default();
+    let trigger = ScriptedTrigger::default();
+    let clock = ManualClock(Mutex::new(T0));
+    let cap = running(0, &[]);
+    store.add_event(1, 10, "opened");
+    store.reject_record = true;
+    // The failing pass, then two failing replays; the third replay gives up.
+    for _ in 0..3 {
+        assert!(block_on(engine.run_pass(&mut store, &cap, &trigger, &clock)).is_err());
+    }
+    assert!(block_on(engine.run_pass(&mut store, &cap, &trigger, &clock)).is_ok());
+    store.reject_record = false;
+    store.add_event(2, 11, "opened");
+    let report =
+        block_on(engine.run_pass(&mut store, &cap, &trigger, &clock)).expect("pass resumes");
+    assert_eq!(report.planned, 1);
+    assert_eq!(
+        store.states()[0],
+        (1, DispatchState::Triggering),
+        "left for orphan recovery"
+    );
 }

@@ -76,6 +76,7 @@ fn queued(id: i64, event: i64, pr_number: i64, item: &str, position: i64) -> Ope
         listener_event_id: None,
         trigger_started_at: None,
         triggered_at: None,
+        has_newer: false,
     }
 }
 
@@ -142,6 +143,43 @@ fn within_one_batch_only_the_newest_stays_queued() {
             (22, 22, DispatchState::Queued)
         ]
     );
+}
+
+#[test]
+fn an_event_planned_after_a_newer_one_never_wins() {
+    // Ids are assigned at insert, commits can land in another order.
+    let open = [queued(1, 11, 7, "a", 11)];
+    let plan = plan_intake(&[matched(10, 7, &["a"])], &open);
+    assert!(plan.superseded.is_empty(), "the newer queued event stays");
+    assert_eq!(plan.new_dispatches[0].state, DispatchState::Cancelled);
+
+    let mut running = queued(1, 11, 7, "a", 11);
+    running.state = DispatchState::Triggered;
+    let plan = plan_intake(&[matched(10, 7, &["a"])], &[running]);
+    assert_eq!(
+        plan.new_dispatches[0].state,
+        DispatchState::Cancelled,
+        "nor runs after it"
+    );
+}
+
+#[test]
+fn queued_dispatches_with_a_newer_sibling_are_superseded() {
+    let s = settings(3);
+    let mut stale = queued(1, 10, 7, "a", 10);
+    stale.has_newer = true;
+    let plan = plan_dispatch(
+        &s,
+        &[stale, queued(2, 11, 7, "a", 11)],
+        &pools(known(0, &[]), known(0, &[])),
+        limits(),
+        NOW,
+    );
+    assert_eq!(
+        plan.outcomes,
+        [DispatchOutcome::Superseded { id: DispatchId(1) }]
+    );
+    assert_eq!(plan.trigger, [DispatchId(2)]);
 }
 
 #[test]
@@ -370,7 +408,14 @@ impl Model {
         self.dispatches
             .values()
             .filter(|d| d.state == DispatchState::Queued)
-            .cloned()
+            .map(|d| {
+                let mut d = d.clone();
+                d.has_newer = self
+                    .dispatches
+                    .values()
+                    .any(|o| o.pr == d.pr && o.item == d.item && o.event_id > d.event_id);
+                d
+            })
             .collect()
     }
 
@@ -404,6 +449,7 @@ impl Model {
                 listener_event_id: None,
                 trigger_started_at: None,
                 triggered_at: None,
+                has_newer: false,
             };
             self.dispatches.insert(d.id.0, d);
         }
