@@ -8,11 +8,9 @@ use std::time::Duration;
 
 use dispatcher_capacity::{EventListenerClient, KubeCapacity};
 use dispatcher_core::config::Settings;
-use dispatcher_core::engine::{Engine, PassReport, TriggerReport};
+use dispatcher_core::engine::{Engine, PassReport, TriggerReport, send_trigger};
 use dispatcher_core::labels::{LABEL_BATCH, run_label_pass};
-use dispatcher_core::ports::{
-    StoreError, SystemClock, Trigger, TriggerError, TriggerJob, TriggerRequest,
-};
+use dispatcher_core::ports::{StoreError, SystemClock, TriggerError, TriggerJob};
 use dispatcher_github::GithubLabels;
 use dispatcher_store::{Database, LeaderSession, PgLabels};
 use time::OffsetDateTime;
@@ -191,21 +189,7 @@ impl Dispatcher {
         let trigger = self.trigger.clone();
         let url = engine.callback_url(&job).cloned();
         tokio::spawn(async move {
-            let result = match &url {
-                Some(url) => {
-                    trigger
-                        .trigger(TriggerRequest {
-                            url,
-                            payload: &job.payload,
-                            headers: &job.headers,
-                        })
-                        .await
-                }
-                None => Err(TriggerError::Transport(format!(
-                    "item '{}' is no longer configured",
-                    job.item
-                ))),
-            };
+            let result = send_trigger(&trigger, url.as_ref(), &job).await;
             let _ = results.send((job, result));
         });
     }

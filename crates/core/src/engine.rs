@@ -75,6 +75,30 @@ pub struct TriggerReport {
     pub next_wakeup: Option<OffsetDateTime>,
 }
 
+/// POSTs one job to its EventListener (`url`: its item's `callback_url`,
+/// `None` when the item is no longer configured).
+pub async fn send_trigger<T: Trigger>(
+    trigger: &T,
+    url: Option<&Url>,
+    job: &TriggerJob,
+) -> Result<Option<String>, TriggerError> {
+    match url {
+        Some(url) => {
+            trigger
+                .trigger(TriggerRequest {
+                    url,
+                    payload: &job.payload,
+                    headers: &job.headers,
+                })
+                .await
+        }
+        None => Err(TriggerError::Transport(format!(
+            "item '{}' is no longer configured",
+            job.item
+        ))),
+    }
+}
+
 fn earliest(a: Option<OffsetDateTime>, b: Option<OffsetDateTime>) -> Option<OffsetDateTime> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -138,21 +162,7 @@ impl Engine {
         }
         let this = &*self;
         let results = join_all(jobs.into_iter().map(|job| async move {
-            let result = match this.callback_url(&job) {
-                Some(url) => {
-                    trigger
-                        .trigger(TriggerRequest {
-                            url,
-                            payload: &job.payload,
-                            headers: &job.headers,
-                        })
-                        .await
-                }
-                None => Err(TriggerError::Transport(format!(
-                    "item '{}' vanished",
-                    job.item
-                ))),
-            };
+            let result = send_trigger(trigger, this.callback_url(&job), &job).await;
             (job, result)
         }))
         .await;
