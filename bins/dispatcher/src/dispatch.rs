@@ -145,7 +145,8 @@ impl Dispatcher {
                 () = tokio::time::sleep(next_wakeup) => {}
                 _ = shutdown.changed() => {
                     tracing::info!(in_flight, "stopping the dispatcher");
-                    self.finish_in_flight(engine, &mut session, &mut results_rx, in_flight).await;
+                    let received = std::mem::take(&mut finished);
+                    self.finish_in_flight(engine, &mut session, &mut results_rx, received, in_flight).await;
                     return;
                 }
             }
@@ -202,12 +203,14 @@ impl Dispatcher {
         engine: &mut Engine,
         session: &mut LeaderSession,
         results: &mut mpsc::UnboundedReceiver<TriggerResult>,
-        mut in_flight: usize,
+        mut finished: Vec<TriggerResult>,
+        in_flight: usize,
     ) {
         let deadline = tokio::time::Instant::now()
             + self.settings.dispatch.trigger_timeout
             + Duration::from_secs(1);
-        let mut finished = Vec::new();
+        // `finished` holds results already received but not yet recorded.
+        let mut in_flight = in_flight - finished.len();
         while in_flight > 0 {
             match tokio::time::timeout_at(deadline, results.recv()).await {
                 Ok(Some(result)) => {

@@ -464,3 +464,39 @@ async fn a_hanging_event_listener_does_not_hold_up_other_pipelines() {
     stuck.hang(false);
     assert!(stuck.wait_until(WAIT, |l| l.accepted().len() == 1).await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_waits_for_triggers_in_flight_and_records_them() {
+    let world = World::new(2, None).await;
+    world.listener.hang(true);
+    let mut svc = world.replica().await;
+    let (_, event) = send_pr(&svc.url, "d-1", "o/r", 1, "opened").await;
+    assert!(world.listener.wait_until(WAIT, |l| l.arrived() == 1).await);
+
+    let pid = svc.pid().to_string();
+    let term = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+    });
+    assert!(term.await.unwrap().unwrap().success());
+    // Shutting down, the dispatcher still waits for the POST it sent.
+    assert!(
+        svc.wait_log(|l| l.contains("stopping the dispatcher"))
+            .await
+            .is_some()
+    );
+    world.listener.hang(false);
+    let status = tokio::time::timeout(WAIT, svc.terminate_wait())
+        .await
+        .unwrap();
+    assert!(status.success());
+
+    // The next replica finds the trigger recorded: nothing to send again.
+    let next = world.replica().await;
+    next.wait_event(event["id"].as_i64().unwrap(), |e| {
+        e["status"] == "processed"
+    })
+    .await;
+    assert_eq!(world.listener.received().len(), 1, "not sent twice");
+}

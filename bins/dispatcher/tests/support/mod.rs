@@ -144,6 +144,11 @@ impl Service {
         self.child.kill().await.unwrap();
     }
 
+    /// Waits for the process to exit.
+    pub async fn terminate_wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().await.unwrap()
+    }
+
     /// SIGTERM, then the exit status.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
         let status = std::process::Command::new("kill")
