@@ -54,12 +54,7 @@ impl FakeGithub {
             shared: Observed::new(State::default()),
             token: token.to_owned(),
         });
-        let handler_inner = Arc::clone(&inner);
-        let server = FakeServer::start(move |r| {
-            let inner = Arc::clone(&handler_inner);
-            async move { handle(&inner, &r) }
-        })
-        .await?;
+        let server = FakeServer::start_shared(Arc::clone(&inner), handle).await?;
         Ok(Self {
             inner,
             server: Arc::new(server),

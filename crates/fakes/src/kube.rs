@@ -81,12 +81,7 @@ impl FakeKube {
     /// Starts the fake on a free loopback port.
     pub async fn start() -> std::io::Result<Self> {
         let inner = Arc::new(Observed::new(State::default()));
-        let handler_inner = Arc::clone(&inner);
-        let server = FakeServer::start(move |r| {
-            let inner = Arc::clone(&handler_inner);
-            async move { handle(&inner, &r) }
-        })
-        .await?;
+        let server = FakeServer::start_shared(Arc::clone(&inner), handle).await?;
         Ok(Self {
             inner,
             server: Arc::new(server),

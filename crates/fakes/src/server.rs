@@ -78,6 +78,18 @@ impl FakeServer {
         Ok(Self { addr, task })
     }
 
+    /// Serves a synchronous `handler` over state shared with the test handle.
+    pub(crate) async fn start_shared<I: Send + Sync + 'static>(
+        inner: Arc<I>,
+        handler: fn(&Arc<I>, &FakeRequest) -> Response<FakeBody>,
+    ) -> std::io::Result<Self> {
+        Self::start(move |r| {
+            let inner = Arc::clone(&inner);
+            async move { handler(&inner, &r) }
+        })
+        .await
+    }
+
     /// `http://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
