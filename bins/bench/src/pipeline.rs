@@ -45,6 +45,7 @@ async fn world(
         pipeline: PIPELINE.into(),
         annotations: vec![],
         run_for: Some(run_for),
+        dispatch_label: None,
     };
     let listener = FakeEventListener::start(Some(SECRET), Some(tekton)).await?;
     let dir = tempdir::Dir(

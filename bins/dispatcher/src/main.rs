@@ -10,9 +10,8 @@
 //! in `dispatcher-core`; storage, Kubernetes, GitHub and HTTP in their crates.
 
 mod config;
-mod dispatch;
+mod options;
 mod serve;
-mod status;
 mod telemetry;
 
 use std::path::PathBuf;

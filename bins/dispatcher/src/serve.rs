@@ -1,4 +1,8 @@
 //! `dispatcher serve`: wires the crates together and runs until SIGTERM/SIGINT.
+//!
+//! HTTP serves from the first moment, even when PostgreSQL or Kubernetes are
+//! not reachable yet: readiness says why, and migrations, leadership and the
+//! Kubernetes client are retried in the background instead of crash-looping.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,77 +11,48 @@ use anyhow::Context;
 use dispatcher_capacity::{CapacityOptions, EventListenerClient, KubeCapacity, kube_client};
 use dispatcher_core::config::Settings;
 use dispatcher_github::GithubLabels;
-use dispatcher_http::App;
-use dispatcher_store::{Database, PoolOptions};
+use dispatcher_http::{App, DispatcherReport};
+use dispatcher_runtime::{DispatcherStatus, Runtime};
+use dispatcher_store::{Database, PgLeaderElection};
 use tokio::sync::watch;
 
-use crate::dispatch::Dispatcher;
-use crate::status::DispatcherStatus;
-
-/// Time the dispatch loop gets to finish its pass on shutdown.
-const DISPATCH_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause between attempts to apply migrations while the database is down.
+const MIGRATE_RETRY: Duration = Duration::from_secs(2);
 
 /// Runs the service.
 pub(crate) async fn serve(settings: Settings, database_url: &str) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
-    if settings.database.migrate_on_start {
-        let applied = dispatcher_store::run_migrations(database_url)
-            .await
-            .context(
-                "applying database migrations (set database.migrate_on_start: false to skip)",
-            )?;
-        for version in &applied {
-            tracing::info!(%version, "applied migration");
-        }
-    }
-    let db = Database::connect(
-        database_url,
-        PoolOptions {
-            max_size: settings.database.pool_size,
-            connect_timeout: settings.database.connect_timeout,
-            acquire_timeout: settings.database.acquire_timeout,
-        },
-    )?;
-
-    let capacity = Arc::new(start_capacity(&settings).await);
+    warn_about(&settings);
+    let db = Database::connect(database_url, crate::options::pool(&settings))?;
+    let capacity = Arc::new(start_capacity(&settings));
     let trigger = EventListenerClient::new(settings.dispatch.trigger_timeout)
         .context("building the EventListener client")?;
-    let github = match &settings.github.token {
-        Some(token) if !token.expose().is_empty() => Some(
-            GithubLabels::new(
-                &settings.github_api_url,
-                token.expose(),
-                settings.github.timeout,
-            )
-            .context("building the GitHub client")?,
-        ),
-        _ => {
-            tracing::warn!(
-                "no GitHub token (GITHUB_TOKEN or github.token): the <pipeline>/queued labels are disabled"
-            );
-            None
-        }
-    };
-    let status = DispatcherStatus::new();
+    let election = PgLeaderElection::new(
+        db.clone(),
+        settings.github.token.is_some(),
+        crate::options::leader(&settings),
+    );
+    let mut runtime = Runtime::new(
+        Arc::clone(&settings),
+        election,
+        Arc::clone(&capacity),
+        trigger,
+    );
+    if let Some(github) = github_labels(&settings)? {
+        runtime = runtime.with_labels(db.labels(), github);
+    }
+    let status = runtime.status();
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let dispatcher = Dispatcher {
-        settings: Arc::clone(&settings),
-        db: db.clone(),
-        capacity: Arc::clone(&capacity),
-        trigger,
-        github,
-        status: Arc::clone(&status),
-    };
-    let dispatch_task = tokio::spawn(dispatcher.run(stop_rx));
+    let dispatch_task = tokio::spawn(start_dispatching(
+        Arc::clone(&settings),
+        database_url.to_owned(),
+        runtime,
+        Arc::clone(&status),
+        stop_rx,
+    ));
 
-    let report_settings = Arc::clone(&settings);
-    let report_capacity = Arc::clone(&capacity);
-    let app = App::new(&settings, db.events())
-        .context("building the HTTP app")?
-        .with_status_source(Arc::new(move || {
-            status.report(&report_settings, &report_capacity)
-        }));
+    let app = http_app(&settings, &db, &status, &capacity)?;
     let address = (settings.server.bind, settings.server.port);
     let listener = tokio::net::TcpListener::bind(address)
         .await
@@ -85,23 +60,110 @@ pub(crate) async fn serve(settings: Settings, database_url: &str) -> anyhow::Res
     let local = listener.local_addr()?;
     tracing::info!(address = %local, items = settings.items.len(), pools = settings.pools.len(), "listening");
 
+    // On SIGTERM the dispatcher stops starting triggers at once, in parallel
+    // with the HTTP drain; both finish within the grace period.
+    let signal = async {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    };
     dispatcher_http::serve(
         listener,
         Arc::new(app),
-        shutdown_signal(),
+        signal,
         settings.server.shutdown_timeout,
     )
     .await?;
 
-    let _ = stop_tx.send(true);
-    match tokio::time::timeout(DISPATCH_STOP_TIMEOUT, dispatch_task).await {
+    let stop_limit = settings.dispatch.trigger_timeout + Duration::from_secs(5);
+    match tokio::time::timeout(stop_limit, dispatch_task).await {
         Ok(_) => tracing::info!("dispatcher stopped; bye"),
         Err(_) => tracing::warn!("dispatcher did not stop in time; exiting anyway"),
     }
     Ok(())
 }
 
-async fn start_capacity(settings: &Settings) -> KubeCapacity {
+/// Applies migrations (retrying while the database is unreachable), then runs
+/// the dispatcher. Readiness shows what it is waiting for.
+async fn start_dispatching<L, C, T>(
+    settings: Arc<Settings>,
+    database_url: String,
+    runtime: Runtime<L, C, T>,
+    status: Arc<DispatcherStatus>,
+    mut stop: watch::Receiver<bool>,
+) where
+    L: dispatcher_core::ports::LeaderElection,
+    C: dispatcher_core::ports::CapacitySource + 'static,
+    T: dispatcher_core::ports::Trigger + Clone + 'static,
+{
+    while settings.database.migrate_on_start && !*stop.borrow() {
+        match dispatcher_store::run_migrations(&database_url).await {
+            Ok(applied) => {
+                for version in &applied {
+                    tracing::info!(%version, "applied migration");
+                }
+                status.set_problem(None);
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot apply database migrations yet; retrying (set database.migrate_on_start: false to skip)");
+                status.set_problem(Some(format!("database migrations not applied: {e}")));
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(MIGRATE_RETRY) => {}
+            _ = stop.changed() => {}
+        }
+    }
+    if !*stop.borrow() {
+        runtime.run(stop).await;
+    }
+}
+
+fn http_app(
+    settings: &Arc<Settings>,
+    db: &Database,
+    status: &Arc<DispatcherStatus>,
+    capacity: &Arc<KubeCapacity>,
+) -> anyhow::Result<App<dispatcher_store::PgEvents>> {
+    let (report_settings, report_status, report_capacity) =
+        (Arc::clone(settings), Arc::clone(status), Arc::clone(capacity));
+    Ok(App::new(settings, db.events())
+        .context("building the HTTP app")?
+        .with_status_source(Arc::new(move || {
+            let report = report_status.report(&report_settings, &*report_capacity);
+            DispatcherReport {
+                healthy: report.healthy,
+                details: report.details,
+            }
+        })))
+}
+
+fn github_labels(settings: &Settings) -> anyhow::Result<Option<GithubLabels>> {
+    match &settings.github.token {
+        Some(token) if !token.expose().is_empty() => Ok(Some(
+            GithubLabels::new(
+                &settings.github_api_url,
+                token.expose(),
+                settings.github.timeout,
+            )
+            .context("building the GitHub client")?,
+        )),
+        _ => {
+            tracing::warn!(
+                "no GitHub token (GITHUB_TOKEN or github.token): the <pipeline>/queued labels are disabled"
+            );
+            Ok(None)
+        }
+    }
+}
+
+fn warn_about(settings: &Settings) {
+    if !settings.security.verify_signatures {
+        tracing::warn!("security.verify_signatures is off: any request that looks like a GitHub webhook is accepted");
+    }
+}
+
+fn start_capacity(settings: &Settings) -> KubeCapacity {
     let d = &settings.dispatch;
     let options = CapacityOptions {
         resync_interval: d.capacity_resync_interval,
@@ -111,13 +173,7 @@ async fn start_capacity(settings: &Settings) -> KubeCapacity {
     if settings.pools.is_empty() {
         return KubeCapacity::unavailable("no pools configured", options);
     }
-    match kube_client().await {
-        Ok(client) => KubeCapacity::start(&client, settings.pools.values(), options),
-        Err(e) => {
-            tracing::error!(error = %e, "no Kubernetes configuration (in-cluster service account or KUBECONFIG); nothing will be dispatched");
-            KubeCapacity::unavailable(format!("no Kubernetes configuration: {e}"), options)
-        }
-    }
+    KubeCapacity::connect(kube_client, settings.pools.values(), options)
 }
 
 /// Completes on SIGTERM or SIGINT.

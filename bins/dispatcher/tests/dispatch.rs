@@ -419,6 +419,7 @@ async fn a_hanging_event_listener_does_not_hold_up_other_pipelines() {
         pipeline: pipeline.into(),
         annotations: vec![],
         run_for: None,
+        dispatch_label: None,
     };
     let stuck = FakeEventListener::start(Some(SECRET), Some(tekton("slow")))
         .await

@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
+use dispatcher_core::ports::RunView;
 use kube::api::DynamicObject;
+use time::OffsetDateTime;
 
 /// Label Tekton Pipelines puts on every PipelineRun of a Pipeline.
 pub const PIPELINE_LABEL: &str = "tekton.dev/pipeline";
@@ -16,6 +18,10 @@ pub struct RunInfo {
     pub annotations: BTreeMap<String, String>,
     /// The EventListener event that created it, if any.
     pub event_id: Option<String>,
+    /// `metadata.labels` (the pool's `dispatch_label` is read from here).
+    pub labels: BTreeMap<String, String>,
+    /// `metadata.creationTimestamp`.
+    pub created_at: Option<OffsetDateTime>,
     /// Whether its `Succeeded` condition is final (`True` or `False`).
     pub finished: bool,
     /// `metadata.resourceVersion`, when it is a number (it is on etcd-backed
@@ -40,20 +46,31 @@ impl RunInfo {
                     )
             })
         });
+        let labels = obj.metadata.labels.clone().unwrap_or_default();
         Self {
+            created_at: obj
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .and_then(|t| OffsetDateTime::from_unix_timestamp_nanos(t.0.as_nanosecond()).ok()),
             resource_version: obj
                 .metadata
                 .resource_version
                 .as_deref()
                 .and_then(|v| v.parse().ok()),
             annotations: obj.metadata.annotations.clone().unwrap_or_default(),
-            event_id: obj
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(EVENT_ID_LABEL))
-                .cloned(),
+            event_id: labels.get(EVENT_ID_LABEL).cloned(),
+            labels,
             finished,
+        }
+    }
+
+    /// The run as the planner sees it; `dispatch_label` is the pool's.
+    pub fn view(&self, dispatch_label: Option<&str>) -> RunView {
+        RunView {
+            event_id: self.event_id.clone(),
+            dispatch_id: dispatch_label.and_then(|l| self.labels.get(l).cloned()),
+            created_at: self.created_at,
         }
     }
 
@@ -73,7 +90,7 @@ mod tests {
         serde_json::from_value(serde_json::json!({
             "apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
             "metadata": {
-                "name": "r", "namespace": "ns",
+                "name": "r", "namespace": "ns", "creationTimestamp": "2026-12-01T10:00:00Z",
                 "labels": {"tekton.dev/pipeline": "p", "triggers.tekton.dev/triggers-eventid": "ev-1"},
                 "annotations": {"repo": "o/r"}
             },
@@ -101,6 +118,17 @@ mod tests {
     fn reads_event_id_and_annotations() {
         let info = RunInfo::from_object(&run(&serde_json::json!({})));
         assert_eq!(info.event_id.as_deref(), Some("ev-1"));
+        assert_eq!(
+            info.created_at,
+            Some(time::macros::datetime!(2026-12-01 10:00 UTC))
+        );
+        assert_eq!(
+            info.view(Some("tekton.dev/pipeline"))
+                .dispatch_id
+                .as_deref(),
+            Some("p")
+        );
+        assert_eq!(info.view(None).dispatch_id, None);
         assert!(info.matches(&BTreeMap::new()));
         assert!(info.matches(&BTreeMap::from([("repo".to_owned(), "o/r".to_owned())])));
         assert!(!info.matches(&BTreeMap::from([("repo".to_owned(), "o/other".to_owned())])));

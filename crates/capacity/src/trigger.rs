@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use dispatcher_core::ports::{Trigger, TriggerError, TriggerRequest};
+use dispatcher_core::ports::{DISPATCH_HEADER, Trigger, TriggerError, TriggerRequest};
 
 /// Longest part of an error answer kept for the dispatch's `last_error`.
 const ERROR_BODY_LIMIT: usize = 300;
@@ -33,13 +33,24 @@ impl Trigger for EventListenerClient {
             .http
             .post(request.url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(DISPATCH_HEADER, request.dispatch.to_string())
             .body(request.payload.to_owned());
         for (name, value) in request.headers {
             post = post.header(name.as_str(), value.as_str());
         }
         let response = post.send().await.map_err(classify)?;
         let status = response.status();
-        let body = response.bytes().await.map_err(classify)?;
+        let body = match response.bytes().await {
+            Ok(body) => body,
+            // The listener said 202: it accepted the event. A body cut off after
+            // that changes nothing but the missing eventID (the slot stays
+            // reserved until its run shows up or the reservation ends).
+            Err(e) if status == reqwest::StatusCode::ACCEPTED => {
+                tracing::warn!(error = %e.without_url(), "EventListener answered 202 but its body could not be read");
+                return Ok(None);
+            }
+            Err(e) => return Err(classify(e)),
+        };
         if status != reqwest::StatusCode::ACCEPTED {
             let text = String::from_utf8_lossy(&body);
             let mut text: String = text.chars().take(ERROR_BODY_LIMIT).collect();
@@ -64,11 +75,29 @@ impl Trigger for EventListenerClient {
     }
 }
 
+/// Sorts a failure by whether the listener may have acted on the request.
 fn classify(e: reqwest::Error) -> TriggerError {
-    if e.is_timeout() {
+    // The URL is config, not secret, but it may carry credentials in its query.
+    let e = e.without_url();
+    if e.is_connect() || e.is_builder() {
+        // Never sent (refused, DNS, TLS, or the connect timeout).
+        TriggerError::Transport(error_chain(&e))
+    } else if e.is_timeout() {
         TriggerError::Timeout
     } else {
-        // The URL is config, not secret, but it may carry credentials in its query.
-        TriggerError::Transport(e.without_url().to_string())
+        // Sent, then the connection broke: the listener may have the event.
+        TriggerError::Unanswered(error_chain(&e))
     }
+}
+
+/// The error with its sources ("error sending request: connection reset ...").
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

@@ -8,7 +8,7 @@
 //! after any error until the next success, and when nothing succeeded for
 //! `stale_after`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -189,11 +189,6 @@ impl KubeCapacity {
             tasks: Vec::new(),
         }
     }
-
-    /// Notified whenever a pool's usage or health changes.
-    pub fn changed(&self) -> Arc<Notify> {
-        Arc::clone(&self.changed)
-    }
 }
 
 impl Drop for KubeCapacity {
@@ -242,17 +237,24 @@ impl CapacitySource for KubeCapacity {
                 };
             }
         }
-        let running = s
+        // Only runs of this pool count, and only they can confirm its
+        // dispatches: a run of the same pipeline outside the annotation
+        // selector belongs to another pool.
+        let pool_runs = s
             .runs
             .values()
-            .filter(|r| !r.finished && r.matches(&pool.annotation_selector))
-            .count();
-        let seen_event_ids: HashSet<String> =
-            s.runs.values().filter_map(|r| r.event_id.clone()).collect();
-        PoolState::Known {
-            running: u32::try_from(running).unwrap_or(u32::MAX),
-            seen_event_ids,
+            .filter(|r| r.matches(&pool.annotation_selector));
+        let mut running = 0u32;
+        let mut runs = Vec::new();
+        for run in pool_runs {
+            running += u32::from(!run.finished);
+            runs.push(run.view(pool.dispatch_label.as_deref()));
         }
+        PoolState::Known { running, runs }
+    }
+
+    fn changed(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
+        self.changed.notified()
     }
 }
 
@@ -377,6 +379,8 @@ mod tests {
         RunInfo {
             annotations: Default::default(),
             event_id: None,
+            labels: Default::default(),
+            created_at: None,
             finished: false,
             resource_version: Some(rv),
         }

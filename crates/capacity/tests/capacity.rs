@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use dispatcher_capacity::{CapacityOptions, EventListenerClient, KubeCapacity};
 use dispatcher_core::config::{PoolKey, PoolSpec, TektonApiVersion};
+use dispatcher_core::domain::DispatchId;
 use dispatcher_core::ports::{CapacitySource, PoolState, Trigger, TriggerError, TriggerRequest};
 use dispatcher_fakes::{FakeEventListener, FakeKube};
 
@@ -25,6 +26,7 @@ fn pool(selector: &[(&str, &str)], version: TektonApiVersion) -> PoolSpec {
         annotation_selector,
         api_version: version,
         max_capacity: 3,
+        dispatch_label: None,
     }
 }
 
@@ -49,10 +51,9 @@ async fn wait_state(
     pool: &PoolSpec,
     pred: impl Fn(&PoolState) -> bool,
 ) -> PoolState {
-    let changed = capacity.changed();
     let result = tokio::time::timeout(WAIT, async {
         loop {
-            let notified = changed.notified();
+            let notified = capacity.changed();
             let state = capacity.pool_state(pool);
             if pred(&state) {
                 return state;
@@ -62,6 +63,14 @@ async fn wait_state(
     })
     .await;
     result.unwrap_or_else(|_| panic!("state never matched; last: {:?}", capacity.pool_state(pool)))
+}
+
+/// The `triggers-eventid`s of the pool's runs.
+fn seen(state: &PoolState) -> Vec<String> {
+    match state {
+        PoolState::Known { runs, .. } => runs.iter().filter_map(|r| r.event_id.clone()).collect(),
+        PoolState::Unknown { .. } => Vec::new(),
+    }
 }
 
 fn running(state: &PoolState) -> Option<u32> {
@@ -88,10 +97,13 @@ async fn counts_unfinished_runs_from_list_and_watch() {
     wait_state(&capacity, &all, |s| running(s) == Some(1)).await;
     kube.create_run("ns", "new", "p", Some("ev-new"), &[("repo", "o/other")]);
     let state = wait_state(&capacity, &all, |s| running(s) == Some(2)).await;
-    let PoolState::Known { seen_event_ids, .. } = state else {
-        unreachable!()
-    };
-    assert!(seen_event_ids.contains("ev-old") && seen_event_ids.contains("ev-new"));
+    let ids = seen(&state);
+    assert!(ids.contains(&"ev-old".to_owned()) && ids.contains(&"ev-new".to_owned()));
+    assert_eq!(
+        seen(&capacity.pool_state(&narrowed)),
+        ["ev-old"],
+        "a run outside the selector confirms nothing in this pool"
+    );
     assert_eq!(
         running(&capacity.pool_state(&narrowed)),
         Some(1),
@@ -102,21 +114,15 @@ async fn counts_unfinished_runs_from_list_and_watch() {
     wait_state(&capacity, &all, |s| running(s) == Some(1)).await;
     assert_eq!(running(&capacity.pool_state(&narrowed)), Some(0));
     // A finished run still proves its trigger was seen.
-    let PoolState::Known { seen_event_ids, .. } = capacity.pool_state(&all) else {
-        unreachable!()
-    };
-    assert!(seen_event_ids.contains("ev-old"));
+    assert!(seen(&capacity.pool_state(&all)).contains(&"ev-old".to_owned()));
     kube.set_succeeded("ns", "new", "False", "Cancelled");
     wait_state(&capacity, &all, |s| running(s) == Some(0)).await;
     kube.delete_run("ns", "new");
-    let PoolState::Known { seen_event_ids, .. } = wait_state(&capacity, &all, |s| {
-        matches!(s, PoolState::Known { seen_event_ids, .. } if !seen_event_ids.contains("ev-new"))
+    let state = wait_state(&capacity, &all, |s| {
+        running(s).is_some() && !seen(s).contains(&"ev-new".to_owned())
     })
-    .await
-    else {
-        unreachable!()
-    };
-    assert!(seen_event_ids.contains("ev-old"));
+    .await;
+    assert!(seen(&state).contains(&"ev-old".to_owned()));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -199,6 +205,7 @@ async fn triggers_forward_exact_bytes_and_headers() {
     let url = listener.url().parse().unwrap();
     let event_id = client
         .trigger(TriggerRequest {
+            dispatch: DispatchId(42),
             url: &url,
             payload,
             headers: &headers,
@@ -215,10 +222,16 @@ async fn triggers_forward_exact_bytes_and_headers() {
     assert_eq!(received[0].body, payload.as_bytes());
     assert_eq!(received[0].header("content-type"), Some("application/json"));
     assert_eq!(received[0].header("x-github-delivery"), Some("d-1"));
+    assert_eq!(
+        received[0].header("x-webhook-dispatcher-dispatch"),
+        Some("42"),
+        "the dispatch id travels with the trigger"
+    );
 
     listener.fail_next(1);
     let err = client
         .trigger(TriggerRequest {
+            dispatch: DispatchId(42),
             url: &url,
             payload,
             headers: &headers,
@@ -231,6 +244,7 @@ async fn triggers_forward_exact_bytes_and_headers() {
     );
     let err = client
         .trigger(TriggerRequest {
+            dispatch: DispatchId(42),
             url: &url,
             payload: "{}",
             headers: &headers,
@@ -254,6 +268,7 @@ async fn triggers_time_out_and_report_transport_errors() {
     let client = EventListenerClient::new(Duration::from_millis(300)).unwrap();
     let err = client
         .trigger(TriggerRequest {
+            dispatch: DispatchId(42),
             url: &url,
             payload: "{}",
             headers: &[],
@@ -265,6 +280,7 @@ async fn triggers_time_out_and_report_transport_errors() {
     let closed: url::Url = "http://127.0.0.1:9/".parse().unwrap();
     let err = client
         .trigger(TriggerRequest {
+            dispatch: DispatchId(42),
             url: &closed,
             payload: "{}",
             headers: &[],

@@ -1,39 +1,43 @@
 //! The engine: one dispatch pass over the ports. It reads open work, asks the
 //! planner for decisions, and applies them: record, trigger, record again.
 //!
+//! The runtime (and the engine's own tests) drive it through two calls:
+//! [`Engine::plan_pass`] commits a pass's decisions and hands back the
+//! triggers to send; [`Engine::record_triggers`] records what the
+//! EventListeners answered. Between the two the caller POSTs each job with
+//! [`send_trigger`], concurrently, without holding up later passes.
+//!
 //! Ordering is what makes a pass crash-safe: a dispatch is committed as
 //! `triggering` *before* its POST and as `triggered` right after the 202, so
-//! a restarted dispatcher never re-sends an accepted trigger; the only
-//! ambiguous window is a crash during the POST itself (see
-//! [`crate::planner::DispatchLimits::orphan_after`]).
+//! a restarted dispatcher never re-sends an accepted trigger. A trigger whose
+//! answer never got recorded (crash, lost connection, timeout) keeps its slot
+//! until its PipelineRun shows up or `reservation_timeout` passes (see
+//! [`crate::planner::plan_dispatch`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::join_all;
 use time::OffsetDateTime;
 use url::Url;
 
-use crate::backoff::retry_delay;
 use crate::config::{PoolKey, Settings};
 use crate::domain::{DispatchState, EventId};
 use crate::planner::{
-    DispatchLimits, DispatchOutcome, MatchedEvent, MatchedItem, PoolUsage, plan_dispatch,
-    plan_intake,
+    DispatchLimits, DispatchOutcome, MatchedEvent, MatchedItem, PoolUsage, RetryPolicy,
+    orphan_candidates, plan_dispatch, plan_intake, trigger_outcome,
 };
 use crate::ports::{
-    CapacitySource, Clock, DispatchStore, PoolState, StoreError, Trigger, TriggerError, TriggerJob,
+    CapacitySource, DispatchStore, PoolState, StoreError, Trigger, TriggerError, TriggerJob,
     TriggerRequest,
 };
 use crate::rules::{EventFacts, match_items, needs_payload};
 
 /// Events matched per store round trip.
 const PLAN_BATCH: usize = 500;
-/// Margin on top of the trigger timeout before an in-flight trigger of a dead
-/// dispatcher is retried; generous, because the replica that retries compares
-/// its own clock with the one that started the trigger.
-const ORPHAN_GRACE: Duration = Duration::from_secs(30);
+/// Margin on top of the trigger timeout before a `triggering` dispatch counts
+/// as an orphan (its POST cannot still be in flight).
+const IN_FLIGHT_GRACE: Duration = Duration::from_secs(5);
 /// Passes that may fail to record kept outcomes before they are dropped.
 const MAX_RECORD_REPLAYS: u32 = 3;
 
@@ -71,9 +75,14 @@ pub struct TriggerReport {
     pub retried: usize,
     /// Out of attempts.
     pub failed: usize,
+    /// Sent, answer lost: slot kept until the run shows up or the reservation ends.
+    pub unanswered: usize,
     /// The earliest retry.
     pub next_wakeup: Option<OffsetDateTime>,
 }
+
+/// The answer to one trigger, as the runtime hands it back.
+pub type TriggerResult = (TriggerJob, Result<Option<String>, TriggerError>);
 
 /// POSTs one job to its EventListener (`url`: its item's `callback_url`,
 /// `None` when the item is no longer configured).
@@ -86,6 +95,7 @@ pub async fn send_trigger<T: Trigger>(
         Some(url) => {
             trigger
                 .trigger(TriggerRequest {
+                    dispatch: job.dispatch,
                     url,
                     payload: &job.payload,
                     headers: &job.headers,
@@ -106,13 +116,15 @@ fn earliest(a: Option<OffsetDateTime>, b: Option<OffsetDateTime>) -> Option<Offs
     }
 }
 
-/// The dispatch engine of the active replica.
+/// The dispatch engine of the active replica. It outlives leadership terms:
+/// outcomes it could not record (the session died with POSTs in flight) are
+/// recorded first thing by the next pass, in whichever term that is.
 #[derive(Debug)]
 pub struct Engine {
     settings: Arc<Settings>,
     limits: DispatchLimits,
-    /// Outcomes of POSTs already sent whose recording failed; recorded first
-    /// thing next pass so an accepted trigger is not mistaken for an orphan.
+    retry: RetryPolicy,
+    /// Outcomes of POSTs already sent that are not recorded yet.
     unrecorded: Vec<DispatchOutcome>,
     /// Consecutive passes that failed to record `unrecorded`.
     unrecorded_failures: u32,
@@ -124,12 +136,18 @@ impl Engine {
         let d = &settings.dispatch;
         let limits = DispatchLimits {
             reservation_timeout: d.reservation_timeout,
-            orphan_after: d.trigger_timeout + ORPHAN_GRACE,
+            in_flight_for: d.trigger_timeout + IN_FLIGHT_GRACE,
             max_attempts: d.max_attempts,
+        };
+        let retry = RetryPolicy {
+            max_attempts: d.max_attempts,
+            backoff_base: d.retry_backoff_base,
+            backoff_max: d.retry_backoff_max,
         };
         Self {
             settings,
             limits,
+            retry,
             unrecorded: Vec::new(),
             unrecorded_failures: 0,
         }
@@ -140,87 +158,46 @@ impl Engine {
         &self.settings
     }
 
-    /// Runs one pass and sends its triggers, waiting for them: plan, POST
-    /// concurrently, record. Store errors abort the pass; everything already
-    /// committed stays valid and the next pass continues from there.
-    pub async fn run_pass<S, C, T, K>(
-        &mut self,
-        store: &mut S,
-        capacity: &C,
-        trigger: &T,
-        clock: &K,
-    ) -> Result<PassReport, StoreError>
-    where
-        S: DispatchStore,
-        C: CapacitySource,
-        T: Trigger,
-        K: Clock,
-    {
-        let (mut report, jobs) = self.plan_pass(store, capacity, clock).await?;
-        if jobs.is_empty() {
-            return Ok(report);
-        }
-        let this = &*self;
-        let results = join_all(jobs.into_iter().map(|job| async move {
-            let result = send_trigger(trigger, this.callback_url(&job), &job).await;
-            (job, result)
-        }))
-        .await;
-        let recorded = self.record_triggers(store, results, clock).await?;
-        report.triggered += recorded.triggered;
-        report.retried += recorded.retried;
-        report.failed += recorded.failed;
-        report.next_wakeup = earliest(report.next_wakeup, recorded.next_wakeup);
-        report.labels_changed += store.reconcile_labels(clock.now()).await?;
-        Ok(report)
-    }
-
     /// The EventListener URL of a job's item.
     pub fn callback_url(&self, job: &TriggerJob) -> Option<&Url> {
         self.settings.item(&job.item).map(|i| &i.callback_url)
     }
 
+    /// Outcomes waiting to be recorded (kept across leadership terms).
+    pub fn unrecorded(&self) -> usize {
+        self.unrecorded.len()
+    }
+
+    /// Keeps the results of POSTs that finished after the session was lost;
+    /// the next pass records them (each write is guarded by state and attempt,
+    /// so a result a newer leader has overtaken changes nothing).
+    pub fn carry_over(&mut self, results: Vec<TriggerResult>, now: OffsetDateTime) {
+        let mut report = TriggerReport::default();
+        let outcomes: Vec<DispatchOutcome> = results
+            .into_iter()
+            .map(|(job, result)| self.outcome(&job, result, now, &mut report))
+            .collect();
+        self.unrecorded.extend(outcomes);
+    }
+
     /// Plans a pass and commits its decisions; returns the triggers to send.
     /// Each returned job is committed as `triggering` (counted against its
     /// pool). The caller POSTs them, concurrently and without holding up later
-    /// passes, and hands the results to [`Engine::record_triggers`].
-    pub async fn plan_pass<S, C, K>(
+    /// passes, and hands the results to [`Engine::record_triggers`]. Every time
+    /// used is the database's clock.
+    pub async fn plan_pass<S, C>(
         &mut self,
         store: &mut S,
         capacity: &C,
-        clock: &K,
     ) -> Result<(PassReport, Vec<TriggerJob>), StoreError>
     where
         S: DispatchStore,
         C: CapacitySource,
-        K: Clock,
     {
         let mut report = PassReport::default();
-        if !self.unrecorded.is_empty() {
-            match store.record_outcomes(&self.unrecorded, clock.now()).await {
-                Ok(()) => {
-                    self.unrecorded.clear();
-                    self.unrecorded_failures = 0;
-                }
-                // The database rejects these writes themselves: keeping them would
-                // stop every later pass. Their dispatches stay `triggering` and are
-                // retried as orphans (at worst one duplicate each).
-                Err(StoreError::Query(e)) if self.unrecorded_failures + 1 >= MAX_RECORD_REPLAYS => {
-                    tracing::error!(
-                        error = %e, outcomes = self.unrecorded.len(),
-                        "giving up recording trigger outcomes; their dispatches will be retried"
-                    );
-                    self.unrecorded.clear();
-                    self.unrecorded_failures = 0;
-                }
-                Err(e) => {
-                    self.unrecorded_failures += 1;
-                    return Err(e);
-                }
-            }
-        }
+        self.record_unrecorded(store).await?;
 
-        let mut now = clock.now();
+        let mut now = store.database_now().await?;
         let mut open = store
             .open_dispatches(now - self.limits.reservation_timeout)
             .await?;
@@ -256,22 +233,35 @@ impl Engine {
             let created = store.apply_intake(&plan, now).await?;
             open.retain(|d| !plan.superseded.contains(&d.id));
             open.extend(created);
-            now = clock.now();
             if batch_len < PLAN_BATCH {
                 break;
             }
         }
 
+        // Kubernetes is read once, after intake: every decision below uses one view.
         let pools: BTreeMap<PoolKey, PoolState> = self
             .settings
             .pools
             .values()
             .map(|p| (p.key.clone(), capacity.pool_state(p)))
             .collect();
-        let plan = plan_dispatch(&self.settings, &open, &pools, self.limits, now);
+        now = store.database_now().await?;
+        let candidates = orphan_candidates(&self.settings, &open, &pools, self.limits, now);
+        let claimed = if candidates.is_empty() {
+            HashSet::new()
+        } else {
+            store.claimed_listener_event_ids(&candidates).await?
+        };
+        let plan = plan_dispatch(&self.settings, &open, &pools, &claimed, self.limits, now);
         for outcome in &plan.outcomes {
             match outcome {
-                DispatchOutcome::Confirmed { .. } => report.confirmed += 1,
+                DispatchOutcome::Confirmed {
+                    id,
+                    listener_event_id,
+                } => {
+                    report.confirmed += 1;
+                    tracing::debug!(dispatch_id = %id, listener_event_id = listener_event_id.as_deref().unwrap_or("-"), "PipelineRun seen; dispatch confirmed");
+                }
                 DispatchOutcome::Failed { id, error, .. } => {
                     report.failed += 1;
                     tracing::warn!(dispatch_id = %id, %error, "dispatch failed");
@@ -284,7 +274,10 @@ impl Engine {
                     report.superseded += 1;
                     tracing::info!(dispatch_id = %id, "dispatch superseded by a newer event while waiting to retry");
                 }
-                DispatchOutcome::Triggered { .. } => {}
+                DispatchOutcome::Moved { id, pool, .. } => {
+                    tracing::info!(dispatch_id = %id, %pool, "item moved to another pool; its queued dispatch follows");
+                }
+                DispatchOutcome::Triggered { .. } | DispatchOutcome::Unanswered { .. } => {}
             }
         }
         if !plan.outcomes.is_empty() {
@@ -303,35 +296,75 @@ impl Engine {
         let jobs = if plan.trigger.is_empty() {
             Vec::new()
         } else {
-            store.begin_triggers(&plan.trigger, clock.now()).await?
+            store.begin_triggers(&plan.trigger, now).await?
         };
-        report.labels_changed = store.reconcile_labels(clock.now()).await?;
+        report.labels_changed = store.reconcile_labels(now).await?;
         Ok((report, jobs))
     }
 
-    /// Records the results of POSTs started by [`Engine::plan_pass`]: 202 →
-    /// `triggered`; otherwise a retry with backoff, or `failed` after
-    /// `max_attempts`. If recording fails, the outcomes are kept and recorded
-    /// first by the next pass.
-    pub async fn record_triggers<S, K>(
+    async fn record_unrecorded<S: DispatchStore>(
         &mut self,
         store: &mut S,
-        results: Vec<(TriggerJob, Result<Option<String>, TriggerError>)>,
-        clock: &K,
+    ) -> Result<(), StoreError> {
+        if self.unrecorded.is_empty() {
+            return Ok(());
+        }
+        let now = store.database_now().await?;
+        match store.record_outcomes(&self.unrecorded, now).await {
+            Ok(()) => {
+                tracing::info!(
+                    outcomes = self.unrecorded.len(),
+                    "recorded trigger outcomes kept from earlier"
+                );
+                self.unrecorded.clear();
+                self.unrecorded_failures = 0;
+                Ok(())
+            }
+            // The database rejects these writes themselves: keeping them would
+            // stop every later pass. Their dispatches stay `triggering` and are
+            // settled as orphans (confirmed from their runs, or retried).
+            Err(StoreError::Query(e)) if self.unrecorded_failures + 1 >= MAX_RECORD_REPLAYS => {
+                tracing::error!(
+                    error = %e, outcomes = self.unrecorded.len(),
+                    "giving up recording trigger outcomes; their dispatches will be settled as orphans"
+                );
+                self.unrecorded.clear();
+                self.unrecorded_failures = 0;
+                Ok(())
+            }
+            Err(e) => {
+                self.unrecorded_failures += 1;
+                Err(e)
+            }
+        }
+    }
+
+    /// Records the results of POSTs started by [`Engine::plan_pass`]. If
+    /// recording fails, the outcomes are kept and recorded first by the next
+    /// pass.
+    pub async fn record_triggers<S>(
+        &mut self,
+        store: &mut S,
+        results: Vec<TriggerResult>,
     ) -> Result<TriggerReport, StoreError>
     where
         S: DispatchStore,
-        K: Clock,
     {
         let mut report = TriggerReport::default();
-        let done = clock.now();
+        if results.is_empty() {
+            return Ok(report);
+        }
+        let done = match store.database_now().await {
+            Ok(now) => now,
+            Err(e) => {
+                self.carry_over(results, OffsetDateTime::now_utc());
+                return Err(e);
+            }
+        };
         let outcomes: Vec<DispatchOutcome> = results
             .into_iter()
             .map(|(job, result)| self.outcome(&job, result, done, &mut report))
             .collect();
-        if outcomes.is_empty() {
-            return Ok(report);
-        }
         if let Err(e) = store.record_outcomes(&outcomes, done).await {
             self.unrecorded.extend(outcomes);
             return Err(e);
@@ -346,54 +379,52 @@ impl Engine {
         done: OffsetDateTime,
         report: &mut TriggerReport,
     ) -> DispatchOutcome {
-        match result {
-            Ok(listener_event_id) => {
+        let outcome = trigger_outcome(job.dispatch, job.attempt, result, self.retry, done);
+        let (repo, pr) = (&job.pr.repository, job.pr.number);
+        match &outcome {
+            DispatchOutcome::Triggered {
+                listener_event_id, ..
+            } => {
                 report.triggered += 1;
                 tracing::info!(
-                    dispatch_id = %job.dispatch, event_id = %job.event_id, repo = %job.pr.repository,
-                    pr = job.pr.number, item = %job.item, attempt = job.attempt,
-                    listener_event_id = listener_event_id.as_deref().unwrap_or("-"),
+                    dispatch_id = %job.dispatch, event_id = %job.event_id, %repo, pr, item = %job.item,
+                    attempt = job.attempt, listener_event_id = listener_event_id.as_deref().unwrap_or("-"),
                     "triggered pipeline"
                 );
-                DispatchOutcome::Triggered {
-                    id: job.dispatch,
-                    attempt: job.attempt,
-                    listener_event_id,
-                }
             }
-            Err(e) if job.attempt >= self.limits.max_attempts => {
+            DispatchOutcome::Unanswered { error, .. } => {
+                report.unanswered += 1;
+                tracing::warn!(
+                    dispatch_id = %job.dispatch, event_id = %job.event_id, %repo, pr, item = %job.item,
+                    attempt = job.attempt, %error,
+                    "trigger answer lost; keeping the slot until its PipelineRun shows up or the reservation ends"
+                );
+            }
+            DispatchOutcome::Failed { error, .. } => {
                 report.failed += 1;
                 tracing::error!(
-                    dispatch_id = %job.dispatch, event_id = %job.event_id, repo = %job.pr.repository,
-                    pr = job.pr.number, item = %job.item, attempt = job.attempt, error = %e,
-                    "trigger failed; out of attempts"
+                    dispatch_id = %job.dispatch, event_id = %job.event_id, %repo, pr, item = %job.item,
+                    attempt = job.attempt, %error, "trigger failed; out of attempts"
                 );
-                DispatchOutcome::Failed {
-                    id: job.dispatch,
-                    attempt: job.attempt,
-                    error: format!("gave up after {} attempts: {e}", job.attempt),
-                }
             }
-            Err(e) => {
+            DispatchOutcome::Retry {
+                error,
+                next_attempt_at,
+                ..
+            } => {
                 report.retried += 1;
-                let d = &self.settings.dispatch;
-                let seed = u64::try_from(job.dispatch.0).unwrap_or_default();
-                let next_attempt_at = done
-                    + retry_delay(d.retry_backoff_base, d.retry_backoff_max, job.attempt, seed);
+                report.next_wakeup = earliest(report.next_wakeup, Some(*next_attempt_at));
                 tracing::warn!(
-                    dispatch_id = %job.dispatch, event_id = %job.event_id, repo = %job.pr.repository,
-                    pr = job.pr.number, item = %job.item, attempt = job.attempt, error = %e,
-                    retry_at = %crate::domain::rfc3339::format(next_attempt_at), "trigger failed; will retry"
+                    dispatch_id = %job.dispatch, event_id = %job.event_id, %repo, pr, item = %job.item,
+                    attempt = job.attempt, %error,
+                    retry_at = %crate::domain::rfc3339::format(*next_attempt_at), "trigger failed; will retry"
                 );
-                report.next_wakeup = earliest(report.next_wakeup, Some(next_attempt_at));
-                DispatchOutcome::Retry {
-                    id: job.dispatch,
-                    attempt: job.attempt,
-                    next_attempt_at,
-                    error: e.to_string(),
-                }
             }
+            DispatchOutcome::Confirmed { .. }
+            | DispatchOutcome::Superseded { .. }
+            | DispatchOutcome::Moved { .. } => {}
         }
+        outcome
     }
 
     fn match_event(&self, e: &crate::ports::UnplannedEvent, payload: &[u8]) -> MatchedEvent {

@@ -8,16 +8,23 @@
 //!   a PR never send it to the back of the queue.
 //! * [`plan_dispatch`] picks what to trigger: per pool, free = max − running −
 //!   reserved, oldest queue position first; a pool whose Kubernetes state is
-//!   unknown gets nothing (fail closed).
+//!   unknown gets nothing (fail closed). It also settles triggers whose
+//!   outcome is open: a run carrying the dispatch id (pool `dispatch_label`)
+//!   confirms its dispatch exactly; without the label an orphaned trigger is
+//!   matched to an unclaimed run created after it ([`orphan_candidates`]);
+//!   one still unmatched at `reservation_timeout` is retried.
+//! * [`trigger_outcome`] turns the listener's answer into a decision: success,
+//!   lost answer (slot stays reserved), retry with backoff, or failure.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::config::{PoolKey, Settings};
+use crate::backoff::retry_delay;
+use crate::config::{PoolKey, PoolSpec, Settings};
 use crate::domain::{DispatchId, DispatchState, EventId, PullRequestRef};
-use crate::ports::{OpenDispatch, PoolState};
+use crate::ports::{OpenDispatch, PoolState, RunView, TriggerError};
 
 /// An event with the items it matched.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,10 +192,34 @@ pub enum DispatchOutcome {
         /// Why.
         error: String,
     },
-    /// Its PipelineRun was seen.
+    /// Its PipelineRun was seen (from `triggered`, or from `triggering` when
+    /// the answer to its trigger was lost and the run shows it was accepted).
     Confirmed {
         /// Dispatch.
         id: DispatchId,
+        /// The run's `triggers-eventid`, recorded when the dispatch has none yet.
+        listener_event_id: Option<String>,
+    },
+    /// The trigger was sent but its answer was lost (timeout, reset): the
+    /// dispatch stays `triggering`, holding its slot, until its run shows up
+    /// or `reservation_timeout` passes.
+    Unanswered {
+        /// Dispatch.
+        id: DispatchId,
+        /// Attempt whose answer was lost.
+        attempt: u32,
+        /// What happened.
+        error: String,
+    },
+    /// A queued dispatch whose item now belongs to another pool (the config
+    /// changed): it waits in the new pool, keeping its queue position.
+    Moved {
+        /// Dispatch.
+        id: DispatchId,
+        /// The item's pool now.
+        pool: PoolKey,
+        /// That pool's `<pipeline>/queued` label.
+        queued_label: String,
     },
     /// A queued dispatch for which a newer event of the same PR and item
     /// exists (it was re-queued for a retry after the newer one arrived).
@@ -205,7 +236,9 @@ impl DispatchOutcome {
             Self::Triggered { id, .. }
             | Self::Retry { id, .. }
             | Self::Failed { id, .. }
-            | Self::Confirmed { id }
+            | Self::Confirmed { id, .. }
+            | Self::Unanswered { id, .. }
+            | Self::Moved { id, .. }
             | Self::Superseded { id } => *id,
         }
     }
@@ -244,126 +277,369 @@ pub struct DispatchPlan {
 /// Tunables the dispatch planner needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DispatchLimits {
-    /// Reservation after a 202.
+    /// How long a slot stays reserved for a trigger whose PipelineRun has not
+    /// appeared: after a 202, and after a trigger whose answer was lost.
     pub reservation_timeout: Duration,
-    /// After this long in `triggering` (the POST's own timeout plus a margin),
-    /// the dispatcher that sent it is presumed gone and the dispatch is retried.
-    pub orphan_after: Duration,
+    /// Longest a trigger can still be in flight (the POST's own timeout plus
+    /// a margin). A `triggering` dispatch older than this is an orphan: its
+    /// answer was lost, or the replica that sent it died.
+    pub in_flight_for: Duration,
     /// Attempts before `failed`.
     pub max_attempts: u32,
 }
 
-/// Picks what to trigger. `pools` holds the state of every configured pool.
+/// Picks what to trigger. `pools` holds the state of every configured pool;
+/// `claimed` the `triggers-eventid`s that some dispatch has recorded (only
+/// the ones the caller asked the store about: see [`orphan_candidates`]).
+/// `now` is the database clock.
 pub fn plan_dispatch(
+    settings: &Settings,
+    open: &[OpenDispatch],
+    pools: &BTreeMap<PoolKey, PoolState>,
+    claimed: &HashSet<String>,
+    limits: DispatchLimits,
+    now: OffsetDateTime,
+) -> DispatchPlan {
+    let mut plan = DispatchPlan::default();
+    let mut by_pool: BTreeMap<PoolKey, Vec<&OpenDispatch>> = settings
+        .pools
+        .keys()
+        .map(|k| (k.clone(), Vec::new()))
+        .collect();
+    for d in open {
+        let key = match moved_to(settings, d) {
+            Some(spec) => {
+                plan.outcomes.push(DispatchOutcome::Moved {
+                    id: d.id,
+                    pool: spec.key.clone(),
+                    queued_label: spec.queued_label(),
+                });
+                spec.key.clone()
+            }
+            None => d.pool.clone(),
+        };
+        by_pool.entry(key).or_default().push(d);
+    }
+    for (key, work) in by_pool {
+        plan_pool(
+            settings,
+            &key,
+            work,
+            pools.get(&key),
+            claimed,
+            limits,
+            now,
+            &mut plan,
+        );
+    }
+    plan
+}
+
+/// The pool a queued dispatch must move to because its item's pool changed.
+fn moved_to<'s>(settings: &'s Settings, d: &OpenDispatch) -> Option<&'s PoolSpec> {
+    if d.state != DispatchState::Queued {
+        return None;
+    }
+    let item = settings.item(&d.item)?;
+    (item.pool != d.pool)
+        .then(|| settings.pools.get(&item.pool))
+        .flatten()
+}
+
+fn wake(plan: &mut DispatchPlan, t: OffsetDateTime) {
+    plan.next_wakeup = Some(plan.next_wakeup.map_or(t, |w| w.min(t)));
+}
+
+/// A `triggering` dispatch no POST can still be in flight for.
+fn is_orphan(d: &OpenDispatch, limits: DispatchLimits, now: OffsetDateTime) -> bool {
+    d.state == DispatchState::Triggering && trigger_started(d) + limits.in_flight_for <= now
+}
+
+fn trigger_started(d: &OpenDispatch) -> OffsetDateTime {
+    d.trigger_started_at.unwrap_or(d.next_attempt_at)
+}
+
+/// The `triggers-eventid`s whose claim status [`plan_dispatch`] needs: those
+/// of runs that could belong to an orphan (pools without a `dispatch_label`,
+/// runs created after the oldest orphan's trigger, ids no open dispatch
+/// holds). Empty when there are no orphans, which is nearly always.
+pub fn orphan_candidates(
     settings: &Settings,
     open: &[OpenDispatch],
     pools: &BTreeMap<PoolKey, PoolState>,
     limits: DispatchLimits,
     now: OffsetDateTime,
-) -> DispatchPlan {
-    let mut plan = DispatchPlan::default();
-    let wake = |t: OffsetDateTime, plan: &mut DispatchPlan| {
-        plan.next_wakeup = Some(plan.next_wakeup.map_or(t, |w| w.min(t)));
-    };
-    let mut by_pool: BTreeMap<&PoolKey, Vec<&OpenDispatch>> =
-        settings.pools.keys().map(|k| (k, Vec::new())).collect();
-    for d in open {
-        by_pool.entry(&d.pool).or_default().push(d);
-    }
-
-    for (key, mut work) in by_pool {
-        work.sort_by_key(|d| (d.queue_position, d.id));
-        let spec = settings.pools.get(key);
-        let state = pools.get(key);
-        let seen = match state {
-            Some(PoolState::Known { seen_event_ids, .. }) => Some(seen_event_ids),
-            _ => None,
+) -> Vec<String> {
+    let held: HashSet<&str> = open
+        .iter()
+        .filter_map(|d| d.listener_event_id.as_deref())
+        .collect();
+    let mut out = Vec::new();
+    for (key, state) in pools {
+        let Some(spec) = settings.pools.get(key) else {
+            continue;
         };
-        let mut reserved = 0u32;
-        let mut eligible = Vec::new();
-        let mut waiting = 0u32;
-        for d in work {
-            match d.state {
-                DispatchState::Triggering => {
-                    let started = d.trigger_started_at.unwrap_or(d.next_attempt_at);
-                    let deadline = started + limits.orphan_after;
-                    if deadline <= now {
-                        // Its dispatcher died mid-POST; the outcome is unknown. Retrying
-                        // risks a duplicate in that narrow window, not retrying loses work.
-                        plan.outcomes.push(DispatchOutcome::Retry {
-                            id: d.id,
-                            attempt: d.attempts,
-                            next_attempt_at: now,
-                            error: "dispatcher stopped while triggering; outcome unknown, retrying"
+        let PoolState::Known { runs, .. } = state else {
+            continue;
+        };
+        if spec.dispatch_label.is_some() {
+            continue;
+        }
+        let Some(oldest) = open
+            .iter()
+            .filter(|d| d.pool == *key && is_orphan(d, limits, now))
+            .map(trigger_started)
+            .min()
+        else {
+            continue;
+        };
+        out.extend(
+            runs.iter()
+                .filter(|r| r.created_at.is_some_and(|c| c >= oldest))
+                .filter_map(|r| r.event_id.as_deref())
+                .filter(|id| !held.contains(id))
+                .map(str::to_owned),
+        );
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Matches orphans to runs without a dispatch label: one to one, oldest
+/// orphan first, each to the oldest run created after its trigger whose
+/// `triggers-eventid` no dispatch holds. An inference, exact only while this
+/// dispatcher is the only producer of runs in the pool (see ARCHITECTURE.md).
+fn infer_orphan_runs<'r>(
+    orphans: &[&OpenDispatch],
+    runs: &'r [RunView],
+    open_held: &HashSet<&str>,
+    claimed: &HashSet<String>,
+) -> HashMap<DispatchId, &'r str> {
+    let mut free: Vec<(OffsetDateTime, &str)> = runs
+        .iter()
+        .filter_map(|r| Some((r.created_at?, r.event_id.as_deref()?)))
+        .filter(|(_, id)| !open_held.contains(id) && !claimed.contains(*id))
+        .collect();
+    free.sort_unstable();
+    let mut sorted: Vec<&&OpenDispatch> = orphans.iter().collect();
+    sorted.sort_by_key(|d| (trigger_started(d), d.id));
+    let mut matched = HashMap::new();
+    for d in sorted {
+        let started = trigger_started(d);
+        if let Some(i) = free.iter().position(|(created, _)| *created >= started) {
+            matched.insert(d.id, free.remove(i).1);
+        }
+    }
+    matched
+}
+
+#[allow(clippy::too_many_arguments)]
+fn plan_pool(
+    settings: &Settings,
+    key: &PoolKey,
+    mut work: Vec<&OpenDispatch>,
+    state: Option<&PoolState>,
+    claimed: &HashSet<String>,
+    limits: DispatchLimits,
+    now: OffsetDateTime,
+    plan: &mut DispatchPlan,
+) {
+    work.sort_by_key(|d| (d.queue_position, d.id));
+    let spec = settings.pools.get(key);
+    // Runs are only looked at while the pool's state is current: without it
+    // nothing is confirmed, inferred, retried as an orphan or triggered.
+    let runs: Option<&[RunView]> = match state {
+        Some(PoolState::Known { runs, .. }) => Some(runs),
+        _ => None,
+    };
+    let labelled = spec.is_some_and(|s| s.dispatch_label.is_some());
+    let by_dispatch: HashMap<&str, &RunView> = runs
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| Some((r.dispatch_id.as_deref()?, r)))
+        .collect();
+    let by_event: HashSet<&str> = runs
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| r.event_id.as_deref())
+        .collect();
+    let inferred = match runs {
+        Some(runs) if !labelled => {
+            let orphans: Vec<&OpenDispatch> = work
+                .iter()
+                .copied()
+                .filter(|d| is_orphan(d, limits, now))
+                .collect();
+            let held: HashSet<&str> = work
+                .iter()
+                .filter_map(|d| d.listener_event_id.as_deref())
+                .collect();
+            infer_orphan_runs(&orphans, runs, &held, claimed)
+        }
+        _ => HashMap::new(),
+    };
+    let mut reserved = 0u32;
+    let mut eligible = Vec::new();
+    let mut waiting = 0u32;
+    for d in work {
+        let own_run = by_dispatch.get(d.id.to_string().as_str()).copied();
+        match d.state {
+            DispatchState::Triggering => {
+                if let Some(run) = own_run.filter(|_| runs.is_some()) {
+                    plan.outcomes.push(DispatchOutcome::Confirmed {
+                        id: d.id,
+                        listener_event_id: run.event_id.clone(),
+                    });
+                    continue;
+                }
+                if let Some(event_id) = inferred.get(&d.id) {
+                    plan.outcomes.push(DispatchOutcome::Confirmed {
+                        id: d.id,
+                        listener_event_id: Some((*event_id).to_owned()),
+                    });
+                    continue;
+                }
+                reserved += 1;
+                let started = trigger_started(d);
+                if started + limits.in_flight_for > now {
+                    wake(plan, started + limits.in_flight_for);
+                    continue;
+                }
+                // An orphan: its answer was lost or its replica died. The slot
+                // stays reserved until a run shows up or the reservation ends.
+                let deadline = started + limits.reservation_timeout;
+                if deadline > now {
+                    wake(plan, deadline);
+                } else if runs.is_some() {
+                    plan.outcomes.push(DispatchOutcome::Retry {
+                        id: d.id,
+                        attempt: d.attempts,
+                        next_attempt_at: now,
+                        error:
+                            "no PipelineRun appeared for a trigger whose answer was lost; retrying"
                                 .to_owned(),
-                        });
-                        wake(now, &mut plan);
-                    } else {
-                        wake(deadline, &mut plan);
-                    }
+                    });
+                    wake(plan, now);
+                }
+            }
+            DispatchState::Triggered => {
+                let seen = runs.is_some()
+                    && (own_run.is_some()
+                        || d.listener_event_id
+                            .as_deref()
+                            .is_some_and(|id| by_event.contains(id)));
+                if seen {
+                    plan.outcomes.push(DispatchOutcome::Confirmed {
+                        id: d.id,
+                        listener_event_id: None,
+                    });
+                    continue;
+                }
+                let expires = d.triggered_at.unwrap_or(now) + limits.reservation_timeout;
+                if expires > now {
                     reserved += 1;
+                    wake(plan, expires);
                 }
-                DispatchState::Triggered => {
-                    let confirmed = matches!((seen, &d.listener_event_id), (Some(seen), Some(id)) if seen.contains(id));
-                    if confirmed {
-                        plan.outcomes.push(DispatchOutcome::Confirmed { id: d.id });
-                        continue;
-                    }
-                    let expires = d.triggered_at.unwrap_or(now) + limits.reservation_timeout;
-                    if expires > now {
-                        reserved += 1;
-                        wake(expires, &mut plan);
-                    }
+            }
+            DispatchState::Queued => {
+                if d.has_newer {
+                    plan.outcomes.push(DispatchOutcome::Superseded { id: d.id });
+                    continue;
                 }
-                DispatchState::Queued => {
-                    if d.has_newer {
-                        plan.outcomes.push(DispatchOutcome::Superseded { id: d.id });
-                        continue;
-                    }
-                    if settings.item(&d.item).is_none() || spec.is_none() {
-                        plan.outcomes.push(DispatchOutcome::Failed {
-                            id: d.id,
-                            attempt: d.attempts,
-                            error: format!(
-                                "config item '{}' (pool {key}) is no longer configured",
-                                d.item
-                            ),
-                        });
-                        continue;
-                    }
-                    waiting += 1;
-                    if d.next_attempt_at <= now {
-                        eligible.push(d);
-                    } else {
-                        wake(d.next_attempt_at, &mut plan);
-                    }
+                if settings.item(&d.item).is_none() || spec.is_none() {
+                    plan.outcomes.push(DispatchOutcome::Failed {
+                        id: d.id,
+                        attempt: d.attempts,
+                        error: format!(
+                            "config item '{}' (pool {key}) is no longer configured",
+                            d.item
+                        ),
+                    });
+                    continue;
                 }
-                DispatchState::Confirmed | DispatchState::Cancelled | DispatchState::Failed => {}
+                waiting += 1;
+                if d.next_attempt_at <= now {
+                    eligible.push(d);
+                } else {
+                    wake(plan, d.next_attempt_at);
+                }
+            }
+            DispatchState::Confirmed | DispatchState::Cancelled | DispatchState::Failed => {}
+        }
+    }
+    let Some(spec) = spec else { return };
+    let (running, blocked) = match state {
+        Some(PoolState::Known { running, .. }) => (Some(*running), None),
+        Some(PoolState::Unknown { reason }) => (None, Some(reason.clone())),
+        None => (None, Some("no capacity information".to_owned())),
+    };
+    if let Some(running) = running {
+        let free = spec
+            .max_capacity
+            .saturating_sub(running.saturating_add(reserved));
+        plan.trigger
+            .extend(eligible.iter().take(free as usize).map(|d| d.id));
+    }
+    plan.usage.push(PoolUsage {
+        pool: key.clone(),
+        running,
+        reserved,
+        max_capacity: spec.max_capacity,
+        waiting,
+        blocked,
+    });
+}
+
+/// Retry policy for failed triggers (from `dispatch:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts before `failed`.
+    pub max_attempts: u32,
+    /// First retry delay.
+    pub backoff_base: Duration,
+    /// Largest retry delay.
+    pub backoff_max: Duration,
+}
+
+/// What the answer to one trigger means for its dispatch: 202 → `Triggered`;
+/// an answer lost after sending → `Unanswered` (the slot stays reserved);
+/// a refusal or a request that never left → `Retry` with backoff, or `Failed`
+/// once `max_attempts` are used.
+pub fn trigger_outcome(
+    dispatch: DispatchId,
+    attempt: u32,
+    result: Result<Option<String>, TriggerError>,
+    policy: RetryPolicy,
+    now: OffsetDateTime,
+) -> DispatchOutcome {
+    match result {
+        Ok(listener_event_id) => DispatchOutcome::Triggered {
+            id: dispatch,
+            attempt,
+            listener_event_id,
+        },
+        Err(e) if e.may_have_reached_listener() => DispatchOutcome::Unanswered {
+            id: dispatch,
+            attempt,
+            error: e.to_string(),
+        },
+        Err(e) if attempt >= policy.max_attempts => DispatchOutcome::Failed {
+            id: dispatch,
+            attempt,
+            error: format!("gave up after {attempt} attempts: {e}"),
+        },
+        Err(e) => {
+            let seed = u64::try_from(dispatch.0).unwrap_or_default();
+            DispatchOutcome::Retry {
+                id: dispatch,
+                attempt,
+                next_attempt_at: now
+                    + retry_delay(policy.backoff_base, policy.backoff_max, attempt, seed),
+                error: e.to_string(),
             }
         }
-        let Some(spec) = spec else { continue };
-        let (running, blocked) = match state {
-            Some(PoolState::Known { running, .. }) => (Some(*running), None),
-            Some(PoolState::Unknown { reason }) => (None, Some(reason.clone())),
-            None => (None, Some("no capacity information".to_owned())),
-        };
-        if let Some(running) = running {
-            let free = spec
-                .max_capacity
-                .saturating_sub(running.saturating_add(reserved));
-            plan.trigger
-                .extend(eligible.iter().take(free as usize).map(|d| d.id));
-        }
-        plan.usage.push(PoolUsage {
-            pool: key.clone(),
-            running,
-            reserved,
-            max_capacity: spec.max_capacity,
-            waiting,
-            blocked,
-        });
     }
-    plan
 }
 
 #[cfg(test)]

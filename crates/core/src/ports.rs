@@ -169,6 +169,14 @@ pub struct TriggerJob {
 /// transaction; implementations must fence writes so that a replica that lost
 /// the dispatcher lock cannot change anything ([`StoreError::LostLeadership`]).
 pub trait DispatchStore: Send {
+    /// The database's clock. Every deadline the engine stores or compares is
+    /// on this one clock, whichever replica computes it.
+    fn database_now(&mut self) -> impl Future<Output = Result<OffsetDateTime, StoreError>> + Send;
+    /// Which of `listener_event_ids` some dispatch has recorded (in any state).
+    fn claimed_listener_event_ids(
+        &mut self,
+        listener_event_ids: &[String],
+    ) -> impl Future<Output = Result<HashSet<String>, StoreError>> + Send;
     /// Events not matched yet, oldest first (without payloads: most routing needs none).
     fn unplanned_events(
         &mut self,
@@ -210,6 +218,18 @@ pub trait DispatchStore: Send {
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
+/// One PipelineRun of a pool, reduced to what matching it to a dispatch needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunView {
+    /// `triggers.tekton.dev/triggers-eventid`: the EventListener event that created it.
+    pub event_id: Option<String>,
+    /// Value of the pool's `dispatch_label` (the dispatch id the trigger
+    /// carried in [`DISPATCH_HEADER`]), when the pool has one.
+    pub dispatch_id: Option<String>,
+    /// `metadata.creationTimestamp` (the Kubernetes API server's clock).
+    pub created_at: Option<OffsetDateTime>,
+}
+
 /// What is known about one pool's PipelineRuns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PoolState {
@@ -222,8 +242,9 @@ pub enum PoolState {
     Known {
         /// PipelineRuns in the pool that are not finished.
         running: u32,
-        /// `triggers.tekton.dev/triggers-eventid` labels of every PipelineRun of the pipeline, finished or not.
-        seen_event_ids: HashSet<String>,
+        /// Every PipelineRun of the pool (pipeline label and annotation
+        /// selector both match), finished or not.
+        runs: Vec<RunView>,
     },
 }
 
@@ -231,11 +252,20 @@ pub enum PoolState {
 pub trait CapacitySource: Send + Sync {
     /// Current state of `pool`; cheap, reads a cache.
     fn pool_state(&self, pool: &crate::config::PoolSpec) -> PoolState;
+    /// Completes when some pool's usage or health may have changed since the
+    /// last call (a change between calls is not lost).
+    fn changed(&self) -> impl Future<Output = ()> + Send + '_;
 }
+
+/// Request header carrying the dispatch id on every trigger, so a
+/// TriggerTemplate can copy it into a PipelineRun label (`capacity.dispatch_label`).
+pub const DISPATCH_HEADER: &str = "X-Webhook-Dispatcher-Dispatch";
 
 /// One POST to an EventListener.
 #[derive(Debug, Clone, Copy)]
 pub struct TriggerRequest<'a> {
+    /// The dispatch, sent as [`DISPATCH_HEADER`].
+    pub dispatch: DispatchId,
     /// `callback_url`.
     pub url: &'a Url,
     /// Raw payload, forwarded byte-for-byte.
@@ -255,12 +285,27 @@ pub enum TriggerError {
         /// Start of the answer body.
         body: String,
     },
-    /// Connection or protocol failure.
+    /// The request never reached the listener (connection refused, DNS, TLS
+    /// handshake, lease expired): retrying cannot run the PR twice.
     #[error("EventListener unreachable: {0}")]
     Transport(String),
-    /// No answer within `dispatch.trigger_timeout`.
+    /// The request was sent but no complete answer came back (reset, closed):
+    /// the listener may have created the PipelineRun.
+    #[error("EventListener answer lost: {0}")]
+    Unanswered(String),
+    /// No answer within `dispatch.trigger_timeout`; the listener may have
+    /// created the PipelineRun.
     #[error("EventListener did not answer within the trigger timeout")]
     Timeout,
+}
+
+impl TriggerError {
+    /// Whether the listener may have acted on the request: then the slot
+    /// stays reserved and the dispatch is retried only if no PipelineRun for
+    /// it shows up by `reservation_timeout`.
+    pub fn may_have_reached_listener(&self) -> bool {
+        matches!(self, Self::Unanswered(_) | Self::Timeout)
+    }
 }
 
 /// The EventListener client.
@@ -270,6 +315,36 @@ pub trait Trigger: Send + Sync {
         &self,
         request: TriggerRequest<'_>,
     ) -> impl Future<Output = Result<Option<String>, TriggerError>> + Send;
+}
+
+/// Contention for the single active dispatcher (a PostgreSQL advisory lock).
+pub trait LeaderElection: Send + Sync + 'static {
+    /// The session of the active replica.
+    type Session: ActiveSession;
+    /// `Some` when this replica now holds the lock; `None` when another does.
+    fn try_lead(&self) -> impl Future<Output = Result<Option<Self::Session>, StoreError>> + Send;
+}
+
+/// The active replica's session: holds the lock, carries every engine write
+/// (so a replica that lost the lock can change nothing) and hears wake-ups.
+pub trait ActiveSession: DispatchStore + 'static {
+    /// Proof of recent contact with the database.
+    type Lease: Lease;
+    /// Completes on the next wake-up (a stored delivery); an error means the
+    /// session, and leadership with it, is gone.
+    fn wait_for_wakeup(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// One cheap round trip that keeps the session (and the lease) alive.
+    fn heartbeat(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// A handle checked right before every trigger: a replica that resumes
+    /// after a freeze longer than the database's idle timeout sends nothing.
+    fn lease(&self) -> Self::Lease;
+}
+
+/// See [`ActiveSession::lease`].
+pub trait Lease: Clone + Send + Sync + 'static {
+    /// True while the session was confirmed alive recently enough that the
+    /// database cannot have handed the lock to another replica.
+    fn is_valid(&self) -> bool;
 }
 
 /// Wall clock, injectable for tests.

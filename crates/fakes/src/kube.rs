@@ -151,17 +151,41 @@ impl FakeKube {
         event_id: Option<&str>,
         annotations: &[(&str, &str)],
     ) {
+        let labels: Vec<(&str, &str)> = event_id
+            .map(|id| ("triggers.tekton.dev/triggers-eventid", id))
+            .into_iter()
+            .collect();
+        self.create_labelled_run(namespace, name, pipeline, &labels, annotations);
+    }
+
+    /// Creates an unfinished PipelineRun of `pipeline` with extra labels.
+    pub fn create_labelled_run(
+        &self,
+        namespace: &str,
+        name: &str,
+        pipeline: &str,
+        extra_labels: &[(&str, &str)],
+        annotations: &[(&str, &str)],
+    ) {
         let mut labels = json!({"tekton.dev/pipeline": pipeline});
-        if let Some(id) = event_id {
-            labels["triggers.tekton.dev/triggers-eventid"] = json!(id);
+        for (k, v) in extra_labels {
+            labels[*k] = json!(v);
         }
+        let created = time::OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            });
         let annotations: serde_json::Map<String, Value> = annotations
             .iter()
             .map(|(k, v)| ((*k).to_owned(), json!(v)))
             .collect();
         let object = json!({
             "kind": "PipelineRun",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels, "annotations": annotations, "uid": format!("uid-{name}")},
+            "metadata": {"name": name, "namespace": namespace, "labels": labels, "annotations": annotations,
+                         "uid": format!("uid-{name}"), "creationTimestamp": created},
             "spec": {"pipelineRef": {"name": pipeline}},
             "status": {"conditions": [{"type": "Succeeded", "status": "Unknown", "reason": "Running"}]},
         });

@@ -30,6 +30,9 @@ pub struct TektonMode {
     pub annotations: Vec<(String, String)>,
     /// Runs succeed after this long; `None` = only when the test says so.
     pub run_for: Option<Duration>,
+    /// Label into which the TriggerTemplate copies the
+    /// `X-Webhook-Dispatcher-Dispatch` header (as deploy/tekton does).
+    pub dispatch_label: Option<String>,
 }
 
 /// One POST the listener received.
@@ -71,6 +74,7 @@ struct State {
     fail_all: bool,
     hang: bool,
     arrived: usize,
+    answer_delay: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -108,7 +112,13 @@ impl FakeEventListener {
                     .shared
                     .wait_until(Duration::from_secs(3600), || !inner.shared.lock().hang)
                     .await;
-                handle(&inner, r)
+                let delay = inner.shared.lock().answer_delay;
+                let response = handle(&inner, r);
+                if let Some(delay) = delay {
+                    // Simulated latency of a slow listener (the run already exists).
+                    tokio::time::sleep(delay).await;
+                }
+                response
             }
         })
         .await?;
@@ -161,6 +171,12 @@ impl FakeEventListener {
     pub fn hang(&self, hang: bool) {
         self.state().hang = hang;
         self.inner.shared.changed();
+    }
+
+    /// Acts on every POST at once (creating its run in Tekton mode) but
+    /// sends the answer only after `delay` (`None`: at once again).
+    pub fn delay_answers(&self, delay: Option<Duration>) {
+        self.state().answer_delay = delay;
     }
 
     /// Finishes the `n` oldest unfinished runs of the Tekton-mode pipeline.
@@ -268,18 +284,22 @@ fn handle(inner: &Arc<Inner>, request: FakeRequest) -> http::Response<crate::ser
     drop(state);
     if let (Some(t), Some(event_id)) = (&inner.tekton, event_id) {
         let name = format!("{}-run-{event_id}", t.pipeline);
+        let dispatch = request
+            .parts
+            .headers
+            .get("x-webhook-dispatcher-dispatch")
+            .and_then(|v| v.to_str().ok());
+        let mut labels = vec![("triggers.tekton.dev/triggers-eventid", event_id.as_str())];
+        if let (Some(label), Some(dispatch)) = (&t.dispatch_label, dispatch) {
+            labels.push((label.as_str(), dispatch));
+        }
         let annotations: Vec<(&str, &str)> = t
             .annotations
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        t.kube.create_run(
-            &t.namespace,
-            &name,
-            &t.pipeline,
-            Some(&event_id),
-            &annotations,
-        );
+        t.kube
+            .create_labelled_run(&t.namespace, &name, &t.pipeline, &labels, &annotations);
         if let Some(run_for) = t.run_for {
             let kube = t.kube.clone();
             let namespace = t.namespace.clone();

@@ -115,6 +115,9 @@ pub struct PoolSpec {
     pub api_version: TektonApiVersion,
     /// Most PipelineRuns running at once.
     pub max_capacity: u32,
+    /// PipelineRun label carrying the dispatch id (`capacity.dispatch_label`):
+    /// when set, a run is matched to its dispatch exactly.
+    pub dispatch_label: Option<String>,
 }
 
 impl PoolSpec {
@@ -185,6 +188,28 @@ pub struct DispatchTuning {
     pub leader_retry_interval: Duration,
     /// Shortest time between the starts of two passes.
     pub min_pass_interval: Duration,
+    /// Longest takeover time after the active replica stops answering.
+    pub failover_timeout: Duration,
+}
+
+impl DispatchTuning {
+    /// `idle_session_timeout` of the active replica's database session:
+    /// PostgreSQL ends a session silent this long, releasing the lock, so a
+    /// standby can take over within [`Self::failover_timeout`].
+    pub fn leader_idle_timeout(&self) -> Duration {
+        self.failover_timeout * 2 / 3
+    }
+
+    /// How often the active replica proves it is alive when otherwise idle.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.leader_idle_timeout() / 4
+    }
+
+    /// Longest a single pass may take before the replica gives up leadership
+    /// (a pass stuck on a dead connection must not hold the lock).
+    pub fn pass_timeout(&self) -> Duration {
+        self.leader_idle_timeout()
+    }
 }
 
 impl Default for DispatchTuning {
@@ -201,6 +226,7 @@ impl Default for DispatchTuning {
             capacity_stale_after: d.capacity_stale_after,
             leader_retry_interval: d.leader_retry_interval,
             min_pass_interval: d.min_pass_interval,
+            failover_timeout: d.failover_timeout,
         }
     }
 }
@@ -323,6 +349,14 @@ impl Settings {
                         ),
                     ));
                 }
+                Some((existing, first)) if existing.dispatch_label != pool.dispatch_label => {
+                    errors.push(ConfigError::new(
+                        at("capacity.dispatch_label"),
+                        format!(
+                            "pool {key} is shared with dispatcher.items[{first}] which sets another dispatch_label; one pool has one label"
+                        ),
+                    ));
+                }
                 Some(_) => {}
                 None => {
                     pools.insert(key.clone(), (pool, i));
@@ -424,6 +458,24 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// A Kubernetes label key: `[prefix/]name`, the name at most 63 characters of
+/// alphanumerics, `-`, `_`, `.` starting and ending alphanumeric; the prefix a
+/// DNS subdomain.
+fn is_label_key(key: &str) -> bool {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    name_ok && prefix.is_none_or(is_dns_label)
+}
+
 fn validate_capacity(
     raw: &RawCapacity,
     at: &dyn Fn(&str) -> String,
@@ -475,6 +527,19 @@ fn validate_capacity(
             ));
         }
     }
+    let dispatch_label = match raw.dispatch_label.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(label) if is_label_key(label) => Some(label.to_owned()),
+        Some(label) => {
+            errors.push(ConfigError::new(
+                at("capacity.dispatch_label"),
+                format!(
+                    "must be a Kubernetes label key such as 'example.com/dispatch' (got '{label}')"
+                ),
+            ));
+            None
+        }
+    };
     let api_version = match raw.api_version.as_str() {
         "v1" | "tekton.dev/v1" => TektonApiVersion::V1,
         "v1beta1" | "tekton.dev/v1beta1" => TektonApiVersion::V1Beta1,
@@ -493,6 +558,7 @@ fn validate_capacity(
         annotation_selector: raw.annotation_selector.clone(),
         api_version,
         max_capacity,
+        dispatch_label,
     })
 }
 
@@ -576,7 +642,25 @@ fn validate_dispatch(raw: &DispatchSection, errors: &mut Vec<ConfigError>) -> Di
             "must be longer than dispatch.capacity_resync_interval, or every pool would look stale between resyncs",
         ));
     }
+    if raw.failover_timeout < Duration::from_secs(3) {
+        errors.push(ConfigError::new(
+            "dispatch.failover_timeout",
+            "must be at least 3s: the active replica's heartbeat has to fit well inside it",
+        ));
+    } else if raw.leader_retry_interval * 3 > raw.failover_timeout {
+        errors.push(ConfigError::new(
+            "dispatch.leader_retry_interval",
+            "must be at most a third of dispatch.failover_timeout",
+        ));
+    }
+    if raw.reservation_timeout <= raw.trigger_timeout {
+        errors.push(ConfigError::new(
+            "dispatch.reservation_timeout",
+            "must be longer than dispatch.trigger_timeout: a trigger whose answer was lost keeps its slot until then",
+        ));
+    }
     DispatchTuning {
+        failover_timeout: raw.failover_timeout,
         max_attempts: raw.max_attempts,
         retry_backoff_base: raw.retry_backoff_base,
         retry_backoff_max: raw.retry_backoff_max,

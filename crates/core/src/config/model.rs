@@ -75,6 +75,9 @@ pub struct RawCapacity {
     pub annotation_selector: BTreeMap<String, String>,
     /// Tekton API version: `v1` (default) or `v1beta1`.
     pub api_version: String,
+    /// PipelineRun label into which the pool's TriggerTemplate copies the
+    /// `X-Webhook-Dispatcher-Dispatch` header (optional; see deploy/tekton).
+    pub dispatch_label: Option<String>,
 }
 
 impl Default for RawCapacity {
@@ -86,6 +89,7 @@ impl Default for RawCapacity {
             namespace: String::new(),
             annotation_selector: BTreeMap::new(),
             api_version: "v1".to_owned(),
+            dispatch_label: None,
         }
     }
 }
@@ -275,6 +279,11 @@ pub struct DispatchSection {
     /// latency); `0s` runs a pass per wake-up.
     #[serde(with = "humantime_serde")]
     pub min_pass_interval: Duration,
+    /// Longest time a standby waits to take over from an active replica that
+    /// stopped answering (frozen, partitioned): PostgreSQL ends the leader's
+    /// idle session well within it, which releases the lock.
+    #[serde(with = "humantime_serde")]
+    pub failover_timeout: Duration,
 }
 
 impl Default for DispatchSection {
@@ -290,6 +299,7 @@ impl Default for DispatchSection {
             capacity_stale_after: Duration::from_secs(30),
             leader_retry_interval: Duration::from_secs(1),
             min_pass_interval: Duration::from_millis(5),
+            failover_timeout: Duration::from_secs(15),
         }
     }
 }

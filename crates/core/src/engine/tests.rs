@@ -13,7 +13,7 @@ use super::*;
 use crate::config::{PoolSpec, parse};
 use crate::domain::{DispatchId, DispatchState, EventId, PullRequestRef};
 use crate::planner::{IntakePlan, NewDispatch};
-use crate::ports::{OpenDispatch, TriggerError, TriggerJob, UnplannedEvent};
+use crate::ports::{Clock, OpenDispatch, RunView, TriggerError, TriggerJob, UnplannedEvent};
 
 const T0: OffsetDateTime = datetime!(2026-11-28 12:00 UTC);
 
@@ -45,6 +45,7 @@ struct MemStore {
     aborted: HashSet<EventId>,
     fail_record: bool,
     reject_record: bool,
+    clock: ManualClock,
 }
 
 impl MemStore {
@@ -71,6 +72,22 @@ impl MemStore {
 }
 
 impl DispatchStore for MemStore {
+    async fn database_now(&mut self) -> Result<OffsetDateTime, StoreError> {
+        Ok(self.clock.now())
+    }
+
+    async fn claimed_listener_event_ids(
+        &mut self,
+        ids: &[String],
+    ) -> Result<HashSet<String>, StoreError> {
+        Ok(self
+            .dispatches
+            .values()
+            .filter_map(|(d, _)| d.listener_event_id.clone())
+            .filter(|id| ids.contains(id))
+            .collect())
+    }
+
     async fn event_payloads(
         &mut self,
         ids: &[EventId],
@@ -238,8 +255,17 @@ impl DispatchStore for MemStore {
                     d.state = DispatchState::Failed;
                     *err = Some(error.clone());
                 }
-                DispatchOutcome::Confirmed { .. } => d.state = DispatchState::Confirmed,
+                DispatchOutcome::Confirmed {
+                    listener_event_id, ..
+                } => {
+                    d.state = DispatchState::Confirmed;
+                    if d.listener_event_id.is_none() {
+                        d.listener_event_id = listener_event_id.clone();
+                    }
+                }
                 DispatchOutcome::Superseded { .. } => d.state = DispatchState::Cancelled,
+                DispatchOutcome::Unanswered { error, .. } => *err = Some(error.clone()),
+                DispatchOutcome::Moved { pool, .. } => d.pool = pool.clone(),
             }
         }
         Ok(())
@@ -261,13 +287,49 @@ impl CapacitySource for FixedCapacity {
                 reason: "poisoned".into(),
             })
     }
+
+    async fn changed(&self) {}
 }
 
+/// `n` unfinished runs; `seen` are the eventIDs of the pool's runs, created at T0.
 fn running(n: u32, seen: &[&str]) -> FixedCapacity {
+    runs_at(n, seen, T0)
+}
+
+fn runs_at(n: u32, seen: &[&str], created: OffsetDateTime) -> FixedCapacity {
     FixedCapacity(Mutex::new(PoolState::Known {
         running: n,
-        seen_event_ids: seen.iter().map(|s| (*s).to_owned()).collect(),
+        runs: seen
+            .iter()
+            .map(|s| RunView {
+                event_id: Some((*s).to_owned()),
+                dispatch_id: None,
+                created_at: Some(created),
+            })
+            .collect(),
     }))
+}
+
+/// One pass the way the runtime drives it: plan and commit, POST every job,
+/// record the answers.
+async fn pass<C: CapacitySource, T: Trigger>(
+    engine: &mut Engine,
+    store: &mut MemStore,
+    capacity: &C,
+    trigger: &T,
+) -> Result<PassReport, StoreError> {
+    let (mut report, jobs) = engine.plan_pass(store, capacity).await?;
+    let mut results = Vec::new();
+    for job in jobs {
+        let result = send_trigger(trigger, engine.callback_url(&job), &job).await;
+        results.push((job, result));
+    }
+    let recorded = engine.record_triggers(store, results).await?;
+    report.triggered += recorded.triggered;
+    report.retried += recorded.retried;
+    report.failed += recorded.failed;
+    report.next_wakeup = earliest(report.next_wakeup, recorded.next_wakeup);
+    Ok(report)
 }
 
 /// Records every POST; answers from a script (default: 202 with eventID `ev-<n>`).
@@ -275,12 +337,19 @@ fn running(n: u32, seen: &[&str]) -> FixedCapacity {
 struct ScriptedTrigger {
     calls: Mutex<Vec<String>>,
     failures_left: Mutex<u32>,
+    /// Answers lost after sending (timeouts) before the failures.
+    lost_left: Mutex<u32>,
 }
 
 impl Trigger for ScriptedTrigger {
     async fn trigger(&self, request: TriggerRequest<'_>) -> Result<Option<String>, TriggerError> {
         let mut calls = self.calls.lock().map_err(|_| TriggerError::Timeout)?;
         calls.push(request.payload.to_owned());
+        let mut lost = self.lost_left.lock().map_err(|_| TriggerError::Timeout)?;
+        if *lost > 0 {
+            *lost -= 1;
+            return Err(TriggerError::Timeout);
+        }
         let mut failures = self
             .failures_left
             .lock()
@@ -297,6 +366,12 @@ impl Trigger for ScriptedTrigger {
 }
 
 struct ManualClock(Mutex<OffsetDateTime>);
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self(Mutex::new(T0))
+    }
+}
 
 impl ManualClock {
     fn advance(&self, d: Duration) {
@@ -317,13 +392,11 @@ fn dispatches_within_capacity_and_supersedes_waiting_events() {
     let mut engine = Engine::new(settings(1, 5));
     let mut store = MemStore::default();
     let trigger = ScriptedTrigger::default();
-    let clock = ManualClock(Mutex::new(T0));
     store.add_event(1, 10, "opened");
     store.add_event(2, 11, "opened");
     store.add_event(3, 12, "closed");
 
-    let report =
-        block_on(engine.run_pass(&mut store, &running(0, &[]), &trigger, &clock)).expect("pass");
+    let report = block_on(pass(&mut engine, &mut store, &running(0, &[]), &trigger)).expect("pass");
     assert_eq!(
         (report.planned, report.aborted, report.triggered),
         (3, 1, 1)
@@ -336,8 +409,13 @@ fn dispatches_within_capacity_and_supersedes_waiting_events() {
 
     // A push to PR 11 while it waits: the newer event takes its place.
     store.add_event(4, 11, "synchronize");
-    let report = block_on(engine.run_pass(&mut store, &running(1, &["ev-1"]), &trigger, &clock))
-        .expect("pass");
+    let report = block_on(pass(
+        &mut engine,
+        &mut store,
+        &running(1, &["ev-1"]),
+        &trigger,
+    ))
+    .expect("pass");
     assert_eq!(
         (report.superseded, report.triggered, report.confirmed),
         (1, 0, 1)
@@ -352,8 +430,13 @@ fn dispatches_within_capacity_and_supersedes_waiting_events() {
     );
 
     // The run finishes: the slot goes to the superseding event, with the old position.
-    let report = block_on(engine.run_pass(&mut store, &running(0, &["ev-1"]), &trigger, &clock))
-        .expect("pass");
+    let report = block_on(pass(
+        &mut engine,
+        &mut store,
+        &running(0, &["ev-1"]),
+        &trigger,
+    ))
+    .expect("pass");
     assert_eq!(report.triggered, 1);
     let calls = trigger.calls.lock().map(|c| c.clone()).unwrap_or_default();
     assert_eq!(calls, ["{\"n\":1}", "{\"n\":4}"]);
@@ -367,24 +450,23 @@ fn failed_triggers_back_off_then_fail() {
         failures_left: Mutex::new(10),
         ..Default::default()
     };
-    let clock = ManualClock(Mutex::new(T0));
     store.add_event(1, 10, "opened");
     let cap = running(0, &[]);
 
-    let report = block_on(engine.run_pass(&mut store, &cap, &trigger, &clock)).expect("pass");
+    let report = block_on(pass(&mut engine, &mut store, &cap, &trigger)).expect("pass");
     assert_eq!(report.retried, 1);
     let wake = report.next_wakeup.expect("retry scheduled");
     assert!(wake > T0 && wake <= T0 + Duration::from_secs(1), "{wake}");
 
     // Not due yet: nothing is sent.
-    let report = block_on(engine.run_pass(&mut store, &cap, &trigger, &clock)).expect("pass");
+    let report = block_on(pass(&mut engine, &mut store, &cap, &trigger)).expect("pass");
     assert_eq!(report.retried, 0);
 
-    clock.advance(Duration::from_secs(1));
-    let report = block_on(engine.run_pass(&mut store, &cap, &trigger, &clock)).expect("pass");
+    store.clock.advance(Duration::from_secs(1));
+    let report = block_on(pass(&mut engine, &mut store, &cap, &trigger)).expect("pass");
     assert_eq!(report.retried, 1);
-    clock.advance(Duration::from_secs(2));
-    let report = block_on(engine.run_pass(&mut store, &cap, &trigger, &clock)).expect("pass");
+    store.clock.advance(Duration::from_secs(2));
+    let report = block_on(pass(&mut engine, &mut store, &cap, &trigger)).expect("pass");
     assert_eq!(report.failed, 1);
     assert_eq!(store.states(), [(1, DispatchState::Failed)]);
     let err = store.dispatches[&1].1.clone().unwrap_or_default();
@@ -400,12 +482,11 @@ fn unknown_kubernetes_state_triggers_nothing() {
     let mut engine = Engine::new(settings(5, 5));
     let mut store = MemStore::default();
     let trigger = ScriptedTrigger::default();
-    let clock = ManualClock(Mutex::new(T0));
     store.add_event(1, 10, "opened");
     let down = FixedCapacity(Mutex::new(PoolState::Unknown {
         reason: "api unreachable".into(),
     }));
-    let report = block_on(engine.run_pass(&mut store, &down, &trigger, &clock)).expect("pass");
+    let report = block_on(pass(&mut engine, &mut store, &down, &trigger)).expect("pass");
     assert_eq!(report.triggered, 0);
     assert_eq!(report.usage[0].blocked.as_deref(), Some("api unreachable"));
     assert!(
@@ -415,8 +496,7 @@ fn unknown_kubernetes_state_triggers_nothing() {
             .map(|c| c.is_empty())
             .unwrap_or_default()
     );
-    let report =
-        block_on(engine.run_pass(&mut store, &running(0, &[]), &trigger, &clock)).expect("pass");
+    let report = block_on(pass(&mut engine, &mut store, &running(0, &[]), &trigger)).expect("pass");
     assert_eq!(report.triggered, 1);
 }
 
@@ -425,15 +505,13 @@ fn outcomes_that_could_not_be_recorded_are_recorded_next_pass() {
     let mut engine = Engine::new(settings(1, 5));
     let mut store = MemStore::default();
     let trigger = ScriptedTrigger::default();
-    let clock = ManualClock(Mutex::new(T0));
     store.add_event(1, 10, "opened");
     store.fail_record = true;
-    assert!(block_on(engine.run_pass(&mut store, &running(0, &[]), &trigger, &clock)).is_err());
+    assert!(block_on(pass(&mut engine, &mut store, &running(0, &[]), &trigger)).is_err());
     assert_eq!(store.states(), [(1, DispatchState::Triggering)]);
 
     store.fail_record = false;
-    let report =
-        block_on(engine.run_pass(&mut store, &running(0, &[]), &trigger, &clock)).expect("pass");
+    let report = block_on(pass(&mut engine, &mut store, &running(0, &[]), &trigger)).expect("pass");
     assert_eq!(
         report.triggered, 0,
         "the accepted trigger is not sent again"
@@ -445,12 +523,11 @@ fn outcomes_that_could_not_be_recorded_are_recorded_next_pass() {
 #[test]
 fn payloads_are_read_only_for_filters() {
     let trigger = ScriptedTrigger::default();
-    let clock = ManualClock(Mutex::new(T0));
 
     let mut engine = Engine::new(settings(5, 5));
     let mut store = MemStore::default();
     store.add_event(1, 10, "opened");
-    block_on(engine.run_pass(&mut store, &running(0, &[]), &trigger, &clock)).expect("pass");
+    block_on(pass(&mut engine, &mut store, &running(0, &[]), &trigger)).expect("pass");
     assert_eq!(store.payload_reads, 0, "no filter, no payload read");
 
     let mut engine = Engine::new(settings_with_filter(5, 5, Some("body.n == 2")));
@@ -458,8 +535,7 @@ fn payloads_are_read_only_for_filters() {
     store.add_event(1, 10, "opened");
     store.add_event(2, 11, "opened");
     store.add_event(3, 12, "closed");
-    let report =
-        block_on(engine.run_pass(&mut store, &running(0, &[]), &trigger, &clock)).expect("pass");
+    let report = block_on(pass(&mut engine, &mut store, &running(0, &[]), &trigger)).expect("pass");
     assert_eq!(
         store.payload_reads, 2,
         "only events a filtered item could match"
@@ -476,17 +552,16 @@ fn a_retried_dispatch_loses_to_a_newer_event() {
         failures_left: Mutex::new(1),
         ..Default::default()
     };
-    let clock = ManualClock(Mutex::new(T0));
     let cap = running(0, &[]);
     store.add_event(1, 10, "opened");
-    let report = block_on(engine.run_pass(&mut store, &cap, &trigger, &clock)).expect("pass");
+    let report = block_on(pass(&mut engine, &mut store, &cap, &trigger)).expect("pass");
     assert_eq!(report.retried, 1, "first attempt fails; back to the queue");
 
     // A push arrives while the first event waits for its retry.
     store.add_event(2, 10, "synchronize");
-    clock.advance(Duration::from_secs(2));
-    block_on(engine.run_pass(&mut store, &cap, &trigger, &clock)).expect("pass");
-    block_on(engine.run_pass(&mut store, &cap, &trigger, &clock)).expect("pass");
+    store.clock.advance(Duration::from_secs(2));
+    block_on(pass(&mut engine, &mut store, &cap, &trigger)).expect("pass");
+    block_on(pass(&mut engine, &mut store, &cap, &trigger)).expect("pass");
     assert_eq!(
         store.states(),
         [(1, DispatchState::Cancelled), (2, DispatchState::Triggered)]
@@ -504,23 +579,113 @@ fn outcomes_the_database_keeps_rejecting_are_dropped_not_replayed_forever() {
     let mut engine = Engine::new(settings(1, 5));
     let mut store = MemStore::default();
     let trigger = ScriptedTrigger::default();
-    let clock = ManualClock(Mutex::new(T0));
     let cap = running(0, &[]);
     store.add_event(1, 10, "opened");
     store.reject_record = true;
     // The failing pass, then two failing replays; the third replay gives up.
     for _ in 0..3 {
-        assert!(block_on(engine.run_pass(&mut store, &cap, &trigger, &clock)).is_err());
+        assert!(block_on(pass(&mut engine, &mut store, &cap, &trigger)).is_err());
     }
-    assert!(block_on(engine.run_pass(&mut store, &cap, &trigger, &clock)).is_ok());
+    assert!(block_on(pass(&mut engine, &mut store, &cap, &trigger)).is_ok());
     store.reject_record = false;
     store.add_event(2, 11, "opened");
-    let report =
-        block_on(engine.run_pass(&mut store, &cap, &trigger, &clock)).expect("pass resumes");
+    let report = block_on(pass(&mut engine, &mut store, &cap, &trigger)).expect("pass resumes");
     assert_eq!(report.planned, 1);
     assert_eq!(
         store.states()[0],
         (1, DispatchState::Triggering),
         "left for orphan recovery"
+    );
+}
+
+#[test]
+fn a_lost_answer_keeps_the_slot_and_the_run_confirms_it() {
+    let mut engine = Engine::new(settings(1, 5));
+    let mut store = MemStore::default();
+    let trigger = ScriptedTrigger {
+        lost_left: Mutex::new(1),
+        ..Default::default()
+    };
+    store.add_event(1, 10, "opened");
+    store.add_event(2, 11, "opened");
+    let report = block_on(pass(&mut engine, &mut store, &running(0, &[]), &trigger)).expect("pass");
+    assert_eq!(report.triggered, 0);
+    assert_eq!(
+        store.states(),
+        [(1, DispatchState::Triggering), (2, DispatchState::Queued)],
+        "the slot stays reserved for the unanswered trigger"
+    );
+
+    // Past the in-flight bound, before the reservation ends: still reserved,
+    // nothing retried, nothing else triggered.
+    store.clock.advance(Duration::from_secs(30));
+    block_on(pass(&mut engine, &mut store, &running(0, &[]), &trigger)).expect("pass");
+    assert_eq!(trigger.calls.lock().map(|c| c.len()).unwrap_or_default(), 1);
+
+    // Its run appears, created after the trigger, with an eventID nobody holds.
+    let cap = runs_at(1, &["ev-lost"], T0 + Duration::from_secs(1));
+    let report = block_on(pass(&mut engine, &mut store, &cap, &trigger)).expect("pass");
+    assert_eq!(report.confirmed, 1);
+    assert_eq!(store.dispatches[&1].0.state, DispatchState::Confirmed);
+    assert_eq!(
+        store.dispatches[&1].0.listener_event_id.as_deref(),
+        Some("ev-lost")
+    );
+    assert_eq!(
+        trigger.calls.lock().map(|c| c.len()).unwrap_or_default(),
+        1,
+        "never sent twice; the pool is full with the confirmed run"
+    );
+}
+
+#[test]
+fn an_unanswered_trigger_without_a_run_is_retried_after_the_reservation() {
+    let mut engine = Engine::new(settings(1, 5));
+    let mut store = MemStore::default();
+    let trigger = ScriptedTrigger {
+        lost_left: Mutex::new(1),
+        ..Default::default()
+    };
+    store.add_event(1, 10, "opened");
+    block_on(pass(&mut engine, &mut store, &running(0, &[]), &trigger)).expect("pass");
+    // A run that existed before the trigger is no evidence.
+    let cap = runs_at(0, &["ev-old"], T0 - Duration::from_secs(5));
+    store.clock.advance(Duration::from_secs(119));
+    block_on(pass(&mut engine, &mut store, &cap, &trigger)).expect("pass");
+    assert_eq!(store.states(), [(1, DispatchState::Triggering)]);
+    store.clock.advance(Duration::from_secs(1));
+    let report = block_on(pass(&mut engine, &mut store, &cap, &trigger)).expect("pass");
+    assert_eq!(report.retried, 1);
+    block_on(pass(&mut engine, &mut store, &cap, &trigger)).expect("pass");
+    assert_eq!(store.states(), [(1, DispatchState::Triggered)]);
+    assert_eq!(trigger.calls.lock().map(|c| c.len()).unwrap_or_default(), 2);
+}
+
+#[test]
+fn results_carried_over_from_a_lost_session_are_recorded_by_the_next_pass() {
+    let mut engine = Engine::new(settings(2, 5));
+    let mut store = MemStore::default();
+    let trigger = ScriptedTrigger::default();
+    store.add_event(1, 10, "opened");
+    let (_, jobs) = block_on(engine.plan_pass(&mut store, &running(0, &[]))).expect("plan");
+    assert_eq!(jobs.len(), 1);
+    // The session died while the POST was in flight; its answer arrives later.
+    let answer = Ok(Some("ev-9".to_owned()));
+    engine.carry_over(vec![(jobs[0].clone(), answer)], T0);
+    assert_eq!(engine.unrecorded(), 1);
+    let report = block_on(pass(&mut engine, &mut store, &running(1, &[]), &trigger)).expect("pass");
+    assert_eq!(report.triggered, 0);
+    assert_eq!(engine.unrecorded(), 0);
+    assert_eq!(store.states(), [(1, DispatchState::Triggered)]);
+    assert_eq!(
+        store.dispatches[&1].0.listener_event_id.as_deref(),
+        Some("ev-9")
+    );
+    assert!(
+        trigger
+            .calls
+            .lock()
+            .map(|c| c.is_empty())
+            .unwrap_or_default()
     );
 }

@@ -8,13 +8,14 @@ use time::macros::datetime;
 
 use super::*;
 use crate::config::{Settings, parse};
+use crate::ports::PoolState::Known;
 
 const NOW: OffsetDateTime = datetime!(2026-11-28 12:00 UTC);
 
 fn limits() -> DispatchLimits {
     DispatchLimits {
         reservation_timeout: Duration::from_secs(120),
-        orphan_after: Duration::from_secs(15),
+        in_flight_for: Duration::from_secs(15),
         max_attempts: 5,
     }
 }
@@ -30,6 +31,21 @@ fn settings(cap_a: u32) -> Settings {
     };
     let v = json!({
         "dispatcher": {"items": [item("a", "pa", cap_a), item("b", "pb", 1)]},
+        "security": {"verify_signatures": false},
+    });
+    let (raw, _) = parse(v).expect("parses");
+    Settings::from_raw(raw).expect("valid")
+}
+
+/// Like [`settings`], with `capacity.dispatch_label` on pool "pa".
+fn settings_labelled(cap_a: u32) -> Settings {
+    let v = json!({
+        "dispatcher": {"items": [{
+            "name": "a", "events": ["opened", "synchronize"], "full_repository_name": "o/r",
+            "callback_url": "http://el:8080",
+            "capacity": {"type": "ocp_tekton", "pipeline_name": "pa", "max_capacity": cap_a,
+                         "namespace": "ns", "dispatch_label": "example.com/dispatch"},
+        }]},
         "security": {"verify_signatures": false},
     });
     let (raw, _) = parse(v).expect("parses");
@@ -83,7 +99,14 @@ fn queued(id: i64, event: i64, pr_number: i64, item: &str, position: i64) -> Ope
 fn known(running: u32, seen: &[&str]) -> PoolState {
     PoolState::Known {
         running,
-        seen_event_ids: seen.iter().map(|s| (*s).to_owned()).collect(),
+        runs: seen
+            .iter()
+            .map(|s| RunView {
+                event_id: Some((*s).to_owned()),
+                dispatch_id: None,
+                created_at: Some(NOW - Duration::from_secs(3600)),
+            })
+            .collect(),
     }
 }
 
@@ -172,6 +195,7 @@ fn queued_dispatches_with_a_newer_sibling_are_superseded() {
         &s,
         &[stale, queued(2, 11, 7, "a", 11)],
         &pools(known(0, &[]), known(0, &[])),
+        &HashSet::new(),
         limits(),
         NOW,
     );
@@ -203,6 +227,7 @@ fn fills_free_slots_oldest_first() {
         &s,
         &open,
         &pools(known(0, &[]), known(0, &[])),
+        &HashSet::new(),
         limits(),
         NOW,
     );
@@ -211,6 +236,7 @@ fn fills_free_slots_oldest_first() {
         &s,
         &open,
         &pools(known(1, &[]), known(0, &[])),
+        &HashSet::new(),
         limits(),
         NOW,
     );
@@ -219,6 +245,7 @@ fn fills_free_slots_oldest_first() {
         &s,
         &open,
         &pools(known(5, &[]), known(0, &[])),
+        &HashSet::new(),
         limits(),
         NOW,
     );
@@ -238,6 +265,7 @@ fn unknown_pool_state_dispatches_nothing() {
             },
             known(0, &[]),
         ),
+        &HashSet::new(),
         limits(),
         NOW,
     );
@@ -263,6 +291,7 @@ fn reservations_hold_slots_until_seen_or_expired() {
         &s,
         &open,
         &pools(known(0, &[]), known(0, &[])),
+        &HashSet::new(),
         limits(),
         NOW,
     );
@@ -273,12 +302,16 @@ fn reservations_hold_slots_until_seen_or_expired() {
         &s,
         &open,
         &pools(known(0, &["ev-1"]), known(0, &[])),
+        &HashSet::new(),
         limits(),
         NOW,
     );
     assert_eq!(
         plan.outcomes,
-        [DispatchOutcome::Confirmed { id: DispatchId(1) }]
+        [DispatchOutcome::Confirmed {
+            id: DispatchId(1),
+            listener_event_id: None
+        }]
     );
     assert_eq!(
         plan.trigger,
@@ -290,6 +323,7 @@ fn reservations_hold_slots_until_seen_or_expired() {
         &s,
         &open,
         &pools(known(1, &["ev-1"]), known(0, &[])),
+        &HashSet::new(),
         limits(),
         NOW,
     );
@@ -304,6 +338,7 @@ fn reservations_hold_slots_until_seen_or_expired() {
         &s,
         &[old, queued(2, 11, 2, "a", 11)],
         &pools(known(0, &[]), known(0, &[])),
+        &HashSet::new(),
         limits(),
         NOW,
     );
@@ -315,29 +350,34 @@ fn reservations_hold_slots_until_seen_or_expired() {
 }
 
 #[test]
-fn orphaned_triggers_are_retried_after_the_grace_period() {
+fn orphaned_triggers_hold_their_slot_until_the_reservation_ends() {
     let s = settings(1);
     let mut t = queued(1, 10, 1, "a", 10);
     t.state = DispatchState::Triggering;
     t.attempts = 1;
+    let plan_at = |t: &OpenDispatch, pools: BTreeMap<PoolKey, PoolState>| {
+        plan_dispatch(
+            &s,
+            &[t.clone(), queued(2, 11, 2, "a", 11)],
+            &pools,
+            &HashSet::new(),
+            limits(),
+            NOW,
+        )
+    };
+    // Still in flight.
     t.trigger_started_at = Some(NOW - Duration::from_secs(5));
-    let plan = plan_dispatch(
-        &s,
-        std::slice::from_ref(&t),
-        &pools(known(0, &[]), known(0, &[])),
-        limits(),
-        NOW,
-    );
-    assert!(plan.outcomes.is_empty());
+    let plan = plan_at(&t, pools(known(0, &[]), known(0, &[])));
+    assert!(plan.outcomes.is_empty() && plan.trigger.is_empty());
     assert_eq!(plan.next_wakeup, Some(NOW + Duration::from_secs(10)));
+    // An orphan: its slot stays reserved until the reservation ends.
     t.trigger_started_at = Some(NOW - Duration::from_secs(16));
-    let plan = plan_dispatch(
-        &s,
-        &[t],
-        &pools(known(0, &[]), known(0, &[])),
-        limits(),
-        NOW,
-    );
+    let plan = plan_at(&t, pools(known(0, &[]), known(0, &[])));
+    assert!(plan.outcomes.is_empty() && plan.trigger.is_empty());
+    assert_eq!(plan.next_wakeup, Some(NOW + Duration::from_secs(104)));
+    // Reservation over and no run: retried.
+    t.trigger_started_at = Some(NOW - Duration::from_secs(120));
+    let plan = plan_at(&t, pools(known(0, &[]), known(0, &[])));
     assert!(matches!(
         plan.outcomes[..],
         [DispatchOutcome::Retry {
@@ -345,6 +385,157 @@ fn orphaned_triggers_are_retried_after_the_grace_period() {
             attempt: 1,
             ..
         }]
+    ));
+    // ...but never while Kubernetes is unknown: its run may exist unseen.
+    let down = PoolState::Unknown {
+        reason: "api down".into(),
+    };
+    let plan = plan_at(&t, pools(down, known(0, &[])));
+    assert!(plan.outcomes.is_empty() && plan.trigger.is_empty());
+}
+
+fn run(event_id: &str, dispatch_id: Option<i64>, created: OffsetDateTime) -> RunView {
+    RunView {
+        event_id: Some(event_id.to_owned()),
+        dispatch_id: dispatch_id.map(|d| d.to_string()),
+        created_at: Some(created),
+    }
+}
+
+fn orphan(id: i64, pr_number: i64, started: OffsetDateTime) -> OpenDispatch {
+    let mut d = queued(id, id * 10, pr_number, "a", id * 10);
+    d.state = DispatchState::Triggering;
+    d.attempts = 1;
+    d.trigger_started_at = Some(started);
+    d
+}
+
+#[test]
+fn orphans_are_matched_one_to_one_to_unclaimed_runs_created_after_them() {
+    let s = settings(3);
+    let t1 = NOW - Duration::from_secs(60);
+    let t2 = NOW - Duration::from_secs(50);
+    let open = [orphan(1, 1, t1), orphan(2, 2, t2)];
+    let runs = vec![
+        run("before", None, t1 - Duration::from_secs(1)),
+        run("claimed", None, t1 + Duration::from_secs(1)),
+        run("r1", None, t1 + Duration::from_secs(2)),
+        run("r2", None, t2 + Duration::from_secs(1)),
+    ];
+    let states = pools(Known { running: 2, runs }, known(0, &[]));
+    let candidates = orphan_candidates(&s, &open, &states, limits(), NOW);
+    assert_eq!(candidates, ["claimed", "r1", "r2"]);
+    let claimed = HashSet::from(["claimed".to_owned()]);
+    let plan = plan_dispatch(&s, &open, &states, &claimed, limits(), NOW);
+    assert_eq!(
+        plan.outcomes,
+        [
+            DispatchOutcome::Confirmed {
+                id: DispatchId(1),
+                listener_event_id: Some("r1".into())
+            },
+            DispatchOutcome::Confirmed {
+                id: DispatchId(2),
+                listener_event_id: Some("r2".into())
+            },
+        ]
+    );
+}
+
+#[test]
+fn a_dispatch_label_confirms_exactly_and_disables_inference() {
+    let s = settings_labelled(2);
+    let started = NOW - Duration::from_secs(60);
+    let open = [orphan(1, 1, started), orphan(2, 2, started)];
+    let runs = vec![
+        run("ev-x", Some(2), started + Duration::from_secs(1)),
+        run("ev-y", None, started + Duration::from_secs(1)),
+    ];
+    let states = pools(Known { running: 1, runs }, known(0, &[]));
+    assert!(orphan_candidates(&s, &open, &states, limits(), NOW).is_empty());
+    let plan = plan_dispatch(&s, &open, &states, &HashSet::new(), limits(), NOW);
+    assert_eq!(
+        plan.outcomes,
+        [DispatchOutcome::Confirmed {
+            id: DispatchId(2),
+            listener_event_id: Some("ev-x".into())
+        }],
+        "the run without the label is someone else's"
+    );
+}
+
+#[test]
+fn queued_work_follows_its_item_to_a_new_pool() {
+    let s = settings(1);
+    let mut d = queued(1, 10, 1, "a", 10);
+    d.pool = PoolKey("ns/old-pipeline".into());
+    let plan = plan_dispatch(
+        &s,
+        &[d],
+        &pools(known(0, &[]), known(0, &[])),
+        &HashSet::new(),
+        limits(),
+        NOW,
+    );
+    assert_eq!(
+        plan.outcomes,
+        [DispatchOutcome::Moved {
+            id: DispatchId(1),
+            pool: pool("pa"),
+            queued_label: "pa/queued".into()
+        }]
+    );
+    assert_eq!(plan.trigger, [DispatchId(1)]);
+}
+
+#[test]
+fn trigger_outcomes_follow_the_answer() {
+    let policy = RetryPolicy {
+        max_attempts: 3,
+        backoff_base: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(60),
+    };
+    let id = DispatchId(7);
+    assert!(matches!(
+        trigger_outcome(id, 1, Ok(None), policy, NOW),
+        DispatchOutcome::Triggered {
+            listener_event_id: None,
+            ..
+        }
+    ));
+    for lost in [
+        TriggerError::Timeout,
+        TriggerError::Unanswered("reset".into()),
+    ] {
+        assert!(
+            matches!(
+                trigger_outcome(id, 3, Err(lost), policy, NOW),
+                DispatchOutcome::Unanswered { attempt: 3, .. }
+            ),
+            "a lost answer is never retried at once, even on the last attempt"
+        );
+    }
+    let refused = || TriggerError::Rejected {
+        status: 503,
+        body: "busy".into(),
+    };
+    assert!(matches!(
+        trigger_outcome(id, 2, Err(refused()), policy, NOW),
+        DispatchOutcome::Retry { next_attempt_at, .. } if next_attempt_at > NOW
+    ));
+    assert!(matches!(
+        trigger_outcome(id, 3, Err(refused()), policy, NOW),
+        DispatchOutcome::Failed { attempt: 3, .. }
+    ));
+    assert!(matches!(
+        trigger_outcome(
+            id,
+            1,
+            Err(TriggerError::Transport("refused".into())),
+            policy,
+            NOW
+        ),
+        DispatchOutcome::Retry { .. }
     ));
 }
 
@@ -358,6 +549,7 @@ fn backoff_and_vanished_items() {
         &s,
         &[later, gone, queued(3, 12, 3, "a", 12)],
         &pools(known(0, &[]), known(0, &[])),
+        &HashSet::new(),
         limits(),
         NOW,
     );
@@ -459,7 +651,7 @@ impl Model {
             .map(|k| (k.clone(), known(*self.running.get(k).unwrap_or(&0), &[])))
             .collect();
         let open = self.open();
-        let plan = plan_dispatch(s, &open, &states, limits(), NOW);
+        let plan = plan_dispatch(s, &open, &states, &HashSet::new(), limits(), NOW);
 
         // Never more than free capacity per pool.
         let mut per_pool: HashMap<&PoolKey, u32> = HashMap::new();
@@ -557,5 +749,131 @@ proptest! {
             let same_key = m.events.iter().any(|e| e.id.0 == d.queue_position && e.pr == d.pr && e.items.iter().any(|i| i.item == d.item));
             prop_assert!(same_key, "position {} is not an event of {:?}", d.queue_position, d.pr);
         }
+    }
+}
+
+// ---- property tests of open triggers: lost answers (item 3) and failing closed (item 5) ----
+
+/// One dispatch of pool "pa" in a random state, and whether its run exists.
+#[derive(Debug, Clone)]
+struct OpenCase {
+    state: u8,
+    started_ago: u64,
+    run: Option<(bool, u64)>,
+}
+
+fn open_case() -> impl Strategy<Value = OpenCase> {
+    (
+        0u8..3,
+        0u64..200,
+        proptest::option::of((any::<bool>(), 0u64..200)),
+    )
+        .prop_map(|(state, started_ago, run)| OpenCase {
+            state,
+            started_ago,
+            run,
+        })
+}
+
+proptest! {
+    #[test]
+    fn open_triggers_are_settled_safely(
+        cases in proptest::collection::vec(open_case(), 0..8),
+        foreign in proptest::collection::vec(0u64..200, 0..4),
+        cap in 1u32..6,
+        running in 0u32..4,
+        labelled in any::<bool>(),
+        known_state in any::<bool>(),
+    ) {
+        let s = if labelled { settings_labelled(cap) } else { settings(cap) };
+        let secs = Duration::from_secs;
+        let mut open = Vec::new();
+        let mut runs = Vec::new();
+        for (i, c) in cases.iter().enumerate() {
+            let id = i as i64 + 1;
+            let started = NOW - secs(c.started_ago);
+            let mut d = queued(id, id, id, "a", id);
+            match c.state {
+                0 => {}
+                1 => {
+                    d.state = DispatchState::Triggering;
+                    d.attempts = 1;
+                    d.trigger_started_at = Some(started);
+                }
+                _ => {
+                    d.state = DispatchState::Triggered;
+                    d.attempts = 1;
+                    d.trigger_started_at = Some(started);
+                    d.triggered_at = Some(started);
+                    d.listener_event_id = Some(format!("ev-{id}"));
+                }
+            }
+            // A run exists only for a sent trigger, created after it was sent.
+            if let (Some((with_label, after)), 1 | 2) = (c.run, c.state) {
+                let created = started + secs(after.min(c.started_ago));
+                runs.push(RunView {
+                    event_id: Some(format!("ev-{id}")),
+                    dispatch_id: (labelled && with_label).then(|| id.to_string()),
+                    created_at: Some(created),
+                });
+            }
+            open.push(d);
+        }
+        for (n, ago) in foreign.iter().enumerate() {
+            runs.push(run(&format!("foreign-{n}"), None, NOW - secs(*ago)));
+        }
+        let state = if known_state {
+            Known { running, runs: runs.clone() }
+        } else {
+            PoolState::Unknown { reason: "api down".into() }
+        };
+        let states = BTreeMap::from([(pool("pa"), state)]);
+        let plan = plan_dispatch(&s, &open, &states, &HashSet::new(), limits(), NOW);
+        let by_id = |id: DispatchId| &open[(id.0 - 1) as usize];
+
+        if !known_state {
+            prop_assert!(plan.trigger.is_empty(), "nothing dispatched while Kubernetes is unknown");
+            prop_assert!(
+                plan.outcomes.iter().all(|o| !matches!(o, DispatchOutcome::Confirmed { .. } | DispatchOutcome::Retry { .. })),
+                "nothing confirmed or retried blind: {:?}", plan.outcomes
+            );
+        }
+        let mut confirmed_ids = HashSet::new();
+        let mut settled = HashSet::new();
+        for o in &plan.outcomes {
+            let d = by_id(o.id());
+            match o {
+                DispatchOutcome::Retry { .. } => {
+                    prop_assert_eq!(d.state, DispatchState::Triggering);
+                    let started = d.trigger_started_at.unwrap_or(NOW);
+                    prop_assert!(started + limits().reservation_timeout <= NOW, "an orphan is retried only after its reservation");
+                    let own = runs.iter().any(|r| r.dispatch_id.as_deref() == Some(&d.id.to_string()));
+                    prop_assert!(!own, "an orphan whose labelled run exists is never retried");
+                }
+                DispatchOutcome::Confirmed { listener_event_id, .. } => {
+                    if let Some(ev) = listener_event_id {
+                        prop_assert!(confirmed_ids.insert(ev.clone()), "one run confirms one dispatch");
+                        prop_assert!(runs.iter().any(|r| r.event_id.as_deref() == Some(ev.as_str())));
+                    }
+                    settled.insert(d.id);
+                }
+                _ => {}
+            }
+        }
+        // Capacity: new triggers fit beside running runs and every open
+        // trigger that is not settled (reserved), whatever happened to answers.
+        let reserved = open
+            .iter()
+            .filter(|d| !settled.contains(&d.id))
+            .filter(|d| match d.state {
+                DispatchState::Triggering => true,
+                DispatchState::Triggered => d.triggered_at.is_some_and(|t| t + limits().reservation_timeout > NOW),
+                _ => false,
+            })
+            .count() as u32;
+        prop_assert!(
+            plan.trigger.len() as u32 + running + reserved <= cap.max(running + reserved),
+            "over capacity: {} new, {running} running, {reserved} reserved, cap {cap}", plan.trigger.len()
+        );
     }
 }

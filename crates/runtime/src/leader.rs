@@ -1,0 +1,318 @@
+//! The leader/standby loop: contend for leadership; while leading, run
+//! engine passes whenever something may have changed (a stored delivery, a
+//! PipelineRun change, a trigger answer, a retry or reservation deadline, the
+//! slow safety timer), heartbeat while idle, and push labels beside it.
+//!
+//! A term ends when the session is lost (connection gone, pass timed out,
+//! heartbeat failed) or on shutdown. Trigger tasks outlive the term: their
+//! answers are awaited and recorded in the next term (lost session) or
+//! before returning (shutdown).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dispatcher_core::engine::{Engine, PassReport, TriggerResult};
+use dispatcher_core::ports::{ActiveSession, CapacitySource, LeaderElection, StoreError, Trigger};
+use time::OffsetDateTime;
+use tokio::sync::{Notify, watch};
+
+use crate::status::{Role, until};
+use crate::triggers::Triggers;
+use crate::{LabelWorkerFactory, Runtime};
+
+/// Pause after a pass failed for a reason other than losing the database.
+const PASS_ERROR_BACKOFF: Duration = Duration::from_secs(1);
+/// Slack on top of the trigger timeout when waiting for POSTs in flight.
+const DRAIN_SLACK: Duration = Duration::from_secs(2);
+
+/// Why a leadership term ended.
+enum TermEnd {
+    /// The session (and the lock with it) is gone.
+    Lost,
+    /// Shutdown was requested.
+    Shutdown,
+}
+
+pub(crate) async fn run<L, C, T>(runtime: Runtime<L, C, T>, mut shutdown: watch::Receiver<bool>)
+where
+    L: LeaderElection,
+    C: CapacitySource + 'static,
+    T: Trigger + Clone + 'static,
+{
+    let Runtime {
+        settings,
+        election,
+        capacity,
+        trigger,
+        labels,
+        status,
+    } = runtime;
+    let parts = Parts {
+        settings: Arc::clone(&settings),
+        capacity,
+        trigger: Arc::new(trigger),
+        labels,
+        status: Arc::clone(&status),
+    };
+    let mut engine = Engine::new(Arc::clone(&settings));
+    let mut triggers = Triggers::new();
+    let retry = settings.dispatch.leader_retry_interval;
+    let mut announced_standby = false;
+    while !*shutdown.borrow() {
+        status.tick();
+        match election.try_lead().await {
+            Ok(Some(session)) => {
+                announced_standby = false;
+                status.set_problem(None);
+                status.set_role(Role::Leader);
+                tracing::info!("this replica is now the active dispatcher");
+                let end = parts
+                    .term(&mut engine, session, &mut triggers, &mut shutdown)
+                    .await;
+                match end {
+                    TermEnd::Shutdown => {
+                        status.set_role(Role::Stopping);
+                        return;
+                    }
+                    TermEnd::Lost => {
+                        status.set_role(Role::Standby);
+                        parts.keep_answers(&mut engine, &mut triggers).await;
+                        continue;
+                    }
+                }
+            }
+            Ok(None) => {
+                if !announced_standby {
+                    tracing::info!("another replica is dispatching; standing by");
+                    announced_standby = true;
+                }
+                status.set_problem(None);
+                status.set_role(Role::Standby);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot contend for the dispatcher lock; retrying");
+                status.set_problem(Some(format!("cannot reach the database: {e}")));
+                status.set_role(Role::Standby);
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(retry) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    status.set_role(Role::Stopping);
+    if engine.unrecorded() > 0 {
+        tracing::warn!(
+            outcomes = engine.unrecorded(),
+            "stopping with trigger outcomes unrecorded; the active replica settles them from their PipelineRuns"
+        );
+    }
+}
+
+/// The runtime's parts, shared by every term.
+struct Parts<C, T> {
+    settings: Arc<dispatcher_core::config::Settings>,
+    capacity: Arc<C>,
+    trigger: Arc<T>,
+    labels: Option<LabelWorkerFactory>,
+    status: Arc<crate::DispatcherStatus>,
+}
+
+impl<C, T> Parts<C, T>
+where
+    C: CapacitySource + 'static,
+    T: Trigger + 'static,
+{
+    /// One leadership term.
+    async fn term<S: ActiveSession>(
+        &self,
+        engine: &mut Engine,
+        mut session: S,
+        triggers: &mut Triggers,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> TermEnd {
+        let d = &self.settings.dispatch;
+        let lease = session.lease();
+        let label_wake = Arc::new(Notify::new());
+        let _label_worker = self
+            .labels
+            .as_ref()
+            .map(|start| AbortOnDrop(tokio::spawn(start(Arc::clone(&label_wake)))));
+        let mut heartbeat = tokio::time::interval(d.heartbeat_interval());
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_pass = tokio::time::Instant::now() - d.min_pass_interval;
+        let mut answers: Vec<TriggerResult> = Vec::new();
+        loop {
+            if *shutdown.borrow() {
+                return self.stop(engine, &mut session, triggers, answers).await;
+            }
+            // Batch a flood of wake-ups into fewer passes (dispatch.min_pass_interval).
+            tokio::time::sleep_until(last_pass + d.min_pass_interval).await;
+            last_pass = tokio::time::Instant::now();
+            answers.extend(triggers.finished());
+            let pass = tokio::time::timeout(
+                d.pass_timeout(),
+                self.pass(engine, &mut session, std::mem::take(&mut answers)),
+            )
+            .await;
+            let next_wakeup = match pass {
+                Err(_) => {
+                    tracing::error!(
+                        timeout_secs = d.pass_timeout().as_secs(),
+                        "dispatch pass timed out; giving up leadership"
+                    );
+                    return TermEnd::Lost;
+                }
+                Ok(Ok((report, jobs))) => {
+                    self.after_pass(&report, &label_wake);
+                    for job in jobs {
+                        let url = engine.callback_url(&job).cloned();
+                        triggers.spawn(&self.trigger, url, job, lease.clone());
+                    }
+                    report
+                        .next_wakeup
+                        .map_or(d.safety_pass_interval, until)
+                        .min(d.safety_pass_interval)
+                }
+                Ok(Err(StoreError::LostLeadership | StoreError::Unavailable(_))) => {
+                    tracing::warn!("lost the database session; no longer the active dispatcher");
+                    return TermEnd::Lost;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "dispatch pass failed; retrying");
+                    if session.heartbeat().await.is_err() {
+                        return TermEnd::Lost;
+                    }
+                    PASS_ERROR_BACKOFF
+                }
+            };
+            let sleep = tokio::time::sleep(next_wakeup);
+            tokio::pin!(sleep);
+            // Wait for a reason to run the next pass; heartbeats keep the session alive meanwhile.
+            loop {
+                self.status.tick();
+                tokio::select! {
+                    _ = shutdown.changed() => break,
+                    woke = session.wait_for_wakeup() => {
+                        if woke.is_err() {
+                            tracing::warn!("lost the database session; no longer the active dispatcher");
+                            return TermEnd::Lost;
+                        }
+                        break;
+                    }
+                    answer = triggers.next() => {
+                        answers.push(answer);
+                        break;
+                    }
+                    () = self.capacity.changed() => break,
+                    () = &mut sleep => break,
+                    _ = heartbeat.tick() => {
+                        if let Err(e) = session.heartbeat().await {
+                            tracing::warn!(error = %e, "heartbeat failed; no longer the active dispatcher");
+                            return TermEnd::Lost;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records trigger answers, then plans and commits the next pass.
+    async fn pass<S: ActiveSession>(
+        &self,
+        engine: &mut Engine,
+        session: &mut S,
+        answers: Vec<TriggerResult>,
+    ) -> Result<(PassReport, Vec<dispatcher_core::ports::TriggerJob>), StoreError> {
+        let recorded = engine.record_triggers(session, answers).await?;
+        let (mut report, jobs) = engine.plan_pass(session, &*self.capacity).await?;
+        report.triggered += recorded.triggered;
+        report.retried += recorded.retried;
+        report.failed += recorded.failed;
+        report.next_wakeup = match (report.next_wakeup, recorded.next_wakeup) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok((report, jobs))
+    }
+
+    /// Shutdown while leading: no new triggers; wait for the POSTs already
+    /// sent and record them so the next leader need not treat them as orphans.
+    async fn stop<S: ActiveSession>(
+        &self,
+        engine: &mut Engine,
+        session: &mut S,
+        triggers: &mut Triggers,
+        mut answers: Vec<TriggerResult>,
+    ) -> TermEnd {
+        self.status.set_role(Role::Stopping);
+        tracing::info!(in_flight = triggers.len(), "stopping the dispatcher");
+        answers.extend(
+            triggers
+                .drain(self.settings.dispatch.trigger_timeout + DRAIN_SLACK)
+                .await,
+        );
+        if !answers.is_empty()
+            && let Err(e) = engine.record_triggers(session, answers).await
+        {
+            tracing::warn!(error = %e, "could not record the last trigger answers; the next leader settles them from their PipelineRuns");
+        }
+        TermEnd::Shutdown
+    }
+
+    /// After a lost session: wait for the POSTs still in flight and keep
+    /// their answers for the next term (each write is guarded by state and
+    /// attempt, so one a newer leader has overtaken changes nothing).
+    async fn keep_answers(&self, engine: &mut Engine, triggers: &mut Triggers) {
+        if triggers.len() == 0 {
+            return;
+        }
+        let answers = triggers
+            .drain(self.settings.dispatch.trigger_timeout + DRAIN_SLACK)
+            .await;
+        tracing::info!(
+            answers = answers.len(),
+            "keeping trigger answers that arrived after the session was lost"
+        );
+        engine.carry_over(answers, OffsetDateTime::now_utc());
+    }
+
+    fn after_pass(&self, report: &PassReport, label_wake: &Notify) {
+        let waiting = report
+            .usage
+            .iter()
+            .map(|u| (u.pool.0.clone(), u.waiting))
+            .collect();
+        self.status.pass_done(waiting);
+        if report.labels_changed > 0 {
+            label_wake.notify_one();
+        }
+        let busy =
+            report.planned + report.triggered + report.retried + report.failed + report.confirmed
+                > 0;
+        if busy {
+            tracing::info!(
+                planned = report.planned,
+                aborted = report.aborted,
+                superseded = report.superseded,
+                triggered = report.triggered,
+                retried = report.retried,
+                failed = report.failed,
+                confirmed = report.confirmed,
+                "dispatch pass"
+            );
+        }
+        for u in &report.usage {
+            tracing::debug!(pool = %u.pool, running = ?u.running, reserved = u.reserved, max = u.max_capacity, waiting = u.waiting, "pool usage");
+        }
+    }
+}
+
+/// Aborts a task when dropped (the label worker lives only while leading).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

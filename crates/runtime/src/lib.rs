@@ -1,0 +1,125 @@
+//! # dispatcher-runtime
+//!
+//! The Webhook Dispatcher's async orchestration, embeddable in any tokio
+//! program.
+//!
+//! **Owns:** contending for leadership (one active dispatcher among the
+//! replicas), the active replica's loop (passes on wake-ups, PipelineRun
+//! changes, deadlines and a slow safety timer; a heartbeat while idle; a
+//! timeout on every pass), trigger tasks in a [`tokio::task::JoinSet`] whose
+//! outcomes survive a lost session and are recorded in the next term, the
+//! label worker, shutdown that records POSTs already sent, and the status
+//! snapshot behind readiness and liveness.
+//!
+//! **Must not:** depend on a concrete adapter (PostgreSQL, Kubernetes,
+//! GitHub, hyper): it drives the `dispatcher-core` ports and engine only, so
+//! it is the one production path the engine tests also exercise, and an
+//! operator tool can plug in its own adapters. Decisions (what to trigger,
+//! retry or cancel) belong to `dispatcher-core`'s planner, not here.
+//!
+//! ```no_run
+//! # async fn demo<L, C, T>(settings: std::sync::Arc<dispatcher_core::config::Settings>, election: L, capacity: std::sync::Arc<C>, trigger: T)
+//! # where L: dispatcher_core::ports::LeaderElection, C: dispatcher_core::ports::CapacitySource + 'static, T: dispatcher_core::ports::Trigger + Clone + 'static {
+//! use dispatcher_runtime::Runtime;
+//!
+//! let runtime = Runtime::new(settings, election, capacity, trigger);
+//! let status = runtime.status(); // readiness, liveness
+//! let (stop, stopped) = tokio::sync::watch::channel(false);
+//! let task = tokio::spawn(runtime.run(stopped));
+//! // ... later, on SIGTERM:
+//! let _ = stop.send(true);
+//! let _ = task.await;
+//! # }
+//! ```
+//!
+//! `examples/embedded.rs` runs the intake HTTP service and the dispatcher
+//! with the production adapters inside another program.
+
+mod labels;
+mod leader;
+mod status;
+mod triggers;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use dispatcher_core::config::Settings;
+use dispatcher_core::ports::{CapacitySource, LabelStore, LeaderElection, PrNotifier, Trigger};
+use tokio::sync::{Notify, watch};
+
+pub use status::{DispatcherStatus, Role};
+
+/// Starts a label worker for one leadership term; it is woken through the
+/// `Notify` when label intents changed.
+type LabelWorkerFactory =
+    Arc<dyn Fn(Arc<Notify>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// The dispatcher of one replica: contends for leadership and, while it
+/// leads, dispatches. Build it with [`Runtime::new`], add optional parts,
+/// then [`Runtime::run`] it.
+pub struct Runtime<L, C, T> {
+    settings: Arc<Settings>,
+    election: L,
+    capacity: Arc<C>,
+    trigger: T,
+    labels: Option<LabelWorkerFactory>,
+    status: Arc<DispatcherStatus>,
+}
+
+impl<L, C, T> std::fmt::Debug for Runtime<L, C, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("status", &self.status)
+            .field("labels", &self.labels.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<L, C, T> Runtime<L, C, T>
+where
+    L: LeaderElection,
+    C: CapacitySource + 'static,
+    T: Trigger + Clone + 'static,
+{
+    /// A dispatcher over the given ports: leader election and the active
+    /// session's store, pool usage, and the EventListener client.
+    pub fn new(settings: Arc<Settings>, election: L, capacity: Arc<C>, trigger: T) -> Self {
+        let status = DispatcherStatus::new(&settings);
+        Self {
+            settings,
+            election,
+            capacity,
+            trigger,
+            labels: None,
+            status,
+        }
+    }
+
+    /// Pushes `<pipeline>/queued` labels to pull requests while leading.
+    #[must_use]
+    pub fn with_labels<S, N>(mut self, store: S, notifier: N) -> Self
+    where
+        S: LabelStore + Clone + Sync + 'static,
+        N: PrNotifier + Clone + 'static,
+    {
+        self.labels = Some(Arc::new(move |wake| {
+            Box::pin(labels::label_worker(store.clone(), notifier.clone(), wake))
+        }));
+        self
+    }
+
+    /// The status snapshot this runtime keeps current (role, passes, pools,
+    /// liveness). Clone it before [`Runtime::run`] consumes the runtime.
+    pub fn status(&self) -> Arc<DispatcherStatus> {
+        Arc::clone(&self.status)
+    }
+
+    /// Runs until `shutdown` turns true: contends for leadership, dispatches
+    /// while leading, and on shutdown stops starting triggers, waits for the
+    /// POSTs already sent (bounded by `dispatch.trigger_timeout`) and records
+    /// them.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        leader::run(self, shutdown).await;
+    }
+}

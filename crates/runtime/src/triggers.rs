@@ -1,0 +1,113 @@
+//! Trigger tasks: each POST runs in its own task so a slow EventListener
+//! never holds up other pools or the next pass. The set outlives leadership
+//! terms: when a session is lost with POSTs in flight, their answers are
+//! still awaited and handed to the engine to record in the next term.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dispatcher_core::engine::{TriggerResult, send_trigger};
+use dispatcher_core::ports::{Lease, Trigger, TriggerError, TriggerJob};
+use tokio::task::JoinSet;
+use url::Url;
+
+/// Trigger tasks in flight.
+pub(crate) struct Triggers {
+    tasks: JoinSet<TriggerResult>,
+}
+
+impl Triggers {
+    pub(crate) fn new() -> Self {
+        Self {
+            tasks: JoinSet::new(),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// POSTs `job` in its own task. The lease is checked right before the
+    /// request leaves: a replica that was frozen past its database session's
+    /// idle timeout (another replica may lead by now) sends nothing.
+    pub(crate) fn spawn<T, L>(
+        &mut self,
+        trigger: &Arc<T>,
+        url: Option<Url>,
+        job: TriggerJob,
+        lease: L,
+    ) where
+        T: Trigger + 'static,
+        L: Lease,
+    {
+        let trigger = Arc::clone(trigger);
+        self.tasks.spawn(async move {
+            let result = if lease.is_valid() {
+                send_trigger(&*trigger, url.as_ref(), &job).await
+            } else {
+                tracing::warn!(dispatch_id = %job.dispatch, "leadership lease expired; not sending the trigger");
+                Err(TriggerError::Transport(
+                    "not sent: this replica's leadership lease had expired".to_owned(),
+                ))
+            };
+            (job, result)
+        });
+    }
+
+    /// Results already finished, without waiting.
+    pub(crate) fn finished(&mut self) -> Vec<TriggerResult> {
+        let mut done = Vec::new();
+        while let Some(joined) = self.tasks.try_join_next() {
+            done.extend(keep(joined));
+        }
+        done
+    }
+
+    /// The next result (pending forever when nothing is in flight, so it can
+    /// sit in a `select!`).
+    pub(crate) async fn next(&mut self) -> TriggerResult {
+        loop {
+            match self.tasks.join_next().await {
+                Some(joined) => {
+                    if let Some(result) = keep(joined) {
+                        return result;
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    /// Waits for every POST in flight, at most `limit` (each POST has its
+    /// own timeout, so the limit only guards against a stuck task).
+    pub(crate) async fn drain(&mut self, limit: Duration) -> Vec<TriggerResult> {
+        let mut done = Vec::new();
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.tasks.is_empty() {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+                Ok(Some(joined)) => done.extend(keep(joined)),
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        outstanding = self.tasks.len(),
+                        "trigger tasks did not finish in time; their dispatches will be settled as orphans"
+                    );
+                    break;
+                }
+            }
+        }
+        done
+    }
+}
+
+fn keep(joined: Result<TriggerResult, tokio::task::JoinError>) -> Option<TriggerResult> {
+    match joined {
+        Ok(result) => Some(result),
+        Err(e) => {
+            // A panicking or aborted task: its dispatch stays `triggering` and
+            // is settled as an orphan (confirmed from its run, or retried).
+            tracing::error!(error = %e, "trigger task ended abnormally");
+            None
+        }
+    }
+}
