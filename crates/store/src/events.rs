@@ -4,7 +4,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Bool, Text};
 use diesel_async::RunQueryDsl;
 use dispatcher_core::domain::{
-    DispatchId, DispatchRecord, DispatchState, EventDetail, EventId, EventRecord, EventStatus,
+    DispatchId, DispatchRecord, DispatchState, EventDetail, EventId, EventRecord,
 };
 use dispatcher_core::intake::NewEvent;
 use dispatcher_core::ports::{
@@ -16,6 +16,7 @@ use crate::error;
 use crate::pool::Database;
 use crate::raw_json::RawJsonRef;
 use crate::schema::{dispatches, webhook_events};
+use crate::vocab::{DbDispatchState, DbEventStatus};
 
 /// Events stored in PostgreSQL; cheap to clone.
 #[derive(Debug, Clone)]
@@ -47,7 +48,7 @@ struct EventRow {
     processing_error: Option<String>,
     received_at: OffsetDateTime,
     processed_at: Option<OffsetDateTime>,
-    status: String,
+    status: DbEventStatus,
 }
 
 impl From<EventRow> for EventRecord {
@@ -62,8 +63,7 @@ impl From<EventRow> for EventRecord {
             processing_error: r.processing_error,
             received_at: r.received_at,
             processed_at: r.processed_at,
-            // The CHECK constraint keeps this in the vocabulary.
-            status: r.status.parse().unwrap_or(EventStatus::Pending),
+            status: r.status.0,
         }
     }
 }
@@ -74,7 +74,7 @@ struct DispatchRow {
     id: i64,
     item_name: String,
     pool: String,
-    state: String,
+    state: DbDispatchState,
     attempts: i32,
     next_attempt_at: OffsetDateTime,
     last_error: Option<String>,
@@ -121,7 +121,7 @@ impl PgEvents {
 fn filtered<'a>(filter: &'a EventFilter) -> webhook_events::BoxedQuery<'a, diesel::pg::Pg> {
     let mut q = webhook_events::table.into_boxed();
     if let Some(s) = filter.status {
-        q = q.filter(webhook_events::status.eq(s.as_str()));
+        q = q.filter(webhook_events::status.eq(DbEventStatus(s)));
     }
     if let Some(r) = &filter.repository_full_name {
         q = q.filter(webhook_events::repository_full_name.eq(r));
@@ -242,7 +242,7 @@ impl EventRepository for PgEvents {
         let dispatches = rows
             .into_iter()
             .map(|d| {
-                let state = d.state.parse().unwrap_or(DispatchState::Failed);
+                let state = d.state.0;
                 DispatchRecord {
                     id: DispatchId(d.id),
                     item: d.item_name,

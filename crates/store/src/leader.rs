@@ -4,41 +4,104 @@
 //! Routing all engine writes through the lock-holding connection is the
 //! fence: if the connection dies, the lock is released *and* this replica can
 //! no longer change anything, so two replicas never dispatch at once.
+//!
+//! Side effects outside the database (triggers) are fenced by time instead:
+//! the session runs with `idle_session_timeout` (and its in-transaction
+//! twin), so PostgreSQL itself ends the session of a leader that stopped
+//! answering, and the [`Lease`] tells the leader, without a round trip,
+//! whether that may already have happened.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
-use diesel::sql_types::{Array, Int8, Text, Timestamptz};
+use diesel::result::Error as DieselError;
+use diesel::sql_types::{Array, Bool, Int4, Int8, Text, Timestamptz};
+use diesel_async::pooled_connection::PoolableConnection;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use dispatcher_core::config::PoolKey;
 use dispatcher_core::domain::{
-    DispatchId, DispatchState, EventId, PullRequestRef, UNSUPPORTED_MESSAGE,
+    DispatchId, DispatchState, EventId, EventStatus, PullRequestRef, UNSUPPORTED_MESSAGE,
 };
 use dispatcher_core::planner::{DispatchOutcome, IntakePlan};
 use dispatcher_core::ports::{DispatchStore, OpenDispatch, StoreError, TriggerJob, UnplannedEvent};
 use futures_util::{FutureExt, StreamExt};
 use time::OffsetDateTime;
 
+use crate::connect;
 use crate::error;
 use crate::events::headers_from_json;
+use crate::lease::Lease;
 use crate::raw_json::RawJson;
-use crate::schema::{dispatches, webhook_events};
+use crate::schema::{dispatches, sql_types, webhook_events};
 use crate::status;
+use crate::vocab::{DbDispatchState, DbEventStatus};
 use crate::wakeup::WAKEUP_CHANNEL;
 
 /// Advisory lock key of the active dispatcher ("dispatch").
 const LEADER_LOCK: i64 = 0x6469_7370_6174_6368;
 
+/// Liveness settings of the leader session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaderOptions {
+    /// PostgreSQL ends the leader session, releasing the lock, once it has
+    /// waited this long for the leader's next statement (`idle_session_timeout`
+    /// and `idle_in_transaction_session_timeout`, PostgreSQL 14+). Bounds how
+    /// long a frozen leader keeps the lock; keep it below the failover target.
+    pub idle_session_timeout: Duration,
+    /// How often the runtime calls [`LeaderSession::heartbeat`] while idle;
+    /// must be well below `idle_session_timeout - lease_margin`.
+    pub heartbeat_interval: Duration,
+    /// Safety margin: the [`Lease`] runs out this long before PostgreSQL may
+    /// end the session (covers a trigger already on its way and timer slack).
+    pub lease_margin: Duration,
+}
+
+impl Default for LeaderOptions {
+    fn default() -> Self {
+        Self {
+            idle_session_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(2),
+            lease_margin: Duration::from_secs(3),
+        }
+    }
+}
+
+impl LeaderOptions {
+    /// How long one successful round trip keeps the lease valid:
+    /// `idle_session_timeout - lease_margin` (zero if the margin is larger).
+    pub fn lease_duration(&self) -> Duration {
+        self.idle_session_timeout.saturating_sub(self.lease_margin)
+    }
+}
+
 /// The active dispatcher's connection. Dropping it releases leadership.
+///
+/// Every successful round trip (a [`DispatchStore`] method or
+/// [`heartbeat`](Self::heartbeat)) renews the [`lease`](Self::lease). Once the
+/// connection is found gone the lease is revoked and every method returns
+/// [`StoreError::LostLeadership`] without touching the database.
 pub struct LeaderSession {
     conn: AsyncPgConnection,
     labels_enabled: bool,
+    options: LeaderOptions,
+    lease: Lease,
+    backend_pid: i32,
 }
 
 impl std::fmt::Debug for LeaderSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeaderSession").finish_non_exhaustive()
+        f.debug_struct("LeaderSession")
+            .field("backend_pid", &self.backend_pid)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for LeaderSession {
+    fn drop(&mut self) {
+        // The connection (and with it the lock) goes with the session.
+        self.lease.revoke();
     }
 }
 
@@ -51,7 +114,7 @@ struct NewDispatchRow<'a> {
     queued_label: &'a str,
     repository_full_name: &'a str,
     pull_request_number: i64,
-    state: &'a str,
+    state: DbDispatchState,
     queue_position: i64,
     next_attempt_at: OffsetDateTime,
     created_at: OffsetDateTime,
@@ -67,7 +130,7 @@ struct OpenRow {
     pool: String,
     repository_full_name: String,
     pull_request_number: i64,
-    state: String,
+    state: DbDispatchState,
     queue_position: i64,
     attempts: i32,
     next_attempt_at: OffsetDateTime,
@@ -84,22 +147,44 @@ struct OpenWithSiblings {
     has_newer: bool,
 }
 
+#[derive(QueryableByName)]
+struct SessionSetup {
+    #[diesel(sql_type = Int4)]
+    backend_pid: i32,
+}
+
+#[derive(QueryableByName)]
+struct Locked {
+    #[diesel(sql_type = Bool)]
+    locked: bool,
+}
+
 impl LeaderSession {
     pub(crate) async fn try_acquire(
-        url: &str,
+        config: &tokio_postgres::Config,
         connect_timeout: Duration,
         labels_enabled: bool,
+        options: LeaderOptions,
     ) -> Result<Option<Self>, StoreError> {
-        let mut conn = tokio::time::timeout(connect_timeout, AsyncPgConnection::establish(url))
-            .await
-            .map_err(|_| StoreError::Unavailable("timed out connecting to the database".into()))?
-            .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
-        let locked: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
-            "pg_try_advisory_lock({LEADER_LOCK})"
-        )))
+        let mut conn = connect::open(config, connect_timeout).await?;
+        // Limits first: from the moment the lock is held, a leader that stops
+        // answering loses the session (and the lock) after the timeout.
+        let started = Instant::now();
+        let timeout = format!("{}ms", connect::millis(options.idle_session_timeout));
+        let setup: SessionSetup = diesel::sql_query(
+            "SELECT pg_backend_pid() AS backend_pid,
+                    set_config('idle_session_timeout', $1, false),
+                    set_config('idle_in_transaction_session_timeout', $1, false)",
+        )
+        .bind::<Text, _>(&timeout)
         .get_result(&mut conn)
         .await
         .map_err(error::query)?;
+        let Locked { locked } = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
+            .bind::<Int8, _>(LEADER_LOCK)
+            .get_result(&mut conn)
+            .await
+            .map_err(error::query)?;
         if !locked {
             return Ok(None);
         }
@@ -107,36 +192,147 @@ impl LeaderSession {
             .execute(&mut conn)
             .await
             .map_err(error::query)?;
+        let lease_duration = options.lease_duration();
+        if options.heartbeat_interval >= lease_duration {
+            tracing::warn!(
+                heartbeat_interval = ?options.heartbeat_interval,
+                lease = ?lease_duration,
+                "the leader heartbeat is not more frequent than its lease lasts; triggers will be held back"
+            );
+        }
+        tracing::debug!(
+            backend_pid = setup.backend_pid,
+            idle_session_timeout = ?options.idle_session_timeout,
+            "holding the dispatcher lock"
+        );
         Ok(Some(Self {
             conn,
             labels_enabled,
+            options,
+            lease: Lease::new(started, lease_duration),
+            backend_pid: setup.backend_pid,
         }))
+    }
+
+    /// A handle on this session's lease, to check before sending anything.
+    pub fn lease(&self) -> Lease {
+        self.lease.clone()
+    }
+
+    /// The interval at which the runtime should call [`heartbeat`](Self::heartbeat)
+    /// (from [`LeaderOptions::heartbeat_interval`]).
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.options.heartbeat_interval
+    }
+
+    /// Process id of the session's PostgreSQL backend (for logs and operators).
+    pub fn backend_pid(&self) -> i32 {
+        self.backend_pid
+    }
+
+    /// One cheap round trip (`SELECT 1`): keeps PostgreSQL from ending the
+    /// idle session and renews the lease. No answer within
+    /// `idle_session_timeout` counts as a lost connection. An error means
+    /// leadership is gone ([`StoreError::LostLeadership`]) or, rarely, a
+    /// failure of the statement itself ([`StoreError::Query`]).
+    pub async fn heartbeat(&mut self) -> Result<(), StoreError> {
+        self.ensure_held()?;
+        let started = Instant::now();
+        let answered = tokio::time::timeout(
+            self.options.idle_session_timeout,
+            diesel::sql_query("SELECT 1").execute(&mut self.conn),
+        )
+        .await;
+        match answered {
+            Ok(result) => self.settle(started, result.map(drop)).await,
+            Err(_) => {
+                // A statement abandoned mid-flight leaves the connection unusable.
+                self.lease.revoke();
+                Err(StoreError::LostLeadership)
+            }
+        }
     }
 
     /// Waits for the next insert notification, then swallows any others
     /// already queued (one pass handles them all). An error means the
-    /// connection, and with it leadership, is gone.
+    /// connection, and with it leadership, is gone. Waiting is not a round
+    /// trip: call [`heartbeat`](Self::heartbeat) meanwhile.
     pub async fn wait_for_wakeup(&mut self) -> Result<(), StoreError> {
-        let mut stream = std::pin::pin!(self.conn.notifications_stream());
-        match stream.next().await {
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None => return Err(StoreError::LostLeadership),
-        }
-        while let Some(Some(item)) = stream.next().now_or_never() {
-            if item.is_err() {
-                return Err(StoreError::LostLeadership);
+        self.ensure_held()?;
+        let lost = {
+            let mut stream = std::pin::pin!(self.conn.notifications_stream());
+            match stream.next().await {
+                Some(Ok(_)) => {
+                    let mut lost = false;
+                    while let Some(Some(item)) = stream.next().now_or_never() {
+                        if item.is_err() {
+                            lost = true;
+                            break;
+                        }
+                    }
+                    lost
+                }
+                Some(Err(_)) | None => true,
             }
+        };
+        if lost {
+            self.lease.revoke();
+            return Err(StoreError::LostLeadership);
         }
         Ok(())
     }
 
-    /// Checks that the connection (and so the lock) is still alive.
-    pub async fn check(&mut self) -> Result<(), StoreError> {
-        diesel::sql_query("SELECT 1")
-            .execute(&mut self.conn)
-            .await
-            .map_err(error::leader)?;
-        Ok(())
+    fn ensure_held(&self) -> Result<(), StoreError> {
+        if self.lease.is_revoked() {
+            Err(StoreError::LostLeadership)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Turns the result of a round trip sent at `started` into the port's
+    /// result, renewing or revoking the lease.
+    async fn settle<T>(
+        &mut self,
+        started: Instant,
+        result: Result<T, DieselError>,
+    ) -> Result<T, StoreError> {
+        match result {
+            Ok(value) => {
+                self.lease.renew(started);
+                Ok(value)
+            }
+            Err(e) => Err(self.classify(e).await),
+        }
+    }
+
+    /// A failed statement: leadership is lost if the connection is, otherwise
+    /// it is the statement's own error. A server's FATAL message (terminated
+    /// backend, idle timeout) is not told apart from other errors by diesel,
+    /// so when in doubt the session is asked once more.
+    async fn classify(&mut self, e: DieselError) -> StoreError {
+        if error::is_connection_lost(&e) || self.conn.is_broken() || !self.probe().await {
+            self.lease.revoke();
+            tracing::debug!(error = %e, "the leader session is gone");
+            return StoreError::LostLeadership;
+        }
+        error::query(e)
+    }
+
+    /// Whether the connection still answers (renews the lease if so).
+    async fn probe(&mut self) -> bool {
+        let started = Instant::now();
+        let answered = tokio::time::timeout(
+            self.options.idle_session_timeout,
+            diesel::sql_query("SELECT 1").execute(&mut self.conn),
+        )
+        .await;
+        if matches!(answered, Ok(Ok(_))) {
+            self.lease.renew(started);
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -150,7 +346,7 @@ fn open_from_row(r: OpenRow) -> OpenDispatch {
             repository: r.repository_full_name,
             number: r.pull_request_number,
         },
-        state: r.state.parse().unwrap_or(DispatchState::Failed),
+        state: r.state.0,
         queue_position: r.queue_position,
         attempts: u32::try_from(r.attempts).unwrap_or_default(),
         next_attempt_at: r.next_attempt_at,
@@ -161,9 +357,14 @@ fn open_from_row(r: OpenRow) -> OpenDispatch {
     }
 }
 
+/// `(id, action, repository, pull request number, headers)` of an unplanned event.
+type UnplannedRow = (i64, String, String, i64, serde_json::Value);
+
 impl DispatchStore for LeaderSession {
     async fn unplanned_events(&mut self, limit: usize) -> Result<Vec<UnplannedEvent>, StoreError> {
-        let rows: Vec<(i64, String, String, i64, serde_json::Value)> = webhook_events::table
+        self.ensure_held()?;
+        let started = Instant::now();
+        let rows: Result<Vec<UnplannedRow>, _> = webhook_events::table
             .filter(webhook_events::planned_at.is_null())
             .order(webhook_events::id)
             .limit(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -175,8 +376,8 @@ impl DispatchStore for LeaderSession {
                 webhook_events::headers,
             ))
             .load(&mut self.conn)
-            .await
-            .map_err(error::leader)?;
+            .await;
+        let rows = self.settle(started, rows).await?;
         Ok(rows
             .into_iter()
             .map(|(id, action, repository, number, headers)| UnplannedEvent {
@@ -192,13 +393,15 @@ impl DispatchStore for LeaderSession {
         &mut self,
         ids: &[EventId],
     ) -> Result<HashMap<EventId, String>, StoreError> {
+        self.ensure_held()?;
         let ids: Vec<i64> = ids.iter().map(|e| e.0).collect();
-        let rows: Vec<(i64, RawJson)> = webhook_events::table
+        let started = Instant::now();
+        let rows: Result<Vec<(i64, RawJson)>, _> = webhook_events::table
             .filter(webhook_events::id.eq_any(&ids))
             .select((webhook_events::id, webhook_events::payload))
             .load(&mut self.conn)
-            .await
-            .map_err(error::leader)?;
+            .await;
+        let rows = self.settle(started, rows).await?;
         Ok(rows
             .into_iter()
             .map(|(id, payload)| (EventId(id), payload.0))
@@ -209,7 +412,9 @@ impl DispatchStore for LeaderSession {
         &mut self,
         reservation_cutoff: OffsetDateTime,
     ) -> Result<Vec<OpenDispatch>, StoreError> {
-        let rows: Vec<OpenWithSiblings> = diesel::sql_query(
+        self.ensure_held()?;
+        let started = Instant::now();
+        let rows: Result<Vec<OpenWithSiblings>, _> = diesel::sql_query(
             "SELECT d.id, d.event_id, d.item_name, d.pool, d.repository_full_name, d.pull_request_number,
                     d.state, d.queue_position, d.attempts, d.next_attempt_at, d.listener_event_id,
                     d.trigger_started_at, d.triggered_at,
@@ -219,14 +424,19 @@ impl DispatchStore for LeaderSession {
                                AND n.item_name = d.item_name
                                AND n.event_id > d.event_id) AS has_newer
                FROM dispatches d
-              WHERE d.state IN ('queued', 'triggering')
-                 OR (d.state = 'triggered' AND d.triggered_at > $1)
+              WHERE d.state = ANY($2)
+                 OR (d.state = $3 AND d.triggered_at > $1)
               ORDER BY d.pool, d.queue_position, d.id",
         )
         .bind::<Timestamptz, _>(reservation_cutoff)
+        .bind::<Array<sql_types::DispatchState>, _>(vec![
+            DbDispatchState(DispatchState::Queued),
+            DbDispatchState(DispatchState::Triggering),
+        ])
+        .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Triggered))
         .load(&mut self.conn)
-        .await
-        .map_err(error::leader)?;
+        .await;
+        let rows = self.settle(started, rows).await?;
         Ok(rows
             .into_iter()
             .map(|r| OpenDispatch {
@@ -256,7 +466,7 @@ impl DispatchStore for LeaderSession {
                     queued_label: &d.queued_label,
                     repository_full_name: &d.pr.repository,
                     pull_request_number: d.pr.number,
-                    state: d.state.as_str(),
+                    state: DbDispatchState(d.state),
                     queue_position: d.queue_position,
                     next_attempt_at: now,
                     created_at: now,
@@ -264,13 +474,16 @@ impl DispatchStore for LeaderSession {
                 }
             })
             .collect();
-        self.conn
+        self.ensure_held()?;
+        let started = Instant::now();
+        let result = self
+            .conn
             .transaction::<_, diesel::result::Error, _>(async |conn| {
                 // One statement marks every event planned and the unmatched ones aborted.
                 diesel::sql_query(
                     "UPDATE webhook_events
                         SET planned_at = $1,
-                            status = CASE WHEN id = ANY($3) THEN 'aborted' ELSE status END,
+                            status = CASE WHEN id = ANY($3) THEN $5 ELSE status END,
                             processing_error = CASE WHEN id = ANY($3) THEN $4 ELSE processing_error END,
                             processed_at = CASE WHEN id = ANY($3) THEN $1 ELSE processed_at END
                       WHERE id = ANY($2)",
@@ -279,6 +492,7 @@ impl DispatchStore for LeaderSession {
                 .bind::<Array<Int8>, _>(&planned)
                 .bind::<Array<Int8>, _>(&aborted)
                 .bind::<Text, _>(UNSUPPORTED_MESSAGE)
+                .bind::<sql_types::EventStatus, _>(DbEventStatus(EventStatus::Aborted))
                 .execute(conn)
                 .await?;
                 let mut touched: Vec<i64> = if superseded.is_empty() {
@@ -287,9 +501,12 @@ impl DispatchStore for LeaderSession {
                     diesel::update(
                         dispatches::table
                             .filter(dispatches::id.eq_any(&superseded))
-                            .filter(dispatches::state.eq("queued")),
+                            .filter(dispatches::state.eq(DbDispatchState(DispatchState::Queued))),
                     )
-                    .set((dispatches::state.eq("cancelled"), dispatches::finished_at.eq(now)))
+                    .set((
+                        dispatches::state.eq(DbDispatchState(DispatchState::Cancelled)),
+                        dispatches::finished_at.eq(now),
+                    ))
                     .returning(dispatches::event_id)
                     .get_results(conn)
                     .await?
@@ -309,10 +526,14 @@ impl DispatchStore for LeaderSession {
                 touched.sort_unstable();
                 touched.dedup();
                 status::refresh(conn, &touched, now).await?;
-                Ok(created.into_iter().filter(|d| d.state == "queued").map(open_from_row).collect())
+                Ok(created
+                    .into_iter()
+                    .filter(|d| d.state.0 == DispatchState::Queued)
+                    .map(open_from_row)
+                    .collect())
             })
-            .await
-            .map_err(error::leader)
+            .await;
+        self.settle(started, result).await
     }
 
     async fn begin_triggers(
@@ -320,16 +541,19 @@ impl DispatchStore for LeaderSession {
         ids: &[DispatchId],
         now: OffsetDateTime,
     ) -> Result<Vec<TriggerJob>, StoreError> {
+        self.ensure_held()?;
         let ids: Vec<i64> = ids.iter().map(|d| d.0).collect();
-        self.conn
+        let sent = Instant::now();
+        let result = self
+            .conn
             .transaction::<_, diesel::result::Error, _>(async |conn| {
                 let started: Vec<(i64, i64, String, String, i64, i32)> = diesel::update(
                     dispatches::table
                         .filter(dispatches::id.eq_any(&ids))
-                        .filter(dispatches::state.eq("queued")),
+                        .filter(dispatches::state.eq(DbDispatchState(DispatchState::Queued))),
                 )
                 .set((
-                    dispatches::state.eq("triggering"),
+                    dispatches::state.eq(DbDispatchState(DispatchState::Triggering)),
                     dispatches::attempts.eq(dispatches::attempts + 1),
                     dispatches::trigger_started_at.eq(now),
                 ))
@@ -384,8 +608,8 @@ impl DispatchStore for LeaderSession {
                 jobs.sort_by_key(|j| ids.iter().position(|i| *i == j.dispatch.0));
                 Ok(jobs)
             })
-            .await
-            .map_err(error::leader)
+            .await;
+        self.settle(sent, result).await
     }
 
     async fn record_outcomes(
@@ -393,100 +617,113 @@ impl DispatchStore for LeaderSession {
         outcomes: &[DispatchOutcome],
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        self.conn
-            .transaction::<_, diesel::result::Error, _>(async |conn| {
-                let mut touched = Vec::with_capacity(outcomes.len());
-                for outcome in outcomes {
-                    let target = dispatches::table.filter(dispatches::id.eq(outcome.id().0));
-                    // Each write is guarded by the state (and attempt) it expects, so a
-                    // stale outcome from before a leadership change cannot undo newer work.
-                    let changed: Option<i64> = match outcome {
-                        DispatchOutcome::Triggered {
-                            attempt,
-                            listener_event_id,
-                            ..
-                        } => diesel::update(
-                            target
-                                .filter(dispatches::state.eq("triggering"))
-                                .filter(dispatches::attempts.eq(attempt_i32(*attempt))),
-                        )
-                        .set((
-                            dispatches::state.eq("triggered"),
-                            dispatches::listener_event_id
-                                .eq(listener_event_id.as_deref().map(error::storable)),
-                            dispatches::triggered_at.eq(now),
-                        ))
-                        .returning(dispatches::event_id)
-                        .get_result(conn)
-                        .await
-                        .optional()?,
-                        DispatchOutcome::Retry {
-                            attempt,
-                            next_attempt_at,
-                            error,
-                            ..
-                        } => diesel::update(
-                            target
-                                .filter(dispatches::state.eq("triggering"))
-                                .filter(dispatches::attempts.eq(attempt_i32(*attempt))),
-                        )
-                        .set((
-                            dispatches::state.eq("queued"),
-                            dispatches::next_attempt_at.eq(next_attempt_at),
-                            dispatches::last_error.eq(error::storable(error)),
-                        ))
-                        .returning(dispatches::event_id)
-                        .get_result(conn)
-                        .await
-                        .optional()?,
-                        DispatchOutcome::Failed { attempt, error, .. } => diesel::update(
-                            target
-                                .filter(dispatches::state.eq_any(["triggering", "queued"]))
-                                .filter(dispatches::attempts.eq(attempt_i32(*attempt))),
-                        )
-                        .set((
-                            dispatches::state.eq("failed"),
-                            dispatches::last_error.eq(error::storable(error)),
-                            dispatches::finished_at.eq(now),
-                        ))
-                        .returning(dispatches::event_id)
-                        .get_result(conn)
-                        .await
-                        .optional()?,
-                        DispatchOutcome::Confirmed { .. } => {
-                            diesel::update(target.filter(dispatches::state.eq("triggered")))
-                                .set((
-                                    dispatches::state.eq("confirmed"),
-                                    dispatches::confirmed_at.eq(now),
-                                ))
-                                .returning(dispatches::event_id)
-                                .get_result(conn)
-                                .await
-                                .optional()?
-                        }
-                        DispatchOutcome::Superseded { .. } => {
-                            diesel::update(target.filter(dispatches::state.eq("queued")))
-                                .set((
-                                    dispatches::state.eq("cancelled"),
-                                    dispatches::finished_at.eq(now),
-                                ))
-                                .returning(dispatches::event_id)
-                                .get_result(conn)
-                                .await
-                                .optional()?
-                        }
-                    };
-                    touched.extend(changed);
-                }
-                touched.sort_unstable();
-                touched.dedup();
-                status::refresh(conn, &touched, now).await
-            })
-            .await
-            .map_err(error::leader)
+        self.ensure_held()?;
+        let started = Instant::now();
+        let result =
+            self.conn
+                .transaction::<_, diesel::result::Error, _>(async |conn| {
+                    let mut touched = Vec::with_capacity(outcomes.len());
+                    for outcome in outcomes {
+                        let target = dispatches::table.filter(dispatches::id.eq(outcome.id().0));
+                        // Each write is guarded by the state (and attempt) it expects, so a
+                        // stale outcome from before a leadership change cannot undo newer work.
+                        let changed: Option<i64> = match outcome {
+                            DispatchOutcome::Triggered {
+                                attempt,
+                                listener_event_id,
+                                ..
+                            } => diesel::update(
+                                target
+                                    .filter(
+                                        dispatches::state
+                                            .eq(DbDispatchState(DispatchState::Triggering)),
+                                    )
+                                    .filter(dispatches::attempts.eq(attempt_i32(*attempt))),
+                            )
+                            .set((
+                                dispatches::state.eq(DbDispatchState(DispatchState::Triggered)),
+                                dispatches::listener_event_id
+                                    .eq(listener_event_id.as_deref().map(error::storable)),
+                                dispatches::triggered_at.eq(now),
+                            ))
+                            .returning(dispatches::event_id)
+                            .get_result(conn)
+                            .await
+                            .optional()?,
+                            DispatchOutcome::Retry {
+                                attempt,
+                                next_attempt_at,
+                                error,
+                                ..
+                            } => diesel::update(
+                                target
+                                    .filter(
+                                        dispatches::state
+                                            .eq(DbDispatchState(DispatchState::Triggering)),
+                                    )
+                                    .filter(dispatches::attempts.eq(attempt_i32(*attempt))),
+                            )
+                            .set((
+                                dispatches::state.eq(DbDispatchState(DispatchState::Queued)),
+                                dispatches::next_attempt_at.eq(next_attempt_at),
+                                dispatches::last_error.eq(error::storable(error)),
+                            ))
+                            .returning(dispatches::event_id)
+                            .get_result(conn)
+                            .await
+                            .optional()?,
+                            DispatchOutcome::Failed { attempt, error, .. } => diesel::update(
+                                target
+                                    .filter(dispatches::state.eq_any([
+                                        DbDispatchState(DispatchState::Triggering),
+                                        DbDispatchState(DispatchState::Queued),
+                                    ]))
+                                    .filter(dispatches::attempts.eq(attempt_i32(*attempt))),
+                            )
+                            .set((
+                                dispatches::state.eq(DbDispatchState(DispatchState::Failed)),
+                                dispatches::last_error.eq(error::storable(error)),
+                                dispatches::finished_at.eq(now),
+                            ))
+                            .returning(dispatches::event_id)
+                            .get_result(conn)
+                            .await
+                            .optional()?,
+                            DispatchOutcome::Confirmed { .. } => diesel::update(target.filter(
+                                dispatches::state.eq(DbDispatchState(DispatchState::Triggered)),
+                            ))
+                            .set((
+                                dispatches::state.eq(DbDispatchState(DispatchState::Confirmed)),
+                                dispatches::confirmed_at.eq(now),
+                            ))
+                            .returning(dispatches::event_id)
+                            .get_result(conn)
+                            .await
+                            .optional()?,
+                            DispatchOutcome::Superseded { .. } => diesel::update(target.filter(
+                                dispatches::state.eq(DbDispatchState(DispatchState::Queued)),
+                            ))
+                            .set((
+                                dispatches::state.eq(DbDispatchState(DispatchState::Cancelled)),
+                                dispatches::finished_at.eq(now),
+                            ))
+                            .returning(dispatches::event_id)
+                            .get_result(conn)
+                            .await
+                            .optional()?,
+                        };
+                        touched.extend(changed);
+                    }
+                    touched.sort_unstable();
+                    touched.dedup();
+                    status::refresh(conn, &touched, now).await
+                })
+                .await;
+        self.settle(started, result).await
     }
 
     async fn reconcile_labels(&mut self, now: OffsetDateTime) -> Result<u64, StoreError> {
+        self.ensure_held()?;
         if !self.labels_enabled {
             return Ok(0);
         }
@@ -495,13 +732,14 @@ impl DispatchStore for LeaderSession {
             #[diesel(sql_type = Int8)]
             changed: i64,
         }
-        let result: Changed = diesel::sql_query(
+        let started = Instant::now();
+        let result: Result<Changed, _> = diesel::sql_query(
             "WITH wanted AS (
                  SELECT DISTINCT repository_full_name, pull_request_number, queued_label AS label
                    FROM dispatches
                   -- Waiting: queued, or being retried (a first attempt in flight
                   -- never waited, so dispatching at once never labels).
-                  WHERE state = 'queued' OR (state = 'triggering' AND attempts > 1)
+                  WHERE state = $2 OR (state = $3 AND attempts > 1)
              ), added AS (
                  INSERT INTO pr_labels AS p (repository_full_name, pull_request_number, label, wanted, next_attempt_at, updated_at)
                  SELECT repository_full_name, pull_request_number, label, TRUE, $1, $1 FROM wanted
@@ -520,9 +758,11 @@ impl DispatchStore for LeaderSession {
              SELECT (SELECT count(*) FROM added) + (SELECT count(*) FROM removed) AS changed",
         )
         .bind::<Timestamptz, _>(now)
+        .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Queued))
+        .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Triggering))
         .get_result(&mut self.conn)
-        .await
-        .map_err(error::leader)?;
+        .await;
+        let result = self.settle(started, result).await?;
         Ok(u64::try_from(result.changed).unwrap_or_default())
     }
 }

@@ -1,15 +1,20 @@
 //! The connection pool and the handles built on it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use diesel::ConnectionError;
 use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
 use dispatcher_core::ports::StoreError;
+use futures_util::FutureExt;
 
+use crate::connect::{self, ConnectionOptions};
 use crate::error;
+use crate::leader::LeaderOptions;
 use crate::wakeup::Wakeups;
 use crate::{LeaderSession, PgEvents, PgLabels};
 
@@ -18,18 +23,18 @@ use crate::{LeaderSession, PgEvents, PgLabels};
 pub struct PoolOptions {
     /// Most open connections.
     pub max_size: usize,
-    /// Time allowed to open one connection.
-    pub connect_timeout: Duration,
     /// Time a caller waits for a free connection before `Unavailable`.
     pub acquire_timeout: Duration,
+    /// How each connection (pooled, and the leader session) is opened.
+    pub connection: ConnectionOptions,
 }
 
 impl Default for PoolOptions {
     fn default() -> Self {
         Self {
             max_size: 10,
-            connect_timeout: Duration::from_secs(5),
             acquire_timeout: Duration::from_secs(5),
+            connection: ConnectionOptions::default(),
         }
     }
 }
@@ -39,7 +44,9 @@ impl Default for PoolOptions {
 pub struct Database {
     pool: Pool<AsyncPgConnection>,
     wakeups: Wakeups,
-    url: String,
+    /// Parsed URL with the connection options applied (holds the password:
+    /// never logged).
+    config: Arc<tokio_postgres::Config>,
     connect_timeout: Duration,
 }
 
@@ -53,20 +60,37 @@ impl std::fmt::Debug for Database {
 
 impl Database {
     /// Builds the pool; connections are opened lazily, so this does not fail
-    /// when the database is down (the status endpoint reports that). Call it
-    /// inside a tokio runtime: it starts the task that sends wake-ups.
+    /// when the database is down (the status endpoint reports that), only
+    /// when `url` is invalid ([`StoreError::Query`]). Call it inside a tokio
+    /// runtime: it starts the task that sends wake-ups.
     pub fn connect(url: &str, options: PoolOptions) -> Result<Self, StoreError> {
-        let mut config = ManagerConfig::default();
+        let config = Arc::new(connect::config(url, &options.connection)?);
+        let connect_timeout = options.connection.connect_timeout;
+        let mut manager_config = ManagerConfig::default();
         // Broken connections are detected by the driver; a round trip per
         // checkout would cost more than the occasional retry after a restart.
-        config.recycling_method = RecyclingMethod::Fast;
-        let manager =
-            AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
+        manager_config.recycling_method = RecyclingMethod::Fast;
+        let setup_config = Arc::clone(&config);
+        manager_config.custom_setup = Box::new(move |_url| {
+            let config = Arc::clone(&setup_config);
+            async move {
+                connect::open(&config, connect_timeout)
+                    .await
+                    .map_err(|e| ConnectionError::BadConnection(e.to_string()))
+            }
+            .boxed()
+        });
+        // The setup above connects with the parsed config; the manager needs
+        // no copy of the URL (and its password).
+        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+            "postgres://",
+            manager_config,
+        );
         let pool = Pool::builder(manager)
             .max_size(options.max_size)
             .wait_timeout(Some(options.acquire_timeout))
-            .create_timeout(Some(options.connect_timeout))
-            .recycle_timeout(Some(options.connect_timeout))
+            .create_timeout(Some(connect_timeout))
+            .recycle_timeout(Some(connect_timeout))
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
@@ -74,8 +98,8 @@ impl Database {
         Ok(Self {
             pool,
             wakeups,
-            url: url.to_owned(),
-            connect_timeout: options.connect_timeout,
+            config,
+            connect_timeout,
         })
     }
 
@@ -90,12 +114,19 @@ impl Database {
     }
 
     /// Tries to become the active dispatcher: `Some` while this replica holds
-    /// the lock (it is released when the session is dropped or its connection dies).
+    /// the lock (it is released when the session is dropped, its connection
+    /// dies, or PostgreSQL ends the session after `options.idle_session_timeout`
+    /// without a round trip). Opens a dedicated connection, with the pool's
+    /// connection options, on every call.
+    ///
+    /// Errors: [`StoreError::Unavailable`] when the server cannot be reached.
     pub async fn try_lead(
         &self,
         labels_enabled: bool,
+        options: LeaderOptions,
     ) -> Result<Option<LeaderSession>, StoreError> {
-        LeaderSession::try_acquire(&self.url, self.connect_timeout, labels_enabled).await
+        LeaderSession::try_acquire(&self.config, self.connect_timeout, labels_enabled, options)
+            .await
     }
 
     /// Wakes the active dispatcher (after a delivery committed).
@@ -105,5 +136,57 @@ impl Database {
 
     pub(crate) async fn conn(&self) -> Result<Object<AsyncPgConnection>, StoreError> {
         self.pool.get().await.map_err(error::pool)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use diesel_async::RunQueryDsl;
+    use dispatcher_testdb::TestDatabase;
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn statement_timeout_stops_long_statements_on_pool_connections() {
+        let t = TestDatabase::new();
+        let db = Database::connect(
+            t.url(),
+            PoolOptions {
+                connection: ConnectionOptions {
+                    statement_timeout: Some(Duration::from_millis(200)),
+                    ..ConnectionOptions::default()
+                },
+                ..PoolOptions::default()
+            },
+        )
+        .unwrap();
+        let mut conn = db.conn().await.unwrap();
+        let started = Instant::now();
+        let slept = diesel::sql_query("SELECT pg_sleep(5)")
+            .execute(&mut conn)
+            .await
+            .map_err(error::query);
+        let elapsed = started.elapsed();
+        let Err(StoreError::Query(e)) = slept else {
+            panic!("pg_sleep(5) was not stopped: {slept:?}");
+        };
+        assert!(e.to_string().contains("statement timeout"), "{e}");
+        assert!(
+            elapsed < Duration::from_secs(3),
+            "stopped after {elapsed:?}"
+        );
+        // The connection stays usable.
+        diesel::sql_query("SELECT 1")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    #[test]
+    fn an_invalid_url_fails_at_once() {
+        let built = Database::connect("postgres://u:pw@host:port/db", PoolOptions::default());
+        assert!(matches!(built, Err(StoreError::Query(_))));
     }
 }

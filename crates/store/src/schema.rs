@@ -1,7 +1,33 @@
 //! Diesel table definitions, mirroring `migrations/` (checked by the
 //! `schema_matches_migrations` test).
+//!
+//! The state columns are `text` in PostgreSQL but have their own SQL types
+//! here ([`sql_types`]), so only the store's typed wrappers of the domain
+//! vocabularies can be bound to or read from them: a string literal does not
+//! compile.
+
+/// SQL types of the vocabulary columns.
+pub mod sql_types {
+    /// `dispatches.state`: `text` holding a `DispatchState` spelling.
+    #[derive(
+        Debug, Clone, Copy, Default, diesel::sql_types::SqlType, diesel::query_builder::QueryId,
+    )]
+    // The fixed OIDs of `text` and `text[]`: no catalog lookup per connection.
+    #[diesel(postgres_type(oid = 25, array_oid = 1009))]
+    pub struct DispatchState;
+
+    /// `webhook_events.status`: `text` holding an `EventStatus` spelling.
+    #[derive(
+        Debug, Clone, Copy, Default, diesel::sql_types::SqlType, diesel::query_builder::QueryId,
+    )]
+    #[diesel(postgres_type(oid = 25, array_oid = 1009))]
+    pub struct EventStatus;
+}
 
 diesel::table! {
+    use diesel::sql_types::*;
+    use super::sql_types::EventStatus;
+
     webhook_events (id) {
         id -> Int8,
         delivery_id -> Text,
@@ -11,7 +37,7 @@ diesel::table! {
         pull_request_number -> Int8,
         payload -> Json,
         headers -> Jsonb,
-        status -> Text,
+        status -> EventStatus,
         processed -> Bool,
         processing_error -> Nullable<Text>,
         received_at -> Timestamptz,
@@ -21,6 +47,9 @@ diesel::table! {
 }
 
 diesel::table! {
+    use diesel::sql_types::*;
+    use super::sql_types::DispatchState;
+
     dispatches (id) {
         id -> Int8,
         event_id -> Int8,
@@ -29,7 +58,7 @@ diesel::table! {
         queued_label -> Text,
         repository_full_name -> Text,
         pull_request_number -> Int8,
-        state -> Text,
+        state -> DispatchState,
         queue_position -> Int8,
         attempts -> Int4,
         next_attempt_at -> Timestamptz,

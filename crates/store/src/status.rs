@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, Bool, Int8, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use dispatcher_core::domain::DispatchState;
 use dispatcher_core::status::{DispatchSummary, derive_event_status};
 use time::OffsetDateTime;
 
-use crate::schema::dispatches;
+use crate::schema::{dispatches, sql_types};
+use crate::vocab::{DbDispatchState, DbEventStatus};
 
 /// Recomputes the status of `event_ids` from their dispatches (call inside
 /// the transaction that changed them).
@@ -22,7 +22,7 @@ pub(crate) async fn refresh(
     if event_ids.is_empty() {
         return Ok(());
     }
-    let rows: Vec<(i64, String, Option<String>)> = dispatches::table
+    let rows: Vec<(i64, DbDispatchState, Option<String>)> = dispatches::table
         .filter(dispatches::event_id.eq_any(event_ids))
         .order((dispatches::event_id, dispatches::id))
         .select((
@@ -33,8 +33,7 @@ pub(crate) async fn refresh(
         .load(conn)
         .await?;
     let mut per_event: BTreeMap<i64, Vec<DispatchSummary>> = BTreeMap::new();
-    for (event_id, state, last_error) in rows {
-        let state = state.parse().unwrap_or(DispatchState::Failed);
+    for (event_id, DbDispatchState(state), last_error) in rows {
         per_event
             .entry(event_id)
             .or_default()
@@ -48,7 +47,7 @@ pub(crate) async fn refresh(
     for (id, summaries) in per_event {
         let derived = derive_event_status(&summaries);
         ids.push(id);
-        statuses.push(derived.status.as_str().to_owned());
+        statuses.push(DbEventStatus(derived.status));
         processed.push(derived.processed);
         errors.push(derived.error);
         finals.push(derived.is_final);
@@ -61,7 +60,7 @@ pub(crate) async fn refresh(
           WHERE e.id = v.id",
     )
     .bind::<Array<Int8>, _>(ids)
-    .bind::<Array<Text>, _>(statuses)
+    .bind::<Array<sql_types::EventStatus>, _>(statuses)
     .bind::<Array<Bool>, _>(processed)
     .bind::<Array<Nullable<Text>>, _>(errors)
     .bind::<Array<Bool>, _>(finals)

@@ -17,7 +17,7 @@ use dispatcher_core::planner::{DispatchOutcome, IntakePlan, NewDispatch};
 use dispatcher_core::ports::{
     DispatchStore, EventFilter, EventQuery, EventRepository, LabelStore, LabelTask, RecordOutcome,
 };
-use dispatcher_store::{Database, MIGRATIONS, PoolOptions};
+use dispatcher_store::{ConnectionOptions, Database, LeaderOptions, MIGRATIONS, PoolOptions};
 use dispatcher_testdb::TestDatabase;
 use time::OffsetDateTime;
 
@@ -68,7 +68,11 @@ async fn payload_is_stored_byte_exact() {
         stored.headers[0],
         ("X-GitHub-Event".to_owned(), "pull_request".to_owned())
     );
-    let mut leader = db(&t).try_lead(false).await.unwrap().expect("leader");
+    let mut leader = db(&t)
+        .try_lead(false, LeaderOptions::default())
+        .await
+        .unwrap()
+        .expect("leader");
     let unplanned = leader.unplanned_events(10).await.unwrap();
     assert_eq!(unplanned[0].id, id);
     let payloads = leader.event_payloads(&[id]).await.unwrap();
@@ -204,20 +208,27 @@ async fn only_one_leader_at_a_time() {
     let a = db(&t);
     let b = db(&t);
     let mut first = a
-        .try_lead(true)
+        .try_lead(true, LeaderOptions::default())
         .await
         .unwrap()
         .expect("first replica leads");
     assert!(
-        b.try_lead(true).await.unwrap().is_none(),
+        b.try_lead(true, LeaderOptions::default())
+            .await
+            .unwrap()
+            .is_none(),
         "second replica stands by"
     );
-    first.check().await.unwrap();
+    first.heartbeat().await.unwrap();
     drop(first);
     // The lock goes with the connection; the server frees it when the socket closes.
     let mut attempts = 0;
     loop {
-        if b.try_lead(true).await.unwrap().is_some() {
+        if b.try_lead(true, LeaderOptions::default())
+            .await
+            .unwrap()
+            .is_some()
+        {
             break;
         }
         attempts += 1;
@@ -230,7 +241,11 @@ async fn only_one_leader_at_a_time() {
 async fn inserts_wake_the_leader() {
     let t = TestDatabase::new();
     let database = db(&t);
-    let mut leader = database.try_lead(true).await.unwrap().expect("leader");
+    let mut leader = database
+        .try_lead(true, LeaderOptions::default())
+        .await
+        .unwrap()
+        .expect("leader");
     let waiting = tokio::spawn(async move { leader.wait_for_wakeup().await.map(|()| leader) });
     database
         .events()
@@ -264,7 +279,11 @@ async fn dispatch_lifecycle_updates_event_status() {
     let e1 = created(events.record(event("a", 1, "{\"n\":1}")).await.unwrap());
     let e2 = created(events.record(event("b", 1, "{\"n\":2}")).await.unwrap());
     let e3 = created(events.record(event("c", 2, "{\"n\":3}")).await.unwrap());
-    let mut leader = database.try_lead(true).await.unwrap().expect("leader");
+    let mut leader = database
+        .try_lead(true, LeaderOptions::default())
+        .await
+        .unwrap()
+        .expect("leader");
     let now = OffsetDateTime::now_utc();
 
     let plan = IntakePlan {
@@ -362,7 +381,11 @@ async fn retries_and_failures_are_recorded() {
     let t = TestDatabase::new();
     let database = db(&t);
     let e = created(database.events().record(event("a", 1, "{}")).await.unwrap());
-    let mut leader = database.try_lead(true).await.unwrap().expect("leader");
+    let mut leader = database
+        .try_lead(true, LeaderOptions::default())
+        .await
+        .unwrap()
+        .expect("leader");
     let now = OffsetDateTime::now_utc();
     let plan = IntakePlan {
         planned: vec![e],
@@ -417,7 +440,11 @@ async fn label_intents_follow_the_queue() {
     let t = TestDatabase::new();
     let database = db(&t);
     let e = created(database.events().record(event("a", 5, "{}")).await.unwrap());
-    let mut leader = database.try_lead(true).await.unwrap().expect("leader");
+    let mut leader = database
+        .try_lead(true, LeaderOptions::default())
+        .await
+        .unwrap()
+        .expect("leader");
     let mut labels = database.labels();
     let now = OffsetDateTime::now_utc();
     let plan = IntakePlan {
@@ -553,16 +580,18 @@ fn migrations_apply_on_a_database_holding_data() {
 #[tokio::test(flavor = "multi_thread")]
 async fn run_migrations_is_idempotent() {
     let t = TestDatabase::empty();
-    let applied = dispatcher_store::run_migrations(t.url()).await.unwrap();
+    let applied = dispatcher_store::run_migrations(t.url(), &ConnectionOptions::default())
+        .await
+        .unwrap();
     assert_eq!(applied.len(), 2);
     assert!(
-        dispatcher_store::run_migrations(t.url())
+        dispatcher_store::run_migrations(t.url(), &ConnectionOptions::default())
             .await
             .unwrap()
             .is_empty()
     );
     assert!(
-        dispatcher_store::pending_migrations(t.url())
+        dispatcher_store::pending_migrations(t.url(), &ConnectionOptions::default())
             .await
             .unwrap()
             .is_empty()
@@ -624,7 +653,11 @@ async fn a_retry_knows_about_newer_events_and_can_be_superseded() {
     let events = database.events();
     let e1 = created(events.record(event("a", 1, "{}")).await.unwrap());
     let e2 = created(events.record(event("b", 1, "{\"n\":2}")).await.unwrap());
-    let mut leader = database.try_lead(false).await.unwrap().expect("leader");
+    let mut leader = database
+        .try_lead(false, LeaderOptions::default())
+        .await
+        .unwrap()
+        .expect("leader");
     let now = OffsetDateTime::now_utc();
     let first = IntakePlan {
         planned: vec![e1],
