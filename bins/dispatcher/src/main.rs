@@ -106,9 +106,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => {
             let url = database_url(&settings)?;
             runtime()?.block_on(async {
-                let applied = dispatcher_store::run_migrations(&url)
-                    .await
-                    .context("applying migrations")?;
+                let applied =
+                    dispatcher_store::run_migrations(&url, &options::connection(&settings))
+                        .await
+                        .context("applying migrations")?;
                 if applied.is_empty() {
                     tracing::info!("database schema is up to date");
                 }

@@ -24,12 +24,13 @@ pub(crate) async fn serve(settings: Settings, database_url: &str) -> anyhow::Res
     let settings = Arc::new(settings);
     warn_about(&settings);
     let db = Database::connect(database_url, crate::options::pool(&settings))?;
-    let capacity = Arc::new(start_capacity(&settings));
+    let capacity = Arc::new(start_capacity(&settings).await);
     let trigger = EventListenerClient::new(settings.dispatch.trigger_timeout)
         .context("building the EventListener client")?;
+    let github = github_labels(&settings)?;
     let election = PgLeaderElection::new(
         db.clone(),
-        settings.github.token.is_some(),
+        github.is_some(),
         crate::options::leader(&settings),
     );
     let mut runtime = Runtime::new(
@@ -38,7 +39,7 @@ pub(crate) async fn serve(settings: Settings, database_url: &str) -> anyhow::Res
         Arc::clone(&capacity),
         trigger,
     );
-    if let Some(github) = github_labels(&settings)? {
+    if let Some(github) = github {
         runtime = runtime.with_labels(db.labels(), github);
     }
     let status = runtime.status();
@@ -96,7 +97,8 @@ async fn start_dispatching<L, C, T>(
     T: dispatcher_core::ports::Trigger + Clone + 'static,
 {
     while settings.database.migrate_on_start && !*stop.borrow() {
-        match dispatcher_store::run_migrations(&database_url).await {
+        let connection = crate::options::connection(&settings);
+        match dispatcher_store::run_migrations(&database_url, &connection).await {
             Ok(applied) => {
                 for version in &applied {
                     tracing::info!(%version, "applied migration");
@@ -125,8 +127,11 @@ fn http_app(
     status: &Arc<DispatcherStatus>,
     capacity: &Arc<KubeCapacity>,
 ) -> anyhow::Result<App<dispatcher_store::PgEvents>> {
-    let (report_settings, report_status, report_capacity) =
-        (Arc::clone(settings), Arc::clone(status), Arc::clone(capacity));
+    let (report_settings, report_status, report_capacity) = (
+        Arc::clone(settings),
+        Arc::clone(status),
+        Arc::clone(capacity),
+    );
     Ok(App::new(settings, db.events())
         .context("building the HTTP app")?
         .with_status_source(Arc::new(move || {
@@ -159,11 +164,13 @@ fn github_labels(settings: &Settings) -> anyhow::Result<Option<GithubLabels>> {
 
 fn warn_about(settings: &Settings) {
     if !settings.security.verify_signatures {
-        tracing::warn!("security.verify_signatures is off: any request that looks like a GitHub webhook is accepted");
+        tracing::warn!(
+            "security.verify_signatures is off: any request that looks like a GitHub webhook is accepted"
+        );
     }
 }
 
-fn start_capacity(settings: &Settings) -> KubeCapacity {
+async fn start_capacity(settings: &Settings) -> KubeCapacity {
     let d = &settings.dispatch;
     let options = CapacityOptions {
         resync_interval: d.capacity_resync_interval,
@@ -173,7 +180,11 @@ fn start_capacity(settings: &Settings) -> KubeCapacity {
     if settings.pools.is_empty() {
         return KubeCapacity::unavailable("no pools configured", options);
     }
-    KubeCapacity::connect(kube_client, settings.pools.values(), options)
+    // TODO(wt-gh merge): KubeCapacity::connect retries the client.
+    match kube_client().await {
+        Ok(client) => KubeCapacity::start(&client, settings.pools.values(), options),
+        Err(e) => KubeCapacity::unavailable(format!("no Kubernetes configuration: {e}"), options),
+    }
 }
 
 /// Completes on SIGTERM or SIGINT.

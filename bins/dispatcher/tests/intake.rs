@@ -422,5 +422,7 @@ async fn check_config_and_migrate_commands() {
 }
 
 async fn dispatcher_store_pending(url: &str) -> Vec<String> {
-    dispatcher_store::pending_migrations(url).await.unwrap()
+    dispatcher_store::pending_migrations(url, &dispatcher_store::ConnectionOptions::default())
+        .await
+        .unwrap()
 }

@@ -11,7 +11,7 @@
 //! answering, and the [`Lease`] tells the leader, without a round trip,
 //! whether that may already have happened.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
@@ -361,6 +361,30 @@ fn open_from_row(r: OpenRow) -> OpenDispatch {
 type UnplannedRow = (i64, String, String, i64, serde_json::Value);
 
 impl DispatchStore for LeaderSession {
+    async fn database_now(&mut self) -> Result<OffsetDateTime, StoreError> {
+        self.ensure_held()?;
+        let started = Instant::now();
+        let result = diesel::select(diesel::dsl::sql::<Timestamptz>("clock_timestamp()"))
+            .get_result(&mut self.conn)
+            .await;
+        self.settle(started, result).await
+    }
+
+    async fn claimed_listener_event_ids(
+        &mut self,
+        listener_event_ids: &[String],
+    ) -> Result<HashSet<String>, StoreError> {
+        self.ensure_held()?;
+        let started = Instant::now();
+        let result: Result<Vec<Option<String>>, _> = dispatches::table
+            .filter(dispatches::listener_event_id.eq_any(listener_event_ids))
+            .select(dispatches::listener_event_id)
+            .load(&mut self.conn)
+            .await;
+        let claimed = self.settle(started, result).await?;
+        Ok(claimed.into_iter().flatten().collect())
+    }
+
     async fn unplanned_events(&mut self, limit: usize) -> Result<Vec<UnplannedEvent>, StoreError> {
         self.ensure_held()?;
         let started = Instant::now();
@@ -522,13 +546,14 @@ impl DispatchStore for LeaderSession {
                         .get_results(conn)
                         .await?
                 };
+                let stale = cancel_stale(conn, &created, now).await?;
                 touched.extend(rows.iter().map(|r| r.event_id));
                 touched.sort_unstable();
                 touched.dedup();
                 status::refresh(conn, &touched, now).await?;
                 Ok(created
                     .into_iter()
-                    .filter(|d| d.state.0 == DispatchState::Queued)
+                    .filter(|d| d.state.0 == DispatchState::Queued && !stale.contains(&d.id))
                     .map(open_from_row)
                     .collect())
             })
@@ -619,20 +644,111 @@ impl DispatchStore for LeaderSession {
     ) -> Result<(), StoreError> {
         self.ensure_held()?;
         let started = Instant::now();
-        let result =
-            self.conn
-                .transaction::<_, diesel::result::Error, _>(async |conn| {
-                    let mut touched = Vec::with_capacity(outcomes.len());
-                    for outcome in outcomes {
-                        let target = dispatches::table.filter(dispatches::id.eq(outcome.id().0));
-                        // Each write is guarded by the state (and attempt) it expects, so a
-                        // stale outcome from before a leadership change cannot undo newer work.
-                        let changed: Option<i64> = match outcome {
-                            DispatchOutcome::Triggered {
-                                attempt,
-                                listener_event_id,
-                                ..
-                            } => diesel::update(
+        let result = self
+            .conn
+            .transaction::<_, diesel::result::Error, _>(async |conn| {
+                let mut touched = Vec::with_capacity(outcomes.len());
+                for outcome in outcomes {
+                    let target = dispatches::table.filter(dispatches::id.eq(outcome.id().0));
+                    // Each write is guarded by the state (and attempt) it expects, so a
+                    // stale outcome from before a leadership change cannot undo newer work.
+                    let changed: Option<i64> = match outcome {
+                        DispatchOutcome::Triggered {
+                            attempt,
+                            listener_event_id,
+                            ..
+                        } => diesel::update(
+                            target
+                                .filter(
+                                    dispatches::state
+                                        .eq(DbDispatchState(DispatchState::Triggering)),
+                                )
+                                .filter(dispatches::attempts.eq(attempt_i32(*attempt))),
+                        )
+                        .set((
+                            dispatches::state.eq(DbDispatchState(DispatchState::Triggered)),
+                            dispatches::listener_event_id
+                                .eq(listener_event_id.as_deref().map(error::storable)),
+                            dispatches::triggered_at.eq(now),
+                        ))
+                        .returning(dispatches::event_id)
+                        .get_result(conn)
+                        .await
+                        .optional()?,
+                        DispatchOutcome::Retry {
+                            attempt,
+                            next_attempt_at,
+                            error,
+                            ..
+                        } => diesel::update(
+                            target
+                                .filter(
+                                    dispatches::state
+                                        .eq(DbDispatchState(DispatchState::Triggering)),
+                                )
+                                .filter(dispatches::attempts.eq(attempt_i32(*attempt))),
+                        )
+                        .set((
+                            dispatches::state.eq(DbDispatchState(DispatchState::Queued)),
+                            dispatches::next_attempt_at.eq(next_attempt_at),
+                            dispatches::last_error.eq(error::storable(error)),
+                        ))
+                        .returning(dispatches::event_id)
+                        .get_result(conn)
+                        .await
+                        .optional()?,
+                        DispatchOutcome::Failed { attempt, error, .. } => diesel::update(
+                            target
+                                .filter(dispatches::state.eq_any([
+                                    DbDispatchState(DispatchState::Triggering),
+                                    DbDispatchState(DispatchState::Queued),
+                                ]))
+                                .filter(dispatches::attempts.eq(attempt_i32(*attempt))),
+                        )
+                        .set((
+                            dispatches::state.eq(DbDispatchState(DispatchState::Failed)),
+                            dispatches::last_error.eq(error::storable(error)),
+                            dispatches::finished_at.eq(now),
+                        ))
+                        .returning(dispatches::event_id)
+                        .get_result(conn)
+                        .await
+                        .optional()?,
+                        DispatchOutcome::Confirmed {
+                            listener_event_id, ..
+                        } => {
+                            let changed =
+                                diesel::update(target.filter(dispatches::state.eq_any([
+                                    DbDispatchState(DispatchState::Triggering),
+                                    DbDispatchState(DispatchState::Triggered),
+                                ])))
+                                .set((
+                                    dispatches::state.eq(DbDispatchState(DispatchState::Confirmed)),
+                                    dispatches::confirmed_at.eq(now),
+                                ))
+                                .returning(dispatches::event_id)
+                                .get_result(conn)
+                                .await
+                                .optional()?;
+                            // Confirmed from its run after the answer was lost:
+                            // keep the run's eventID (it claims the run) and a
+                            // trigger time.
+                            if let (Some(_), Some(run_event)) = (changed, listener_event_id) {
+                                diesel::update(
+                                    target.filter(dispatches::listener_event_id.is_null()),
+                                )
+                                .set(dispatches::listener_event_id.eq(error::storable(run_event)))
+                                .execute(conn)
+                                .await?;
+                                diesel::update(target.filter(dispatches::triggered_at.is_null()))
+                                    .set(dispatches::triggered_at.eq(now))
+                                    .execute(conn)
+                                    .await?;
+                            }
+                            changed
+                        }
+                        DispatchOutcome::Unanswered { attempt, error, .. } => {
+                            diesel::update(
                                 target
                                     .filter(
                                         dispatches::state
@@ -640,67 +756,28 @@ impl DispatchStore for LeaderSession {
                                     )
                                     .filter(dispatches::attempts.eq(attempt_i32(*attempt))),
                             )
-                            .set((
-                                dispatches::state.eq(DbDispatchState(DispatchState::Triggered)),
-                                dispatches::listener_event_id
-                                    .eq(listener_event_id.as_deref().map(error::storable)),
-                                dispatches::triggered_at.eq(now),
-                            ))
-                            .returning(dispatches::event_id)
-                            .get_result(conn)
-                            .await
-                            .optional()?,
-                            DispatchOutcome::Retry {
-                                attempt,
-                                next_attempt_at,
-                                error,
-                                ..
-                            } => diesel::update(
-                                target
-                                    .filter(
-                                        dispatches::state
-                                            .eq(DbDispatchState(DispatchState::Triggering)),
-                                    )
-                                    .filter(dispatches::attempts.eq(attempt_i32(*attempt))),
-                            )
-                            .set((
+                            .set(dispatches::last_error.eq(error::storable(error)))
+                            .execute(conn)
+                            .await?;
+                            None
+                        }
+                        DispatchOutcome::Moved {
+                            pool, queued_label, ..
+                        } => {
+                            diesel::update(target.filter(
                                 dispatches::state.eq(DbDispatchState(DispatchState::Queued)),
-                                dispatches::next_attempt_at.eq(next_attempt_at),
-                                dispatches::last_error.eq(error::storable(error)),
-                            ))
-                            .returning(dispatches::event_id)
-                            .get_result(conn)
-                            .await
-                            .optional()?,
-                            DispatchOutcome::Failed { attempt, error, .. } => diesel::update(
-                                target
-                                    .filter(dispatches::state.eq_any([
-                                        DbDispatchState(DispatchState::Triggering),
-                                        DbDispatchState(DispatchState::Queued),
-                                    ]))
-                                    .filter(dispatches::attempts.eq(attempt_i32(*attempt))),
-                            )
-                            .set((
-                                dispatches::state.eq(DbDispatchState(DispatchState::Failed)),
-                                dispatches::last_error.eq(error::storable(error)),
-                                dispatches::finished_at.eq(now),
-                            ))
-                            .returning(dispatches::event_id)
-                            .get_result(conn)
-                            .await
-                            .optional()?,
-                            DispatchOutcome::Confirmed { .. } => diesel::update(target.filter(
-                                dispatches::state.eq(DbDispatchState(DispatchState::Triggered)),
                             ))
                             .set((
-                                dispatches::state.eq(DbDispatchState(DispatchState::Confirmed)),
-                                dispatches::confirmed_at.eq(now),
+                                dispatches::pool.eq(&pool.0),
+                                dispatches::queued_label.eq(queued_label),
                             ))
                             .returning(dispatches::event_id)
                             .get_result(conn)
                             .await
-                            .optional()?,
-                            DispatchOutcome::Superseded { .. } => diesel::update(target.filter(
+                            .optional()?
+                        }
+                        DispatchOutcome::Superseded { .. } => {
+                            diesel::update(target.filter(
                                 dispatches::state.eq(DbDispatchState(DispatchState::Queued)),
                             ))
                             .set((
@@ -710,15 +787,16 @@ impl DispatchStore for LeaderSession {
                             .returning(dispatches::event_id)
                             .get_result(conn)
                             .await
-                            .optional()?,
-                        };
-                        touched.extend(changed);
-                    }
-                    touched.sort_unstable();
-                    touched.dedup();
-                    status::refresh(conn, &touched, now).await
-                })
-                .await;
+                            .optional()?
+                        }
+                    };
+                    touched.extend(changed);
+                }
+                touched.sort_unstable();
+                touched.dedup();
+                status::refresh(conn, &touched, now).await
+            })
+            .await;
         self.settle(started, result).await
     }
 
@@ -765,6 +843,53 @@ impl DispatchStore for LeaderSession {
         let result = self.settle(started, result).await?;
         Ok(u64::try_from(result.changed).unwrap_or_default())
     }
+}
+
+/// Cancels new queued dispatches for which a newer event of the same PR and
+/// item already has a dispatch in any state: a delivery whose insert
+/// committed after a newer one was planned (even triggered and finished)
+/// must never run. Returns their ids.
+async fn cancel_stale(
+    conn: &mut AsyncPgConnection,
+    created: &[OpenRow],
+    now: OffsetDateTime,
+) -> Result<Vec<i64>, DieselError> {
+    let queued: Vec<i64> = created
+        .iter()
+        .filter(|d| d.state.0 == DispatchState::Queued)
+        .map(|d| d.id)
+        .collect();
+    if queued.is_empty() {
+        return Ok(Vec::new());
+    }
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = Int8)]
+        id: i64,
+    }
+    let stale: Vec<Id> = diesel::sql_query(
+        "UPDATE dispatches d SET state = $2, finished_at = $3
+          WHERE d.id = ANY($1) AND d.state = $4
+            AND EXISTS (SELECT 1 FROM dispatches n
+                         WHERE n.repository_full_name = d.repository_full_name
+                           AND n.pull_request_number = d.pull_request_number
+                           AND n.item_name = d.item_name
+                           AND n.event_id > d.event_id)
+          RETURNING d.id",
+    )
+    .bind::<Array<Int8>, _>(&queued)
+    .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Cancelled))
+    .bind::<Timestamptz, _>(now)
+    .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Queued))
+    .load(conn)
+    .await?;
+    if !stale.is_empty() {
+        tracing::info!(
+            dispatches = stale.len(),
+            "cancelled deliveries that arrived after a newer event of their pull request"
+        );
+    }
+    Ok(stale.into_iter().map(|r| r.id).collect())
 }
 
 fn attempt_i32(attempt: u32) -> i32 {

@@ -32,6 +32,7 @@
 //! ```
 
 mod connect;
+mod election;
 mod error;
 mod events;
 mod labels;
@@ -47,6 +48,7 @@ mod vocab;
 mod wakeup;
 
 pub use connect::{ConnectionOptions, connect};
+pub use election::PgLeaderElection;
 pub use events::PgEvents;
 pub use labels::PgLabels;
 pub use leader::{LeaderOptions, LeaderSession};

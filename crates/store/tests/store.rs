@@ -361,7 +361,13 @@ async fn dispatch_lifecycle_updates_event_status() {
     );
 
     leader
-        .record_outcomes(&[DispatchOutcome::Confirmed { id }], now)
+        .record_outcomes(
+            &[DispatchOutcome::Confirmed {
+                id,
+                listener_event_id: None,
+            }],
+            now,
+        )
         .await
         .unwrap();
     let detail = status(e2).await;

@@ -1,0 +1,1 @@
+DROP INDEX dispatches_listener_event_id_idx;
