@@ -24,7 +24,7 @@ pub(crate) async fn serve(settings: Settings, database_url: &str) -> anyhow::Res
     let settings = Arc::new(settings);
     warn_about(&settings);
     let db = Database::connect(database_url, crate::options::pool(&settings))?;
-    let capacity = Arc::new(start_capacity(&settings).await);
+    let capacity = Arc::new(start_capacity(&settings));
     let trigger = EventListenerClient::new(settings.dispatch.trigger_timeout)
         .context("building the EventListener client")?;
     let github = github_labels(&settings)?;
@@ -170,7 +170,7 @@ fn warn_about(settings: &Settings) {
     }
 }
 
-async fn start_capacity(settings: &Settings) -> KubeCapacity {
+fn start_capacity(settings: &Settings) -> KubeCapacity {
     let d = &settings.dispatch;
     let options = CapacityOptions {
         resync_interval: d.capacity_resync_interval,
@@ -180,11 +180,8 @@ async fn start_capacity(settings: &Settings) -> KubeCapacity {
     if settings.pools.is_empty() {
         return KubeCapacity::unavailable("no pools configured", options);
     }
-    // TODO(wt-gh merge): KubeCapacity::connect retries the client.
-    match kube_client().await {
-        Ok(client) => KubeCapacity::start(&client, settings.pools.values(), options),
-        Err(e) => KubeCapacity::unavailable(format!("no Kubernetes configuration: {e}"), options),
-    }
+    // Keeps every pool unknown and retries while no Kubernetes configuration works.
+    KubeCapacity::connect(kube_client, settings.pools.values(), options)
 }
 
 /// Completes on SIGTERM or SIGINT.

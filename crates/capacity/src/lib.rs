@@ -3,9 +3,12 @@
 //! The Tekton side of the Webhook Dispatcher.
 //!
 //! **Owns:** counting unfinished PipelineRuns per capacity pool from the
-//! Kubernetes API (list + watch, with its own health tracking so a pool whose
-//! state is not known to be current dispatches nothing), and triggering
-//! EventListeners with the exact stored delivery.
+//! Kubernetes API (its own list + watch loop, with its own health tracking so
+//! a pool whose state is not known to be current dispatches nothing: from
+//! the moment a watch breaks or ends until a fresh full list succeeds, while
+//! the API errors or is silent, and while no Kubernetes client could be
+//! built), and triggering EventListeners with the exact stored delivery
+//! (redirects are not followed).
 //!
 //! **Must not:** know PostgreSQL, GitHub or HTTP serving. It implements the
 //! `CapacitySource` and `Trigger` ports of `dispatcher-core`.
@@ -16,14 +19,19 @@
 //! use dispatcher_capacity::{CapacityOptions, KubeCapacity, kube_client};
 //! use dispatcher_core::ports::CapacitySource;
 //!
-//! let client = kube_client().await?;
 //! let options = CapacityOptions {
 //!     resync_interval: Duration::from_secs(10),
 //!     stale_after: Duration::from_secs(30),
 //!     list_timeout: Duration::from_secs(10),
 //! };
-//! let capacity = KubeCapacity::start(&client, &pools, options);
+//! // Every pool is Unknown ("no Kubernetes configuration: ...") until
+//! // `kube_client` succeeds; it is retried in the background with backoff.
+//! let capacity = KubeCapacity::connect(kube_client, &pools, options);
 //! println!("{:?}", capacity.pool_state(&pools[0]));
+//!
+//! // With a client at hand:
+//! let client = kube_client().await?;
+//! let capacity = KubeCapacity::start(&client, &pools, options);
 //! # Ok(()) }
 //! ```
 

@@ -16,11 +16,15 @@ pub struct EventListenerClient {
 }
 
 impl EventListenerClient {
-    /// A client whose every POST times out after `timeout`.
+    /// A client whose every POST times out after `timeout`. It follows no
+    /// redirect: a 3xx is a [`TriggerError::Rejected`] like any non-202.
     pub fn new(timeout: Duration) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
+            // A redirect is an ordinary non-202 answer: the delivery (and its
+            // signature) goes only to the configured `callback_url`.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("webhook-dispatcher/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self { http })

@@ -3,25 +3,43 @@
 //! repairs drift and proves the API still answers.
 //!
 //! Health is tracked here rather than trusted to the client: kube's retries
-//! can make a watch look quiet-but-fine during an outage. A pool's state is
-//! `Unknown` (and nothing is dispatched into it) until the first full list,
-//! after any error until the next success, and when nothing succeeded for
-//! `stale_after`.
+//! can make a watch look quiet-but-fine during an outage, and kube's
+//! `watcher` helper reconnects on its own while its cache still looks
+//! current. So this module runs its own loop per watch: full list → watch
+//! from the list's resourceVersion → when the watch stream breaks or ends
+//! for any reason (including a 410 Gone or the server's timeout), the state
+//! is `Unknown` until a fresh full list succeeds, with capped backoff
+//! between failed lists. A pool's state is also `Unknown` before the first
+//! list, after any list error until the next success, and when nothing
+//! succeeded for `stale_after`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use dispatcher_core::backoff::retry_delay;
 use dispatcher_core::config::{PoolSpec, TektonApiVersion};
 use dispatcher_core::ports::{CapacitySource, PoolState};
 use futures_util::StreamExt;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, WatchEvent, WatchParams,
+};
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::pipelinerun::{PIPELINE_LABEL, RunInfo};
+
+/// Reason prefix of every pool while no Kubernetes client could be built.
+const NO_CONFIG: &str = "no Kubernetes configuration";
+/// `timeoutSeconds` of one watch request (kube's default; its client reads
+/// time out 5 s later).
+const WATCH_TIMEOUT_SECS: u32 = 290;
+/// First delay of the re-list and reconnect backoffs (at most the resync interval).
+const RETRY_BASE: Duration = Duration::from_millis(500);
+/// Longest delay of those backoffs (at most the resync interval).
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Timing of the capacity view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +50,16 @@ pub struct CapacityOptions {
     pub stale_after: Duration,
     /// Timeout of one full list.
     pub list_timeout: Duration,
+}
+
+impl CapacityOptions {
+    /// Delay after `failures` consecutive failures (≥ 1): exponential from
+    /// [`RETRY_BASE`], capped by the resync interval and [`RETRY_MAX`].
+    fn retry_delay(&self, failures: u32, seed: u64) -> Duration {
+        let base = RETRY_BASE.min(self.resync_interval);
+        let max = self.resync_interval.clamp(base, RETRY_MAX.max(base));
+        retry_delay(base, max, failures, seed)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -49,6 +77,13 @@ impl WatchKey {
             api_version: pool.api_version,
         }
     }
+
+    /// Jitter seed, so watches of different pipelines retry apart.
+    fn seed(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        self.hash(&mut h);
+        h.finish()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -57,11 +92,17 @@ struct Snapshot {
     synced: bool,
     last_ok: Option<Instant>,
     error: Option<String>,
-    /// Objects of a watch restart, swapped in at `InitDone`.
-    init_buffer: Option<HashMap<String, RunInfo>>,
     /// Runs the watch deleted since the last full list, with the version of
     /// their deletion, so a list taken before the deletion cannot revive them.
     deleted: HashMap<String, u64>,
+    /// A watch is open, following the last full list of the watch loop.
+    watching: bool,
+    /// Watches ended so far: a periodic list that started under another
+    /// epoch (or with no watch open) must not touch the state.
+    epoch: u64,
+    /// The current `error` is a routine watch restart (the server's
+    /// timeout): the pool is unknown, but that is not worth a warning.
+    routine_gap: bool,
 }
 
 impl Snapshot {
@@ -97,15 +138,23 @@ struct WatchState {
 }
 
 impl WatchState {
+    fn new(key: WatchKey) -> Self {
+        Self {
+            key,
+            snapshot: RwLock::new(Snapshot::default()),
+        }
+    }
+
     fn update(&self, f: impl FnOnce(&mut Snapshot)) {
         let Ok(mut s) = self.snapshot.write() else {
             return;
         };
-        let was_healthy = s.synced && s.error.is_none();
+        // For logging, a routine watch restart does not count as trouble.
+        let fine = |s: &Snapshot| s.synced && (s.error.is_none() || s.routine_gap);
+        let was_fine = fine(&s);
         f(&mut s);
-        let healthy = s.synced && s.error.is_none();
         let (ns, pipeline) = (&self.key.namespace, &self.key.pipeline);
-        match (was_healthy, healthy) {
+        match (was_fine, fine(&s)) {
             (false, true) => {
                 tracing::info!(namespace = %ns, pipeline = %pipeline, runs = s.runs.len(), "PipelineRun state is current")
             }
@@ -120,6 +169,20 @@ impl WatchState {
     fn ok(s: &mut Snapshot) {
         s.last_ok = Some(Instant::now());
         s.error = None;
+        s.routine_gap = false;
+    }
+
+    /// Records a failure (never routine).
+    fn fail(s: &mut Snapshot, error: String) {
+        s.error = Some(error);
+        s.routine_gap = false;
+    }
+
+    /// `(watching, epoch)` now.
+    fn watch_epoch(&self) -> (bool, u64) {
+        self.snapshot
+            .read()
+            .map_or((false, u64::MAX), |s| (s.watching, s.epoch))
     }
 }
 
@@ -129,52 +192,143 @@ pub struct KubeCapacity {
     watches: BTreeMap<WatchKey, Arc<WatchState>>,
     changed: Arc<Notify>,
     options: CapacityOptions,
-    unavailable: Option<String>,
+    /// Why every pool is unknown regardless of its watch (no client).
+    unavailable: Arc<RwLock<Option<String>>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// One state per distinct watch of `pools`.
+fn watch_states<'a>(
+    pools: impl IntoIterator<Item = &'a PoolSpec>,
+) -> BTreeMap<WatchKey, Arc<WatchState>> {
+    pools
+        .into_iter()
+        .map(|pool| {
+            let key = WatchKey::of(pool);
+            (key.clone(), Arc::new(WatchState::new(key)))
+        })
+        .collect()
+}
+
+/// The two tasks of one watch: the list + watch loop and the periodic resync.
+fn watch_tasks(
+    client: &kube::Client,
+    state: &Arc<WatchState>,
+    changed: &Arc<Notify>,
+    options: CapacityOptions,
+) -> [std::pin::Pin<Box<dyn Future<Output = ()> + Send>>; 2] {
+    let api = pipeline_runs(client.clone(), &state.key);
+    let labels = format!("{PIPELINE_LABEL}={}", state.key.pipeline);
+    [
+        Box::pin(follow(
+            api.clone(),
+            labels.clone(),
+            Arc::clone(state),
+            Arc::clone(changed),
+            options,
+        )),
+        Box::pin(resync(
+            api,
+            labels,
+            Arc::clone(state),
+            Arc::clone(changed),
+            options,
+        )),
+    ]
+}
+
 impl KubeCapacity {
-    /// Starts watching the PipelineRuns of every pool.
+    /// Starts watching the PipelineRuns of every pool. Call it inside a
+    /// Tokio runtime.
     pub fn start<'a>(
         client: &kube::Client,
         pools: impl IntoIterator<Item = &'a PoolSpec>,
         options: CapacityOptions,
     ) -> Self {
         let changed = Arc::new(Notify::new());
-        let mut watches = BTreeMap::new();
-        let mut tasks = Vec::new();
-        for pool in pools {
-            let key = WatchKey::of(pool);
-            if watches.contains_key(&key) {
-                continue;
-            }
-            let state = Arc::new(WatchState {
-                key: key.clone(),
-                snapshot: RwLock::new(Snapshot::default()),
-            });
-            let api = pipeline_runs(client.clone(), &key);
-            let labels = format!("{PIPELINE_LABEL}={}", key.pipeline);
-            tasks.push(tokio::spawn(watch(
-                api.clone(),
-                labels.clone(),
-                Arc::clone(&state),
-                Arc::clone(&changed),
-            )));
-            tasks.push(tokio::spawn(resync(
-                api,
-                labels,
-                Arc::clone(&state),
-                Arc::clone(&changed),
-                options,
-            )));
-            watches.insert(key, state);
-        }
+        let watches = watch_states(pools);
+        let tasks = watches
+            .values()
+            .flat_map(|state| watch_tasks(client, state, &changed, options))
+            .map(tokio::spawn)
+            .collect();
         Self {
             watches,
             changed,
             options,
-            unavailable: None,
+            unavailable: Arc::new(RwLock::new(None)),
             tasks,
+        }
+    }
+
+    /// Builds the Kubernetes client with `client_factory` in the background,
+    /// retrying failures with capped exponential backoff until one works,
+    /// then starts watching every pool. Until then every pool is `Unknown`
+    /// with a reason starting "no Kubernetes configuration: ". Call it
+    /// inside a Tokio runtime; typically `KubeCapacity::connect(kube_client,
+    /// pools, options)`.
+    pub fn connect<'a, F, Fut, E>(
+        mut client_factory: F,
+        pools: impl IntoIterator<Item = &'a PoolSpec>,
+        options: CapacityOptions,
+    ) -> Self
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<kube::Client, E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let changed = Arc::new(Notify::new());
+        let watches = watch_states(pools);
+        let unavailable = Arc::new(RwLock::new(Some(format!("{NO_CONFIG}: not loaded yet"))));
+        let task = tokio::spawn({
+            let watches: Vec<Arc<WatchState>> = watches.values().cloned().collect();
+            let changed = Arc::clone(&changed);
+            let unavailable = Arc::clone(&unavailable);
+            async move {
+                let mut failures = 0u32;
+                let client = loop {
+                    match client_factory().await {
+                        Ok(client) => break client,
+                        Err(e) => {
+                            failures = failures.saturating_add(1);
+                            let delay = options.retry_delay(failures, 0);
+                            let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                            if failures == 1 {
+                                tracing::error!(
+                                    error = %e, retry_in_ms,
+                                    "no Kubernetes configuration (in-cluster service account or KUBECONFIG); nothing will be dispatched until it loads"
+                                );
+                            } else {
+                                tracing::warn!(error = %e, attempts = failures, retry_in_ms, "Kubernetes configuration still failing");
+                            }
+                            set_unavailable(&unavailable, Some(format!("{NO_CONFIG}: {e}")));
+                            changed.notify_one();
+                            tokio::time::sleep(delay).await;
+                        }
+                    }
+                };
+                tracing::info!(
+                    attempts = failures + 1,
+                    "Kubernetes client ready; watching PipelineRuns"
+                );
+                // Owned here: aborting this task (dropping the capacity) aborts them.
+                let mut tasks = JoinSet::new();
+                for state in &watches {
+                    for task in watch_tasks(&client, state, &changed, options) {
+                        tasks.spawn(task);
+                    }
+                }
+                set_unavailable(&unavailable, None);
+                changed.notify_one();
+                while tasks.join_next().await.is_some() {}
+            }
+        });
+        Self {
+            watches,
+            changed,
+            options,
+            unavailable,
+            tasks: vec![task],
         }
     }
 
@@ -185,9 +339,22 @@ impl KubeCapacity {
             watches: BTreeMap::new(),
             changed: Arc::new(Notify::new()),
             options,
-            unavailable: Some(reason.into()),
+            unavailable: Arc::new(RwLock::new(Some(reason.into()))),
             tasks: Vec::new(),
         }
+    }
+
+    fn unavailable_reason(&self) -> Option<String> {
+        match self.unavailable.read() {
+            Ok(reason) => reason.clone(),
+            Err(_) => Some("internal state poisoned".to_owned()),
+        }
+    }
+}
+
+fn set_unavailable(unavailable: &RwLock<Option<String>>, reason: Option<String>) {
+    if let Ok(mut current) = unavailable.write() {
+        *current = reason;
     }
 }
 
@@ -201,10 +368,8 @@ impl Drop for KubeCapacity {
 
 impl CapacitySource for KubeCapacity {
     fn pool_state(&self, pool: &PoolSpec) -> PoolState {
-        if let Some(reason) = &self.unavailable {
-            return PoolState::Unknown {
-                reason: reason.clone(),
-            };
+        if let Some(reason) = self.unavailable_reason() {
+            return PoolState::Unknown { reason };
         }
         let Some(state) = self.watches.get(&WatchKey::of(pool)) else {
             return PoolState::Unknown {
@@ -268,56 +433,181 @@ fn name_of(obj: &DynamicObject) -> String {
     obj.metadata.name.clone().unwrap_or_default()
 }
 
-async fn watch(
+/// How one watch ended.
+struct WatchEnd {
+    reason: String,
+    /// Ended by the server's timeout: routine, not a failure.
+    routine: bool,
+    /// 410 Gone: the version expired; re-list at once.
+    gone: bool,
+}
+
+/// The watch loop: full list, then watch from the list's resourceVersion
+/// until the stream breaks or ends; the state is `Unknown` from that moment
+/// until the next full list succeeds. Failed lists back off (capped); so do
+/// watches that end without delivering anything.
+async fn follow(
     api: Api<DynamicObject>,
     labels: String,
     state: Arc<WatchState>,
     changed: Arc<Notify>,
+    options: CapacityOptions,
 ) {
-    let stream =
-        watcher::watcher(api, watcher::Config::default().labels(&labels)).default_backoff();
-    let mut stream = std::pin::pin!(stream);
-    while let Some(event) = stream.next().await {
-        state.update(|s| match event {
-            Ok(Event::Init) => s.init_buffer = Some(HashMap::new()),
-            Ok(Event::InitApply(obj)) => {
-                s.init_buffer
-                    .get_or_insert_with(HashMap::new)
-                    .insert(name_of(&obj), RunInfo::from_object(&obj));
+    let seed = state.key.seed();
+    let mut failures = 0u32;
+    loop {
+        if failures > 0 {
+            tokio::time::sleep(options.retry_delay(failures, seed)).await;
+        }
+        let listed = tokio::time::timeout(options.list_timeout, list_all(&api, &labels)).await;
+        let version = match listed {
+            Ok(Ok((runs, Some(version)))) => {
+                state.update(|s| {
+                    s.runs = runs;
+                    s.deleted.clear();
+                    s.synced = true;
+                    WatchState::ok(s);
+                });
+                changed.notify_one();
+                version
             }
-            Ok(Event::InitDone) => {
-                s.runs = s.init_buffer.take().unwrap_or_default();
-                s.deleted.clear();
-                s.synced = true;
-                WatchState::ok(s);
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => format!("PipelineRun list failed: {e}"),
+                    Err(_) => format!(
+                        "PipelineRun list timed out after {}s",
+                        options.list_timeout.as_secs()
+                    ),
+                    Ok(Ok(_)) => "the PipelineRun list carries no resourceVersion".to_owned(),
+                };
+                tracing::debug!(namespace = %state.key.namespace, pipeline = %state.key.pipeline, error = %error, failures, "PipelineRun list failed; retrying");
+                state.update(|s| WatchState::fail(s, error));
+                changed.notify_one();
+                failures = failures.saturating_add(1);
+                continue;
             }
-            Ok(Event::Apply(obj)) => {
-                s.runs.insert(name_of(&obj), RunInfo::from_object(&obj));
-                WatchState::ok(s);
-            }
-            Ok(Event::Delete(obj)) => {
-                let name = name_of(&obj);
-                if let Some(rv) = RunInfo::from_object(&obj).resource_version {
-                    s.deleted.insert(name.clone(), rv);
-                }
-                s.runs.remove(&name);
-                WatchState::ok(s);
-            }
-            Err(e) => s.error = Some(e.to_string()),
+        };
+        let opened = Instant::now();
+        let mut delivered = false;
+        let end = watch_from(&api, &labels, &version, &state, &changed, &mut delivered).await;
+        tracing::debug!(namespace = %state.key.namespace, pipeline = %state.key.pipeline, reason = %end.reason, "PipelineRun watch ended; unknown until a fresh list");
+        state.update(|s| {
+            s.watching = false;
+            s.epoch += 1;
+            s.error = Some(end.reason);
+            // A 410 is routine too: the list right after repairs it.
+            s.routine_gap = end.routine || end.gone;
         });
         changed.notify_one();
+        let lived = opened.elapsed() >= options.resync_interval;
+        failures = if delivered || lived || end.gone {
+            0
+        } else {
+            failures.saturating_add(1)
+        };
+    }
+}
+
+/// One watch request, followed until it ends.
+async fn watch_from(
+    api: &Api<DynamicObject>,
+    labels: &str,
+    version: &str,
+    state: &WatchState,
+    changed: &Notify,
+    delivered: &mut bool,
+) -> WatchEnd {
+    let params = WatchParams::default()
+        .labels(labels)
+        .timeout(WATCH_TIMEOUT_SECS);
+    let stream = match api.watch(&params, version).await {
+        Ok(stream) => stream,
+        Err(kube::Error::Api(status)) if status.code == 410 => {
+            return WatchEnd {
+                reason: format!("PipelineRun watch expired (410 Gone): {}", status.message),
+                routine: false,
+                gone: true,
+            };
+        }
+        Err(e) => {
+            return WatchEnd {
+                reason: format!("PipelineRun watch failed: {e}"),
+                routine: false,
+                gone: false,
+            };
+        }
+    };
+    state.update(|s| s.watching = true);
+    let mut stream = std::pin::pin!(stream);
+    loop {
+        let end = match stream.next().await {
+            None => WatchEnd {
+                reason: "PipelineRun watch ended; re-listing".to_owned(),
+                routine: true,
+                gone: false,
+            },
+            Some(Ok(WatchEvent::Added(obj) | WatchEvent::Modified(obj))) => {
+                state.update(|s| {
+                    s.runs.insert(name_of(&obj), RunInfo::from_object(&obj));
+                    WatchState::ok(s);
+                });
+                *delivered = true;
+                changed.notify_one();
+                continue;
+            }
+            Some(Ok(WatchEvent::Deleted(obj))) => {
+                state.update(|s| {
+                    let name = name_of(&obj);
+                    if let Some(rv) = RunInfo::from_object(&obj).resource_version {
+                        s.deleted.insert(name.clone(), rv);
+                    }
+                    s.runs.remove(&name);
+                    WatchState::ok(s);
+                });
+                *delivered = true;
+                changed.notify_one();
+                continue;
+            }
+            Some(Ok(WatchEvent::Bookmark(_))) => {
+                state.update(WatchState::ok);
+                *delivered = true;
+                continue;
+            }
+            Some(Ok(WatchEvent::Error(status))) => WatchEnd {
+                gone: status.code == 410,
+                reason: format!(
+                    "PipelineRun watch error (HTTP {}): {}",
+                    status.code, status.message
+                ),
+                routine: false,
+            },
+            Some(Err(kube::Error::Api(status))) => WatchEnd {
+                gone: status.code == 410,
+                reason: format!(
+                    "PipelineRun watch error (HTTP {}): {}",
+                    status.code, status.message
+                ),
+                routine: false,
+            },
+            Some(Err(e)) => WatchEnd {
+                reason: format!("PipelineRun watch broke: {e}"),
+                routine: false,
+                gone: false,
+            },
+        };
+        return end;
     }
 }
 
 /// Page size of the full list (PipelineRuns are large objects).
 const LIST_PAGE: u32 = 200;
 
+/// Runs of one list with its resourceVersion (as sent, for watching from it).
+type Listed = (HashMap<String, RunInfo>, Option<String>);
+
 /// Lists every PipelineRun of the watch, page by page; returns them with the
 /// list's resourceVersion.
-async fn list_all(
-    api: &Api<DynamicObject>,
-    labels: &str,
-) -> Result<(HashMap<String, RunInfo>, Option<u64>), kube::Error> {
+async fn list_all(api: &Api<DynamicObject>, labels: &str) -> Result<Listed, kube::Error> {
     let mut runs = HashMap::new();
     let mut version = None;
     let mut params = ListParams::default().labels(labels).limit(LIST_PAGE);
@@ -327,8 +617,8 @@ async fn list_all(
             version = page
                 .metadata
                 .resource_version
-                .as_deref()
-                .and_then(|v| v.parse().ok());
+                .clone()
+                .filter(|v| !v.is_empty());
         }
         runs.extend(
             page.items
@@ -342,6 +632,9 @@ async fn list_all(
     }
 }
 
+/// The periodic full list: repairs drift of an open watch and proves the
+/// API still answers. While the watch loop is re-listing it stays out of
+/// the way (that loop's own list decides when the state is current again).
 async fn resync(
     api: Api<DynamicObject>,
     labels: String,
@@ -349,17 +642,28 @@ async fn resync(
     changed: Arc<Notify>,
     options: CapacityOptions,
 ) {
-    let mut ticks = tokio::time::interval(options.resync_interval);
+    // The watch loop lists first; the periodic list starts one interval later.
+    let first = tokio::time::Instant::now() + options.resync_interval;
+    let mut ticks = tokio::time::interval_at(first, options.resync_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
+        let (watching, epoch) = state.watch_epoch();
+        if !watching {
+            continue;
+        }
         match tokio::time::timeout(options.list_timeout, list_all(&api, &labels)).await {
             Ok(Ok((runs, version))) => state.update(|s| {
-                s.merge_list(runs, version);
-                s.synced = true;
-                WatchState::ok(s);
+                // A watch that ended meanwhile makes this list stale.
+                if s.watching && s.epoch == epoch {
+                    s.merge_list(runs, version.and_then(|v| v.parse().ok()));
+                    s.synced = true;
+                    WatchState::ok(s);
+                }
             }),
-            Ok(Err(e)) => state.update(|s| s.error = Some(e.to_string())),
+            Ok(Err(e)) => {
+                state.update(|s| WatchState::fail(s, format!("PipelineRun list failed: {e}")));
+            }
             // A slow list proves nothing either way; staleness decides (a pool
             // whose watch and lists are all silent for `stale_after` is unknown).
             Err(_) => tracing::warn!(

@@ -4,13 +4,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dispatcher_capacity::{CapacityOptions, EventListenerClient, KubeCapacity};
 use dispatcher_core::config::{PoolKey, PoolSpec, TektonApiVersion};
 use dispatcher_core::domain::DispatchId;
 use dispatcher_core::ports::{CapacitySource, PoolState, Trigger, TriggerError, TriggerRequest};
-use dispatcher_fakes::{FakeEventListener, FakeKube};
+use dispatcher_fakes::{FakeEventListener, FakeKube, FakeRedirect, KubeRequest};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -39,10 +41,41 @@ fn options(resync: Duration) -> CapacityOptions {
 }
 
 async fn client(kube: &FakeKube) -> kube::Client {
+    client_for(&kube.url())
+}
+
+fn client_for(url: &str) -> kube::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut config = kube::Config::new(kube.url().parse().unwrap());
+    let mut config = kube::Config::new(url.parse().unwrap());
     config.default_retry = false;
     kube::Client::try_from(config).unwrap()
+}
+
+/// Periodic lists and staleness far beyond any test: only the watch loop
+/// itself can change the pool's health.
+fn watch_only() -> CapacityOptions {
+    options(Duration::from_secs(3600))
+}
+
+/// Polls `pool_state` (not only on change notifications) until `pred` holds.
+async fn poll_state(
+    capacity: &KubeCapacity,
+    pool: &PoolSpec,
+    within: Duration,
+    pred: impl Fn(&PoolState) -> bool,
+) -> PoolState {
+    let mut tick = tokio::time::interval(Duration::from_millis(2));
+    let result = tokio::time::timeout(within, async {
+        loop {
+            tick.tick().await;
+            let state = capacity.pool_state(pool);
+            if pred(&state) {
+                return state;
+            }
+        }
+    })
+    .await;
+    result.unwrap_or_else(|_| panic!("state never matched; last: {:?}", capacity.pool_state(pool)))
 }
 
 /// Waits on the capacity's own change notifications until `pred` holds.
@@ -288,4 +321,245 @@ async fn triggers_time_out_and_report_transport_errors() {
         .await
         .unwrap_err();
     assert!(matches!(err, TriggerError::Transport(_)), "{err}");
+}
+
+/// A watch that drops while the API answers 503 makes the pool unknown at
+/// once, and it stays unknown until the API is back and a full list succeeded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_watch_is_unknown_until_a_fresh_list_succeeds() {
+    let kube = FakeKube::start().await.unwrap();
+    let p = pool(&[], TektonApiVersion::V1);
+    let capacity = Arc::new(KubeCapacity::start(
+        &client(&kube).await,
+        [&p],
+        watch_only(),
+    ));
+    wait_state(&capacity, &p, |s| running(s) == Some(0)).await;
+
+    kube.set_down(true); // 503 to everything; the open watch ends
+    let lists_while_down = kube.request_counts().0;
+    let state = poll_state(&capacity, &p, Duration::from_secs(5), |s| {
+        matches!(s, PoolState::Unknown { .. })
+    })
+    .await;
+    let PoolState::Unknown { reason } = state else {
+        unreachable!()
+    };
+    // The watch end, or already the failed re-list after it.
+    assert!(reason.contains("Kubernetes API error"), "{reason}");
+
+    // From now on, a Known state needs a list the fake answered after coming back.
+    let done = Arc::new(AtomicBool::new(false));
+    let monitor = tokio::spawn({
+        let (capacity, p, kube, done) = (
+            Arc::clone(&capacity),
+            p.clone(),
+            kube.clone(),
+            Arc::clone(&done),
+        );
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(2));
+            let mut violations = Vec::new();
+            while !done.load(Ordering::SeqCst) {
+                let state = capacity.pool_state(&p);
+                if matches!(state, PoolState::Known { .. })
+                    && kube.request_counts().0 <= lists_while_down
+                {
+                    violations.push(state);
+                }
+                tokio::select! {
+                    () = capacity.changed() => {}
+                    _ = tick.tick() => {}
+                }
+            }
+            violations
+        }
+    });
+
+    // Several re-lists fail while the API is down.
+    assert!(
+        kube.wait_until(WAIT, |k| k.rejected_requests() >= 3).await,
+        "the capacity keeps re-listing"
+    );
+    assert!(matches!(capacity.pool_state(&p), PoolState::Unknown { .. }));
+    assert_eq!(kube.open_watches(), 0, "no watch without a list first");
+
+    kube.create_run("ns", "r", "p", None, &[]);
+    kube.set_down(false);
+    wait_state(&capacity, &p, |s| running(s) == Some(1)).await;
+    done.store(true, Ordering::SeqCst);
+    let violations = monitor.await.unwrap();
+    assert!(
+        violations.is_empty(),
+        "Known before a fresh list: {violations:?}"
+    );
+    assert!(kube.request_counts().0 > lists_while_down);
+}
+
+/// The pool is unknown from the moment the client sees its watch end, not
+/// only once the next request fails: checked while that request is held.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pool_is_unknown_as_soon_as_the_watch_ends() {
+    let kube = FakeKube::start().await.unwrap();
+    let p = pool(&[], TektonApiVersion::V1);
+    let capacity = KubeCapacity::start(&client(&kube).await, [&p], watch_only());
+    wait_state(&capacity, &p, |s| running(s) == Some(0)).await;
+    assert!(kube.wait_until(WAIT, |k| k.open_watches() == 1).await);
+
+    kube.hold_requests(true);
+    let arrived = kube.arrived_requests();
+    kube.set_down(true);
+    // The client saw the watch end and asks again; that request is held.
+    assert!(
+        kube.wait_until(WAIT, |k| k.arrived_requests() > arrived)
+            .await
+    );
+    assert!(
+        matches!(capacity.pool_state(&p), PoolState::Unknown { .. }),
+        "{:?}",
+        capacity.pool_state(&p)
+    );
+    kube.hold_requests(false);
+    kube.set_down(false);
+    wait_state(&capacity, &p, |s| running(s) == Some(0)).await;
+}
+
+fn list(status: u16) -> KubeRequest {
+    KubeRequest {
+        watch: false,
+        resource_version: None,
+        status,
+    }
+}
+
+fn watch_from(rv: &str) -> KubeRequest {
+    KubeRequest {
+        watch: true,
+        resource_version: Some(rv.to_owned()),
+        status: 200,
+    }
+}
+
+/// Any watch end, even with the API up, means a fresh list before watching
+/// again, from that list's resourceVersion.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_watch_relists_and_resumes_from_the_list() {
+    let kube = FakeKube::start().await.unwrap();
+    let p = pool(&[], TektonApiVersion::V1);
+    let capacity = KubeCapacity::start(&client(&kube).await, [&p], watch_only());
+    kube.create_run("ns", "a", "p", None, &[]);
+    wait_state(&capacity, &p, |s| running(s) == Some(1)).await;
+    assert!(kube.wait_until(WAIT, |k| k.open_watches() == 1).await);
+    kube.create_run("ns", "b", "p", None, &[]); // resourceVersion 2
+    wait_state(&capacity, &p, |s| running(s) == Some(2)).await;
+
+    let before = kube.requests().len();
+    kube.drop_watches();
+    assert!(
+        kube.wait_until(WAIT, |k| k.open_watches() == 1
+            && k.requests().len() >= before + 2)
+            .await
+    );
+    assert_eq!(
+        kube.requests()[before..],
+        [list(200), watch_from("2")],
+        "re-listed, then watched from the list's version"
+    );
+    kube.set_succeeded("ns", "a", "True", "Succeeded");
+    wait_state(&capacity, &p, |s| running(s) == Some(1)).await;
+}
+
+/// A watch answered 410 Gone re-lists and watches again from the new list.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_watch_relists() {
+    let kube = FakeKube::start().await.unwrap();
+    let p = pool(&[], TektonApiVersion::V1);
+    kube.create_run("ns", "a", "p", None, &[]);
+    let capacity = KubeCapacity::start(&client(&kube).await, [&p], watch_only());
+    wait_state(&capacity, &p, |s| running(s) == Some(1)).await;
+    assert!(kube.wait_until(WAIT, |k| k.open_watches() == 1).await);
+
+    let before = kube.requests().len();
+    kube.expire_next_watches(1);
+    kube.drop_watches();
+    assert!(
+        kube.wait_until(WAIT, |k| k.open_watches() == 1
+            && k.requests().len() >= before + 4)
+            .await
+    );
+    assert_eq!(
+        kube.requests()[before..],
+        [list(200), watch_from("1"), list(200), watch_from("1")]
+    );
+    kube.create_run("ns", "b", "p", None, &[]);
+    wait_state(&capacity, &p, |s| running(s) == Some(2)).await;
+}
+
+/// Without a working Kubernetes configuration every pool is unknown; the
+/// client is retried in the background and the watches start once it works.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_configuration_is_retried_until_it_loads() {
+    let kube = FakeKube::start().await.unwrap();
+    let p = pool(&[], TektonApiVersion::V1);
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let factory = {
+        let (attempts, url) = (Arc::clone(&attempts), kube.url());
+        move || {
+            let n = attempts.fetch_add(1, Ordering::SeqCst);
+            let url = url.clone();
+            async move {
+                if n < 2 {
+                    Err(format!("no kubeconfig yet (attempt {})", n + 1))
+                } else {
+                    Ok(client_for(&url))
+                }
+            }
+        }
+    };
+    let capacity = KubeCapacity::connect(factory, [&p], options(Duration::from_millis(200)));
+    let no_config = |s: &PoolState| matches!(s, PoolState::Unknown { reason } if reason.starts_with("no Kubernetes configuration: "));
+    assert!(
+        no_config(&capacity.pool_state(&p)),
+        "{:?}",
+        capacity.pool_state(&p)
+    );
+    wait_state(&capacity, &p, |s| {
+        no_config(s)
+            && matches!(s, PoolState::Unknown { reason } if reason.contains("no kubeconfig yet"))
+    })
+    .await;
+    kube.create_run("ns", "r", "p", None, &[]);
+    wait_state(&capacity, &p, |s| running(s) == Some(1)).await;
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+
+    // Dropping the capacity stops its watches too.
+    drop(capacity);
+    assert!(kube.wait_until(WAIT, |k| k.open_watches() == 0).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn triggers_follow_no_redirect() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let redirect = FakeRedirect::start().await.unwrap();
+    let client = EventListenerClient::new(Duration::from_secs(5)).unwrap();
+    let url = format!("{}/listener", redirect.url()).parse().unwrap();
+    let err = client
+        .trigger(TriggerRequest {
+            dispatch: DispatchId(1),
+            url: &url,
+            payload: "{}",
+            headers: &[],
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, TriggerError::Rejected { status: 307, .. }),
+        "{err}"
+    );
+    assert_eq!(redirect.redirected(), 1);
+    assert_eq!(
+        redirect.target_hits(),
+        0,
+        "the delivery never went elsewhere"
+    );
 }

@@ -399,8 +399,31 @@ pub trait LabelStore: Send {
 
 /// Why a GitHub call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct NotifyError(pub String);
+#[error("{message}")]
+pub struct NotifyError {
+    /// What went wrong (never a credential).
+    pub message: String,
+    /// Set when GitHub rate-limited the call: make no calls before this time.
+    pub retry_at: Option<OffsetDateTime>,
+}
+
+impl NotifyError {
+    /// An ordinary failure, retried with the task's backoff.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retry_at: None,
+        }
+    }
+
+    /// A rate limit: no GitHub calls before `retry_at`.
+    pub fn rate_limited(message: impl Into<String>, retry_at: OffsetDateTime) -> Self {
+        Self {
+            message: message.into(),
+            retry_at: Some(retry_at),
+        }
+    }
+}
 
 /// Pull-request feedback on GitHub.
 pub trait PrNotifier: Send + Sync {

@@ -1,6 +1,8 @@
 //! A fake GitHub REST API for issue labels: add
 //! (`POST /repos/{owner}/{repo}/issues/{n}/labels`) and remove
 //! (`DELETE /repos/{owner}/{repo}/issues/{n}/labels/{name}`, 404 when absent).
+//! It can answer rate limits the way GitHub does (primary: `X-RateLimit-*`
+//! headers; secondary: `Retry-After`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, MutexGuard};
@@ -11,6 +13,26 @@ use serde_json::json;
 
 use crate::observed::Observed;
 use crate::server::{FakeRequest, FakeServer, json as json_response};
+
+/// A rate-limited answer, as GitHub sends them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimit {
+    /// Secondary rate limit: `status` (403 or 429) with `Retry-After: seconds`.
+    RetryAfter {
+        /// HTTP status.
+        status: u16,
+        /// `Retry-After` seconds.
+        seconds: u64,
+    },
+    /// Primary rate limit: `status` with `X-RateLimit-Remaining: 0` and
+    /// `X-RateLimit-Reset: reset` (epoch seconds).
+    Exhausted {
+        /// HTTP status.
+        status: u16,
+        /// `X-RateLimit-Reset`, Unix epoch seconds.
+        reset: i64,
+    },
+}
 
 /// One label call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +54,7 @@ struct State {
     labels: BTreeMap<(String, i64), BTreeSet<String>>,
     calls: Vec<LabelCall>,
     fail_next: u32,
+    rate_limit: Option<(u32, RateLimit)>,
 }
 
 #[derive(Debug)]
@@ -87,6 +110,11 @@ impl FakeGithub {
     /// Answer the next `n` calls with 502.
     pub fn fail_next(&self, n: u32) {
         self.state().fail_next = n;
+    }
+
+    /// Answer the next `n` calls with `limit` (nothing changes; the calls are recorded).
+    pub fn rate_limit_next(&self, n: u32, limit: RateLimit) {
+        self.state().rate_limit = (n > 0).then_some((n, limit));
     }
 
     /// Puts a label on a PR directly (as a pipeline or a human would).
@@ -154,8 +182,14 @@ fn handle(inner: &Arc<Inner>, request: &FakeRequest) -> http::Response<crate::se
         return json_response(StatusCode::NOT_FOUND, &json!({"message": "Not Found"}));
     };
     let mut s = inner.shared.lock();
-    let failing = s.fail_next > 0;
-    s.fail_next = s.fail_next.saturating_sub(1);
+    let limited = s.rate_limit.map(|(_, limit)| limit);
+    s.rate_limit = s
+        .rate_limit
+        .and_then(|(n, limit)| (n > 1).then_some((n - 1, limit)));
+    let failing = limited.is_none() && s.fail_next > 0;
+    if limited.is_none() {
+        s.fail_next = s.fail_next.saturating_sub(1);
+    }
     let (op, names, status) = match (&request.parts.method, label) {
         (&Method::POST, None) => {
             let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
@@ -167,7 +201,9 @@ fn handle(inner: &Arc<Inner>, request: &FakeRequest) -> http::Response<crate::se
                         .collect()
                 })
                 .unwrap_or_default();
-            if failing {
+            if let Some(limit) = limited {
+                ("add", names, limit.status())
+            } else if failing {
                 ("add", names, 502)
             } else {
                 let set = s.labels.entry((repo.clone(), number)).or_default();
@@ -176,7 +212,9 @@ fn handle(inner: &Arc<Inner>, request: &FakeRequest) -> http::Response<crate::se
             }
         }
         (&Method::DELETE, Some(label)) => {
-            if failing {
+            if let Some(limit) = limited {
+                ("remove", vec![label], limit.status())
+            } else if failing {
                 ("remove", vec![label], 502)
             } else {
                 let removed = s
@@ -210,6 +248,9 @@ fn handle(inner: &Arc<Inner>, request: &FakeRequest) -> http::Response<crate::se
         .unwrap_or_default();
     drop(s);
     inner.shared.changed();
+    if let Some(limit) = limited {
+        return limit.response();
+    }
     match status {
         200 => json_response(StatusCode::OK, &json!(current)),
         404 => json_response(
@@ -217,6 +258,44 @@ fn handle(inner: &Arc<Inner>, request: &FakeRequest) -> http::Response<crate::se
             &json!({"message": "Label does not exist"}),
         ),
         _ => json_response(StatusCode::BAD_GATEWAY, &json!({"message": "Server Error"})),
+    }
+}
+
+impl RateLimit {
+    fn status(self) -> u16 {
+        match self {
+            Self::RetryAfter { status, .. } | Self::Exhausted { status, .. } => status,
+        }
+    }
+
+    fn response(self) -> http::Response<crate::server::FakeBody> {
+        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::FORBIDDEN);
+        let (message, headers) = match self {
+            Self::RetryAfter { seconds, .. } => (
+                "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+                vec![("retry-after", seconds.to_string())],
+            ),
+            Self::Exhausted { reset, .. } => (
+                "API rate limit exceeded for installation.",
+                vec![
+                    ("x-ratelimit-limit", "5000".to_owned()),
+                    ("x-ratelimit-remaining", "0".to_owned()),
+                    ("x-ratelimit-used", "5000".to_owned()),
+                    ("x-ratelimit-reset", reset.to_string()),
+                    ("x-ratelimit-resource", "core".to_owned()),
+                ],
+            ),
+        };
+        let mut r = json_response(
+            status,
+            &json!({"message": message, "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"}),
+        );
+        for (name, value) in headers {
+            if let Ok(value) = http::HeaderValue::from_str(&value) {
+                r.headers_mut().insert(name, value);
+            }
+        }
+        r
     }
 }
 

@@ -1,8 +1,9 @@
 //! A fake Kubernetes API serving `tekton.dev` PipelineRuns: list and
 //! `?watch=true` streaming with resourceVersions and label selectors, the way
-//! kube-rs' watcher uses them. Tests create and finish runs, take the API
-//! down and bring it back, and read the highest number of runs that were ever
-//! unfinished at once.
+//! kube-rs uses them. Tests create and finish runs, take the API down (503 to
+//! everything) and bring it back, drop open watches, make watches expire
+//! (410 Gone), read the requests served and the highest number of runs that
+//! were ever unfinished at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, MutexGuard};
@@ -25,6 +26,17 @@ struct Change {
     object: Value,
 }
 
+/// One request the fake answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeRequest {
+    /// A watch (`?watch=true`) rather than a list.
+    pub watch: bool,
+    /// The `resourceVersion` parameter, if any.
+    pub resource_version: Option<String>,
+    /// HTTP status answered (a watch answered 200 may still carry an in-stream error).
+    pub status: u16,
+}
+
 #[derive(Debug, Default)]
 struct State {
     rv: u64,
@@ -35,6 +47,16 @@ struct State {
     max_unfinished: HashMap<String, usize>,
     list_requests: u64,
     watch_requests: u64,
+    requests: Vec<KubeRequest>,
+    /// Bumped to end every open watch.
+    watch_generation: u64,
+    open_watches: usize,
+    /// Watches still to answer with an in-stream 410 Gone.
+    gone_next: u32,
+    /// Requests wait unanswered while set.
+    hold: bool,
+    /// Requests received, held ones included.
+    arrived: usize,
 }
 
 /// Notified on every change (new resourceVersion, or the API going up or down).
@@ -81,7 +103,19 @@ impl FakeKube {
     /// Starts the fake on a free loopback port.
     pub async fn start() -> std::io::Result<Self> {
         let inner = Arc::new(Observed::new(State::default()));
-        let server = FakeServer::start_shared(Arc::clone(&inner), handle).await?;
+        let handler_inner = Arc::clone(&inner);
+        let server = FakeServer::start(move |r| {
+            let inner = Arc::clone(&handler_inner);
+            async move {
+                inner.lock().arrived += 1;
+                inner.changed();
+                inner
+                    .wait_until(Duration::from_secs(3600), || !inner.lock().hold)
+                    .await;
+                handle(&inner, &r)
+            }
+        })
+        .await?;
         Ok(Self {
             inner,
             server: Arc::new(server),
@@ -284,10 +318,54 @@ impl FakeKube {
         self.inner.changed();
     }
 
-    /// (list requests, watch requests) served so far.
+    /// Ends every open watch stream now (as a load balancer or an API server
+    /// restart would); the API stays up.
+    pub fn drop_watches(&self) {
+        self.state().watch_generation += 1;
+        self.inner.changed();
+    }
+
+    /// Holds every new request unanswered (`true`) until released (`false`),
+    /// so a test can look at the client while its request is in flight.
+    pub fn hold_requests(&self, hold: bool) {
+        self.state().hold = hold;
+        self.inner.changed();
+    }
+
+    /// Requests received so far, held ones included.
+    pub fn arrived_requests(&self) -> usize {
+        self.state().arrived
+    }
+
+    /// Answers the next `n` watch requests with an in-stream `410 Gone`
+    /// (resourceVersion too old), as an API server does after compaction.
+    pub fn expire_next_watches(&self, n: u32) {
+        self.state().gone_next = n;
+    }
+
+    /// (list requests, watch requests) served so far (answers other than 503).
     pub fn request_counts(&self) -> (u64, u64) {
         let s = self.state();
         (s.list_requests, s.watch_requests)
+    }
+
+    /// Every request answered so far, 503s included, oldest first.
+    pub fn requests(&self) -> Vec<KubeRequest> {
+        self.state().requests.clone()
+    }
+
+    /// Requests answered with 503 so far.
+    pub fn rejected_requests(&self) -> usize {
+        self.state()
+            .requests
+            .iter()
+            .filter(|r| r.status == 503)
+            .count()
+    }
+
+    /// Watch streams open now.
+    pub fn open_watches(&self) -> usize {
+        self.state().open_watches
     }
 
     /// Waits (without polling) until `predicate` holds, or `timeout` passes.
@@ -342,8 +420,18 @@ fn handle(inner: &Arc<Inner>, request: &FakeRequest) -> Response<FakeBody> {
             .collect();
     let selector = parse_selector(query.get("labelSelector").map_or("", String::as_str));
     let api_version = format!("tekton.dev/{version}");
+    let is_watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
     let mut state = inner.lock();
+    let mut log = KubeRequest {
+        watch: is_watch,
+        resource_version: query.get("resourceVersion").cloned(),
+        status: 200,
+    };
     if state.down {
+        log.status = 503;
+        state.requests.push(log);
+        drop(state);
+        inner.changed();
         return status_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "ServiceUnavailable",
@@ -355,7 +443,8 @@ fn handle(inner: &Arc<Inner>, request: &FakeRequest) -> Response<FakeBody> {
         o["apiVersion"] = json!(api_version);
         o
     };
-    if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
+    state.requests.push(log);
+    if is_watch {
         state.watch_requests += 1;
         let from: u64 = query
             .get("resourceVersion")
@@ -365,7 +454,14 @@ fn handle(inner: &Arc<Inner>, request: &FakeRequest) -> Response<FakeBody> {
             .get("timeoutSeconds")
             .and_then(|t| t.parse().ok())
             .unwrap_or(290u64);
+        if state.gone_next > 0 {
+            state.gone_next -= 1;
+            drop(state);
+            inner.changed();
+            return gone_stream(from);
+        }
         drop(state);
+        inner.changed();
         return watch_stream(
             Arc::clone(inner),
             namespace,
@@ -388,6 +484,41 @@ fn handle(inner: &Arc<Inner>, request: &FakeRequest) -> Response<FakeBody> {
     )
 }
 
+/// A watch answered with one `ERROR` event carrying `410 Gone`, then closed.
+fn gone_stream(from: u64) -> Response<FakeBody> {
+    let line = format!(
+        "{}\n",
+        json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": format!("too old resource version: {from}"), "reason": "Expired", "code": 410}})
+    );
+    let mut r = Response::new(http_body_util::Full::new(Bytes::from(line)).boxed());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Counts an open watch stream while it lives.
+struct OpenWatch(Arc<Inner>);
+
+impl OpenWatch {
+    fn new(inner: Arc<Inner>) -> Self {
+        inner.lock().open_watches += 1;
+        inner.changed();
+        Self(inner)
+    }
+}
+
+impl Drop for OpenWatch {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.open_watches = state.open_watches.saturating_sub(1);
+        drop(state);
+        self.0.changed();
+    }
+}
+
 fn watch_stream(
     inner: Arc<Inner>,
     namespace: String,
@@ -397,8 +528,10 @@ fn watch_stream(
     timeout: Duration,
 ) -> Response<FakeBody> {
     let rx = inner.subscribe();
+    let generation = inner.lock().watch_generation;
+    let open = OpenWatch::new(Arc::clone(&inner));
     let deadline = tokio::time::Instant::now() + timeout;
-    let stream = futures_util::stream::unfold((from, rx), move |(mut sent, mut rx)| {
+    let stream = futures_util::stream::unfold((from, rx, open), move |(mut sent, mut rx, open)| {
         let inner = Arc::clone(&inner);
         let namespace = namespace.clone();
         let selector = selector.clone();
@@ -408,7 +541,7 @@ fn watch_stream(
                 rx.mark_unchanged();
                 let next = {
                     let state = inner.lock();
-                    if state.down {
+                    if state.down || state.watch_generation != generation {
                         return None;
                     }
                     state
@@ -433,7 +566,7 @@ fn watch_stream(
                     let line = format!("{}\n", json!({"type": change.kind, "object": object}));
                     return Some((
                         Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(line))),
-                        (sent, rx),
+                        (sent, rx, open),
                     ));
                 }
                 tokio::select! {

@@ -8,7 +8,9 @@
 //! * [`FakeEventListener`]: a Tekton EventListener (202 + `eventID`, GitHub
 //!   signature check over the raw bytes, scripted failures, optional
 //!   PipelineRun creation in a [`FakeKube`]).
-//! * [`FakeGithub`]: the GitHub issue-labels API.
+//! * [`FakeGithub`]: the GitHub issue-labels API (with rate limits on demand).
+//! * [`FakeRedirect`]: answers every request with a 307 and counts the
+//!   requests that reach the redirect target.
 //!
 //! Each fake has a `wait_until` that waits on its own change notifications,
 //! so tests never sleep to synchronise.
@@ -27,9 +29,11 @@ mod github;
 mod kube;
 mod listener;
 mod observed;
+mod redirect;
 mod server;
 
-pub use github::{FakeGithub, LabelCall};
-pub use kube::FakeKube;
+pub use github::{FakeGithub, LabelCall, RateLimit};
+pub use kube::{FakeKube, KubeRequest};
 pub use listener::{FakeEventListener, Received, TektonMode};
+pub use redirect::FakeRedirect;
 pub use server::{FakeBody, FakeRequest, FakeServer};

@@ -9,6 +9,12 @@
 //! reconciliation) or block dispatching: callers treat every error here as
 //! "retry later".
 //!
+//! Redirects are not followed (a 3xx is an ordinary failure), so the token
+//! is only ever sent to the configured API. A rate-limited answer (403 or
+//! 429 with `Retry-After`, or with `X-RateLimit-Remaining: 0` and
+//! `X-RateLimit-Reset`; a bare 429 means one minute) is a [`NotifyError`]
+//! whose `retry_at` says when GitHub may be called again.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use dispatcher_core::domain::PullRequestRef;
@@ -26,6 +32,7 @@ use std::time::Duration;
 use dispatcher_core::domain::PullRequestRef;
 use dispatcher_core::ports::{NotifyError, PrNotifier};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use time::OffsetDateTime;
 
 /// Characters escaped in a path segment (everything but unreserved ones).
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -60,6 +67,8 @@ impl GithubLabels {
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
+            // The token must never follow a redirect; a 3xx is an ordinary failure.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("webhook-dispatcher/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self {
@@ -71,7 +80,7 @@ impl GithubLabels {
 
     fn labels_url(&self, pr: &PullRequestRef) -> Result<String, NotifyError> {
         let (owner, repo) = pr.repository.split_once('/').ok_or_else(|| {
-            NotifyError(format!("repository '{}' is not owner/name", pr.repository))
+            NotifyError::new(format!("repository '{}' is not owner/name", pr.repository))
         })?;
         Ok(format!(
             "{}/repos/{}/{}/issues/{}/labels",
@@ -91,24 +100,64 @@ impl GithubLabels {
     }
 }
 
+/// Fallback pause for a 429 without usable headers (GitHub's guidance: wait
+/// at least a minute).
+const DEFAULT_RATE_LIMIT_PAUSE: Duration = Duration::from_secs(60);
+/// Longest pause read from a header (larger values are bogus).
+const MAX_HEADER_PAUSE: Duration = Duration::from_secs(86_400);
+
 async fn check(
     response: Result<reqwest::Response, reqwest::Error>,
     ok_404: bool,
 ) -> Result<(), NotifyError> {
-    let response = response.map_err(|e| NotifyError(e.without_url().to_string()))?;
+    let response = response.map_err(|e| NotifyError::new(e.without_url().to_string()))?;
     let status = response.status();
     if status.is_success() || (ok_404 && status == reqwest::StatusCode::NOT_FOUND) {
         return Ok(());
     }
+    let retry_at = rate_limit_end(status, response.headers(), OffsetDateTime::now_utc());
     let body = response.text().await.unwrap_or_default();
     let message = serde_json::from_str::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
         .unwrap_or_else(|| body.chars().take(200).collect());
-    Err(NotifyError(format!(
-        "GitHub answered HTTP {}: {message}",
-        status.as_u16()
-    )))
+    let message = format!("GitHub answered HTTP {}: {message}", status.as_u16());
+    Err(match retry_at {
+        Some(at) => NotifyError::rate_limited(message, at),
+        None => NotifyError::new(message),
+    })
+}
+
+/// When GitHub may be called again after a rate-limited answer, or `None`
+/// when the answer is not a rate limit.
+fn rate_limit_end(
+    status: reqwest::StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    now: OffsetDateTime,
+) -> Option<OffsetDateTime> {
+    if status != reqwest::StatusCode::FORBIDDEN && status != reqwest::StatusCode::TOO_MANY_REQUESTS
+    {
+        return None;
+    }
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    // Secondary rate limits: seconds to wait.
+    if let Some(secs) = header("retry-after").and_then(|v| v.parse::<u64>().ok()) {
+        return Some(now + Duration::from_secs(secs).min(MAX_HEADER_PAUSE));
+    }
+    // Primary rate limit: the window's reset, in epoch seconds.
+    let reset = header("x-ratelimit-reset")
+        .and_then(|v| v.parse::<i64>().ok())
+        .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok());
+    if let (Some("0"), Some(reset)) = (header("x-ratelimit-remaining"), reset) {
+        return Some(reset.min(now + MAX_HEADER_PAUSE));
+    }
+    // A 403 without rate-limit headers is a permission problem, not a pause.
+    (status == reqwest::StatusCode::TOO_MANY_REQUESTS).then(|| now + DEFAULT_RATE_LIMIT_PAUSE)
 }
 
 impl PrNotifier for GithubLabels {
@@ -139,20 +188,31 @@ impl PrNotifier for GithubLabels {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use std::sync::Mutex;
+
     use super::*;
-    use dispatcher_fakes::FakeGithub;
+    use dispatcher_core::labels::{LabelPacer, LabelReport};
+    use dispatcher_core::ports::{Clock, LabelStore, LabelTask, StoreError};
+    use dispatcher_fakes::{FakeGithub, FakeRedirect, RateLimit};
+
+    fn client(url: &str, token: &str) -> GithubLabels {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        GithubLabels::new(&url.parse().unwrap(), token, Duration::from_secs(5)).unwrap()
+    }
+
+    fn pr() -> PullRequestRef {
+        PullRequestRef {
+            repository: "o/r".into(),
+            number: 7,
+        }
+    }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn adds_and_removes_labels_with_slashes() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let fake = FakeGithub::start("tok").await.unwrap();
-        let github =
-            GithubLabels::new(&fake.url().parse().unwrap(), "tok", Duration::from_secs(5)).unwrap();
-        let pr = PullRequestRef {
-            repository: "o/r".into(),
-            number: 7,
-        };
+        let github = client(&fake.url(), "tok");
+        let pr = pr();
         github
             .add_label(&pr, "operator-hosted-pipeline/queued")
             .await
@@ -178,14 +238,217 @@ mod tests {
 
         fake.fail_next(1);
         let err = github.add_label(&pr, "x/queued").await.unwrap_err();
-        assert!(err.0.contains("502"), "{err}");
-        let wrong = GithubLabels::new(&fake.url().parse().unwrap(), "nope", Duration::from_secs(5))
-            .unwrap();
+        assert!(err.message.contains("502"), "{err}");
+        assert_eq!(err.retry_at, None);
+        let wrong = client(&fake.url(), "nope");
         let err = wrong.add_label(&pr, "x/queued").await.unwrap_err();
         assert!(
-            err.0.contains("401") && err.0.contains("Bad credentials"),
+            err.message.contains("401") && err.message.contains("Bad credentials"),
             "{err}"
         );
         assert!(!format!("{wrong:?}").contains("nope"));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn redirects_are_not_followed() {
+        let redirect = FakeRedirect::start().await.unwrap();
+        let github = client(&redirect.url(), "tok");
+        let err = github.add_label(&pr(), "x/queued").await.unwrap_err();
+        assert!(err.message.contains("HTTP 307"), "{err}");
+        let err = github.remove_label(&pr(), "x/queued").await.unwrap_err();
+        assert!(err.message.contains("HTTP 307"), "{err}");
+        assert_eq!(redirect.redirected(), 2);
+        assert_eq!(
+            redirect.target_hits(),
+            0,
+            "the token never follows a redirect"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn rate_limits_carry_the_time_to_retry() {
+        let fake = FakeGithub::start("tok").await.unwrap();
+        let github = client(&fake.url(), "tok");
+
+        // Primary rate limit: reset time in epoch seconds.
+        let reset = OffsetDateTime::now_utc().unix_timestamp() + 1800;
+        fake.rate_limit_next(1, RateLimit::Exhausted { status: 403, reset });
+        let err = github.add_label(&pr(), "x/queued").await.unwrap_err();
+        assert_eq!(
+            err.retry_at,
+            Some(OffsetDateTime::from_unix_timestamp(reset).unwrap()),
+            "{err}"
+        );
+        assert!(err.message.contains("403"), "{err}");
+
+        // Secondary rate limit: seconds to wait.
+        let before = OffsetDateTime::now_utc();
+        fake.rate_limit_next(
+            1,
+            RateLimit::RetryAfter {
+                status: 429,
+                seconds: 90,
+            },
+        );
+        let err = github.remove_label(&pr(), "x/queued").await.unwrap_err();
+        let after = OffsetDateTime::now_utc();
+        let at = err
+            .retry_at
+            .unwrap_or_else(|| panic!("not a rate limit: {err}"));
+        let wait = Duration::from_secs(90);
+        assert!(
+            at >= before + wait && at <= after + wait,
+            "{at} vs {before}..{after}"
+        );
+
+        // A 403 without rate-limit headers is a refusal, not a pause.
+        assert_eq!(
+            rate_limit_end(
+                reqwest::StatusCode::FORBIDDEN,
+                &reqwest::header::HeaderMap::new(),
+                before
+            ),
+            None
+        );
+        assert_eq!(
+            rate_limit_end(
+                reqwest::StatusCode::TOO_MANY_REQUESTS,
+                &reqwest::header::HeaderMap::new(),
+                before
+            ),
+            Some(before + DEFAULT_RATE_LIMIT_PAUSE)
+        );
+        let mut remaining = reqwest::header::HeaderMap::new();
+        remaining.insert("x-ratelimit-remaining", "12".parse().unwrap());
+        remaining.insert("x-ratelimit-reset", "1".parse().unwrap());
+        assert_eq!(
+            rate_limit_end(reqwest::StatusCode::FORBIDDEN, &remaining, before),
+            None,
+            "quota left: not a rate limit"
+        );
+    }
+
+    struct ManualClock(Mutex<OffsetDateTime>);
+
+    impl Clock for ManualClock {
+        fn now(&self) -> OffsetDateTime {
+            *self.0.lock().unwrap()
+        }
+    }
+
+    /// Label intents in memory: due until finished without error.
+    struct Intents(Vec<LabelTask>);
+
+    impl LabelStore for Intents {
+        async fn due_label_tasks(
+            &mut self,
+            _now: OffsetDateTime,
+            limit: usize,
+        ) -> Result<Vec<LabelTask>, StoreError> {
+            Ok(self.0.iter().take(limit).cloned().collect())
+        }
+
+        async fn finish_label_task(
+            &mut self,
+            task: &LabelTask,
+            error: Option<String>,
+            _retry_at: Option<OffsetDateTime>,
+        ) -> Result<(), StoreError> {
+            match error {
+                None => self.0.retain(|t| t != task),
+                Some(_) => {
+                    for t in self.0.iter_mut().filter(|t| *t == task) {
+                        t.attempts += 1;
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        async fn next_label_retry(&mut self) -> Result<Option<OffsetDateTime>, StoreError> {
+            Ok(None)
+        }
+    }
+
+    fn intents(n: i64) -> Intents {
+        Intents(
+            (1..=n)
+                .map(|number| LabelTask {
+                    pr: PullRequestRef {
+                        repository: "o/r".into(),
+                        number,
+                    },
+                    label: "p/queued".into(),
+                    wanted: true,
+                    attempts: 0,
+                })
+                .collect(),
+        )
+    }
+
+    /// Both header styles pause the label worker: no call reaches GitHub
+    /// before the pause ends, however often a pass runs; then work resumes.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_rate_limit_pauses_the_label_worker() {
+        let now = OffsetDateTime::now_utc();
+        let styles = [
+            RateLimit::RetryAfter {
+                status: 403,
+                seconds: 600,
+            },
+            RateLimit::Exhausted {
+                status: 429,
+                reset: now.unix_timestamp() + 600,
+            },
+        ];
+        for style in styles {
+            let fake = FakeGithub::start("tok").await.unwrap();
+            let github = client(&fake.url(), "tok");
+            let clock = ManualClock(Mutex::new(now));
+            let mut store = intents(3);
+            let mut pacer = LabelPacer::new();
+            fake.rate_limit_next(1, style);
+
+            let report = pacer.run_pass(&mut store, &github, &clock).await.unwrap();
+            let until = report
+                .paused_until
+                .unwrap_or_else(|| panic!("{style:?}: no pause in {report:?}"));
+            assert!(
+                until >= now + Duration::from_secs(590),
+                "{style:?}: {until}"
+            );
+            assert_eq!(report.next_retry, Some(until));
+            assert_eq!(
+                fake.calls().len(),
+                1,
+                "{style:?}: the pass stopped at the rate limit"
+            );
+            assert!(
+                store.0.iter().all(|t| t.attempts == 0),
+                "{style:?}: a rate limit is not the task's fault"
+            );
+
+            // Woken again and again during the pause: no call.
+            for _ in 0..3 {
+                let report = pacer.run_pass(&mut store, &github, &clock).await.unwrap();
+                assert_eq!(
+                    report,
+                    LabelReport {
+                        next_retry: Some(until),
+                        paused_until: Some(until),
+                        ..LabelReport::default()
+                    }
+                );
+            }
+            *clock.0.lock().unwrap() = until - Duration::from_secs(1);
+            pacer.run_pass(&mut store, &github, &clock).await.unwrap();
+            assert_eq!(fake.calls().len(), 1, "{style:?}: no call during the pause");
+
+            *clock.0.lock().unwrap() = until;
+            let report = pacer.run_pass(&mut store, &github, &clock).await.unwrap();
+            assert_eq!(report.applied, 3, "{style:?}: {report:?}");
+            assert_eq!(fake.calls().len(), 4);
+            assert_eq!(fake.labels("o/r", 1).len(), 1);
+        }
     }
 }

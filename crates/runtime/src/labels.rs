@@ -1,11 +1,12 @@
 //! The label worker: pushes pending `<pipeline>/queued` label changes to
 //! GitHub while this replica leads. It never blocks dispatching: failures are
-//! rescheduled by the label pass, and a rate limit pauses the worker.
+//! rescheduled by the label pass, and a GitHub rate limit pauses the worker
+//! until GitHub's reset time.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use dispatcher_core::labels::{LABEL_BATCH, run_label_pass};
+use dispatcher_core::labels::{LABEL_BATCH, LabelPacer};
 use dispatcher_core::ports::{LabelStore, PrNotifier, SystemClock};
 use tokio::sync::Notify;
 
@@ -21,8 +22,10 @@ where
     S: LabelStore,
     N: PrNotifier,
 {
+    // The pacer keeps a GitHub rate limit's pause across wake-ups.
+    let mut pacer = LabelPacer::new();
     loop {
-        let wait = match run_label_pass(&mut store, &notifier, &SystemClock).await {
+        let wait = match pacer.run_pass(&mut store, &notifier, &SystemClock).await {
             Ok(report) if report.applied + report.failed >= LABEL_BATCH => Duration::ZERO,
             Ok(report) => report.next_retry.map_or(IDLE_WAIT, until),
             Err(e) => {
