@@ -359,6 +359,15 @@ fn trigger_started(d: &OpenDispatch) -> OffsetDateTime {
     d.trigger_started_at.unwrap_or(d.next_attempt_at)
 }
 
+/// Kubernetes `creationTimestamp`s have whole seconds: a run created in the
+/// same second as its trigger was sent shows a time up to 1 s before it.
+const CREATION_PRECISION: Duration = Duration::from_secs(1);
+
+/// Whether a run created at `created` may come from a trigger sent at `started`.
+fn created_after(created: OffsetDateTime, started: OffsetDateTime) -> bool {
+    created + CREATION_PRECISION > started
+}
+
 /// The `triggers-eventid`s whose claim status [`plan_dispatch`] needs: those
 /// of runs that could belong to an orphan (pools without a `dispatch_label`,
 /// runs created after the oldest orphan's trigger, ids no open dispatch
@@ -395,7 +404,7 @@ pub fn orphan_candidates(
         };
         out.extend(
             runs.iter()
-                .filter(|r| r.created_at.is_some_and(|c| c >= oldest))
+                .filter(|r| r.created_at.is_some_and(|c| created_after(c, oldest)))
                 .filter_map(|r| r.event_id.as_deref())
                 .filter(|id| !held.contains(id))
                 .map(str::to_owned),
@@ -427,7 +436,10 @@ fn infer_orphan_runs<'r>(
     let mut matched = HashMap::new();
     for d in sorted {
         let started = trigger_started(d);
-        if let Some(i) = free.iter().position(|(created, _)| *created >= started) {
+        if let Some(i) = free
+            .iter()
+            .position(|(created, _)| created_after(*created, started))
+        {
             matched.insert(d.id, free.remove(i).1);
         }
     }

@@ -592,7 +592,11 @@ async fn run_migrations_is_idempotent() {
     let on_disk = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../../migrations"))
         .unwrap()
         .count();
-    assert_eq!(applied.len(), on_disk, "every migration in migrations/ applies");
+    assert_eq!(
+        applied.len(),
+        on_disk,
+        "every migration in migrations/ applies"
+    );
     assert!(
         dispatcher_store::run_migrations(t.url(), &ConnectionOptions::default())
             .await

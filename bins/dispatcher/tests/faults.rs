@@ -1,0 +1,253 @@
+//! Fault drills: the real binary (often two replicas) against real
+//! PostgreSQL and the fakes, while sessions are terminated, the database goes
+//! away, processes are killed or frozen and the EventListener's answers are
+//! lost. Each drill asserts the promise: every acknowledged delivery reaches a
+//! final status, no PR is triggered twice, and the pool never holds more runs
+//! than its capacity (runs are counted by the fake API server the moment the
+//! listener creates them, visible to the dispatcher or not).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::world::*;
+use support::*;
+
+/// A plain SQL client for the drills (terminating backends, refusing connections).
+async fn sql(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// The same server's maintenance database.
+fn admin_url(database_url: &str) -> String {
+    let (server, _) = database_url.rsplit_once('/').unwrap();
+    format!("{server}/postgres")
+}
+
+/// Every acknowledged delivery reached a final status.
+async fn all_final(svc: &Service, total: usize) {
+    svc.get_until("/api/v1/events/status?filter=processed=true", |l| {
+        l["total_count"] == total
+    })
+    .await;
+    let (_, open) = svc
+        .get("/api/v1/events/status?filter=processed=false")
+        .await;
+    assert_eq!(open["total_count"], 0, "{open}");
+}
+
+async fn send_all(replicas: &[&Service], prs: std::ops::RangeInclusive<i64>) {
+    for pr in prs {
+        let url = &replicas[pr as usize % replicas.len()].url;
+        let (status, body) = send_pr(url, &format!("d-{pr}"), "o/r", pr, "opened").await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_session_terminated_with_five_posts_in_flight() {
+    let world = World::with(WorldOptions {
+        capacity: 5,
+        trigger_timeout: "10s",
+        ..WorldOptions::default()
+    })
+    .await;
+    world.listener.hang(true);
+    let mut a = world.replica().await;
+    let mut b = world.replica().await;
+    send_all(&[&a, &b], 1..=5).await;
+    assert!(
+        world.listener.wait_until(WAIT, |l| l.arrived() == 5).await,
+        "five POSTs held open by the listener"
+    );
+
+    // The session holding the dispatcher lock is the leader's.
+    let db = sql(world.db.url()).await;
+    let killed = db
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks
+              WHERE locktype = 'advisory' AND granted
+                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(killed.len(), 1, "exactly one leader session");
+    let lost = |l: &str| l.contains("lost the database session");
+    let noticed = tokio::select! {
+        l = a.wait_log(lost) => l,
+        l = b.wait_log(lost) => l,
+    };
+    assert!(noticed.is_some(), "the leader noticed");
+
+    // The listener now answers the POSTs sent before the session died (and
+    // creates their runs); nothing may be sent again.
+    world.listener.hang(false);
+    all_final(&a, 5).await;
+    world.assert_never_twice();
+    assert_eq!(world.dispatched_prs().len(), 5);
+
+    // The system goes on dispatching normally.
+    assert_eq!(world.listener.finish_runs(5), 5);
+    send_all(&[&a, &b], 6..=8).await;
+    world.wait_dispatched(8).await;
+    all_final(&b, 8).await;
+    world.assert_never_twice();
+    world.assert_within_capacity();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn database_restart_mid_burst() {
+    let world = World::with(WorldOptions {
+        capacity: 3,
+        run_for: Some(Duration::from_millis(100)),
+        ..WorldOptions::default()
+    })
+    .await;
+    let mut a = world.replica().await;
+    let b = world.replica().await;
+    send_all(&[&a, &b], 1..=10).await;
+
+    // A restart as the dispatcher sees one: every session of its database is
+    // killed and new connections are refused until the server is back.
+    let admin = sql(&admin_url(world.db.url())).await;
+    let name = world.db.name();
+    admin
+        .execute(
+            &format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false"),
+            &[],
+        )
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            &[&name],
+        )
+        .await
+        .unwrap();
+    let down = |l: &str| l.contains("cannot contend for the dispatcher lock");
+    assert!(a.wait_log(down).await.is_some(), "the outage was seen");
+    admin
+        .execute(
+            &format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"),
+            &[],
+        )
+        .await
+        .unwrap();
+
+    send_all(&[&a, &b], 11..=20).await;
+    world.drained(20).await;
+    all_final(&a, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_right_after_the_listener_accepted_with_a_dispatch_label() {
+    let world = World::with(WorldOptions {
+        capacity: 2,
+        dispatch_label: true,
+        ..WorldOptions::default()
+    })
+    .await;
+    // The listener acts on every POST (its run exists) but its answer never arrives.
+    world
+        .listener
+        .delay_answers(Some(Duration::from_secs(3600)));
+    let mut first = world.replica().await;
+    send_all(&[&first], 1..=2).await;
+    world.wait_dispatched(2).await;
+    first.kill9().await;
+    world.listener.delay_answers(None);
+
+    // The next replica confirms both from the runs carrying their dispatch ids.
+    let next = world.replica().await;
+    all_final(&next, 2).await;
+    let detail = next
+        .get_until("/api/v1/events/status?filter=status=processed", |l| {
+            l["total_count"] == 2
+        })
+        .await;
+    assert_eq!(detail["total_count"], 2);
+    world.assert_never_twice();
+
+    // Both runs still hold the pool: a third PR waits for a free slot.
+    send_all(&[&next], 3..=3).await;
+    assert_eq!(world.listener.finish_runs(1), 1);
+    world.wait_dispatched(3).await;
+    all_final(&next, 3).await;
+    world.assert_never_twice();
+    world.assert_within_capacity();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listener_creates_the_run_but_answers_after_the_trigger_timeout() {
+    let world = World::with(WorldOptions {
+        capacity: 2,
+        trigger_timeout: "1s",
+        ..WorldOptions::default()
+    })
+    .await;
+    world.listener.delay_answers(Some(Duration::from_secs(3)));
+    let svc = world.replica().await;
+    send_all(&[&svc], 1..=1).await;
+    world.wait_dispatched(1).await;
+    // The POST times out; the slot stays reserved and the dispatch is
+    // confirmed from the run the listener did create, without a second POST.
+    all_final(&svc, 1).await;
+    world.assert_never_twice();
+
+    world.listener.delay_answers(None);
+    send_all(&[&svc], 2..=3).await;
+    world.wait_dispatched(2).await;
+    assert_eq!(world.listener.finish_runs(2), 2);
+    world.wait_dispatched(3).await;
+    all_final(&svc, 3).await;
+    world.assert_never_twice();
+    world.assert_within_capacity();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn frozen_leader_is_replaced_and_does_nothing_when_it_resumes() {
+    let world = World::with(WorldOptions {
+        capacity: 2,
+        failover_timeout: "6s",
+        ..WorldOptions::default()
+    })
+    .await;
+    let a = world.replica().await;
+    let b = world.replica().await;
+    send_all(&[&a, &b], 1..=2).await;
+    world.wait_dispatched(2).await;
+    let (leader, standby) = if a.role().await == "leader" {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    assert_eq!(leader.role().await, "leader");
+
+    leader.signal("STOP");
+    // Work arrives at the standby and capacity frees up while the leader is frozen.
+    send_all(&[&standby], 3..=4).await;
+    assert_eq!(world.listener.finish_runs(2), 2);
+    world.wait_dispatched(4).await;
+    assert_eq!(standby.role().await, "leader");
+    leader.signal("CONT");
+    leader
+        .get_until("/api/v1/status/ready", |r| {
+            r["dispatcher"]["role"] == "standby"
+        })
+        .await;
+
+    assert_eq!(world.listener.finish_runs(2), 2);
+    send_all(&[&leader, &standby], 5..=6).await;
+    world.wait_dispatched(6).await;
+    all_final(&standby, 6).await;
+    world.assert_never_twice();
+    world.assert_within_capacity();
+}

@@ -1,0 +1,214 @@
+//! A dispatching world: fake Kubernetes, a fake Tekton EventListener that
+//! creates PipelineRuns, fake GitHub, one database, and replicas of the real
+//! binary started on demand.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use dispatcher_fakes::{FakeEventListener, FakeGithub, FakeKube, TektonMode};
+use dispatcher_testdb::TestDatabase;
+
+use super::{Service, TempDir, WAIT, install_crypto};
+
+pub const PIPELINE: &str = "pipe";
+pub const GITHUB_TOKEN: &str = "gh-e2e-token";
+/// The label the fake TriggerTemplate copies the dispatch header into.
+pub const DISPATCH_LABEL: &str = "webhook-dispatcher.example.com/dispatch";
+
+/// How a world is set up.
+#[derive(Debug, Clone)]
+pub struct WorldOptions {
+    /// `max_capacity` of the one pool.
+    pub capacity: u32,
+    /// PipelineRuns succeed after this long (None: when the test finishes them).
+    pub run_for: Option<Duration>,
+    /// Set `capacity.dispatch_label` and have the fake Tekton copy the header.
+    pub dispatch_label: bool,
+    /// `dispatch.trigger_timeout`.
+    pub trigger_timeout: &'static str,
+    /// `dispatch.failover_timeout`.
+    pub failover_timeout: &'static str,
+}
+
+impl Default for WorldOptions {
+    fn default() -> Self {
+        Self {
+            capacity: 2,
+            run_for: None,
+            dispatch_label: false,
+            trigger_timeout: "2s",
+            failover_timeout: "15s",
+        }
+    }
+}
+
+pub struct World {
+    pub db: TestDatabase,
+    pub kube: FakeKube,
+    pub listener: FakeEventListener,
+    pub github: FakeGithub,
+    pub dir: TempDir,
+    pub options: WorldOptions,
+}
+
+impl World {
+    /// Fakes plus a database; PipelineRuns last `run_for` (None: until finished by the test).
+    pub async fn new(capacity: u32, run_for: Option<Duration>) -> World {
+        Self::with(WorldOptions {
+            capacity,
+            run_for,
+            ..WorldOptions::default()
+        })
+        .await
+    }
+
+    pub async fn with(options: WorldOptions) -> World {
+        install_crypto();
+        let kube = FakeKube::start().await.unwrap();
+        let tekton = TektonMode {
+            kube: kube.clone(),
+            namespace: "ns".into(),
+            pipeline: PIPELINE.into(),
+            annotations: vec![],
+            run_for: options.run_for,
+            dispatch_label: options.dispatch_label.then(|| DISPATCH_LABEL.to_owned()),
+        };
+        let listener = FakeEventListener::start(Some(super::SECRET), Some(tekton))
+            .await
+            .unwrap();
+        let github = FakeGithub::start(GITHUB_TOKEN).await.unwrap();
+        let dir = TempDir::new("world");
+        std::fs::write(dir.0.join("kubeconfig"), kube.kubeconfig("ns")).unwrap();
+        World {
+            db: TestDatabase::new(),
+            kube,
+            listener,
+            github,
+            dir,
+            options,
+        }
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.options.capacity
+    }
+
+    pub fn config(&self) -> String {
+        let label = if self.options.dispatch_label {
+            format!(", dispatch_label: \"{DISPATCH_LABEL}\"")
+        } else {
+            String::new()
+        };
+        format!(
+            r#"
+dispatcher:
+  items:
+    - name: ops
+      events: [opened, synchronize, reopened]
+      full_repository_name: o/r
+      capacity: {{type: ocp_tekton, pipeline_name: {PIPELINE}, max_capacity: {cap}, namespace: ns{label}}}
+      callback_url: "{listener}"
+security:
+  github_webhook_secret: "${{GITHUB_WEBHOOK_SECRET}}"
+  allowed_github_events: [pull_request]
+server: {{bind: 127.0.0.1, port: 0}}
+github: {{api_url: "{github}"}}
+dispatch:
+  max_attempts: 3
+  retry_backoff_base: 50ms
+  retry_backoff_max: 200ms
+  trigger_timeout: {trigger_timeout}
+  reservation_timeout: 30s
+  capacity_resync_interval: 300ms
+  capacity_stale_after: 5s
+  leader_retry_interval: 100ms
+  safety_pass_interval: 5s
+  failover_timeout: {failover_timeout}
+"#,
+            cap = self.options.capacity,
+            listener = self.listener.url(),
+            github = self.github.url(),
+            trigger_timeout = self.options.trigger_timeout,
+            failover_timeout = self.options.failover_timeout,
+        )
+    }
+
+    pub async fn replica(&self) -> Service {
+        let env = [
+            (
+                "KUBECONFIG",
+                self.dir.0.join("kubeconfig").display().to_string(),
+            ),
+            ("GITHUB_TOKEN", GITHUB_TOKEN.to_owned()),
+        ];
+        Service::start(&self.config(), self.db.url(), &env).await
+    }
+
+    /// PR number of every accepted trigger, in arrival order.
+    pub fn dispatched_prs(&self) -> Vec<i64> {
+        self.listener
+            .accepted()
+            .iter()
+            .map(|r| r.json()["pull_request"]["number"].as_i64().unwrap())
+            .collect()
+    }
+
+    /// Waits until `n` PRs ran and finished; asserts the pool never exceeded
+    /// its capacity and each PR ran exactly once. PR numbers in dispatch order.
+    pub async fn drained(&self, n: usize) -> Vec<i64> {
+        self.wait_dispatched(n).await;
+        assert!(
+            self.kube
+                .wait_until(WAIT, |k| k.unfinished(PIPELINE).is_empty())
+                .await
+        );
+        self.assert_within_capacity();
+        let prs = self.dispatched_prs();
+        assert!(
+            prs.len() == n && counts(&prs).values().all(|c| *c == 1),
+            "not exactly once: {prs:?}"
+        );
+        prs
+    }
+
+    /// Never more runs at once than the pool's capacity (runs are counted by
+    /// the fake API server from the moment they are created).
+    pub fn assert_within_capacity(&self) {
+        let most = self.kube.max_unfinished(PIPELINE);
+        assert!(
+            most <= self.options.capacity as usize,
+            "capacity {} exceeded: {most}",
+            self.options.capacity
+        );
+    }
+
+    /// Each PR triggered at most once so far.
+    pub fn assert_never_twice(&self) {
+        let prs = self.dispatched_prs();
+        let repeated: Vec<_> = counts(&prs).into_iter().filter(|(_, c)| *c > 1).collect();
+        assert!(
+            repeated.is_empty(),
+            "triggered twice: {repeated:?} in {prs:?}"
+        );
+    }
+
+    pub async fn wait_dispatched(&self, n: usize) {
+        let ok = self
+            .listener
+            .wait_until(WAIT, |l| l.accepted().len() >= n)
+            .await;
+        assert!(
+            ok,
+            "only {} of {n} dispatched",
+            self.listener.accepted().len()
+        );
+    }
+}
+
+pub fn counts(prs: &[i64]) -> HashMap<i64, usize> {
+    let mut m = HashMap::new();
+    for p in prs {
+        *m.entry(*p).or_default() += 1;
+    }
+    m
+}
