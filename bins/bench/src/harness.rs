@@ -152,6 +152,11 @@ impl Dispatcher {
         })
     }
 
+    /// The process id, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Peak resident set size so far (VmHWM), in bytes.
     pub(crate) fn peak_rss(&self) -> u64 {
         let Some(pid) = self.child.id() else { return 0 };

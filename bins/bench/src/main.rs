@@ -10,10 +10,13 @@
 //!   POST, with free capacity, versus a direct POST to the same listener.
 //! * `drain`: N PRs queued against capacity C with runs of R ms, versus the
 //!   ideal `ceil(N/C) × R`.
+//! * `failover`: SIGSTOP of the active replica → the standby's first trigger,
+//!   versus `failover_timeout` + 2 s and the healthy-leader path.
 //!
 //! Needs `DATABASE_URL` (a server where it may create databases) and the
 //! `dispatcher` binary; `just bench` provides both.
 
+mod failover;
 mod harness;
 mod intake;
 mod pipeline;
@@ -72,6 +75,12 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         run_ms: u64,
     },
+    /// Standby takeover after the active replica freezes.
+    Failover {
+        /// Freezes measured (each on fresh replicas).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
 }
 
 #[allow(clippy::print_stdout)] // the report is the program's output
@@ -94,6 +103,7 @@ fn main() -> anyhow::Result<()> {
                 capacity: 5,
                 run_ms: 200,
             },
+            Command::Failover { rounds: 3 },
         ],
         one => vec![one],
     };
@@ -130,6 +140,9 @@ fn main() -> anyhow::Result<()> {
                         Duration::from_millis(run_ms),
                     )
                     .await?
+                }
+                Command::Failover { rounds } => {
+                    failover::run(&cli.dispatcher, &cli.database_url, rounds).await?
                 }
                 Command::All => continue,
             };
