@@ -25,10 +25,9 @@ pub(crate) fn pool(settings: &Settings) -> PoolOptions {
 /// after `leader_idle_timeout` of silence, well inside `failover_timeout`.
 pub(crate) fn leader(settings: &Settings) -> LeaderOptions {
     let d = &settings.dispatch;
-    let idle = d.leader_idle_timeout();
     LeaderOptions {
-        idle_session_timeout: idle,
+        idle_session_timeout: d.leader_idle_timeout(),
         heartbeat_interval: d.heartbeat_interval(),
-        lease_margin: idle * 3 / 10,
+        lease_margin: d.leader_lease_margin(),
     }
 }

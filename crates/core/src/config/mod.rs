@@ -1,9 +1,11 @@
-//! Configuration: the file format ([`RawConfig`]), `${VAR}` expansion, and
-//! validation into [`Settings`], the checked form every other crate uses.
+//! Configuration: the file format ([`RawConfig`]), `${VAR}` expansion, the
+//! environment overrides, and validation into [`Settings`], the checked form
+//! every other crate uses.
 //!
 //! Loading files and reading the environment is the binary's job; this module
 //! receives a parsed tree and an environment lookup function.
 
+mod env;
 mod expand;
 mod model;
 mod secret;
@@ -14,6 +16,7 @@ use std::time::Duration;
 
 use url::Url;
 
+pub use env::{EnvError, apply_env_overrides};
 pub use expand::expand_env;
 pub use model::*;
 pub use secret::Secret;
@@ -210,6 +213,13 @@ impl DispatchTuning {
     pub fn pass_timeout(&self) -> Duration {
         self.leader_idle_timeout()
     }
+
+    /// How long before PostgreSQL may end the leader session the active
+    /// replica stops counting on its lease (a trigger already on its way,
+    /// timer slack).
+    pub fn leader_lease_margin(&self) -> Duration {
+        self.leader_idle_timeout() * 3 / 10
+    }
 }
 
 impl Default for DispatchTuning {
@@ -240,6 +250,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// The tracing filter directive for a `logging.level` / `LOG_LEVEL` value:
+/// the original service's Python level names (`INFO`, `WARNING`, `CRITICAL`)
+/// are mapped, empty means `info`, anything else is taken as a filter directive.
+pub fn log_filter_directive(level: &str) -> String {
+    match level.trim().to_ascii_lowercase().as_str() {
+        "warning" => "warn".to_owned(),
+        "critical" | "fatal" => "error".to_owned(),
+        "" => "info".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -251,7 +273,7 @@ pub struct Settings {
     pub security: Security,
     /// HTTP listener.
     pub server: ServerSection,
-    /// Database settings (URL resolved by the binary).
+    /// Database settings (URL possibly from the environment, see [`apply_env_overrides`]).
     pub database: DatabaseSection,
     /// GitHub API.
     pub github: GithubSection,

@@ -294,3 +294,26 @@ fn database_url_escapes_parts() {
         "postgres://u@[::1]:5433/d"
     );
 }
+
+#[test]
+fn python_level_names_are_filter_directives() {
+    assert_eq!(log_filter_directive("WARNING"), "warn");
+    assert_eq!(log_filter_directive("INFO"), "info");
+    assert_eq!(log_filter_directive(" Critical "), "error");
+    assert_eq!(log_filter_directive(""), "info");
+    assert_eq!(
+        log_filter_directive("dispatcher_core=debug,info"),
+        "dispatcher_core=debug,info"
+    );
+}
+
+#[test]
+fn leader_timings_follow_the_failover_timeout() {
+    let d = DispatchTuning {
+        failover_timeout: Duration::from_secs(15),
+        ..DispatchTuning::default()
+    };
+    assert_eq!(d.leader_idle_timeout(), Duration::from_secs(10));
+    assert_eq!(d.heartbeat_interval(), Duration::from_millis(2500));
+    assert_eq!(d.leader_lease_margin(), Duration::from_secs(3));
+}
