@@ -16,9 +16,6 @@ use dispatcher_runtime::{DispatcherStatus, Runtime};
 use dispatcher_store::{Database, PgLeaderElection};
 use tokio::sync::watch;
 
-/// Pause between attempts to apply migrations while the database is down.
-const MIGRATE_RETRY: Duration = Duration::from_secs(2);
-
 /// Runs the service.
 pub(crate) async fn serve(settings: Settings, database_url: &str) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
@@ -45,13 +42,23 @@ pub(crate) async fn serve(settings: Settings, database_url: &str) -> anyhow::Res
     let status = runtime.status();
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let dispatch_task = tokio::spawn(start_dispatching(
-        Arc::clone(&settings),
-        database_url.to_owned(),
-        runtime,
-        Arc::clone(&status),
-        stop_rx,
-    ));
+    if settings.database.migrate_on_start {
+        let (url, connection) = (
+            database_url.to_owned(),
+            crate::options::connection(&settings),
+        );
+        runtime = runtime.with_preparation("applying database migrations", move || {
+            let url = url.clone();
+            async move {
+                let applied = dispatcher_store::run_migrations(&url, &connection).await;
+                for version in applied.as_ref().map_err(ToString::to_string)? {
+                    tracing::info!(%version, "applied migration");
+                }
+                Ok(())
+            }
+        });
+    }
+    let dispatch_task = tokio::spawn(runtime.run(stop_rx));
 
     let app = http_app(&settings, &db, &status, &capacity)?;
     let address = (settings.server.bind, settings.server.port);
@@ -81,44 +88,6 @@ pub(crate) async fn serve(settings: Settings, database_url: &str) -> anyhow::Res
         Err(_) => tracing::warn!("dispatcher did not stop in time; exiting anyway"),
     }
     Ok(())
-}
-
-/// Applies migrations (retrying while the database is unreachable), then runs
-/// the dispatcher. Readiness shows what it is waiting for.
-async fn start_dispatching<L, C, T>(
-    settings: Arc<Settings>,
-    database_url: String,
-    runtime: Runtime<L, C, T>,
-    status: Arc<DispatcherStatus>,
-    mut stop: watch::Receiver<bool>,
-) where
-    L: dispatcher_core::ports::LeaderElection,
-    C: dispatcher_core::ports::CapacitySource + 'static,
-    T: dispatcher_core::ports::Trigger + Clone + 'static,
-{
-    while settings.database.migrate_on_start && !*stop.borrow() {
-        let connection = crate::options::connection(&settings);
-        match dispatcher_store::run_migrations(&database_url, &connection).await {
-            Ok(applied) => {
-                for version in &applied {
-                    tracing::info!(%version, "applied migration");
-                }
-                status.set_problem(None);
-                break;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot apply database migrations yet; retrying (set database.migrate_on_start: false to skip)");
-                status.set_problem(Some(format!("database migrations not applied: {e}")));
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(MIGRATE_RETRY) => {}
-            _ = stop.changed() => {}
-        }
-    }
-    if !*stop.borrow() {
-        runtime.run(stop).await;
-    }
 }
 
 fn http_app(

@@ -45,8 +45,15 @@ where
         capacity,
         trigger,
         labels,
+        preparation,
         status,
     } = runtime;
+    if let Some((what, step)) = preparation
+        && !prepare(&what, &*step, &settings, &status, &mut shutdown).await
+    {
+        status.set_role(Role::Stopping);
+        return;
+    }
     let parts = Parts {
         settings: Arc::clone(&settings),
         capacity,
@@ -107,6 +114,42 @@ where
             "stopping with trigger outcomes unrecorded; the active replica settles them from their PipelineRuns"
         );
     }
+}
+
+/// Runs the preparation step until it succeeds; false when shutdown came first.
+async fn prepare(
+    what: &str,
+    step: &(
+         dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+             + Send
+             + Sync
+     ),
+    settings: &dispatcher_core::config::Settings,
+    status: &crate::DispatcherStatus,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let retry = settings
+        .dispatch
+        .leader_retry_interval
+        .max(Duration::from_secs(1));
+    while !*shutdown.borrow() {
+        status.tick();
+        match step().await {
+            Ok(()) => {
+                status.set_problem(None);
+                return true;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} failed; retrying");
+                status.set_problem(Some(format!("{what}: {e}")));
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(retry) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    false
 }
 
 /// The runtime's parts, shared by every term.

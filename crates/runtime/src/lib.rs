@@ -55,6 +55,10 @@ pub use status::{DispatcherStatus, Role};
 type LabelWorkerFactory =
     Arc<dyn Fn(Arc<Notify>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
+/// A start-up step retried until it succeeds (see [`Runtime::with_preparation`]).
+type Preparation =
+    Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
 /// The dispatcher of one replica: contends for leadership and, while it
 /// leads, dispatches. Build it with [`Runtime::new`], add optional parts,
 /// then [`Runtime::run`] it.
@@ -64,6 +68,7 @@ pub struct Runtime<L, C, T> {
     capacity: Arc<C>,
     trigger: T,
     labels: Option<LabelWorkerFactory>,
+    preparation: Option<(String, Preparation)>,
     status: Arc<DispatcherStatus>,
 }
 
@@ -92,8 +97,24 @@ where
             capacity,
             trigger,
             labels: None,
+            preparation: None,
             status,
         }
+    }
+
+    /// A step to finish before contending for leadership, such as applying
+    /// database migrations: retried every `dispatch.leader_retry_interval`
+    /// (at least 1 s) until it succeeds, with readiness showing
+    /// "`what`: <error>" meanwhile, so a database that is not up yet delays
+    /// dispatching instead of crashing the process.
+    #[must_use]
+    pub fn with_preparation<F, Fut>(mut self, what: impl Into<String>, step: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.preparation = Some((what.into(), Box::new(move || Box::pin(step()))));
+        self
     }
 
     /// Pushes `<pipeline>/queued` labels to pull requests while leading.
