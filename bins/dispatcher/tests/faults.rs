@@ -251,3 +251,78 @@ async fn frozen_leader_is_replaced_and_does_nothing_when_it_resumes() {
     world.assert_never_twice();
     world.assert_within_capacity();
 }
+
+/// A TCP port that drops every connection until `open` is called, then
+/// forwards to `target` (PostgreSQL coming up late).
+struct LatePostgres {
+    port: u16,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl LatePostgres {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (open, opened) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !*opened.borrow() {
+                    drop(client);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Self { port, open }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_unreachable_at_start_then_back() {
+    let world = World::new(2, None).await;
+    // The test database's address, reached through a port that refuses at first.
+    let url: reqwest::Url = world.db.url().parse().unwrap();
+    let target = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432))
+        .parse()
+        .unwrap();
+    let late = LatePostgres::start(target).await;
+    let mut via_proxy = url.clone();
+    via_proxy.set_port(Some(late.port)).unwrap();
+    let svc = Service::start(
+        &world.config(),
+        via_proxy.as_str(),
+        &[(
+            "KUBECONFIG",
+            world.dir.0.join("kubeconfig").display().to_string(),
+        )],
+    )
+    .await;
+
+    // Serving, not crash-looping; readiness says why it is not ready.
+    let (status, ready) = svc.get("/api/v1/status/ready").await;
+    assert_eq!(status, 503, "{ready}");
+    let ready = svc
+        .get_until("/api/v1/status/ready", |r| {
+            r["dispatcher"]["problem"]
+                .as_str()
+                .is_some_and(|p| p.contains("applying database migrations"))
+        })
+        .await;
+    assert_eq!(ready["dispatcher"]["role"], "starting", "{ready}");
+    let (status, _) = send_pr(&svc.url, "d-early", "o/r", 1, "opened").await;
+    assert!(status >= 500, "no database, no acknowledgement ({status})");
+
+    late.open.send(true).unwrap();
+    svc.get_until("/api/v1/status/ready", |r| {
+        r["dispatcher"]["role"] == "leader"
+    })
+    .await;
+    send_all(&[&svc], 2..=3).await;
+    world.wait_dispatched(2).await;
+    all_final(&svc, 2).await;
+    world.assert_never_twice();
+}
