@@ -209,9 +209,11 @@ impl DispatchTuning {
     }
 
     /// Longest a single pass may take before the replica gives up leadership
-    /// (a pass stuck on a dead connection must not hold the lock).
+    /// (a pass stuck on a stalled database must not hold the lock forever).
+    /// Generous: a pass working through a large backlog makes progress
+    /// batch by batch, and every statement has its own timeout anyway.
     pub fn pass_timeout(&self) -> Duration {
-        self.leader_idle_timeout()
+        self.failover_timeout * 2
     }
 
     /// How long before PostgreSQL may end the leader session the active
