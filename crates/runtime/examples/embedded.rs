@@ -18,9 +18,7 @@ use dispatcher_capacity::{CapacityOptions, EventListenerClient, KubeCapacity, ku
 use dispatcher_core::config::{Settings, parse};
 use dispatcher_http::{App, DispatcherReport};
 use dispatcher_runtime::Runtime;
-use dispatcher_store::{
-    ConnectionOptions, Database, LeaderOptions, PgLeaderElection, PoolOptions,
-};
+use dispatcher_store::{ConnectionOptions, Database, LeaderOptions, PgLeaderElection, PoolOptions};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -60,7 +58,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let election = PgLeaderElection::new(db.clone(), false, LeaderOptions::default());
 
     // The dispatcher runs as one task of this program...
-    let runtime = Runtime::new(Arc::clone(&settings), election, Arc::clone(&capacity), trigger);
+    let runtime = Runtime::new(
+        Arc::clone(&settings),
+        election,
+        Arc::clone(&capacity),
+        trigger,
+    );
     let status = runtime.status();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let dispatcher = tokio::spawn(runtime.run(stopped));
