@@ -290,11 +290,27 @@ where
     ) -> TermEnd {
         self.status.set_role(Role::Stopping);
         tracing::info!(in_flight = triggers.len(), "stopping the dispatcher");
-        answers.extend(
-            triggers
-                .drain(self.settings.dispatch.trigger_timeout + DRAIN_SLACK)
-                .await,
-        );
+        let d = &self.settings.dispatch;
+        let drain = triggers.drain(d.trigger_timeout + DRAIN_SLACK);
+        tokio::pin!(drain);
+        // Heartbeats keep the session (and the lock) while a slow answer is
+        // awaited: PostgreSQL would end an idle session, and the answer could
+        // not be recorded.
+        let mut heartbeat = tokio::time::interval(d.heartbeat_interval());
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut alive = true;
+        let drained = loop {
+            tokio::select! {
+                done = &mut drain => break done,
+                _ = heartbeat.tick(), if alive => {
+                    if let Err(e) = session.heartbeat().await {
+                        tracing::warn!(error = %e, "heartbeat failed while waiting for trigger answers");
+                        alive = false;
+                    }
+                }
+            }
+        };
+        answers.extend(drained);
         if !answers.is_empty()
             && let Err(e) = engine.record_triggers(session, answers).await
         {

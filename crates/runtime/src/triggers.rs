@@ -111,3 +111,88 @@ fn keep(joined: Result<TriggerResult, tokio::task::JoinError>) -> Option<Trigger
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use dispatcher_core::domain::{DispatchId, EventId, PullRequestRef};
+    use dispatcher_core::ports::TriggerRequest;
+
+    use super::*;
+
+    /// Counts the POSTs that reach it and accepts each one.
+    #[derive(Default)]
+    struct Counting {
+        sent: AtomicUsize,
+    }
+
+    impl Trigger for Counting {
+        async fn trigger(
+            &self,
+            request: TriggerRequest<'_>,
+        ) -> Result<Option<String>, TriggerError> {
+            self.sent.fetch_add(1, Ordering::SeqCst);
+            Ok(Some(format!("ev-{}", request.dispatch)))
+        }
+    }
+
+    #[derive(Clone)]
+    struct FixedLease(bool);
+
+    impl Lease for FixedLease {
+        fn is_valid(&self) -> bool {
+            self.0
+        }
+    }
+
+    fn job() -> TriggerJob {
+        TriggerJob {
+            dispatch: DispatchId(7),
+            event_id: EventId(3),
+            item: "ops".to_owned(),
+            pr: PullRequestRef {
+                repository: "o/r".to_owned(),
+                number: 1,
+            },
+            attempt: 1,
+            payload: "{}".to_owned(),
+            headers: vec![],
+        }
+    }
+
+    async fn next(triggers: &mut Triggers) -> TriggerResult {
+        tokio::time::timeout(Duration::from_secs(10), triggers.next())
+            .await
+            .expect("the trigger task finished")
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_sends_nothing() {
+        let trigger = Arc::new(Counting::default());
+        let url: Url = "http://127.0.0.1:9/hook".parse().unwrap();
+        let mut triggers = Triggers::new();
+
+        triggers.spawn(&trigger, Some(url.clone()), job(), FixedLease(false));
+        let (answered, result) = next(&mut triggers).await;
+        assert_eq!(answered, job());
+        let Err(error) = result else {
+            panic!("sent without a valid lease: {result:?}");
+        };
+        assert!(
+            matches!(error, TriggerError::Transport(_)),
+            "not sent, so safe to retry: {error:?}"
+        );
+        assert!(!error.may_have_reached_listener());
+        assert_eq!(trigger.sent.load(Ordering::SeqCst), 0, "nothing was sent");
+        assert_eq!(triggers.len(), 0);
+
+        // The same job with a valid lease goes out.
+        triggers.spawn(&trigger, Some(url), job(), FixedLease(true));
+        let (_, result) = next(&mut triggers).await;
+        assert_eq!(result, Ok(Some("ev-7".to_owned())));
+        assert_eq!(trigger.sent.load(Ordering::SeqCst), 1);
+    }
+}
