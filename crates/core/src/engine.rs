@@ -197,7 +197,9 @@ impl Engine {
         let mut report = PassReport::default();
         self.record_unrecorded(store).await?;
 
-        let mut now = store.database_now().await?;
+        // One reading of the database clock per pass (a few ms stale by the
+        // end of it, which every deadline tolerates).
+        let now = store.database_now().await?;
         let mut open = store
             .open_dispatches(now - self.limits.reservation_timeout)
             .await?;
@@ -245,7 +247,6 @@ impl Engine {
             .values()
             .map(|p| (p.key.clone(), capacity.pool_state(p)))
             .collect();
-        now = store.database_now().await?;
         let candidates = orphan_candidates(&self.settings, &open, &pools, self.limits, now);
         let claimed = if candidates.is_empty() {
             HashSet::new()
