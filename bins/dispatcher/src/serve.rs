@@ -77,7 +77,9 @@ pub(crate) async fn serve(settings: Settings, database_url: &str) -> anyhow::Res
         .context("building the HTTP app")?
         .with_status_source(Arc::new(move || {
             status.report(&report_settings, &report_capacity)
-        }));
+        }))
+        // Always alive for now: the runtime plugs in the dispatch loop's heartbeat.
+        .with_liveness_source(Arc::new(|| dispatcher_http::Liveness::Alive));
     let address = (settings.server.bind, settings.server.port);
     let listener = tokio::net::TcpListener::bind(address)
         .await
@@ -89,7 +91,7 @@ pub(crate) async fn serve(settings: Settings, database_url: &str) -> anyhow::Res
         listener,
         Arc::new(app),
         shutdown_signal(),
-        settings.server.shutdown_timeout,
+        dispatcher_http::ServeOptions::from(&settings.server),
     )
     .await?;
 
