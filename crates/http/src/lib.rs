@@ -228,9 +228,8 @@ impl<R: EventRepository> App<R> {
                 Err(_) => Err(ApiError::Timeout),
             };
         let mut response = result.unwrap_or_else(|e| {
-            if matches!(e, ApiError::Busy) {
-                // Logged (rate-limited) where the budget refused.
-            } else if e.status().is_server_error() {
+            // A full budget is logged (rate-limited) where it refused.
+            if e.status().is_server_error() && !matches!(e, ApiError::Busy) {
                 tracing::error!(%method, %path, error = %e, "request failed");
             }
             response::error(&e)
