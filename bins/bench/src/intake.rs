@@ -126,7 +126,7 @@ pub(crate) async fn run(
         None
     };
     let config = format!(
-        "security: {{github_webhook_secret: \"${{GITHUB_WEBHOOK_SECRET}}\"}}\nserver: {{bind: 127.0.0.1, port: 0}}\ndatabase: {{pool_size: {concurrency}}}\n"
+        "security: {{github_webhook_secret: \"${{GITHUB_WEBHOOK_SECRET}}\"}}\nserver: {{bind: 127.0.0.1, port: 0, shutdown_delay: 0s}}\ndatabase: {{pool_size: {concurrency}}}\n"
     );
     let service = Dispatcher::start(dispatcher, &config, &db.url, &[]).await?;
     let address = service.url.trim_start_matches("http://").to_owned();

@@ -12,11 +12,15 @@
 //!   ideal `ceil(N/C) × R`.
 //! * `failover`: SIGSTOP of the active replica → the standby's first trigger,
 //!   versus `failover_timeout` + 2 s and the healthy-leader path.
+//! * `flood`: 40 clients uploading 25 MiB bodies with well-formed but wrong
+//!   signatures while 4 clients send signed webhooks, versus the same 4
+//!   clients alone: share accepted, p50/p99, the dispatcher's peak RSS.
 //!
 //! Needs `DATABASE_URL` (a server where it may create databases) and the
 //! `dispatcher` binary; `just bench` provides both.
 
 mod failover;
+mod flood;
 mod harness;
 mod intake;
 mod pipeline;
@@ -81,6 +85,24 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Hostile 25 MiB uploads with wrong signatures beside normal webhooks.
+    Flood {
+        /// Seconds per phase (baseline, then flood).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Clients uploading hostile bodies.
+        #[arg(long, default_value_t = 40)]
+        flood_clients: usize,
+        /// Size of each hostile body in MiB (25 is GitHub's cap and the default body limit).
+        #[arg(long, default_value_t = 25)]
+        flood_mib: usize,
+        /// Clients sending normal signed webhooks.
+        #[arg(long, default_value_t = 4)]
+        normal_clients: usize,
+        /// Size of a normal webhook in KiB.
+        #[arg(long, default_value_t = 25)]
+        payload_kib: usize,
+    },
 }
 
 #[allow(clippy::print_stdout)] // the report is the program's output
@@ -104,6 +126,13 @@ fn main() -> anyhow::Result<()> {
                 run_ms: 200,
             },
             Command::Failover { rounds: 3 },
+            Command::Flood {
+                seconds: 10,
+                flood_clients: 40,
+                flood_mib: 25,
+                normal_clients: 4,
+                payload_kib: 25,
+            },
         ],
         one => vec![one],
     };
@@ -143,6 +172,24 @@ fn main() -> anyhow::Result<()> {
                 }
                 Command::Failover { rounds } => {
                     failover::run(&cli.dispatcher, &cli.database_url, rounds).await?
+                }
+                Command::Flood {
+                    seconds,
+                    flood_clients,
+                    flood_mib,
+                    normal_clients,
+                    payload_kib,
+                } => {
+                    flood::run(
+                        &cli.dispatcher,
+                        &cli.database_url,
+                        Duration::from_secs(seconds),
+                        flood_clients,
+                        flood_mib,
+                        normal_clients,
+                        payload_kib,
+                    )
+                    .await?
                 }
                 Command::All => continue,
             };

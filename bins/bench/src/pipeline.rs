@@ -64,7 +64,7 @@ dispatcher:
       capacity: {{type: ocp_tekton, pipeline_name: {PIPELINE}, max_capacity: {capacity}, namespace: ns}}
       callback_url: "{}"
 security: {{github_webhook_secret: "${{GITHUB_WEBHOOK_SECRET}}"}}
-server: {{bind: 127.0.0.1, port: 0}}
+server: {{bind: 127.0.0.1, port: 0, shutdown_delay: 0s}}
 "#,
         listener.url()
     );

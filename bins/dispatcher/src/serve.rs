@@ -11,7 +11,7 @@ use anyhow::Context;
 use dispatcher_capacity::{CapacityOptions, EventListenerClient, KubeCapacity, kube_client};
 use dispatcher_core::config::Settings;
 use dispatcher_github::GithubLabels;
-use dispatcher_http::{App, DispatcherReport};
+use dispatcher_http::{App, DispatcherReport, Liveness};
 use dispatcher_runtime::{DispatcherStatus, Runtime};
 use dispatcher_store::{Database, PgLeaderElection};
 use tokio::sync::watch;
@@ -78,7 +78,7 @@ pub(crate) async fn serve(settings: Settings, database_url: &str) -> anyhow::Res
         listener,
         Arc::new(app),
         signal,
-        settings.server.shutdown_timeout,
+        dispatcher_http::ServeOptions::from(&settings.server),
     )
     .await?;
 
@@ -101,6 +101,7 @@ fn http_app(
         Arc::clone(status),
         Arc::clone(capacity),
     );
+    let live_status = Arc::clone(status);
     Ok(App::new(settings, db.events())
         .context("building the HTTP app")?
         .with_status_source(Arc::new(move || {
@@ -109,6 +110,10 @@ fn http_app(
                 healthy: report.healthy,
                 details: report.details,
             }
+        }))
+        .with_liveness_source(Arc::new(move || match live_status.liveness() {
+            Ok(()) => Liveness::Alive,
+            Err(reason) => Liveness::Stuck(reason),
         })))
 }
 

@@ -366,6 +366,38 @@ async fn sigterm_finishes_and_exits_zero() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn sigterm_turns_readiness_off_while_intake_keeps_storing() {
+    let db = TestDatabase::new();
+    // The server section is last in INTAKE_CONFIG; the delay outlasts the test.
+    let config = format!("{INTAKE_CONFIG}  shutdown_delay: 1h\n");
+    let mut svc = start(&db, &config).await;
+    assert_eq!(
+        svc.get("/api/v1/status/live").await,
+        (200, json!({"status": "ok"}))
+    );
+    assert_eq!(svc.get("/api/v1/status/ready").await.0, 200);
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &svc.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    svc.wait_log(|l| l.contains("shutdown requested"))
+        .await
+        .expect("the server starts draining");
+
+    let (status, ready) = svc.get("/api/v1/status/ready").await;
+    assert_eq!((status, ready["status"].as_str()), (503, Some("draining")));
+    let (status, stored) = send_pr(&svc.url, "late-1", "o/r", 3, "opened").await;
+    assert_eq!(status, 200, "{stored}");
+    let (_, list) = svc
+        .get("/api/v1/events/status?filter=delivery_id=late-1")
+        .await;
+    assert_eq!(list["total_count"], 1, "{list}");
+    assert_eq!(svc.get("/api/v1/status/live").await.0, 200);
+    svc.kill9().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn check_config_and_migrate_commands() {
     let dir = TempDir::new("cli");
     let good = dir.0.join("good.yaml");

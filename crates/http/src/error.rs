@@ -5,6 +5,10 @@ use dispatcher_core::intake::PayloadError;
 use dispatcher_core::ports::StoreError;
 use http::StatusCode;
 
+/// `Retry-After` of a 503 for a full body budget: bodies in flight finish
+/// within about a second on a healthy network.
+const RETRY_AFTER_BUSY_SECS: u64 = 1;
+
 /// Why a request was not served.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -26,6 +30,14 @@ pub enum ApiError {
     /// `X-GitHub-Delivery` missing or empty.
     #[error("Missing X-GitHub-Delivery header")]
     MissingDelivery,
+    /// `X-GitHub-Delivery` longer than [`MAX_DELIVERY_ID_CHARS`](crate::webhook::MAX_DELIVERY_ID_CHARS).
+    #[error("X-GitHub-Delivery header too long ({length} characters; at most {max})")]
+    DeliveryIdTooLong {
+        /// Length of the value received.
+        length: usize,
+        /// The maximum.
+        max: usize,
+    },
     /// Content type is not JSON.
     #[error("Unsupported Content-Type '{0}': expected application/json")]
     UnsupportedMediaType(String),
@@ -55,12 +67,26 @@ pub enum ApiError {
     /// The request took longer than `server.request_timeout`.
     #[error("Request timed out")]
     Timeout,
+    /// The body does not fit in `server.max_buffered_bytes` now (503 with `Retry-After`).
+    #[error("Server busy receiving other webhook bodies, retry later")]
+    Busy,
+    /// A bug or a lost task; the detail goes to the log only.
+    #[error("{0}")]
+    Internal(String),
     /// Storage failed.
     #[error("{0}")]
     Store(#[from] StoreError),
 }
 
 impl ApiError {
+    /// Seconds a client should wait before retrying (`Retry-After`), if any.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::Busy => Some(RETRY_AFTER_BUSY_SECS),
+            _ => None,
+        }
+    }
+
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -68,6 +94,7 @@ impl ApiError {
             Self::InvalidUserAgent
             | Self::EventNotAllowed(_)
             | Self::MissingDelivery
+            | Self::DeliveryIdTooLong { .. }
             | Self::InvalidPayload(_)
             | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::InvalidSignature | Self::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -76,8 +103,8 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Timeout => StatusCode::REQUEST_TIMEOUT,
-            Self::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Busy | Self::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Store(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -88,7 +115,7 @@ impl ApiError {
             Self::Store(StoreError::Unavailable(_)) => {
                 "Database unavailable, retry later".to_owned()
             }
-            Self::Store(_) => "Internal server error".to_owned(),
+            Self::Store(_) | Self::Internal(_) => "Internal server error".to_owned(),
             other => other.to_string(),
         }
     }

@@ -3,31 +3,44 @@
 //! The Webhook Dispatcher's HTTP API on hyper 1.
 //!
 //! **Owns:** routing, the webhook checks in the documented order, JSON
-//! answers (errors included, never HTML), the body limit, request timeouts,
-//! bearer-token auth of the events API, and graceful connection shutdown.
+//! answers (errors included, never HTML), the body limit and the global
+//! budget of bodies being buffered, request timeouts, the connection cap,
+//! bearer-token auth of the events API, readiness and liveness, and the
+//! rollout-friendly shutdown (see [`serve`]).
 //!
 //! **Must not:** know Diesel or Kubernetes: it stores and reads through the
-//! [`EventRepository`] port and reports the dispatcher through a
-//! [`StatusSource`] closure.
+//! [`EventRepository`] port and reports the dispatcher through
+//! [`StatusSource`] and [`LivenessSource`] closures.
 //!
 //! | route | answer |
 //! |---|---|
-//! | `POST /api/v1/webhooks/github-pipeline` | intake (see [`webhook`]) |
+//! | `POST /api/v1/webhooks/github-pipeline` | intake (see [`webhook`]: header checks before the body is read) |
 //! | `GET /api/v1/events/status` | listing: `page`, `page_size`, `filter=k=v;k2=v2` |
 //! | `GET /api/v1/events/{id}` | one event with headers and dispatches |
 //! | `GET /api/v1/status/ping` | `{"status":"pong"}` |
 //! | `GET /api/v1/status/db` | database health |
-//! | `GET /api/v1/status/ready` | database and dispatcher health |
+//! | `GET /api/v1/status/ready` | database and dispatcher health; 503 without a database or once shutdown began |
+//! | `GET /api/v1/status/live` | `{"status":"ok"}`, or 503 when the [`LivenessSource`] reports the dispatch loop stuck |
+//!
+//! **Resource limits.** Bodies being received share `server.max_buffered_bytes`
+//! (a body that does not fit is answered 503 with `Retry-After` at once, never
+//! queued); at most `server.max_connections` connections are served at once,
+//! further ones wait in the kernel's accept backlog (not refused) until one
+//! closes. Idle keep-alive connections are closed after
+//! `server.header_read_timeout`, so slots come back.
 //!
 //! ```no_run
 //! # async fn demo(repo: impl dispatcher_core::ports::EventRepository, settings: &dispatcher_core::config::Settings) -> std::io::Result<()> {
 //! use std::sync::Arc;
-//! let app = Arc::new(dispatcher_http::App::new(settings, repo)?);
+//! use dispatcher_http::{App, Liveness, ServeOptions};
+//! let app = App::new(settings, repo)?.with_liveness_source(Arc::new(|| Liveness::Alive));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:5000").await?;
-//! dispatcher_http::serve(listener, app, std::future::pending(), std::time::Duration::from_secs(30)).await
+//! let options = ServeOptions::from(&settings.server);
+//! dispatcher_http::serve(listener, Arc::new(app), std::future::pending(), options).await
 //! # }
 //! ```
 
+mod budget;
 mod error;
 mod events;
 mod response;
@@ -43,12 +56,14 @@ use dispatcher_core::config::Settings;
 use dispatcher_core::ports::EventRepository;
 use dispatcher_sig::{SigningKeys, TokenSet};
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use tokio::sync::watch;
+
+use budget::BodyBudget;
 
 pub use error::ApiError;
 pub use events::{DEFAULT_PAGE_SIZE, FILTER_KEYS, MAX_PAGE_SIZE, parse_query};
 pub use response::ApiResponse;
-pub use server::serve;
+pub use server::{ServeOptions, serve};
 
 use response::json;
 
@@ -65,6 +80,8 @@ pub struct HttpConfig {
     pub verify_signatures: bool,
     /// Accepted `X-GitHub-Event` values.
     pub allowed_events: BTreeSet<String>,
+    /// Bytes all bodies being received may buffer together (503 beyond).
+    pub max_buffered_bytes: usize,
 }
 
 /// How this replica's dispatcher is doing, for `/api/v1/status/ready`.
@@ -79,13 +96,29 @@ pub struct DispatcherReport {
 /// Produces the dispatcher report on demand.
 pub type StatusSource = Arc<dyn Fn() -> DispatcherReport + Send + Sync>;
 
+/// What `/api/v1/status/live` says about this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Liveness {
+    /// Working: 200 `{"status":"ok"}`.
+    Alive,
+    /// Stuck (e.g. the dispatch loop made no progress for too long): 503
+    /// `{"status":"error","message":<reason>}`, so the kubelet restarts it.
+    Stuck(String),
+}
+
+/// Produces the liveness verdict on demand (cheap: probes call it often).
+pub type LivenessSource = Arc<dyn Fn() -> Liveness + Send + Sync>;
+
 /// The application: configuration plus the storage port.
 pub struct App<R> {
     repo: R,
-    keys: SigningKeys,
+    keys: Arc<SigningKeys>,
     tokens: TokenSet,
     config: HttpConfig,
     status: StatusSource,
+    liveness: LivenessSource,
+    budget: BodyBudget,
+    draining: watch::Sender<bool>,
 }
 
 impl<R> std::fmt::Debug for App<R> {
@@ -93,7 +126,35 @@ impl<R> std::fmt::Debug for App<R> {
         f.debug_struct("App")
             .field("config", &self.config)
             .field("keys", &self.keys)
+            .field("draining", &self.is_draining())
             .finish_non_exhaustive()
+    }
+}
+
+impl<R> App<R> {
+    /// Starts the shutdown: readiness answers 503 from now on and every
+    /// answer carries `Connection: close`, so clients move to other
+    /// replicas; requests are still served. [`serve`] calls this when its
+    /// shutdown future completes. Idempotent.
+    pub fn start_draining(&self) {
+        self.draining
+            .send_if_modified(|d| !std::mem::replace(d, true));
+    }
+
+    /// Whether [`start_draining`](Self::start_draining) was called.
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    /// A receiver that sees the draining flag turn `true`
+    /// (`wait_for(|d| *d)`), for whoever must react to the start of a shutdown.
+    pub fn subscribe_draining(&self) -> watch::Receiver<bool> {
+        self.draining.subscribe()
+    }
+
+    /// Bytes of the body budget currently free (for metrics and tests).
+    pub fn buffer_budget_available(&self) -> usize {
+        self.budget.available()
     }
 }
 
@@ -115,6 +176,7 @@ impl<R: EventRepository> App<R> {
             header_read_timeout: settings.server.header_read_timeout,
             verify_signatures: settings.security.verify_signatures,
             allowed_events: settings.security.allowed_github_events.clone(),
+            max_buffered_bytes: settings.server.max_buffered_bytes,
         };
         let status: StatusSource = Arc::new(|| DispatcherReport {
             healthy: true,
@@ -122,10 +184,13 @@ impl<R: EventRepository> App<R> {
         });
         Ok(Self {
             repo,
-            keys,
+            keys: Arc::new(keys),
             tokens,
+            budget: BodyBudget::new(config.max_buffered_bytes),
             config,
             status,
+            liveness: Arc::new(|| Liveness::Alive),
+            draining: watch::Sender::new(false),
         })
     }
 
@@ -133,6 +198,13 @@ impl<R: EventRepository> App<R> {
     #[must_use]
     pub fn with_status_source(mut self, status: StatusSource) -> Self {
         self.status = status;
+        self
+    }
+
+    /// Sets the source of the liveness verdict (default: always alive).
+    #[must_use]
+    pub fn with_liveness_source(mut self, liveness: LivenessSource) -> Self {
+        self.liveness = liveness;
         self
     }
 
@@ -155,12 +227,20 @@ impl<R: EventRepository> App<R> {
                 Ok(r) => r,
                 Err(_) => Err(ApiError::Timeout),
             };
-        let response = result.unwrap_or_else(|e| {
-            if e.status().is_server_error() {
+        let mut response = result.unwrap_or_else(|e| {
+            // A full budget is logged (rate-limited) where it refused.
+            if e.status().is_server_error() && !matches!(e, ApiError::Busy) {
                 tracing::error!(%method, %path, error = %e, "request failed");
             }
             response::error(&e)
         });
+        if self.is_draining() {
+            // Shutting down: ask keep-alive clients to reconnect (to another replica).
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
         tracing::debug!(%method, %path, status = response.status().as_u16(), elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "request");
         response
     }
@@ -186,8 +266,15 @@ impl<R: EventRepository> App<R> {
             "/api/v1/webhooks/github-pipeline" => {
                 allow("POST")?;
                 let (parts, body) = request.into_parts();
-                let body = self.read_body(&parts.headers, body).await?;
-                webhook::receive(self, &parts.headers, body).await
+                let declared = declared_length(&parts.headers);
+                let limit = self.config.body_limit;
+                if declared.is_some_and(|n| n > limit as u64) {
+                    // Answered before any check, as the original (its body read came first).
+                    return Err(ApiError::PayloadTooLarge { limit });
+                }
+                let checked = webhook::check_headers(self, &parts.headers)?;
+                let body = self.budget.read(declared, limit, body).await?;
+                webhook::receive(self, &parts.headers, checked, body).await
             }
             "/api/v1/status/ping" => {
                 allow("GET")?;
@@ -213,6 +300,10 @@ impl<R: EventRepository> App<R> {
                 allow("GET")?;
                 Ok(self.readiness().await)
             }
+            "/api/v1/status/live" => {
+                allow("GET")?;
+                Ok(self.liveness())
+            }
             "/api/v1/events/status" => {
                 allow("GET")?;
                 self.authorize(request.headers())?;
@@ -230,9 +321,33 @@ impl<R: EventRepository> App<R> {
         }
     }
 
+    fn liveness(&self) -> ApiResponse {
+        match (self.liveness)() {
+            Liveness::Alive => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+            Liveness::Stuck(reason) => {
+                tracing::warn!(%reason, "liveness probe answered 503");
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &serde_json::json!({"status": "error", "message": reason}),
+                )
+            }
+        }
+    }
+
     async fn readiness(&self) -> ApiResponse {
-        let db = self.repo.ping().await;
         let report = (self.status)();
+        if self.is_draining() {
+            // Out of the load balancer at once; intake still serves stragglers.
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({
+                    "status": "draining",
+                    "message": "Shutting down: this replica takes no new traffic",
+                    "dispatcher": report.details,
+                }),
+            );
+        }
+        let db = self.repo.ping().await;
         let status = match (&db, report.healthy) {
             (Err(_), _) => "error",
             (Ok(()), true) => "ok",
@@ -272,31 +387,13 @@ impl<R: EventRepository> App<R> {
             _ => Err(ApiError::Unauthorized),
         }
     }
+}
 
-    async fn read_body<B>(&self, headers: &http::HeaderMap, body: B) -> Result<Bytes, ApiError>
-    where
-        B: hyper::body::Body<Data = Bytes>,
-        B::Error: std::error::Error + Send + Sync + 'static,
-    {
-        let limit = self.config.body_limit;
-        let declared = headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(ApiError::PayloadTooLarge { limit });
-        }
-        match Limited::new(body, limit).collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(e)
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                Err(ApiError::PayloadTooLarge { limit })
-            }
-            Err(e) => Err(ApiError::BadRequest(format!(
-                "Could not read request body: {e}"
-            ))),
-        }
-    }
+/// The request's `Content-Length`, if present and valid (hyper has already
+/// refused invalid ones on real connections).
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
 }

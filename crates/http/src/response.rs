@@ -49,5 +49,10 @@ pub(crate) fn error(e: &ApiError) -> ApiResponse {
         }
         _ => {}
     }
+    if let Some(secs) = e.retry_after() {
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     response
 }

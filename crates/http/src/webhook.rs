@@ -1,8 +1,33 @@
 //! `POST /api/v1/webhooks/github-pipeline`: the checks, in the original
 //! service's order (so status codes stay compatible), then a durable,
 //! idempotent insert. The answer is sent only after the insert committed.
+//!
+//! The checks that need only headers run **before the body is read**, so a
+//! hostile or broken sender is answered without costing a body buffer:
+//!
+//! | step | check | answer | before the body |
+//! |---|---|---|---|
+//! | 1 | declared `Content-Length` above `server.body_limit_bytes` | 413 | yes |
+//! | 2 | `User-Agent` starts with `GitHub-Hookshot/` | 400 | yes |
+//! | 3 | `X-GitHub-Event` allowed (`ping` exempt) | 400 | yes |
+//! | 4 | `X-Hub-Signature-256` present and `sha256=` + 64 hex (when verifying) | 401 | yes |
+//! | 5 | `X-GitHub-Delivery` present and at most 255 characters (not for `ping`) | 400 | yes |
+//! | 6 | content type JSON (`pull_request` only) | 415 | yes |
+//! | 7 | body fits in the global budget `server.max_buffered_bytes` | 503 + `Retry-After` | yes (per chunk without `Content-Length`) |
+//! | 8 | body within the limit (without `Content-Length`) | 413 | while reading |
+//! | 9 | signature over the raw bytes with any configured secret | 401 | after |
+//! | 10 | `ping` → 200 `pong`; other allowed non-PR events → 202 `ignored` | | after |
+//! | 11 | payload: JSON object with `action`, `repository.full_name`, `pull_request.number` | 400 | after |
+//!
+//! **Deviation from the original order**, only for requests wrong in two
+//! ways at once: a signature that is well-formed but wrong (found only
+//! after the body) used to win over a later header problem; now the header
+//! problem answers first. So a wrong signature plus a missing or too long
+//! delivery id is a 400 (was 401), and a wrong signature on a `pull_request`
+//! with a non-JSON content type is a 415 (was 401). A missing or malformed
+//! signature is still a 401 before either. For `ping` and allowed non-PR
+//! events the outcome is unchanged except for the delivery id rule.
 
-use bytes::Bytes;
 use dispatcher_core::intake::{
     NewEvent, github_header_spelling, is_forwardable_header, pull_request_fields,
 };
@@ -10,11 +35,19 @@ use dispatcher_core::ports::{EventRepository, RecordOutcome};
 use http::{HeaderMap, StatusCode};
 
 use crate::App;
+use crate::budget::Buffered;
 use crate::error::ApiError;
 use crate::response::{ApiResponse, json};
 
 /// The only event type stored and dispatched.
 const PULL_REQUEST: &str = "pull_request";
+
+/// Longest accepted `X-GitHub-Delivery` (GitHub sends 36-character GUIDs).
+pub const MAX_DELIVERY_ID_CHARS: usize = 255;
+
+/// Bodies at least this large are verified on the blocking pool, so hashing
+/// megabytes never stalls the workers serving other requests.
+const VERIFY_INLINE_MAX: usize = 256 * 1024;
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
@@ -24,35 +57,120 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .filter(|v| !v.is_empty())
 }
 
-/// Handles one delivery whose body was read within the limit.
-pub(crate) async fn receive<R: EventRepository>(
+/// What the header checks found, for the checks after the body.
+#[derive(Debug)]
+pub(crate) struct Checked<'h> {
+    event_type: &'h str,
+    delivery_id: Option<&'h str>,
+}
+
+/// The checks that need only the headers (steps 2–6), run before the body is read.
+pub(crate) fn check_headers<'h, R>(
     app: &App<R>,
-    headers: &HeaderMap,
-    body: Bytes,
-) -> Result<ApiResponse, ApiError> {
+    headers: &'h HeaderMap,
+) -> Result<Checked<'h>, ApiError> {
     if !header(headers, "user-agent").is_some_and(|ua| ua.starts_with("GitHub-Hookshot/")) {
         return Err(ApiError::InvalidUserAgent);
     }
     let event_type = header(headers, "x-github-event");
     let is_ping = event_type == Some("ping");
-    if !is_ping && !event_type.is_some_and(|e| app.config.allowed_events.contains(e)) {
-        return Err(ApiError::EventNotAllowed(
-            event_type.unwrap_or("None").to_owned(),
-        ));
-    }
+    let event_type = match event_type {
+        Some(e) if is_ping || app.config.allowed_events.contains(e) => e,
+        other => {
+            return Err(ApiError::EventNotAllowed(
+                other.unwrap_or("None").to_owned(),
+            ));
+        }
+    };
     if app.config.verify_signatures
-        && let Err(reason) = app
-            .keys
-            .verify(&body, header(headers, "x-hub-signature-256"))
+        && let Err(reason) =
+            dispatcher_sig::check_header_syntax(header(headers, "x-hub-signature-256"))
     {
         tracing::warn!(
             delivery_id = header(headers, "x-github-delivery").unwrap_or("-"),
             %reason,
-            "rejected webhook with invalid signature"
+            "rejected webhook with invalid signature (before reading its body)"
         );
         return Err(ApiError::InvalidSignature);
     }
-    if is_ping {
+    let delivery_id = header(headers, "x-github-delivery");
+    if !is_ping {
+        let Some(id) = delivery_id else {
+            return Err(ApiError::MissingDelivery);
+        };
+        let length = id.chars().count();
+        if length > MAX_DELIVERY_ID_CHARS {
+            return Err(ApiError::DeliveryIdTooLong {
+                length,
+                max: MAX_DELIVERY_ID_CHARS,
+            });
+        }
+    }
+    if event_type == PULL_REQUEST {
+        let content_type = header(headers, "content-type").unwrap_or("");
+        let media_type = content_type.split(';').next().unwrap_or("").trim();
+        if !media_type.eq_ignore_ascii_case("application/json") {
+            return Err(ApiError::UnsupportedMediaType(content_type.to_owned()));
+        }
+    }
+    Ok(Checked {
+        event_type,
+        delivery_id,
+    })
+}
+
+/// Verifies the signature over the raw bytes; large bodies on the blocking pool.
+async fn verify_signature<R>(
+    app: &App<R>,
+    headers: &HeaderMap,
+    body: Buffered,
+) -> Result<Buffered, ApiError> {
+    let signature = header(headers, "x-hub-signature-256").map(str::to_owned);
+    let (body, verdict) = if body.bytes.len() < VERIFY_INLINE_MAX {
+        let verdict = app.keys.verify(&body.bytes, signature.as_deref());
+        (body, verdict)
+    } else {
+        let keys = std::sync::Arc::clone(&app.keys);
+        // The body (and its share of the budget) moves along and comes back.
+        tokio::task::spawn_blocking(move || {
+            let verdict = keys.verify(&body.bytes, signature.as_deref());
+            (body, verdict)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("signature verification task failed: {e}")))?
+    };
+    match verdict {
+        Ok(()) => Ok(body),
+        Err(reason) => {
+            tracing::warn!(
+                delivery_id = header(headers, "x-github-delivery").unwrap_or("-"),
+                %reason,
+                body_bytes = body.bytes.len(),
+                "rejected webhook with invalid signature"
+            );
+            Err(ApiError::InvalidSignature)
+        }
+    }
+}
+
+/// Handles one delivery that passed [`check_headers`] and whose body was
+/// read within the limit and the budget (steps 9–11, then the insert).
+pub(crate) async fn receive<R: EventRepository>(
+    app: &App<R>,
+    headers: &HeaderMap,
+    checked: Checked<'_>,
+    body: Buffered,
+) -> Result<ApiResponse, ApiError> {
+    let body = if app.config.verify_signatures {
+        verify_signature(app, headers, body).await?
+    } else {
+        body
+    };
+    let Checked {
+        event_type,
+        delivery_id,
+    } = checked;
+    if event_type == "ping" {
         tracing::info!(
             hook_id = header(headers, "x-github-hook-id").unwrap_or("-"),
             "answered GitHub ping"
@@ -62,10 +180,8 @@ pub(crate) async fn receive<R: EventRepository>(
             &serde_json::json!({"status": "ok", "message": "pong"}),
         ));
     }
-    let delivery_id = header(headers, "x-github-delivery")
-        .ok_or(ApiError::MissingDelivery)?
-        .to_owned();
-    let event_type = event_type.unwrap_or_default();
+    // check_headers required it for every event but ping.
+    let delivery_id = delivery_id.ok_or(ApiError::MissingDelivery)?.to_owned();
     if event_type != PULL_REQUEST {
         tracing::info!(%delivery_id, event_type, "acknowledged non-pull-request event without storing it");
         return Ok(json(
@@ -73,11 +189,9 @@ pub(crate) async fn receive<R: EventRepository>(
             &serde_json::json!({"status": "ignored", "message": format!("Event type '{event_type}' is accepted but not dispatched")}),
         ));
     }
-    let content_type = header(headers, "content-type").unwrap_or("");
-    let media_type = content_type.split(';').next().unwrap_or("").trim();
-    if !media_type.eq_ignore_ascii_case("application/json") {
-        return Err(ApiError::UnsupportedMediaType(content_type.to_owned()));
-    }
+    // The buffer keeps its share of the budget until the answer is built.
+    let mut buffered = body;
+    let body = buffered.take_bytes();
     let fields = pull_request_fields(&body)?;
     // pull_request_fields validated the body as UTF-8 JSON.
     // Reuses the body's buffer when it is not shared (no copy of a large payload).

@@ -4,16 +4,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use dispatcher_core::config::{Settings, parse};
 use dispatcher_core::domain::{EventDetail, EventId, EventRecord, EventStatus};
 use dispatcher_core::intake::NewEvent;
 use dispatcher_core::ports::{EventPage, EventQuery, EventRepository, RecordOutcome, StoreError};
-use dispatcher_http::App;
+use dispatcher_http::{App, Liveness, ServeOptions};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const SECRET: &str = "It's a Secret to Everybody";
 
@@ -272,9 +275,9 @@ async fn checks_run_in_the_original_order() {
             Some("Event type 'None' not allowed")
         )
     );
-    // Then the signature.
+    // Then the signature: missing or malformed (known before the body)...
     let mut d = Delivery::pr("d", body.clone());
-    d.signature = Some(dispatcher_sig::sign(b"wrong", body.as_bytes()));
+    d.signature = Some("sha256=00".into());
     d.delivery = None;
     let (s, b) = send(&app, d.request()).await;
     assert_eq!(
@@ -284,6 +287,28 @@ async fn checks_run_in_the_original_order() {
     let mut d = Delivery::pr("d", body.clone());
     d.signature = None;
     assert_eq!(send(&app, d.request()).await.0, StatusCode::UNAUTHORIZED);
+    // ...or well-formed but wrong (known only after the body).
+    let mut d = Delivery::pr("d", body.clone());
+    d.signature = Some(dispatcher_sig::sign(b"wrong", body.as_bytes()));
+    let (s, b) = send(&app, d.request()).await;
+    assert_eq!(
+        (s, b["message"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("Invalid webhook signature"))
+    );
+    // The documented deviation: a wrong (well-formed) signature cannot be
+    // told before the body, so header problems after it in the original
+    // order answer first (400 or 415 instead of 401).
+    let mut d = Delivery::pr("d", body.clone());
+    d.signature = Some(dispatcher_sig::sign(b"wrong", body.as_bytes()));
+    d.delivery = None;
+    assert_eq!(send(&app, d.request()).await.0, StatusCode::BAD_REQUEST);
+    let mut d = Delivery::pr("d", body.clone());
+    d.signature = Some(dispatcher_sig::sign(b"wrong", body.as_bytes()));
+    d.content_type = Some("text/plain");
+    assert_eq!(
+        send(&app, d.request()).await.0,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
     // Then the delivery id.
     let mut d = Delivery::pr("d", body.clone());
     d.delivery = None;
@@ -554,4 +579,532 @@ async fn unsigned_mode_accepts_without_signature() {
     let mut d = Delivery::pr("d", pr_payload(1));
     d.signature = None;
     assert_eq!(send(&app, d.request()).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn delivery_ids_up_to_255_characters_are_accepted() {
+    let repo = MemRepo::default();
+    let app = App::new(&settings(&json!({})), repo.clone()).unwrap();
+    let longest = "d".repeat(255);
+    let (s, b) = send(&app, Delivery::pr(&longest, pr_payload(1)).request()).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["delivery_id"], longest.as_str());
+    let (s, b) = send(
+        &app,
+        Delivery::pr(&"d".repeat(256), pr_payload(2)).request(),
+    )
+    .await;
+    assert_eq!(
+        (s, b["status"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("rejected"))
+    );
+    assert_eq!(
+        b["message"],
+        "X-GitHub-Delivery header too long (256 characters; at most 255)"
+    );
+    assert_eq!(repo.rows.lock().unwrap().len(), 1, "nothing stored for 256");
+}
+
+#[tokio::test]
+async fn liveness_follows_its_source() {
+    let app = app();
+    assert_eq!(
+        send(&app, get("/api/v1/status/live")).await,
+        (StatusCode::OK, json!({"status": "ok"}))
+    );
+    let stuck = app.with_liveness_source(Arc::new(|| {
+        Liveness::Stuck("dispatch loop made no progress for 120s".into())
+    }));
+    assert_eq!(
+        send(&stuck, get("/api/v1/status/live")).await,
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "error", "message": "dispatch loop made no progress for 120s"})
+        )
+    );
+    // Readiness is about traffic, not liveness.
+    assert_eq!(
+        send(&stuck, get("/api/v1/status/ready")).await.0,
+        StatusCode::OK
+    );
+    let post = Request::post("/api/v1/status/live")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(&stuck, post).await.0, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+// ---- Over real connections: `serve` on 127.0.0.1 ----
+
+/// A deadline so a broken server fails the test instead of hanging it
+/// (never a measure of speed).
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Served {
+    app: Arc<App<MemRepo>>,
+    address: std::net::SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Served {
+    async fn start(app: App<MemRepo>, options: ServeOptions) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let app = Arc::new(app);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(dispatcher_http::serve(
+            listener,
+            Arc::clone(&app),
+            async move {
+                let _ = rx.await;
+            },
+            options,
+        ));
+        Self {
+            app,
+            address,
+            shutdown: Some(tx),
+            task,
+        }
+    }
+
+    async fn connect(&self) -> TcpStream {
+        TcpStream::connect(self.address).await.unwrap()
+    }
+
+    /// Sends the shutdown signal and waits until the app is draining.
+    async fn begin_shutdown(&mut self) {
+        let mut draining = self.app.subscribe_draining();
+        let _ = self.shutdown.take().unwrap().send(());
+        tokio::time::timeout(WAIT, draining.wait_for(|d| *d))
+            .await
+            .expect("draining starts")
+            .unwrap();
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A parsed HTTP/1.1 answer.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Value,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one answer (after any `100 Continue`) from `stream`.
+async fn read_answer(stream: &mut TcpStream) -> Answer {
+    tokio::time::timeout(WAIT, async {
+        let mut buf = Vec::new();
+        loop {
+            let head = read_head(stream, &mut buf).await;
+            let mut lines = head.split("\r\n");
+            let status: u16 = lines.next().unwrap()[9..12].parse().unwrap();
+            if status == 100 {
+                continue;
+            }
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .collect();
+            let length: usize = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .map(|(_, v)| v.parse().unwrap())
+                .expect("content-length");
+            while buf.len() < length {
+                let mut chunk = [0u8; 4096];
+                let n = stream.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "connection closed mid-body");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let body = serde_json::from_slice(&buf[..length])
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", &buf[..length]));
+            return Answer {
+                status,
+                headers,
+                body,
+            };
+        }
+    })
+    .await
+    .expect("an answer within the deadline")
+}
+
+/// Reads up to the end of a response head; leaves what follows in `buf`.
+async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> String {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8(buf[..end].to_vec()).unwrap();
+            buf.drain(..end + 4);
+            return head;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "connection closed before an answer: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The request head of a webhook POST with `headers` (name, value).
+fn post_head(content_length: usize, headers: &[(&str, String)]) -> String {
+    let mut head = format!(
+        "POST /api/v1/webhooks/github-pipeline HTTP/1.1\r\nHost: test\r\nContent-Length: {content_length}\r\n"
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    head
+}
+
+/// The headers of a good signed delivery of `body`.
+fn good_headers(delivery: &str, body: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("User-Agent", "GitHub-Hookshot/abc123".to_owned()),
+        ("X-GitHub-Event", "pull_request".to_owned()),
+        ("X-GitHub-Delivery", delivery.to_owned()),
+        ("Content-Type", "application/json".to_owned()),
+        (
+            "X-Hub-Signature-256",
+            dispatcher_sig::sign(SECRET.as_bytes(), body.as_bytes()),
+        ),
+    ]
+}
+
+fn without(mut headers: Vec<(&'static str, String)>, name: &str) -> Vec<(&'static str, String)> {
+    headers.retain(|(k, _)| *k != name);
+    headers
+}
+
+fn with(
+    headers: Vec<(&'static str, String)>,
+    name: &'static str,
+    value: &str,
+) -> Vec<(&'static str, String)> {
+    let mut headers = without(headers, name);
+    headers.push((name, value.to_owned()));
+    headers
+}
+
+async fn get_over(stream: &mut TcpStream, path: &str) -> Answer {
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    read_answer(stream).await
+}
+
+#[tokio::test]
+async fn bad_headers_are_answered_before_the_body_is_sent() {
+    let served = Served::start(app(), ServeOptions::default()).await;
+    let body = pr_payload(1);
+    let good = good_headers("d-1", &body);
+    type Headers = Vec<(&'static str, String)>;
+    // (what, declared length, headers, status, message prefix)
+    let cases: Vec<(&str, usize, Headers, u16, &str)> = vec![
+        (
+            "declared length over the limit",
+            10 * 1024 * 1024,
+            good.clone(),
+            413,
+            "Payload too large",
+        ),
+        (
+            "user agent",
+            4000,
+            with(good.clone(), "User-Agent", "curl/8"),
+            400,
+            "Invalid User-Agent header",
+        ),
+        (
+            "event type",
+            4000,
+            with(good.clone(), "X-GitHub-Event", "issues"),
+            400,
+            "Event type 'issues' not allowed",
+        ),
+        (
+            "missing signature",
+            4000,
+            without(good.clone(), "X-Hub-Signature-256"),
+            401,
+            "Invalid webhook signature",
+        ),
+        (
+            "malformed signature",
+            4000,
+            with(good.clone(), "X-Hub-Signature-256", "sha256=abc"),
+            401,
+            "Invalid webhook signature",
+        ),
+        (
+            "missing delivery id",
+            4000,
+            without(good.clone(), "X-GitHub-Delivery"),
+            400,
+            "Missing X-GitHub-Delivery header",
+        ),
+        (
+            "delivery id over 255 characters",
+            4000,
+            with(good.clone(), "X-GitHub-Delivery", &"d".repeat(256)),
+            400,
+            "X-GitHub-Delivery header too long",
+        ),
+        (
+            "content type",
+            4000,
+            with(good.clone(), "Content-Type", "text/plain"),
+            415,
+            "Unsupported Content-Type",
+        ),
+    ];
+    for (what, length, headers, status, message) in cases {
+        let mut stream = served.connect().await;
+        // Headers only: the body is never sent, yet the answer comes.
+        stream
+            .write_all(post_head(length, &headers).as_bytes())
+            .await
+            .unwrap();
+        let answer = read_answer(&mut stream).await;
+        assert_eq!(answer.status, status, "{what}: {:?}", answer.body);
+        assert_eq!(answer.header("content-type"), Some("application/json"));
+        assert_eq!(answer.body["status"], "rejected", "{what}");
+        assert!(
+            answer.body["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(message),
+            "{what}: {}",
+            answer.body
+        );
+    }
+    assert_eq!(
+        served.app.buffer_budget_available(),
+        128 * 1024 * 1024,
+        "no budget was taken"
+    );
+    // The good headers alone get no answer until the body follows.
+    let mut stream = served.connect().await;
+    stream
+        .write_all(post_head(body.len(), &good).as_bytes())
+        .await
+        .unwrap();
+    stream.write_all(body.as_bytes()).await.unwrap();
+    assert_eq!(read_answer(&mut stream).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_full_body_budget_answers_503_with_retry_after() {
+    let app = App::new(
+        &settings(&json!({"server": {"body_limit_bytes": 4096, "max_buffered_bytes": 4096}})),
+        MemRepo::default(),
+    )
+    .unwrap();
+    let served = Served::start(app, ServeOptions::default()).await;
+
+    // A slow upload: headers announce 4000 bytes; nothing follows yet. The
+    // 100 Continue proves the server took its budget and waits for the body.
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(3990));
+    assert_eq!(big.len(), 4000);
+    let mut slow = served.connect().await;
+    let mut headers = good_headers("slow", &big);
+    headers.push(("Expect", "100-continue".to_owned()));
+    slow.write_all(post_head(big.len(), &headers).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let continue_head = tokio::time::timeout(WAIT, read_head(&mut slow, &mut buf))
+        .await
+        .unwrap();
+    assert!(continue_head.starts_with("HTTP/1.1 100"), "{continue_head}");
+    assert_eq!(served.app.buffer_budget_available(), 96);
+
+    // A second upload does not fit: 503 at once, with Retry-After, body unsent.
+    let small = json!({"action": "opened", "pull_request": {"number": 2}, "repository": {"full_name": "o/r"}, "pad": "y".repeat(100)}).to_string();
+    assert!(small.len() > 96);
+    let mut second = served.connect().await;
+    second
+        .write_all(post_head(small.len(), &good_headers("second", &small)).as_bytes())
+        .await
+        .unwrap();
+    let answer = read_answer(&mut second).await;
+    assert_eq!(answer.status, 503, "{:?}", answer.body);
+    assert_eq!(answer.header("retry-after"), Some("1"));
+    assert_eq!(answer.body["status"], "error");
+    assert!(
+        answer.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("retry later"),
+        "{}",
+        answer.body
+    );
+
+    // The slow upload completes (its signature fails: its body is not a
+    // pull request, which does not matter here) and returns the budget.
+    slow.write_all(big.as_bytes()).await.unwrap();
+    let answer = read_answer(&mut slow).await;
+    assert_eq!(answer.status, 400, "{:?}", answer.body);
+    assert_eq!(served.app.buffer_budget_available(), 4096);
+
+    // Now the second one fits.
+    let mut again = served.connect().await;
+    again
+        .write_all(post_head(small.len(), &good_headers("second", &small)).as_bytes())
+        .await
+        .unwrap();
+    again.write_all(small.as_bytes()).await.unwrap();
+    assert_eq!(read_answer(&mut again).await.status, 200);
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+    let served = Served::start(
+        app(),
+        ServeOptions {
+            max_connections: 1,
+            ..ServeOptions::default()
+        },
+    )
+    .await;
+    let mut first = served.connect().await;
+    assert_eq!(
+        get_over(&mut first, "/api/v1/status/ping").await.status,
+        200
+    );
+
+    // The second connection is made (the kernel's backlog holds it) but not served...
+    let mut second = served.connect().await;
+    second
+        .write_all(b"GET /api/v1/status/ping HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    // ...while the first keeps its slot (another round trip on it proves the
+    // server is running meanwhile).
+    assert_eq!(
+        get_over(&mut first, "/api/v1/status/ping").await.status,
+        200
+    );
+    let mut probe = [0u8; 1];
+    assert!(
+        matches!(second.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the second connection must not be served while the first holds the only slot"
+    );
+
+    // Closing the first frees the slot: the second is served.
+    drop(first);
+    let answer = read_answer(&mut second).await;
+    assert_eq!(
+        (answer.status, answer.body),
+        (200, json!({"status": "pong"}))
+    );
+}
+
+#[tokio::test]
+async fn readiness_fails_during_the_shutdown_delay_while_intake_still_serves() {
+    let repo = MemRepo::default();
+    let app = App::new(&settings(&json!({})), repo.clone()).unwrap();
+    let mut served = Served::start(
+        app,
+        ServeOptions {
+            // Longer than the test: it ends by aborting the server.
+            shutdown_delay: Duration::from_secs(3600),
+            ..ServeOptions::default()
+        },
+    )
+    .await;
+    let mut probe = served.connect().await;
+    assert_eq!(
+        get_over(&mut probe, "/api/v1/status/ready").await.status,
+        200
+    );
+
+    served.begin_shutdown().await;
+
+    let answer = get_over(&mut probe, "/api/v1/status/ready").await;
+    assert_eq!(answer.status, 503, "{:?}", answer.body);
+    assert_eq!(answer.body["status"], "draining");
+    assert_eq!(
+        answer.header("connection"),
+        Some("close"),
+        "clients are asked to move on"
+    );
+    // New connections are still accepted and webhooks still stored.
+    let body = pr_payload(5);
+    let mut stream = served.connect().await;
+    stream
+        .write_all(post_head(body.len(), &good_headers("late", &body)).as_bytes())
+        .await
+        .unwrap();
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let answer = read_answer(&mut stream).await;
+    assert_eq!(
+        (answer.status, answer.body["message"].as_str()),
+        (200, Some("Event received"))
+    );
+    assert_eq!(repo.rows.lock().unwrap().len(), 1);
+    // Liveness is unaffected: the kubelet must not kill a draining replica.
+    let mut live = served.connect().await;
+    assert_eq!(get_over(&mut live, "/api/v1/status/live").await.status, 200);
+}
+
+#[tokio::test]
+async fn after_the_delay_the_listener_closes_and_requests_in_flight_finish() {
+    let repo = MemRepo::default();
+    let app = App::new(&settings(&json!({})), repo.clone()).unwrap();
+    let mut served = Served::start(
+        app,
+        ServeOptions {
+            shutdown_delay: Duration::ZERO,
+            ..ServeOptions::default()
+        },
+    )
+    .await;
+    // A request in flight: headers sent, the server waits for the body.
+    let body = pr_payload(9);
+    let mut stream = served.connect().await;
+    let mut headers = good_headers("in-flight", &body);
+    headers.push(("Expect", "100-continue".to_owned()));
+    stream
+        .write_all(post_head(body.len(), &headers).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let head = tokio::time::timeout(WAIT, read_head(&mut stream, &mut buf))
+        .await
+        .unwrap();
+    assert!(head.starts_with("HTTP/1.1 100"), "{head}");
+
+    served.begin_shutdown().await;
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let answer = read_answer(&mut stream).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(repo.rows.lock().unwrap().len(), 1);
+    drop(stream);
+
+    tokio::time::timeout(WAIT, &mut served.task)
+        .await
+        .expect("serve returns once the last connection closed")
+        .unwrap()
+        .unwrap();
+    assert!(
+        TcpStream::connect(served.address).await.is_err(),
+        "the listener is closed"
+    );
 }

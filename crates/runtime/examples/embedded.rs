@@ -12,7 +12,6 @@
 //! until one works, every pool is unknown and nothing is dispatched.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use dispatcher_capacity::{CapacityOptions, EventListenerClient, KubeCapacity, kube_client};
 use dispatcher_core::config::{Settings, parse};
@@ -82,7 +81,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    dispatcher_http::serve(listener, Arc::new(app), ctrl_c, Duration::from_secs(10)).await?;
+    dispatcher_http::serve(
+        listener,
+        Arc::new(app),
+        ctrl_c,
+        dispatcher_http::ServeOptions::from(&settings.server),
+    )
+    .await?;
 
     let _ = stop.send(true);
     dispatcher.await?;

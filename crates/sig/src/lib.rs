@@ -156,6 +156,14 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
     out
 }
 
+/// Checks only the form of an `X-Hub-Signature-256` value (`None` if
+/// absent): `sha256=` and 64 hex digits. A server can reject a delivery with
+/// a missing or malformed signature before reading its body;
+/// [`SigningKeys::verify`] still decides over the bytes.
+pub fn check_header_syntax(header: Option<&str>) -> Result<(), SignatureError> {
+    parse_header(header.ok_or(SignatureError::Missing)?).map(|_| ())
+}
+
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 fn parse_header(header: &str) -> Result<[u8; 32], SignatureError> {
@@ -208,6 +216,24 @@ mod tests {
             keys.verify(PAYLOAD, EXPECTED),
             Err(SignatureError::Mismatch)
         );
+    }
+
+    #[test]
+    fn header_syntax_is_checked_without_a_body() {
+        assert_eq!(check_header_syntax(Some(EXPECTED)), Ok(()));
+        assert_eq!(check_header_syntax(None), Err(SignatureError::Missing));
+        for bad in [
+            "sha256=00",
+            "sha1=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e1g",
+            "",
+        ] {
+            assert_eq!(
+                check_header_syntax(Some(bad)),
+                Err(SignatureError::Malformed),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

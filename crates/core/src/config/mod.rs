@@ -91,6 +91,15 @@ impl TektonApiVersion {
     }
 }
 
+/// Longest label name GitHub accepts, in characters.
+pub const GITHUB_LABEL_MAX_CHARS: usize = 50;
+
+const QUEUED_SUFFIX: &str = "/queued";
+
+fn queued_label(pipeline_name: &str) -> String {
+    format!("{pipeline_name}{QUEUED_SUFFIX}")
+}
+
 /// Identity of a capacity pool: `namespace/pipeline[?k=v,...]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(transparent)]
@@ -126,7 +135,7 @@ pub struct PoolSpec {
 impl PoolSpec {
     /// The GitHub label put on pull requests waiting for this pool.
     pub fn queued_label(&self) -> String {
-        format!("{}/queued", self.pipeline_name)
+        queued_label(&self.pipeline_name)
     }
 
     fn key_for(namespace: &str, pipeline: &str, selector: &BTreeMap<String, String>) -> PoolKey {
@@ -523,6 +532,18 @@ fn validate_capacity(
                 raw.pipeline_name
             ),
         ));
+    } else {
+        let label = queued_label(&raw.pipeline_name);
+        let label_len = label.chars().count();
+        if label_len > GITHUB_LABEL_MAX_CHARS {
+            errors.push(ConfigError::new(
+                at("capacity.pipeline_name"),
+                format!(
+                    "the pull-request label '{label}' would be {label_len} characters; GitHub allows at most {GITHUB_LABEL_MAX_CHARS} (so pipeline_name at most {} characters)",
+                    GITHUB_LABEL_MAX_CHARS - QUEUED_SUFFIX.len()
+                ),
+            ));
+        }
     }
     if !is_dns_label(&raw.namespace) {
         errors.push(ConfigError::new(
@@ -621,6 +642,30 @@ fn validate_server(raw: &ServerSection, errors: &mut Vec<ConfigError>) {
         if d.is_zero() {
             errors.push(ConfigError::new(field, "must be positive"));
         }
+    }
+    if raw.max_connections == 0 {
+        errors.push(ConfigError::new(
+            "server.max_connections",
+            "must be at least 1",
+        ));
+    }
+    if raw.max_buffered_bytes < raw.body_limit_bytes {
+        errors.push(ConfigError::new(
+            "server.max_buffered_bytes",
+            format!(
+                "must be at least server.body_limit_bytes ({}), or a body at the limit could never be accepted (got {})",
+                raw.body_limit_bytes, raw.max_buffered_bytes
+            ),
+        ));
+    } else if u32::try_from(raw.max_buffered_bytes).is_err() {
+        errors.push(ConfigError::new(
+            "server.max_buffered_bytes",
+            format!(
+                "must be at most {} (4 GiB - 1) (got {})",
+                u32::MAX,
+                raw.max_buffered_bytes
+            ),
+        ));
     }
 }
 

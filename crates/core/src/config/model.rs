@@ -165,9 +165,19 @@ pub struct ServerSection {
     /// Time allowed for a whole request, body included.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// Time given to in-flight requests on SIGTERM.
+    /// Time given to in-flight requests once the listener has stopped.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Time between SIGTERM and closing the listener: readiness answers 503
+    /// at once so load balancers stop sending, while intake keeps serving
+    /// whatever still arrives.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_delay: Duration,
+    /// Bytes all webhook bodies being received may buffer together; a body
+    /// that does not fit is answered 503 with `Retry-After` at once.
+    pub max_buffered_bytes: usize,
+    /// Connections served at once; more wait in the kernel's accept backlog.
+    pub max_connections: usize,
 }
 
 impl Default for ServerSection {
@@ -179,6 +189,9 @@ impl Default for ServerSection {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
+            shutdown_delay: Duration::from_secs(5),
+            max_buffered_bytes: 128 * 1024 * 1024,
+            max_connections: 1024,
         }
     }
 }

@@ -317,3 +317,45 @@ fn leader_timings_follow_the_failover_timeout() {
     assert_eq!(d.heartbeat_interval(), Duration::from_millis(2500));
     assert_eq!(d.leader_lease_margin(), Duration::from_secs(3));
 }
+
+#[test]
+fn queued_label_must_fit_githubs_50_characters() {
+    // 43 + "/queued" = 50 characters: the longest label GitHub accepts.
+    let longest = "p".repeat(43);
+    let mut v = original_example();
+    item(&mut v)["capacity"]["pipeline_name"] = json!(longest);
+    let s = settings(v).expect("a 50-character label is fine");
+    assert_eq!(
+        s.pools.values().next().expect("pool").queued_label().len(),
+        50
+    );
+
+    let e = single_error(|v| item(v)["capacity"]["pipeline_name"] = json!("p".repeat(44)));
+    assert_eq!(e.field, "dispatcher.items[0].capacity.pipeline_name");
+    assert!(e.message.contains("51 characters"), "{}", e.message);
+    assert!(e.message.contains("at most 50"), "{}", e.message);
+}
+
+#[test]
+fn server_limits_have_defaults_and_are_validated() {
+    let s = settings(original_example()).expect("valid");
+    assert_eq!(s.server.max_buffered_bytes, 128 * 1024 * 1024);
+    assert_eq!(s.server.max_connections, 1024);
+    assert_eq!(s.server.shutdown_delay, Duration::from_secs(5));
+
+    let mut v = original_example();
+    v["server"] = json!({"shutdown_delay": "250ms", "max_buffered_bytes": 1_048_576, "body_limit_bytes": 65536, "max_connections": 8});
+    let s = settings(v).expect("valid");
+    assert_eq!(s.server.shutdown_delay, Duration::from_millis(250));
+    assert_eq!(s.server.max_buffered_bytes, 1_048_576);
+    assert_eq!(s.server.max_connections, 8);
+
+    let e = single_error(|v| v["server"] = json!({"max_connections": 0}));
+    assert_eq!(e.field, "server.max_connections");
+    let e = single_error(|v| {
+        v["server"] = json!({"body_limit_bytes": 4096, "max_buffered_bytes": 4095});
+    });
+    assert_eq!(e.field, "server.max_buffered_bytes");
+    let e = single_error(|v| v["server"] = json!({"max_buffered_bytes": 1_u64 << 32}));
+    assert_eq!(e.field, "server.max_buffered_bytes");
+}
