@@ -151,6 +151,8 @@ struct OpenWithSiblings {
 struct SessionSetup {
     #[diesel(sql_type = Int4)]
     backend_pid: i32,
+    #[diesel(sql_type = Int4)]
+    server_version: i32,
 }
 
 #[derive(QueryableByName)]
@@ -171,10 +173,20 @@ impl LeaderSession {
         // answering loses the session (and the lock) after the timeout.
         let started = Instant::now();
         let timeout = format!("{}ms", connect::millis(options.idle_session_timeout));
+        // `idle_session_timeout` exists from PostgreSQL 14 on; older servers
+        // (12, 13) still get the in-transaction timeout and server-side TCP
+        // keepalives, which end the session of a partitioned leader but not of
+        // a frozen one (its kernel keeps answering): see ARCHITECTURE.md.
         let setup: SessionSetup = diesel::sql_query(
             "SELECT pg_backend_pid() AS backend_pid,
-                    set_config('idle_session_timeout', $1, false),
-                    set_config('idle_in_transaction_session_timeout', $1, false)",
+                    current_setting('server_version_num')::int AS server_version,
+                    CASE WHEN current_setting('server_version_num')::int >= 140000
+                         THEN set_config('idle_session_timeout', $1, false) END,
+                    set_config('idle_in_transaction_session_timeout', $1, false),
+                    set_config('tcp_keepalives_idle', '5', false),
+                    set_config('tcp_keepalives_interval', '2', false),
+                    set_config('tcp_keepalives_count', '3', false),
+                    set_config('tcp_user_timeout', $1, false)",
         )
         .bind::<Text, _>(&timeout)
         .get_result(&mut conn)
@@ -198,6 +210,12 @@ impl LeaderSession {
                 heartbeat_interval = ?options.heartbeat_interval,
                 lease = ?lease_duration,
                 "the leader heartbeat is not more frequent than its lease lasts; triggers will be held back"
+            );
+        }
+        if setup.server_version < 140_000 {
+            tracing::warn!(
+                server_version = setup.server_version,
+                "PostgreSQL before 14 has no idle_session_timeout: a frozen active replica keeps the dispatcher lock until its process dies (a crashed or partitioned one still loses it)"
             );
         }
         tracing::debug!(
