@@ -26,8 +26,9 @@ use dispatcher_core::config::LogFormat;
 #[command(name = "dispatcher", version, about)]
 struct Cli {
     /// Configuration file.
-    #[arg(long, short, global = true, env = "WEBHOOK_DISPATCHER_CONFIG", default_value = config::DEFAULT_CONFIG_PATH)]
-    config: PathBuf,
+    /// Configuration file (else `CONFIG_FILE`, the original's variable, else the default path).
+    #[arg(long, short, global = true, env = "WEBHOOK_DISPATCHER_CONFIG")]
+    config: Option<PathBuf>,
     /// Log at debug level.
     #[arg(long, short, global = true)]
     verbose: bool,
@@ -65,7 +66,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // reqwest and kube use rustls without a built-in provider: install ring's.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let env = |k: &str| std::env::var(k).ok();
-    let loaded = config::load(&cli.config, &env)?;
+    let path = (cli.config.clone())
+        .or_else(|| env("CONFIG_FILE").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG_PATH));
+    let loaded = config::load(&path, &env)?;
     let settings = loaded.settings;
     let format = match cli.log_format.as_deref() {
         Some("json") => LogFormat::Json,

@@ -241,10 +241,13 @@ async fn listing_paginates_and_filters() {
         .map(|e| e["delivery_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["d-9", "d-3"]);
-    let (_, encoded) = svc
-        .get("/api/v1/events/status?filter=repository_full_name%3Do%2Fr%3Bprocessed%3Dfalse")
-        .await;
-    assert_eq!(encoded["total_count"], 12);
+    // No item matches: every event ends `aborted`, which is final, so
+    // `processed` is true (as in the original).
+    svc.get_until(
+        "/api/v1/events/status?filter=repository_full_name%3Do%2Fr%3Bprocessed%3Dtrue",
+        |l| l["total_count"] == 12,
+    )
+    .await;
 
     for bad in [
         "filter=payload=x",
@@ -405,7 +408,7 @@ async fn check_config_and_migrate_commands() {
     let bad = dir.0.join("bad.yaml");
     std::fs::write(
         &bad,
-        "dispatcher:\n  items:\n    - name: x\n      events: [opened]\n      full_repository_name: o/r\n      callback_url: nope\n      capacity: {type: ocp_tekton, pipeline_name: p, max_capacity: 0, namespace: ns}\nsecurity: {verify_signatures: false}\n",
+        "dispatcher:\n  items:\n    - name: x\n      events: [opened]\n      full_repository_name: o/r\n      callback_url: nope\n      capacity: {type: ocp_tekton, pipeline_name: p, max_capacity: -1, namespace: ns}\nsecurity: {verify_signatures: false}\n",
     )
     .unwrap();
     let run = |config: &std::path::Path, args: &[&str], env: &[(&str, &str)]| {
@@ -451,6 +454,30 @@ async fn check_config_and_migrate_commands() {
     let out = run(&good, &["migrate"], &[("GITHUB_WEBHOOK_SECRET", "x")]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("DATABASE_URL"));
+}
+
+#[test]
+fn the_original_command_line_keeps_working() {
+    // The image links `webhook-dispatcher` to the binary; the original's
+    // Deployment runs `webhook-dispatcher --verbose` with CONFIG_FILE set.
+    let dir = TempDir::new("alias");
+    let config = dir.0.join("dispatcher_config.yaml");
+    std::fs::write(&config, INTAKE_CONFIG).unwrap();
+    let alias = dir.0.join("webhook-dispatcher");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_dispatcher"), &alias).unwrap();
+    let out = std::process::Command::new(&alias)
+        .args(["--verbose", "check-config"])
+        .env_clear()
+        .env("CONFIG_FILE", &config)
+        .env("GITHUB_WEBHOOK_SECRET", "x")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("dispatcher_config.yaml: OK"));
 }
 
 async fn dispatcher_store_pending(url: &str) -> Vec<String> {

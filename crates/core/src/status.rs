@@ -21,7 +21,10 @@ pub struct DispatchSummary {
 pub struct DerivedStatus {
     /// Status shown by the API.
     pub status: EventStatus,
-    /// At least one EventListener accepted a trigger.
+    /// The original's `processed` flag: true for every final status
+    /// (`processed`, `cancelled`, `failed`; `aborted` is set at planning),
+    /// false while `pending` or `queued`. Whether a listener accepted a
+    /// trigger is the status itself and each dispatch's state.
     pub processed: bool,
     /// Shown as `processing_error`.
     pub error: Option<String>,
@@ -35,7 +38,7 @@ pub struct DerivedStatus {
 /// An event without dispatches has not been planned yet → `pending`.
 pub fn derive_event_status(dispatches: &[DispatchSummary]) -> DerivedStatus {
     let any = |f: fn(DispatchState) -> bool| dispatches.iter().any(|d| f(d.state));
-    let processed = any(DispatchState::was_accepted);
+    let accepted = any(DispatchState::was_accepted);
     let failed_error = || {
         dispatches
             .iter()
@@ -57,16 +60,16 @@ pub fn derive_event_status(dispatches: &[DispatchSummary]) -> DerivedStatus {
     if any(|s| matches!(s, DispatchState::Queued | DispatchState::Triggering)) {
         return DerivedStatus {
             status: EventStatus::Queued,
-            processed,
+            processed: false,
             error: None,
             is_final: false,
         };
     }
-    if processed {
+    if accepted {
         // A partial failure of another target is still worth showing.
         return DerivedStatus {
             status: EventStatus::Processed,
-            processed,
+            processed: true,
             error: failed_error(),
             is_final: true,
         };
@@ -74,14 +77,14 @@ pub fn derive_event_status(dispatches: &[DispatchSummary]) -> DerivedStatus {
     if let Some(error) = failed_error() {
         return DerivedStatus {
             status: EventStatus::Failed,
-            processed,
+            processed: true,
             error: Some(error),
             is_final: true,
         };
     }
     DerivedStatus {
         status: EventStatus::Cancelled,
-        processed,
+        processed: true,
         error: Some(CANCELLED_MESSAGE.to_owned()),
         is_final: true,
     }
@@ -116,13 +119,14 @@ mod tests {
         assert_eq!(derive(&[Confirmed]).status, EventStatus::Processed);
         let d = derive(&[Cancelled]);
         assert_eq!(
-            (d.status, d.error.as_deref()),
-            (EventStatus::Cancelled, Some(CANCELLED_MESSAGE))
+            (d.status, d.error.as_deref(), d.processed),
+            (EventStatus::Cancelled, Some(CANCELLED_MESSAGE), true),
+            "final statuses are processed, as in the original"
         );
         let d = derive(&[Failed]);
         assert_eq!(
             (d.status, d.error.as_deref(), d.processed),
-            (EventStatus::Failed, Some("HTTP 500"), false)
+            (EventStatus::Failed, Some("HTTP 500"), true)
         );
     }
 
@@ -131,7 +135,8 @@ mod tests {
         let d = derive(&[Triggered, Queued]);
         assert_eq!(
             (d.status, d.processed, d.is_final),
-            (EventStatus::Queued, true, false)
+            (EventStatus::Queued, false, false),
+            "not processed while another target waits"
         );
         let d = derive(&[Confirmed, Failed]);
         assert_eq!(

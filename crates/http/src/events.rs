@@ -10,7 +10,7 @@ use crate::error::ApiError;
 use crate::response::{ApiResponse, json};
 
 /// Default rows per page.
-pub const DEFAULT_PAGE_SIZE: u32 = 20;
+pub const DEFAULT_PAGE_SIZE: u32 = 10;
 /// Largest page; larger requests are clamped and the effective size echoed.
 pub const MAX_PAGE_SIZE: u32 = 100;
 

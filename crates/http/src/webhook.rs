@@ -16,8 +16,8 @@
 //! | 7 | body fits in the global budget `server.max_buffered_bytes` | 503 + `Retry-After` | yes (per chunk without `Content-Length`) |
 //! | 8 | body within the limit (without `Content-Length`) | 413 | while reading |
 //! | 9 | signature over the raw bytes with any configured secret | 401 | after |
-//! | 10 | `ping` → 200 `pong`; other allowed non-PR events → 202 `ignored` | | after |
-//! | 11 | payload: JSON object with `action`, `repository.full_name`, `pull_request.number` | 400 | after |
+//! | 10 | `ping` → 200 `pong` | | after |
+//! | 11 | payload: JSON object with `action`, `repository.full_name`, `pull_request.number`; for other allowed event types (`pull_request_review`, ...) a payload without them → 202 `ignored`, with them the event is stored like a `pull_request` | 400 | after |
 //!
 //! **Deviation from the original order**, only for requests wrong in two
 //! ways at once: a signature that is well-formed but wrong (found only
@@ -39,7 +39,8 @@ use crate::budget::Buffered;
 use crate::error::ApiError;
 use crate::response::{ApiResponse, json};
 
-/// The only event type stored and dispatched.
+/// The event type whose payload must name a pull request (400 otherwise);
+/// other allowed types are stored only when theirs does.
 const PULL_REQUEST: &str = "pull_request";
 
 /// Longest accepted `X-GitHub-Delivery` (GitHub sends 36-character GUIDs).
@@ -182,17 +183,23 @@ pub(crate) async fn receive<R: EventRepository>(
     }
     // check_headers required it for every event but ping.
     let delivery_id = delivery_id.ok_or(ApiError::MissingDelivery)?.to_owned();
-    if event_type != PULL_REQUEST {
-        tracing::info!(%delivery_id, event_type, "acknowledged non-pull-request event without storing it");
-        return Ok(json(
-            StatusCode::ACCEPTED,
-            &serde_json::json!({"status": "ignored", "message": format!("Event type '{event_type}' is accepted but not dispatched")}),
-        ));
-    }
     // The buffer keeps its share of the budget until the answer is built.
     let mut buffered = body;
     let body = buffered.take_bytes();
-    let fields = pull_request_fields(&body)?;
+    let fields = match pull_request_fields(&body) {
+        Ok(fields) => fields,
+        // Other allowed event types (pull_request_review, ...) are stored and
+        // matched like pull_request when their payload names a pull request,
+        // as the original does; the rest are acknowledged and dropped.
+        Err(_) if event_type != PULL_REQUEST => {
+            tracing::info!(%delivery_id, event_type, "acknowledged an event without a pull request; not stored");
+            return Ok(json(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({"status": "ignored", "message": format!("Event type '{event_type}' carries no pull request; accepted but not dispatched")}),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
     // pull_request_fields validated the body as UTF-8 JSON.
     // Reuses the body's buffer when it is not shared (no copy of a large payload).
     let payload = String::from_utf8(Vec::from(body))

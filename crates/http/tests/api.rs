@@ -96,7 +96,7 @@ impl EventRepository for MemRepo {
 
 fn settings(extra: &Value) -> Settings {
     let mut v = json!({
-        "security": {"github_webhook_secret": SECRET, "allowed_github_events": ["pull_request", "push"]},
+        "security": {"github_webhook_secret": SECRET, "allowed_github_events": ["pull_request", "push", "pull_request_review"]},
         "server": {"body_limit_bytes": 4096},
     });
     if let (Some(base), Some(extra)) = (v.as_object_mut(), extra.as_object()) {
@@ -402,6 +402,32 @@ async fn ping_and_other_events_are_not_stored() {
     );
     let (_, list) = send(&app, get("/api/v1/events/status")).await;
     assert_eq!(list["total_count"], 0);
+
+    // Another allowed event type naming a pull request is stored, as the original does.
+    let review = json!({
+        "action": "submitted", "review": {"state": "approved"},
+        "pull_request": {"number": 7}, "repository": {"full_name": "o/r"},
+    });
+    let mut d = Delivery::pr("review-1", review.to_string());
+    d.event = Some("pull_request_review");
+    d.signature = Some(dispatcher_sig::sign(SECRET.as_bytes(), d.body.as_bytes()));
+    let (s, b) = send(&app, d.request()).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(
+        (b["action"].as_str(), b["pull_request_number"].as_i64()),
+        (Some("submitted"), Some(7))
+    );
+    let (_, list) = send(&app, get("/api/v1/events/status")).await;
+    assert_eq!(list["total_count"], 1);
+    // Without a pull request it is acknowledged and dropped.
+    let mut d = Delivery::pr("review-2", json!({"action": "submitted"}).to_string());
+    d.event = Some("pull_request_review");
+    d.signature = Some(dispatcher_sig::sign(SECRET.as_bytes(), d.body.as_bytes()));
+    let (s, b) = send(&app, d.request()).await;
+    assert_eq!(
+        (s, b["status"].as_str()),
+        (StatusCode::ACCEPTED, Some("ignored"))
+    );
 }
 
 #[tokio::test]

@@ -61,6 +61,9 @@ where
         labels,
         status: Arc::clone(&status),
     };
+    for pool in settings.pools.values().filter(|p| p.is_paused()) {
+        tracing::warn!(pool = %pool.key, "max_capacity is 0: this pool is paused; its events queue and nothing is dispatched");
+    }
     let mut engine = Engine::new(Arc::clone(&settings));
     let mut triggers = Triggers::new();
     let retry = settings.dispatch.leader_retry_interval;

@@ -158,7 +158,10 @@ impl DispatcherStatus {
                     .iter()
                     .find(|(k, _)| *k == pool.key.0)
                     .map(|(_, n)| *n);
-                match capacity.pool_state(pool) {
+                if pool.is_paused() {
+                    healthy = false;
+                }
+                let mut entry = match capacity.pool_state(pool) {
                     PoolState::Known { running, .. } => serde_json::json!({
                         "pool": pool.key, "state": "known", "running": running,
                         "max_capacity": pool.max_capacity, "queued": queued,
@@ -170,7 +173,14 @@ impl DispatcherStatus {
                             "max_capacity": pool.max_capacity, "queued": queued,
                         })
                     }
+                };
+                if let (true, Some(map)) = (pool.is_paused(), entry.as_object_mut()) {
+                    map.insert(
+                        "warning".to_owned(),
+                        "paused: max_capacity is 0, nothing is dispatched".into(),
+                    );
                 }
+                entry
             })
             .collect();
         let mut details = serde_json::json!({

@@ -527,7 +527,8 @@ impl DispatchStore for LeaderSession {
                         SET planned_at = $1,
                             status = CASE WHEN id = ANY($3) THEN $5 ELSE status END,
                             processing_error = CASE WHEN id = ANY($3) THEN $4 ELSE processing_error END,
-                            processed_at = CASE WHEN id = ANY($3) THEN $1 ELSE processed_at END
+                            processed_at = CASE WHEN id = ANY($3) THEN $1 ELSE processed_at END,
+                            processed = processed OR id = ANY($3)
                       WHERE id = ANY($2)",
                 )
                 .bind::<Timestamptz, _>(now)

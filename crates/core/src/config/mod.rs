@@ -133,6 +133,12 @@ pub struct PoolSpec {
 }
 
 impl PoolSpec {
+    /// `max_capacity: 0`: the pool dispatches nothing (the original's way of
+    /// pausing a pipeline).
+    pub fn is_paused(&self) -> bool {
+        self.max_capacity == 0
+    }
+
     /// The GitHub label put on pull requests waiting for this pool.
     pub fn queued_label(&self) -> String {
         queued_label(&self.pipeline_name)
@@ -554,12 +560,17 @@ fn validate_capacity(
             ),
         ));
     }
+    // 0 is accepted, as the original does: the pool is paused (its events
+    // queue, nothing is dispatched); start-up and readiness warn about it.
     let max_capacity = match u32::try_from(raw.max_capacity) {
-        Ok(n) if n >= 1 => n,
-        _ => {
+        Ok(n) => n,
+        Err(_) => {
             errors.push(ConfigError::new(
                 at("capacity.max_capacity"),
-                format!("must be at least 1 (got {})", raw.max_capacity),
+                format!(
+                    "must be 0 (paused) or a positive number (got {})",
+                    raw.max_capacity
+                ),
             ));
             0
         }

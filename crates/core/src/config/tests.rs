@@ -113,11 +113,16 @@ fn rejects_unknown_capacity_type() {
 }
 
 #[test]
-fn rejects_max_capacity_below_one() {
-    for bad in [0, -3] {
+fn rejects_negative_max_capacity_and_zero_pauses() {
+    for bad in [-1, -3] {
         let e = single_error(|v| item(v)["capacity"]["max_capacity"] = json!(bad));
         assert_eq!(e.field, "dispatcher.items[0].capacity.max_capacity");
     }
+    // 0 is the original's way of pausing a pipeline.
+    let mut v = original_example();
+    item(&mut v)["capacity"]["max_capacity"] = json!(0);
+    let s = settings(v).expect("max_capacity 0 is accepted");
+    assert!(s.pools.values().all(PoolSpec::is_paused));
 }
 
 #[test]
@@ -275,7 +280,7 @@ fn one_pool_one_api_version() {
 #[test]
 fn reports_all_errors_at_once() {
     let mut v = original_example();
-    item(&mut v)["capacity"]["max_capacity"] = json!(0);
+    item(&mut v)["capacity"]["max_capacity"] = json!(-1);
     item(&mut v)["callback_url"] = json!("nope");
     let errs = settings(v).expect_err("two errors");
     assert_eq!(errs.0.len(), 2);
