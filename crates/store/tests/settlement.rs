@@ -546,7 +546,10 @@ async fn a_delivery_older_than_an_already_dispatched_event_is_cancelled() {
 
         let detail = f.database.events().detail(stale).await.unwrap().unwrap();
         assert_eq!(detail.event.status, EventStatus::Cancelled);
-        assert!(!detail.event.processed);
+        assert!(
+            detail.event.processed,
+            "cancelled is final: processed, as in the original"
+        );
         assert_eq!(detail.dispatches.len(), 1);
         let cancelled = &detail.dispatches[0];
         assert_eq!(cancelled.state, DispatchState::Cancelled);
