@@ -154,6 +154,34 @@ fn rejects_cel_syntax_errors() {
 }
 
 #[test]
+fn rejects_cel_filters_reading_headers_never_stored() {
+    for (expression, name) in [
+        (
+            "headers['Content-Type'] == 'application/json'",
+            "Content-Type",
+        ),
+        (
+            "header.match('User-Agent', 'GitHub-Hookshot/1')",
+            "User-Agent",
+        ),
+    ] {
+        let e = single_error(|v| item(v)["filter"]["cel_expression"] = json!(expression));
+        assert_eq!(e.field, "dispatcher.items[0].filter.cel_expression");
+        assert!(
+            e.message
+                .contains(&format!("header `{name}` is never available to filters")),
+            "{}",
+            e.message
+        );
+    }
+    let mut v = original_example();
+    item(&mut v)["filter"]["cel_expression"] = json!(
+        "header.match('X-GitHub-Event', 'pull_request') && headers['x-hub-signature-256'] != ''"
+    );
+    assert!(settings(v).expect("valid").items[0].filter.is_some());
+}
+
+#[test]
 fn rejects_missing_secret_when_verifying() {
     let e = single_error(|v| {
         v["security"]
