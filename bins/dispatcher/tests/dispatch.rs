@@ -57,13 +57,13 @@ async fn newest_event_wins_while_queued_and_labels_follow_the_queue() {
     let svc = world.replica().await;
     let (_, first) = send_pr(&svc.url, "pr1-a", "o/r", 1, "opened").await;
     world.wait_dispatched(1).await;
-    svc.wait_event(first["id"].as_i64().unwrap(), |e| {
+    svc.wait_event(first["id"].as_str().unwrap(), |e| {
         e["status"] == "processed"
     })
     .await;
 
     let (_, older) = send_pr(&svc.url, "pr2-a", "o/r", 2, "opened").await;
-    let older_id = older["id"].as_i64().unwrap();
+    let older_id = older["id"].as_str().unwrap();
     svc.wait_event(older_id, |e| e["status"] == "queued").await;
     let label = format!("{PIPELINE}/queued");
     assert!(
@@ -75,7 +75,7 @@ async fn newest_event_wins_while_queued_and_labels_follow_the_queue() {
     );
 
     let (_, newer) = send_pr(&svc.url, "pr2-b", "o/r", 2, "synchronize").await;
-    let newer_id = newer["id"].as_i64().unwrap();
+    let newer_id = newer["id"].as_str().unwrap();
     let cancelled = svc
         .wait_event(older_id, |e| e["status"] == "cancelled")
         .await;
@@ -86,7 +86,7 @@ async fn newest_event_wins_while_queued_and_labels_follow_the_queue() {
     // An event no item matches is aborted and cancels nothing.
     let (_, closed) = send_pr(&svc.url, "pr2-c", "o/r", 2, "closed").await;
     let aborted = svc
-        .wait_event(closed["id"].as_i64().unwrap(), |e| e["status"] == "aborted")
+        .wait_event(closed["id"].as_str().unwrap(), |e| e["status"] == "aborted")
         .await;
     assert_eq!(aborted["processing_error"], "Unsupported event");
     svc.wait_event(newer_id, |e| e["status"] == "queued").await;
@@ -141,7 +141,7 @@ async fn listener_failures_are_retried_then_failed() {
     world.listener.fail_all(true);
     let (_, doomed) = send_pr(&svc.url, "d-1", "o/r", 1, "opened").await;
     let failed = svc
-        .wait_event(doomed["id"].as_i64().unwrap(), |e| e["status"] == "failed")
+        .wait_event(doomed["id"].as_str().unwrap(), |e| e["status"] == "failed")
         .await;
     assert_eq!(world.listener.received().len(), 3, "max_attempts POSTs");
     assert_eq!(failed["dispatches"][0]["attempts"], 3);
@@ -156,7 +156,7 @@ async fn listener_failures_are_retried_then_failed() {
     world.listener.fail_next(2);
     let (_, flaky) = send_pr(&svc.url, "d-2", "o/r", 2, "opened").await;
     let ok = svc
-        .wait_event(flaky["id"].as_i64().unwrap(), |e| {
+        .wait_event(flaky["id"].as_str().unwrap(), |e| {
             e["status"] == "processed"
         })
         .await;
@@ -186,7 +186,7 @@ async fn kubernetes_outage_blocks_dispatch_until_recovery() {
 
     let (status, event) = send_pr(&svc.url, "d-1", "o/r", 1, "opened").await;
     assert_eq!(status, 200, "intake keeps working");
-    let id = event["id"].as_i64().unwrap();
+    let id = event["id"].as_str().unwrap();
     // Planned in a pass that could not dispatch: the pool is unknown, so it waits.
     svc.wait_event(id, |e| e["status"] == "queued").await;
     assert!(
@@ -325,7 +325,7 @@ async fn a_hanging_event_listener_does_not_hold_up_other_pipelines() {
         healthy.wait_until(WAIT, |l| l.accepted().len() == 1).await,
         "the other pipeline is not held up"
     );
-    svc.wait_event(fast["id"].as_i64().unwrap(), |e| e["status"] == "processed")
+    svc.wait_event(fast["id"].as_str().unwrap(), |e| e["status"] == "processed")
         .await;
     assert!(stuck.accepted().is_empty(), "still hanging");
     stuck.hang(false);
@@ -361,7 +361,7 @@ async fn sigterm_waits_for_triggers_in_flight_and_records_them() {
 
     // The next replica finds the trigger recorded: nothing to send again.
     let next = world.replica().await;
-    next.wait_event(event["id"].as_i64().unwrap(), |e| {
+    next.wait_event(event["id"].as_str().unwrap(), |e| {
         e["status"] == "processed"
     })
     .await;

@@ -169,10 +169,33 @@ async fn every_intake_outcome() {
     // Only the one pull-request delivery was stored.
     let (_, list) = svc.get("/api/v1/events/status").await;
     assert_eq!(list["total_count"], 1, "{list}");
-    let (status, detail) = svc.get(&format!("/api/v1/events/{}", stored["id"])).await;
+    // `id` is the event's v4 UUID as a string, the same in the intake
+    // answer, the listing and the detail, and the key of the detail.
+    let id = stored["id"].as_str().expect("id is a string");
+    let uuid = uuid::Uuid::parse_str(id).expect("id is a UUID");
+    assert_eq!(uuid.get_version_num(), 4, "{id}");
+    assert_eq!(id, uuid.hyphenated().to_string(), "lower-case hyphenated");
+    assert_eq!(list["events"][0]["id"], id);
+    let (status, detail) = svc.get(&format!("/api/v1/events/{id}")).await;
     assert_eq!(status, 200);
+    assert_eq!(detail["event"]["id"], id);
     assert_eq!(detail["event"]["headers"]["X-GitHub-Hook-ID"], "4242");
     assert_eq!(detail["event"]["headers"]["X-GitHub-Delivery"], "d-1");
+
+    // An unknown UUID, the internal integer key or any non-UUID: 404 JSON.
+    for unknown in [
+        "3f1c2b4a-9d8e-4f7a-8b6c-5d4e3f2a1b0c",
+        "1",
+        "not-a-uuid",
+        "%27%3B--",
+    ] {
+        let (status, body) = svc.get(&format!("/api/v1/events/{unknown}")).await;
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (404, Some("rejected")),
+            "{unknown}: {body}"
+        );
+    }
 
     assert_eq!(
         svc.get("/api/v1/status/ping").await,
@@ -264,8 +287,15 @@ async fn listing_paginates_and_filters() {
             "{bad}: {body}"
         );
     }
-    assert_eq!(svc.get("/api/v1/events/999999").await.0, 404);
-    assert_eq!(svc.get("/api/v1/events/abc").await.0, 400);
+    // Ids are UUIDs: the internal integer key and non-UUIDs name no event.
+    for unknown in ["999999", "1", "abc", "00000000-0000-0000-0000-000000000000"] {
+        let (status, body) = svc.get(&format!("/api/v1/events/{unknown}")).await;
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (404, Some("rejected")),
+            "{unknown}: {body}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -278,11 +308,9 @@ async fn api_tokens_protect_the_events_api() {
         &[("DISPATCHER_API_TOKEN", "op-token".to_owned())],
     )
     .await;
-    assert_eq!(
-        send_pr(&svc.url, "d-1", "o/r", 1, "opened").await.0,
-        200,
-        "intake needs no token"
-    );
+    let (status, stored) = send_pr(&svc.url, "d-1", "o/r", 1, "opened").await;
+    assert_eq!(status, 200, "intake needs no token");
+    let id = stored["id"].as_str().expect("a UUID string");
     assert_eq!(svc.get("/api/v1/status/ping").await.0, 200);
     assert_eq!(svc.get("/api/v1/status/db").await.0, 200);
     let (status, body) = svc.get("/api/v1/events/status").await;
@@ -302,7 +330,7 @@ async fn api_tokens_protect_the_events_api() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let r = http()
-        .get(format!("{}/api/v1/events/1", svc.url))
+        .get(format!("{}/api/v1/events/{id}", svc.url))
         .bearer_auth("op-token")
         .send()
         .await

@@ -7,7 +7,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-/// Database identifier of a stored webhook event.
+/// Internal database key of a stored webhook event: the FIFO and
+/// newest-wins ordering key of the engine. Never shown to clients, who see
+/// the event's [`EventUuid`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct EventId(pub i64);
@@ -15,6 +17,49 @@ pub struct EventId(pub i64);
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
+    }
+}
+
+/// Public identifier of a stored webhook event: a random (version 4) UUID,
+/// as the original service's primary key. It is the event's `id` in every
+/// JSON answer and the key of `GET /api/v1/events/{id}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventUuid(pub uuid::Uuid);
+
+impl fmt::Display for EventUuid {
+    /// Lower-case hyphenated, as Python's `str(uuid4())`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for EventUuid {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::try_parse(s).map(Self)
+    }
+}
+
+/// How a caller names one event: by its public UUID (the API) or by its
+/// internal key (the engine and tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventRef {
+    /// The internal key.
+    Id(EventId),
+    /// The public UUID.
+    Uuid(EventUuid),
+}
+
+impl From<EventId> for EventRef {
+    fn from(id: EventId) -> Self {
+        Self::Id(id)
+    }
+}
+
+impl From<EventUuid> for EventRef {
+    fn from(uuid: EventUuid) -> Self {
+        Self::Uuid(uuid)
     }
 }
 
@@ -166,8 +211,12 @@ pub const UNSUPPORTED_MESSAGE: &str = "Unsupported event";
 /// An event as reported by the API: exactly the original service's fields.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EventRecord {
-    /// Database id.
+    /// Internal key; not serialised (clients only see `uuid`, as `id`).
+    #[serde(skip)]
     pub id: EventId,
+    /// Public id, serialised as `id`.
+    #[serde(rename = "id")]
+    pub uuid: EventUuid,
     /// GitHub's `X-GitHub-Delivery`.
     pub delivery_id: String,
     /// Payload `action` (opened, synchronize, ...).
@@ -288,6 +337,32 @@ mod tests {
         }
         let err = "bogus".parse::<EventStatus>().unwrap_err();
         assert!(err.to_string().contains("pending"), "{err}");
+    }
+
+    #[test]
+    fn event_json_shows_the_uuid_as_id_and_hides_the_key() {
+        let uuid: EventUuid = "8F14E45F-CEEA-467F-A0E6-A7C1B4E0B1E2"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(uuid.to_string(), "8f14e45f-ceea-467f-a0e6-a7c1b4e0b1e2");
+        assert!("42".parse::<EventUuid>().is_err());
+        assert!("not-a-uuid".parse::<EventUuid>().is_err());
+        let record = EventRecord {
+            id: EventId(42),
+            uuid,
+            delivery_id: "d".into(),
+            action: "opened".into(),
+            repository_full_name: "o/r".into(),
+            pull_request_number: 7,
+            processed: false,
+            processing_error: None,
+            received_at: time::macros::datetime!(2026-11-28 10:00:00 UTC),
+            processed_at: None,
+            status: EventStatus::Pending,
+        };
+        let json = serde_json::to_value(&record).unwrap_or_default();
+        assert_eq!(json["id"], "8f14e45f-ceea-467f-a0e6-a7c1b4e0b1e2");
+        assert!(!json.to_string().contains("42"), "{json}");
     }
 
     #[test]

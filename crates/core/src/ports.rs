@@ -10,7 +10,8 @@ use url::Url;
 
 use crate::config::PoolKey;
 use crate::domain::{
-    DispatchId, DispatchState, EventDetail, EventId, EventRecord, EventStatus, PullRequestRef,
+    DispatchId, DispatchState, EventDetail, EventId, EventRecord, EventRef, EventStatus,
+    PullRequestRef,
 };
 use crate::intake::NewEvent;
 use crate::planner::{DispatchOutcome, IntakePlan};
@@ -92,10 +93,11 @@ pub trait EventRepository: Send + Sync + 'static {
         &self,
         query: &EventQuery,
     ) -> impl Future<Output = Result<EventPage, StoreError>> + Send;
-    /// One event with headers and dispatches.
+    /// One event with headers and dispatches, by its public UUID or its
+    /// internal key; `None` when there is no such event.
     fn detail(
         &self,
-        id: EventId,
+        id: impl Into<EventRef> + Send,
     ) -> impl Future<Output = Result<Option<EventDetail>, StoreError>> + Send;
     /// Checks that the database answers.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;

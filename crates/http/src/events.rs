@@ -1,7 +1,7 @@
 //! The events API: `GET /api/v1/events/status` (listing) and
 //! `GET /api/v1/events/{id}` (detail).
 
-use dispatcher_core::domain::{EventId, EventStatus};
+use dispatcher_core::domain::{EventStatus, EventUuid};
 use dispatcher_core::ports::{EventFilter, EventQuery, EventRepository};
 use http::StatusCode;
 
@@ -130,14 +130,11 @@ pub(crate) async fn detail<R: EventRepository>(
     app: &App<R>,
     id: &str,
 ) -> Result<ApiResponse, ApiError> {
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::BadRequest(format!("Event id must be an integer (got '{id}')")))?;
-    let detail = app
-        .repo
-        .detail(EventId(id))
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("Event {id} not found")))?;
+    // Event ids are UUIDs: anything else names no event, so it is a 404
+    // like an unknown UUID (never a 400 or 500).
+    let not_found = || ApiError::NotFound(format!("Event {id} not found"));
+    let uuid: EventUuid = id.parse().map_err(|_| not_found())?;
+    let detail = app.repo.detail(uuid).await?.ok_or_else(not_found)?;
     let headers: serde_json::Map<String, serde_json::Value> = detail
         .headers
         .iter()

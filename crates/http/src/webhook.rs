@@ -232,8 +232,9 @@ pub(crate) async fn receive<R: EventRepository>(
         }
     };
     tracing::info!(
-        %delivery_id, event_id = %record.id, repo = %record.repository_full_name,
-        pr = record.pull_request_number, action = %record.action, %message, "stored webhook"
+        %delivery_id, event_id = %record.id, event_uuid = %record.uuid,
+        repo = %record.repository_full_name, pr = record.pull_request_number,
+        action = %record.action, %message, "stored webhook"
     );
     let mut body = serde_json::to_value(&record).unwrap_or_default();
     if let Some(map) = body.as_object_mut() {

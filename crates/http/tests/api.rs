@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dispatcher_core::config::{Settings, parse};
-use dispatcher_core::domain::{EventDetail, EventId, EventRecord, EventStatus};
+use dispatcher_core::domain::{EventDetail, EventId, EventRecord, EventRef, EventStatus};
 use dispatcher_core::intake::NewEvent;
 use dispatcher_core::ports::{EventPage, EventQuery, EventRepository, RecordOutcome, StoreError};
 use dispatcher_http::{App, Liveness, ServeOptions};
@@ -42,8 +42,10 @@ impl EventRepository for MemRepo {
                 RecordOutcome::Conflict(record.clone())
             });
         }
+        let n = rows.len() + 1;
         let record = EventRecord {
-            id: EventId(rows.len() as i64 + 1),
+            id: EventId(n as i64),
+            uuid: format!("00000000-0000-4000-8000-{n:012}").parse().unwrap(),
             delivery_id: event.delivery_id.clone(),
             action: event.action.clone(),
             repository_full_name: event.repository_full_name.clone(),
@@ -72,11 +74,15 @@ impl EventRepository for MemRepo {
         })
     }
 
-    async fn detail(&self, id: EventId) -> Result<Option<EventDetail>, StoreError> {
+    async fn detail(
+        &self,
+        id: impl Into<EventRef> + Send,
+    ) -> Result<Option<EventDetail>, StoreError> {
+        let id = id.into();
         let rows = self.rows.lock().unwrap();
         Ok(rows
             .iter()
-            .find(|(_, r)| r.id == id)
+            .find(|(_, r)| id == EventRef::Id(r.id) || id == EventRef::Uuid(r.uuid))
             .map(|(e, r)| EventDetail {
                 event: r.clone(),
                 event_type: e.event_type.clone(),
@@ -185,6 +191,10 @@ async fn stores_a_signed_pull_request_and_answers_with_the_event() {
     assert_eq!(body["status"], "pending");
     assert_eq!(body["delivery_id"], "d-1");
     assert_eq!(body["pull_request_number"], 7);
+    assert_eq!(
+        body["id"], "00000000-0000-4000-8000-000000000001",
+        "id is the UUID string, not the internal key"
+    );
     for key in [
         "id",
         "action",
@@ -464,6 +474,9 @@ async fn listing_detail_and_query_errors() {
         (Some("ok"), Some(1), Some(100))
     );
     assert_eq!(b["events"][0]["delivery_id"], "d3");
+    // `id` is the event's UUID string, the key of the detail endpoint.
+    let d2 = b["events"][1]["id"].as_str().unwrap().to_owned();
+    assert_eq!(d2, "00000000-0000-4000-8000-000000000002");
     let (s, b) = send(&app, get("/api/v1/events/status?filter=bogus=1")).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(
@@ -477,19 +490,25 @@ async fn listing_detail_and_query_errors() {
         StatusCode::BAD_REQUEST
     );
 
-    let (s, b) = send(&app, get("/api/v1/events/2")).await;
+    let (s, b) = send(&app, get(&format!("/api/v1/events/{d2}"))).await;
     assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["event"]["id"], d2.as_str());
     assert_eq!(b["event"]["delivery_id"], "d2");
     assert_eq!(b["event"]["headers"]["X-GitHub-Event"], "pull_request");
     assert_eq!(b["event"]["event_type"], "pull_request");
-    assert_eq!(
-        send(&app, get("/api/v1/events/99")).await.0,
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(
-        send(&app, get("/api/v1/events/abc")).await.0,
-        StatusCode::BAD_REQUEST
-    );
+    // An unknown UUID, the internal integer key and anything that is not a
+    // UUID all name no event: 404 JSON.
+    for unknown in [
+        "00000000-0000-4000-8000-000000000099",
+        "2",
+        "abc",
+        "%20",
+        "00000000-0000-4000-8000-00000000000g",
+    ] {
+        let (s, b) = send(&app, get(&format!("/api/v1/events/{unknown}"))).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{unknown}");
+        assert_eq!(b["status"], "rejected", "{unknown}: {b}");
+    }
 }
 
 #[tokio::test]

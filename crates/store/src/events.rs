@@ -4,7 +4,8 @@ use diesel::prelude::*;
 use diesel::sql_types::{Bool, Text};
 use diesel_async::RunQueryDsl;
 use dispatcher_core::domain::{
-    DispatchId, DispatchRecord, DispatchState, EventDetail, EventId, EventRecord,
+    DispatchId, DispatchRecord, DispatchState, EventDetail, EventId, EventRecord, EventRef,
+    EventUuid,
 };
 use dispatcher_core::intake::NewEvent;
 use dispatcher_core::ports::{
@@ -27,6 +28,7 @@ pub struct PgEvents {
 #[derive(Insertable)]
 #[diesel(table_name = webhook_events)]
 struct NewRow<'a> {
+    uuid: uuid::Uuid,
     delivery_id: &'a str,
     event_type: &'a str,
     action: &'a str,
@@ -40,6 +42,7 @@ struct NewRow<'a> {
 #[diesel(table_name = webhook_events)]
 struct EventRow {
     id: i64,
+    uuid: uuid::Uuid,
     delivery_id: String,
     action: String,
     repository_full_name: String,
@@ -55,6 +58,7 @@ impl From<EventRow> for EventRecord {
     fn from(r: EventRow) -> Self {
         Self {
             id: EventId(r.id),
+            uuid: EventUuid(r.uuid),
             delivery_id: r.delivery_id,
             action: r.action,
             repository_full_name: r.repository_full_name,
@@ -153,6 +157,9 @@ impl EventRepository for PgEvents {
     async fn record(&self, event: NewEvent) -> Result<RecordOutcome, StoreError> {
         let mut conn = self.db.conn().await?;
         let row = NewRow {
+            // Generated here (OS random source) rather than by the column's
+            // default, which exists for older rows and older binaries.
+            uuid: uuid::Uuid::new_v4(),
             delivery_id: &event.delivery_id,
             event_type: &event.event_type,
             action: &event.action,
@@ -178,7 +185,7 @@ impl EventRepository for PgEvents {
             return Ok(RecordOutcome::Created(row.into()));
         }
         let existing: Existing = diesel::sql_query(
-            "SELECT id, delivery_id, action, repository_full_name, pull_request_number, processed,
+            "SELECT id, uuid, delivery_id, action, repository_full_name, pull_request_number, processed,
                     processing_error, received_at, processed_at, status, payload::text = $2 AS same_payload
                FROM webhook_events WHERE delivery_id = $1",
         )
@@ -216,10 +223,20 @@ impl EventRepository for PgEvents {
         })
     }
 
-    async fn detail(&self, id: EventId) -> Result<Option<EventDetail>, StoreError> {
+    async fn detail(
+        &self,
+        id: impl Into<EventRef> + Send,
+    ) -> Result<Option<EventDetail>, StoreError> {
         let mut conn = self.db.conn().await?;
-        let found: Option<(EventRow, String, serde_json::Value)> = webhook_events::table
-            .find(id.0)
+        let by = match id.into() {
+            EventRef::Id(id) => webhook_events::table
+                .filter(webhook_events::id.eq(id.0))
+                .into_boxed(),
+            EventRef::Uuid(uuid) => webhook_events::table
+                .filter(webhook_events::uuid.eq(uuid.0))
+                .into_boxed(),
+        };
+        let found: Option<(EventRow, String, serde_json::Value)> = by
             .select((
                 EventRow::as_select(),
                 webhook_events::event_type,
@@ -233,7 +250,7 @@ impl EventRepository for PgEvents {
             return Ok(None);
         };
         let rows: Vec<DispatchRow> = dispatches::table
-            .filter(dispatches::event_id.eq(id.0))
+            .filter(dispatches::event_id.eq(row.id))
             .order(dispatches::id)
             .select(DispatchRow::as_select())
             .load(&mut conn)

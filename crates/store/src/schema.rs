@@ -43,6 +43,7 @@ diesel::table! {
         received_at -> Timestamptz,
         processed_at -> Nullable<Timestamptz>,
         planned_at -> Nullable<Timestamptz>,
+        uuid -> Uuid,
     }
 }
 

@@ -11,7 +11,9 @@ use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_migrations::MigrationHarness;
 use dispatcher_core::config::PoolKey;
-use dispatcher_core::domain::{DispatchId, DispatchState, EventId, EventStatus, PullRequestRef};
+use dispatcher_core::domain::{
+    DispatchId, DispatchState, EventId, EventStatus, EventUuid, PullRequestRef,
+};
 use dispatcher_core::intake::NewEvent;
 use dispatcher_core::planner::{DispatchOutcome, IntakePlan, NewDispatch};
 use dispatcher_core::ports::{
@@ -545,6 +547,117 @@ async fn a_label_added_after_its_intent_was_withdrawn_is_removed() {
         .unwrap();
     assert_eq!(tasks.len(), 1);
     assert!(!tasks[0].wanted, "the stray label is scheduled for removal");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_are_found_by_their_uuid() {
+    let t = TestDatabase::new();
+    let events = db(&t).events();
+    let RecordOutcome::Created(first) = events.record(event("d-1", 1, "{}")).await.unwrap() else {
+        panic!("expected a new row");
+    };
+    let RecordOutcome::Created(second) = events.record(event("d-2", 2, "{}")).await.unwrap() else {
+        panic!("expected a new row");
+    };
+    assert_ne!(first.uuid, second.uuid);
+    assert_eq!(first.uuid.0.get_version_num(), 4);
+    let by_uuid = events.detail(second.uuid).await.unwrap().expect("found");
+    assert_eq!(by_uuid.event, second);
+    assert_eq!(
+        events
+            .detail(second.id)
+            .await
+            .unwrap()
+            .expect("found")
+            .event,
+        second
+    );
+    // Redelivery and listing report the same UUID.
+    let again = events.record(event("d-2", 2, "{}")).await.unwrap();
+    assert!(matches!(again, RecordOutcome::AlreadyStored(e) if e.uuid == second.uuid));
+    let page = events
+        .list(&EventQuery {
+            page: 1,
+            page_size: 10,
+            filter: EventFilter::default(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.events.iter().map(|e| e.uuid).collect::<Vec<_>>(),
+        [second.uuid, first.uuid]
+    );
+    let unknown: EventUuid = "3f1c2b4a-9d8e-4f7a-8b6c-5d4e3f2a1b0c".parse().unwrap();
+    assert!(events.detail(unknown).await.unwrap().is_none());
+}
+
+#[test]
+fn the_uuid_migration_gives_every_stored_event_a_distinct_uuid() {
+    let t = TestDatabase::empty();
+    let url = t.url().to_owned();
+    std::thread::spawn(move || {
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url).unwrap();
+        // Everything before 2026-12-02-000004_event_uuid.
+        for _ in 0..3 {
+            conn.run_next_migration(MIGRATIONS).unwrap();
+        }
+        conn.batch_execute(
+            "INSERT INTO webhook_events (delivery_id, event_type, action, repository_full_name, pull_request_number, payload)
+             SELECT 'old-' || n, 'pull_request', 'opened', 'o/r', n, '{}' FROM generate_series(1, 500) AS n",
+        )
+        .unwrap();
+        let applied = conn.run_pending_migrations(MIGRATIONS).unwrap();
+        assert_eq!(
+            applied.iter().map(ToString::to_string).next().as_deref(),
+            Some("20261202000004")
+        );
+        #[derive(diesel::QueryableByName)]
+        struct Counts {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            rows: i64,
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            distinct_uuids: i64,
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            v4: i64,
+        }
+        let count = |conn: &mut AsyncConnectionWrapper<AsyncPgConnection>| -> Counts {
+            diesel::sql_query(
+                "SELECT count(*) AS rows, count(DISTINCT uuid) AS distinct_uuids,
+                        count(*) FILTER (WHERE substr(uuid::text, 15, 1) = '4'
+                                           AND substr(uuid::text, 20, 1) IN ('8', '9', 'a', 'b')) AS v4
+                   FROM webhook_events",
+            )
+            .get_result(conn)
+            .unwrap()
+        };
+        let c = count(&mut conn);
+        assert_eq!((c.rows, c.distinct_uuids, c.v4), (500, 500, 500));
+        // An insert that does not name the column (an older binary during a
+        // rolling upgrade) gets one too; a duplicate is refused.
+        conn.batch_execute(
+            "INSERT INTO webhook_events (delivery_id, event_type, action, repository_full_name, pull_request_number, payload)
+             VALUES ('old-binary', 'pull_request', 'opened', 'o/r', 1, '{}')",
+        )
+        .unwrap();
+        let c = count(&mut conn);
+        assert_eq!((c.rows, c.distinct_uuids, c.v4), (501, 501, 501));
+        assert!(
+            conn.batch_execute(
+                "INSERT INTO webhook_events (delivery_id, event_type, action, repository_full_name, pull_request_number, payload, uuid)
+                 SELECT 'dup', event_type, action, repository_full_name, pull_request_number, payload, uuid
+                   FROM webhook_events WHERE delivery_id = 'old-1'",
+            )
+            .is_err(),
+            "uuids are unique"
+        );
+        // It reverts cleanly and applies again.
+        conn.revert_last_migration(MIGRATIONS).unwrap();
+        conn.run_pending_migrations(MIGRATIONS).unwrap();
+        let c = count(&mut conn);
+        assert_eq!((c.rows, c.distinct_uuids), (501, 501));
+    })
+    .join()
+    .unwrap();
 }
 
 #[test]

@@ -201,8 +201,8 @@ impl Service {
         }
     }
 
-    /// Waits until event `id` matches `pred`; returns the event.
-    pub async fn wait_event(&self, id: i64, pred: impl Fn(&Value) -> bool) -> Value {
+    /// Waits until event `id` (its UUID) matches `pred`; returns the event.
+    pub async fn wait_event(&self, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
         self.get_until(&format!("/api/v1/events/{id}"), |b| pred(&b["event"]))
             .await["event"]
             .clone()
