@@ -208,14 +208,12 @@ pub const CANCELLED_MESSAGE: &str =
 /// Message stored on events no config item matched (the original's text).
 pub const UNSUPPORTED_MESSAGE: &str = "Unsupported event";
 
-/// An event as reported by the API: exactly the original service's fields.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// An event as the API reports it (its JSON shape lives in `dispatcher-http`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRecord {
-    /// Internal key; not serialised (clients only see `uuid`, as `id`).
-    #[serde(skip)]
+    /// Internal key (ordering, newest-wins); never shown to clients.
     pub id: EventId,
-    /// Public id, serialised as `id`.
-    #[serde(rename = "id")]
+    /// Public id, shown as `id`.
     pub uuid: EventUuid,
     /// GitHub's `X-GitHub-Delivery`.
     pub delivery_id: String,
@@ -225,22 +223,20 @@ pub struct EventRecord {
     pub repository_full_name: String,
     /// Payload `pull_request.number`.
     pub pull_request_number: i64,
-    /// The EventListener accepted at least one trigger for this event.
+    /// The event reached a final status (the original's flag).
     pub processed: bool,
     /// Why the event was not (or not fully) processed.
     pub processing_error: Option<String>,
     /// When the delivery was stored.
-    #[serde(with = "rfc3339")]
     pub received_at: OffsetDateTime,
     /// When the event reached a final status.
-    #[serde(with = "rfc3339::option")]
     pub processed_at: Option<OffsetDateTime>,
     /// Current status.
     pub status: EventStatus,
 }
 
 /// One dispatch as shown in the event detail.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DispatchRecord {
     /// Database id.
     pub id: DispatchId,
@@ -253,31 +249,25 @@ pub struct DispatchRecord {
     /// Trigger attempts made so far.
     pub attempts: i32,
     /// When the next attempt may run (queued dispatches).
-    #[serde(with = "rfc3339::option")]
     pub next_attempt_at: Option<OffsetDateTime>,
     /// Last trigger error, if any.
     pub last_error: Option<String>,
     /// `eventID` returned by the EventListener.
     pub listener_event_id: Option<String>,
     /// When the dispatch was created.
-    #[serde(with = "rfc3339")]
     pub created_at: OffsetDateTime,
     /// When the EventListener answered 202.
-    #[serde(with = "rfc3339::option")]
     pub triggered_at: Option<OffsetDateTime>,
     /// When the PipelineRun was first seen.
-    #[serde(with = "rfc3339::option")]
     pub confirmed_at: Option<OffsetDateTime>,
     /// When the dispatch was cancelled or failed.
-    #[serde(with = "rfc3339::option")]
     pub finished_at: Option<OffsetDateTime>,
 }
 
 /// An event with everything stored about it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventDetail {
     /// The listing fields.
-    #[serde(flatten)]
     pub event: EventRecord,
     /// `X-GitHub-Event`.
     pub event_type: String,
@@ -287,9 +277,8 @@ pub struct EventDetail {
     pub dispatches: Vec<DispatchRecord>,
 }
 
-/// RFC 3339 (UTC, `Z`) serialisation for timestamps.
+/// RFC 3339 (UTC, `Z`) formatting for timestamps.
 pub mod rfc3339 {
-    use serde::Serializer;
     use time::OffsetDateTime;
     use time::format_description::well_known::Rfc3339;
 
@@ -298,28 +287,6 @@ pub mod rfc3339 {
         t.to_offset(time::UtcOffset::UTC)
             .format(&Rfc3339)
             .unwrap_or_else(|_| t.unix_timestamp().to_string())
-    }
-
-    /// serde `serialize_with` for `OffsetDateTime`.
-    pub fn serialize<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format(*t))
-    }
-
-    /// The same for `Option<OffsetDateTime>` (null when absent).
-    pub mod option {
-        use serde::Serializer;
-        use time::OffsetDateTime;
-
-        /// serde `serialize_with` for `Option<OffsetDateTime>`.
-        pub fn serialize<S: Serializer>(
-            t: &Option<OffsetDateTime>,
-            s: S,
-        ) -> Result<S::Ok, S::Error> {
-            match t {
-                Some(t) => s.serialize_str(&super::format(*t)),
-                None => s.serialize_none(),
-            }
-        }
     }
 }
 
@@ -340,29 +307,13 @@ mod tests {
     }
 
     #[test]
-    fn event_json_shows_the_uuid_as_id_and_hides_the_key() {
+    fn uuids_are_lower_case_and_strict() {
         let uuid: EventUuid = "8F14E45F-CEEA-467F-A0E6-A7C1B4E0B1E2"
             .parse()
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(uuid.to_string(), "8f14e45f-ceea-467f-a0e6-a7c1b4e0b1e2");
         assert!("42".parse::<EventUuid>().is_err());
         assert!("not-a-uuid".parse::<EventUuid>().is_err());
-        let record = EventRecord {
-            id: EventId(42),
-            uuid,
-            delivery_id: "d".into(),
-            action: "opened".into(),
-            repository_full_name: "o/r".into(),
-            pull_request_number: 7,
-            processed: false,
-            processing_error: None,
-            received_at: time::macros::datetime!(2026-11-28 10:00:00 UTC),
-            processed_at: None,
-            status: EventStatus::Pending,
-        };
-        let json = serde_json::to_value(&record).unwrap_or_default();
-        assert_eq!(json["id"], "8f14e45f-ceea-467f-a0e6-a7c1b4e0b1e2");
-        assert!(!json.to_string().contains("42"), "{json}");
     }
 
     #[test]

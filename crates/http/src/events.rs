@@ -8,6 +8,7 @@ use http::StatusCode;
 use crate::App;
 use crate::error::ApiError;
 use crate::response::{ApiResponse, json};
+use crate::wire::{EventDetailAnswer, EventJson, EventPageJson};
 
 /// Default rows per page.
 pub const DEFAULT_PAGE_SIZE: u32 = 10;
@@ -116,13 +117,13 @@ pub(crate) async fn list<R: EventRepository>(
     let page = app.repo.list(&q).await?;
     Ok(json(
         StatusCode::OK,
-        &serde_json::json!({
-            "status": "ok",
-            "events": page.events,
-            "page": q.page,
-            "page_size": q.page_size,
-            "total_count": page.total_count,
-        }),
+        &EventPageJson {
+            status: "ok",
+            events: page.events.iter().map(EventJson::from).collect(),
+            page: q.page,
+            page_size: q.page_size,
+            total_count: page.total_count,
+        },
     ))
 }
 
@@ -135,19 +136,7 @@ pub(crate) async fn detail<R: EventRepository>(
     let not_found = || ApiError::NotFound(format!("Event {id} not found"));
     let uuid: EventUuid = id.parse().map_err(|_| not_found())?;
     let detail = app.repo.detail(uuid).await?.ok_or_else(not_found)?;
-    let headers: serde_json::Map<String, serde_json::Value> = detail
-        .headers
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone().into()))
-        .collect();
-    let mut event = serde_json::to_value(&detail).unwrap_or_default();
-    if let Some(map) = event.as_object_mut() {
-        map.insert("headers".to_owned(), headers.into());
-    }
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({"status": "ok", "event": event}),
-    ))
+    Ok(json(StatusCode::OK, &EventDetailAnswer::from(&detail)))
 }
 
 #[cfg(test)]

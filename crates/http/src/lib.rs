@@ -46,6 +46,7 @@ mod events;
 mod response;
 mod server;
 pub mod webhook;
+mod wire;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

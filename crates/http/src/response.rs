@@ -1,5 +1,6 @@
 //! JSON response helpers.
 
+use crate::wire::ErrorBody;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
@@ -33,7 +34,10 @@ pub(crate) fn error(e: &ApiError) -> ApiResponse {
     };
     let mut response = json(
         status,
-        &serde_json::json!({"status": kind, "message": e.public_message()}),
+        &ErrorBody {
+            status: kind,
+            message: &e.public_message(),
+        },
     );
     match e {
         ApiError::MethodNotAllowed { allowed, .. } => {

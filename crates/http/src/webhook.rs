@@ -38,6 +38,7 @@ use crate::App;
 use crate::budget::Buffered;
 use crate::error::ApiError;
 use crate::response::{ApiResponse, json};
+use crate::wire::{EventJson, IntakeAnswer};
 
 /// The event type whose payload must name a pull request (400 otherwise);
 /// other allowed types are stored only when theirs does.
@@ -236,9 +237,11 @@ pub(crate) async fn receive<R: EventRepository>(
         repo = %record.repository_full_name, pr = record.pull_request_number,
         action = %record.action, %message, "stored webhook"
     );
-    let mut body = serde_json::to_value(&record).unwrap_or_default();
-    if let Some(map) = body.as_object_mut() {
-        map.insert("message".to_owned(), message.into());
-    }
-    Ok(json(StatusCode::OK, &body))
+    Ok(json(
+        StatusCode::OK,
+        &IntakeAnswer {
+            event: EventJson::from(&record),
+            message,
+        },
+    ))
 }
