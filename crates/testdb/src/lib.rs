@@ -35,6 +35,10 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 pub use cluster::Cluster;
 
+/// SQL that builds the Python dispatcher's database, with rows, in an empty
+/// database ([`TestDatabase::empty`]): the input of the adoption tests.
+pub const ORIGINAL_DATABASE: &str = include_str!("original.sql");
+
 /// The project's migrations, embedded from the top-level `migrations/`.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations");
 
