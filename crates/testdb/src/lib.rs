@@ -169,6 +169,19 @@ impl TestDatabase {
         Self::create("TEMPLATE template0 ENCODING 'UTF8'")
     }
 
+    /// A fresh database holding the Python dispatcher's schema and rows
+    /// ([`ORIGINAL_DATABASE`]), for adoption tests.
+    pub fn original() -> Self {
+        let db = Self::empty();
+        off_runtime(|| {
+            SyncPg::establish(&db.url)
+                .expect("connect to the test database")
+                .batch_execute(ORIGINAL_DATABASE)
+                .expect("build the original's database");
+        });
+        db
+    }
+
     fn create(from: &str) -> Self {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         // CREATE DATABASE from one template is serialised: concurrent copies can
