@@ -22,7 +22,10 @@ pub(crate) async fn serve(settings: Settings, database_url: &str) -> anyhow::Res
     warn_about(&settings);
     let db = Database::connect(database_url, crate::options::pool(&settings))?;
     let capacity = Arc::new(start_capacity(&settings));
-    let trigger = EventListenerClient::new(settings.dispatch.trigger_timeout)
+    // Events adopted from the original's database are signed again with it.
+    let secret = settings.security.webhook_secrets.first();
+    let secret = secret.map(|s| s.expose().as_bytes());
+    let trigger = EventListenerClient::new(settings.dispatch.trigger_timeout, secret)
         .context("building the EventListener client")?;
     let github = github_labels(&settings)?;
     let election = PgLeaderElection::new(

@@ -1,6 +1,8 @@
 //! The EventListener client: forwards a stored delivery byte-for-byte with
 //! its GitHub headers, so a Tekton GitHub interceptor configured with the
 //! same secret accepts it, and reads the `eventID` of the 202 answer.
+//! Events adopted from the original's database (re-serialized payloads) are
+//! signed again with the first configured webhook secret.
 
 use std::time::Duration;
 
@@ -13,12 +15,28 @@ const ERROR_BODY_LIMIT: usize = 300;
 #[derive(Debug, Clone)]
 pub struct EventListenerClient {
     http: reqwest::Client,
+    resign_secret: Option<ResignSecret>,
+}
+
+/// The secret adopted events are signed with. `Debug` never shows it.
+#[derive(Clone)]
+struct ResignSecret(Vec<u8>);
+
+impl std::fmt::Debug for ResignSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResignSecret(redacted)")
+    }
 }
 
 impl EventListenerClient {
     /// A client whose every POST times out after `timeout`. It follows no
     /// redirect: a 3xx is a [`TriggerError::Rejected`] like any non-202.
-    pub fn new(timeout: Duration) -> Result<Self, reqwest::Error> {
+    ///
+    /// `resign_secret` (the first configured webhook secret) signs requests
+    /// with [`TriggerRequest::resign`] set: their `X-Hub-Signature-256` is
+    /// computed over the bytes sent and a stale `X-Hub-Signature` (sha1) is
+    /// dropped. Without it they are forwarded as stored.
+    pub fn new(timeout: Duration, resign_secret: Option<&[u8]>) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
@@ -27,7 +45,10 @@ impl EventListenerClient {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("webhook-dispatcher/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { http })
+        Ok(Self {
+            http,
+            resign_secret: resign_secret.map(|s| ResignSecret(s.to_vec())),
+        })
     }
 }
 
@@ -39,8 +60,17 @@ impl Trigger for EventListenerClient {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(DISPATCH_HEADER, request.dispatch.to_string())
             .body(request.payload.to_owned());
+        let resign = self.resign_secret.as_ref().filter(|_| request.resign);
         for (name, value) in request.headers {
-            post = post.header(name.as_str(), value.as_str());
+            let signature = name.eq_ignore_ascii_case("X-Hub-Signature-256")
+                || name.eq_ignore_ascii_case("X-Hub-Signature");
+            if resign.is_none() || !signature {
+                post = post.header(name.as_str(), value.as_str());
+            }
+        }
+        if let Some(secret) = resign {
+            let signature = dispatcher_sig::sign(&secret.0, request.payload.as_bytes());
+            post = post.header("X-Hub-Signature-256", signature);
         }
         let response = post.send().await.map_err(classify)?;
         let status = response.status();

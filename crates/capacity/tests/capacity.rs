@@ -225,7 +225,7 @@ async fn triggers_forward_exact_bytes_and_headers() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let secret = "s3cr3t";
     let listener = FakeEventListener::start(Some(secret), None).await.unwrap();
-    let client = EventListenerClient::new(Duration::from_secs(5)).unwrap();
+    let client = EventListenerClient::new(Duration::from_secs(5), None).unwrap();
     let payload = "{ \"action\" : \"opened\",\n \"number\": 1 }";
     let headers = vec![
         ("X-GitHub-Event".to_owned(), "pull_request".to_owned()),
@@ -242,6 +242,7 @@ async fn triggers_forward_exact_bytes_and_headers() {
             url: &url,
             payload,
             headers: &headers,
+            resign: false,
         })
         .await
         .unwrap();
@@ -268,6 +269,7 @@ async fn triggers_forward_exact_bytes_and_headers() {
             url: &url,
             payload,
             headers: &headers,
+            resign: false,
         })
         .await
         .unwrap_err();
@@ -281,12 +283,58 @@ async fn triggers_forward_exact_bytes_and_headers() {
             url: &url,
             payload: "{}",
             headers: &headers,
+            resign: false,
         })
         .await
         .unwrap_err();
     assert!(
         matches!(err, TriggerError::Rejected { status: 403, .. }),
         "tampered body: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn adopted_events_are_signed_again_and_new_ones_are_not() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let secret = "s3cr3t";
+    let listener = FakeEventListener::start(Some(secret), None).await.unwrap();
+    let client = EventListenerClient::new(Duration::from_secs(5), Some(secret.as_bytes())).unwrap();
+    // The original re-serialized the payload: GitHub's signatures are stale.
+    let payload = "{\"action\": \"opened\", \"number\": 1}";
+    let headers = vec![
+        ("X-GitHub-Event".to_owned(), "pull_request".to_owned()),
+        ("X-Hub-Signature-256".to_owned(), "sha256=00".to_owned()),
+        ("X-Hub-Signature".to_owned(), "sha1=00".to_owned()),
+    ];
+    let url = listener.url().parse().unwrap();
+    let request = |resign| TriggerRequest {
+        dispatch: DispatchId(1),
+        url: &url,
+        payload,
+        headers: &headers,
+        resign,
+    };
+    client.trigger(request(true)).await.unwrap();
+    let received = listener.received();
+    assert!(received[0].signature_ok, "signed over the bytes sent");
+    assert_eq!(
+        received[0].header("x-hub-signature-256"),
+        Some(dispatcher_sig::sign(secret.as_bytes(), payload.as_bytes()).as_str())
+    );
+    assert_eq!(
+        received[0].header("x-hub-signature"),
+        None,
+        "the stale sha1 is dropped"
+    );
+    // A new event keeps GitHub's own headers byte for byte (stale here, so refused).
+    let err = client.trigger(request(false)).await.unwrap_err();
+    assert!(
+        matches!(err, TriggerError::Rejected { status: 403, .. }),
+        "{err}"
+    );
+    assert_eq!(
+        listener.received()[1].header("x-hub-signature-256"),
+        Some("sha256=00")
     );
 }
 
@@ -298,13 +346,14 @@ async fn triggers_time_out_and_report_transport_errors() {
     let url = format!("http://{}/", silent.local_addr().unwrap())
         .parse()
         .unwrap();
-    let client = EventListenerClient::new(Duration::from_millis(300)).unwrap();
+    let client = EventListenerClient::new(Duration::from_millis(300), None).unwrap();
     let err = client
         .trigger(TriggerRequest {
             dispatch: DispatchId(42),
             url: &url,
             payload: "{}",
             headers: &[],
+            resign: false,
         })
         .await
         .unwrap_err();
@@ -317,6 +366,7 @@ async fn triggers_time_out_and_report_transport_errors() {
             url: &closed,
             payload: "{}",
             headers: &[],
+            resign: false,
         })
         .await
         .unwrap_err();
@@ -541,7 +591,7 @@ async fn a_failing_configuration_is_retried_until_it_loads() {
 async fn triggers_follow_no_redirect() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let redirect = FakeRedirect::start().await.unwrap();
-    let client = EventListenerClient::new(Duration::from_secs(5)).unwrap();
+    let client = EventListenerClient::new(Duration::from_secs(5), None).unwrap();
     let url = format!("{}/listener", redirect.url()).parse().unwrap();
     let err = client
         .trigger(TriggerRequest {
@@ -549,6 +599,7 @@ async fn triggers_follow_no_redirect() {
             url: &url,
             payload: "{}",
             headers: &[],
+            resign: false,
         })
         .await
         .unwrap_err();

@@ -99,6 +99,7 @@ pub async fn send_trigger<T: Trigger>(
                     url,
                     payload: &job.payload,
                     headers: &job.headers,
+                    resign: job.resign,
                 })
                 .await
         }

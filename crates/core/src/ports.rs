@@ -165,6 +165,10 @@ pub struct TriggerJob {
     pub payload: String,
     /// Forwardable headers.
     pub headers: Vec<(String, String)>,
+    /// Adopted from the original's database, whose payloads were
+    /// re-serialized: GitHub's signature no longer matches the bytes, so the
+    /// trigger signs them again (see [`TriggerRequest::resign`]).
+    pub resign: bool,
 }
 
 /// The storage the single active dispatcher works on. Every method is one
@@ -274,6 +278,9 @@ pub struct TriggerRequest<'a> {
     pub payload: &'a str,
     /// Forwardable headers.
     pub headers: &'a [(String, String)],
+    /// Replace the forwarded signature with one computed over `payload`
+    /// (the trigger's own secret); otherwise GitHub's headers go as received.
+    pub resign: bool,
 }
 
 /// Why a trigger was not accepted.

@@ -53,7 +53,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             list_timeout: d.capacity_stale_after,
         },
     ));
-    let trigger = EventListenerClient::new(d.trigger_timeout)?;
+    // Adopted events are signed again with the first webhook secret.
+    let resign = settings.security.webhook_secrets.first();
+    let trigger =
+        EventListenerClient::new(d.trigger_timeout, resign.map(|s| s.expose().as_bytes()))?;
     let election = PgLeaderElection::new(db.clone(), false, LeaderOptions::default());
 
     // The dispatcher runs as one task of this program...

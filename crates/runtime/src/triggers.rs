@@ -160,6 +160,7 @@ mod tests {
             attempt: 1,
             payload: "{}".to_owned(),
             headers: vec![],
+            resign: false,
         }
     }
 

@@ -173,7 +173,10 @@ impl EventRepository for PgEvents {
         // and then do nothing, so there is never a second row.
         let inserted: Option<EventRow> = diesel::insert_into(webhook_events::table)
             .values(&row)
+            // The unique index is partial (older duplicates adopted from the
+            // original's database are outside it): name the same predicate.
             .on_conflict(webhook_events::delivery_id)
+            .filter_target(diesel::dsl::not(webhook_events::superseded_duplicate))
             .do_nothing()
             .returning(EventRow::as_returning())
             .get_result(&mut conn)
@@ -187,7 +190,7 @@ impl EventRepository for PgEvents {
         let existing: Existing = diesel::sql_query(
             "SELECT id, uuid, delivery_id, action, repository_full_name, pull_request_number, processed,
                     processing_error, received_at, processed_at, status, payload::text = $2 AS same_payload
-               FROM webhook_events WHERE delivery_id = $1",
+               FROM webhook_events WHERE delivery_id = $1 AND NOT superseded_duplicate",
         )
         .bind::<Text, _>(&event.delivery_id)
         .bind::<Text, _>(&event.payload)

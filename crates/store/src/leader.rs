@@ -612,27 +612,28 @@ impl DispatchStore for LeaderSession {
                 .get_results(conn)
                 .await?;
                 let event_ids: Vec<i64> = started.iter().map(|s| s.1).collect();
-                let payloads: Vec<(i64, RawJson, serde_json::Value)> = webhook_events::table
+                let payloads: Vec<(i64, RawJson, serde_json::Value, bool)> = webhook_events::table
                     .filter(webhook_events::id.eq_any(&event_ids))
                     .select((
                         webhook_events::id,
                         webhook_events::payload,
                         webhook_events::headers,
+                        webhook_events::adopted,
                     ))
                     .load(conn)
                     .await?;
-                let mut by_event: std::collections::HashMap<i64, (String, Vec<(String, String)>)> =
-                    payloads
-                        .into_iter()
-                        .map(|(id, payload, headers)| {
-                            (id, (payload.0, headers_from_json(&headers)))
-                        })
-                        .collect();
+                type Stored = (String, Vec<(String, String)>, bool);
+                let mut by_event: std::collections::HashMap<i64, Stored> = payloads
+                    .into_iter()
+                    .map(|(id, payload, headers, adopted)| {
+                        (id, (payload.0, headers_from_json(&headers), adopted))
+                    })
+                    .collect();
                 // Keep the caller's (FIFO) order.
                 let mut jobs: Vec<TriggerJob> = started
                     .into_iter()
                     .filter_map(|(id, event_id, item, repository, number, attempts)| {
-                        let (payload, headers) = match by_event.get(&event_id) {
+                        let (payload, headers, resign) = match by_event.get(&event_id) {
                             Some(p) if event_ids.iter().filter(|e| **e == event_id).count() > 1 => {
                                 p.clone()
                             }
@@ -646,6 +647,7 @@ impl DispatchStore for LeaderSession {
                             attempt: u32::try_from(attempts).unwrap_or_default(),
                             payload,
                             headers,
+                            resign,
                         })
                     })
                     .collect();

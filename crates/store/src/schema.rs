@@ -44,6 +44,8 @@ diesel::table! {
         processed_at -> Nullable<Timestamptz>,
         planned_at -> Nullable<Timestamptz>,
         uuid -> Uuid,
+        adopted -> Bool,
+        superseded_duplicate -> Bool,
     }
 }
 

@@ -35,6 +35,10 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 pub use cluster::Cluster;
 
+/// SQL that builds the Python dispatcher's database, with rows, in an empty
+/// database ([`TestDatabase::empty`]): the input of the adoption tests.
+pub const ORIGINAL_DATABASE: &str = include_str!("original.sql");
+
 /// The project's migrations, embedded from the top-level `migrations/`.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations");
 
@@ -163,6 +167,19 @@ impl TestDatabase {
     /// A fresh, empty database (for migration tests).
     pub fn empty() -> Self {
         Self::create("TEMPLATE template0 ENCODING 'UTF8'")
+    }
+
+    /// A fresh database holding the Python dispatcher's schema and rows
+    /// ([`ORIGINAL_DATABASE`]), for adoption tests.
+    pub fn original() -> Self {
+        let db = Self::empty();
+        off_runtime(|| {
+            SyncPg::establish(&db.url)
+                .expect("connect to the test database")
+                .batch_execute(ORIGINAL_DATABASE)
+                .expect("build the original's database");
+        });
+        db
     }
 
     fn create(from: &str) -> Self {

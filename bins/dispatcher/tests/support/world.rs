@@ -28,6 +28,8 @@ pub struct WorldOptions {
     pub trigger_timeout: &'static str,
     /// `dispatch.failover_timeout`.
     pub failover_timeout: &'static str,
+    /// Start from the Python dispatcher's database (adopted at start).
+    pub original_database: bool,
 }
 
 impl Default for WorldOptions {
@@ -38,6 +40,7 @@ impl Default for WorldOptions {
             dispatch_label: false,
             trigger_timeout: "2s",
             failover_timeout: "15s",
+            original_database: false,
         }
     }
 }
@@ -80,7 +83,11 @@ impl World {
         let dir = TempDir::new("world");
         std::fs::write(dir.0.join("kubeconfig"), kube.kubeconfig("ns")).unwrap();
         World {
-            db: TestDatabase::new(),
+            db: if options.original_database {
+                TestDatabase::original()
+            } else {
+                TestDatabase::new()
+            },
             kube,
             listener,
             github,

@@ -213,6 +213,7 @@ impl DispatchStore for MemStore {
                 attempt: d.attempts,
                 payload,
                 headers: e.headers.clone(),
+                resign: false,
             });
         }
         Ok(jobs)
