@@ -11,7 +11,7 @@ use anyhow::Context;
 use dispatcher_capacity::{CapacityOptions, EventListenerClient, KubeCapacity, kube_client};
 use dispatcher_core::config::Settings;
 use dispatcher_github::GithubLabels;
-use dispatcher_http::{App, DispatcherReport, Liveness};
+use dispatcher_http::{App, DispatcherReport, Liveness, Metrics};
 use dispatcher_runtime::{DispatcherStatus, Runtime};
 use dispatcher_store::{Database, PgLeaderElection};
 use tokio::sync::watch;
@@ -33,12 +33,14 @@ pub(crate) async fn serve(settings: Settings, database_url: &str) -> anyhow::Res
         github.is_some(),
         crate::options::leader(&settings),
     );
+    let metrics = Arc::new(Metrics::new(env!("CARGO_PKG_VERSION")));
     let mut runtime = Runtime::new(
         Arc::clone(&settings),
         election,
         Arc::clone(&capacity),
         trigger,
-    );
+    )
+    .with_metrics(Arc::clone(&metrics));
     if let Some(github) = github {
         runtime = runtime.with_labels(db.labels(), github);
     }
@@ -63,7 +65,7 @@ pub(crate) async fn serve(settings: Settings, database_url: &str) -> anyhow::Res
     }
     let dispatch_task = tokio::spawn(runtime.run(stop_rx));
 
-    let app = http_app(&settings, &db, &status, &capacity)?;
+    let app = http_app(&settings, &db, &status, &capacity)?.with_metrics(metrics);
     let address = (settings.server.bind, settings.server.port);
     let listener = tokio::net::TcpListener::bind(address)
         .await

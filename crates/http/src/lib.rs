@@ -21,6 +21,11 @@
 //! | `GET /api/v1/status/db` | database health |
 //! | `GET /api/v1/status/ready` | database and dispatcher health; 503 without a database or once shutdown began |
 //! | `GET /api/v1/status/live` | `{"status":"ok"}`, or 503 when the [`LivenessSource`] reports the dispatch loop stuck |
+//! | `GET /metrics` | Prometheus metrics (OpenMetrics text, see `dispatcher-metrics`); bearer `api.metrics_token` when set |
+//!
+//! Every intake answer is counted once, in [`App::handle`], as
+//! `webhook_dispatcher_deliveries_total{outcome}`; share the [`Metrics`] with
+//! the dispatcher through [`App::with_metrics`].
 //!
 //! **Resource limits.** Bodies being received share `server.max_buffered_bytes`
 //! (a body that does not fit is answered 503 with `Retry-After` at once, never
@@ -55,6 +60,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use dispatcher_core::config::Settings;
 use dispatcher_core::ports::EventRepository;
+pub use dispatcher_metrics::Metrics;
 use dispatcher_sig::{SigningKeys, TokenSet};
 use http::{Request, StatusCode};
 use tokio::sync::watch;
@@ -120,6 +126,8 @@ pub struct App<R> {
     liveness: LivenessSource,
     budget: BodyBudget,
     draining: watch::Sender<bool>,
+    metrics: Arc<Metrics>,
+    metrics_token: Option<TokenSet>,
 }
 
 impl<R> std::fmt::Debug for App<R> {
@@ -179,6 +187,12 @@ impl<R: EventRepository> App<R> {
             allowed_events: settings.security.allowed_github_events.clone(),
             max_buffered_bytes: settings.server.max_buffered_bytes,
         };
+        let metrics_token = settings
+            .metrics_token
+            .as_ref()
+            .map(|t| TokenSet::new([t.expose().as_bytes()]))
+            .transpose()
+            .map_err(|_| std::io::Error::other("system random number generator failed"))?;
         let status: StatusSource = Arc::new(|| DispatcherReport {
             healthy: true,
             details: serde_json::json!({"role": "unknown"}),
@@ -192,6 +206,8 @@ impl<R: EventRepository> App<R> {
             status,
             liveness: Arc::new(|| Liveness::Alive),
             draining: watch::Sender::new(false),
+            metrics: Arc::new(Metrics::default()),
+            metrics_token,
         })
     }
 
@@ -207,6 +223,19 @@ impl<R: EventRepository> App<R> {
     pub fn with_liveness_source(mut self, liveness: LivenessSource) -> Self {
         self.liveness = liveness;
         self
+    }
+
+    /// Sets the metrics registry served at `/metrics` and counted into
+    /// (default: a registry of its own). Hand the same one to the dispatcher.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The metrics registry this app counts into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The request-handling settings.
@@ -228,6 +257,9 @@ impl<R: EventRepository> App<R> {
                 Ok(r) => r,
                 Err(_) => Err(ApiError::Timeout),
             };
+        if method == http::Method::POST && path.trim_end_matches('/') == WEBHOOK_PATH {
+            self.metrics.delivery(webhook::delivery_outcome(&result));
+        }
         let mut response = result.unwrap_or_else(|e| {
             // A full budget is logged (rate-limited) where it refused.
             if e.status().is_server_error() && !matches!(e, ApiError::Busy) {
@@ -264,7 +296,7 @@ impl<R: EventRepository> App<R> {
             }
         };
         match path.as_str() {
-            "/api/v1/webhooks/github-pipeline" => {
+            WEBHOOK_PATH => {
                 allow("POST")?;
                 let (parts, body) = request.into_parts();
                 let declared = declared_length(&parts.headers);
@@ -276,6 +308,18 @@ impl<R: EventRepository> App<R> {
                 let checked = webhook::check_headers(self, &parts.headers)?;
                 let body = self.budget.read(declared, limit, body).await?;
                 webhook::receive(self, &parts.headers, checked, body).await
+            }
+            "/metrics" => {
+                allow("GET")?;
+                self.authorize_metrics(request.headers())?;
+                let mut response = ApiResponse::new(http_body_util::Full::new(Bytes::from(
+                    self.metrics.encode(),
+                )));
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static(dispatcher_metrics::CONTENT_TYPE),
+                );
+                Ok(response)
             }
             "/api/v1/status/ping" => {
                 allow("GET")?;
@@ -375,19 +419,37 @@ impl<R: EventRepository> App<R> {
         if self.tokens.is_empty() {
             return Ok(());
         }
-        let presented = headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim);
-        match presented {
+        match bearer(headers) {
             Some(token) if self.tokens.contains(token.as_bytes()) => Ok(()),
             _ => Err(ApiError::Unauthorized),
         }
     }
+
+    /// `/metrics` takes `api.metrics_token` only (not the events API tokens).
+    fn authorize_metrics(&self, headers: &http::HeaderMap) -> Result<(), ApiError> {
+        let Some(tokens) = &self.metrics_token else {
+            return Ok(());
+        };
+        match bearer(headers) {
+            Some(token) if tokens.contains(token.as_bytes()) => Ok(()),
+            _ => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+/// The intake route.
+const WEBHOOK_PATH: &str = "/api/v1/webhooks/github-pipeline";
+
+/// The bearer token of the `Authorization` header, if any.
+fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
 }
 
 /// The request's `Content-Length`, if present and valid (hyper has already

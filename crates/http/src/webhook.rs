@@ -32,6 +32,7 @@ use dispatcher_core::intake::{
     NewEvent, github_header_spelling, is_forwardable_header, pull_request_fields,
 };
 use dispatcher_core::ports::{EventRepository, RecordOutcome};
+use dispatcher_metrics::DeliveryOutcome;
 use http::{HeaderMap, StatusCode};
 
 use crate::App;
@@ -177,9 +178,12 @@ pub(crate) async fn receive<R: EventRepository>(
             hook_id = header(headers, "x-github-hook-id").unwrap_or("-"),
             "answered GitHub ping"
         );
-        return Ok(json(
-            StatusCode::OK,
-            &serde_json::json!({"status": "ok", "message": "pong"}),
+        return Ok(with_outcome(
+            json(
+                StatusCode::OK,
+                &serde_json::json!({"status": "ok", "message": "pong"}),
+            ),
+            DeliveryOutcome::Ping,
         ));
     }
     // check_headers required it for every event but ping.
@@ -194,9 +198,12 @@ pub(crate) async fn receive<R: EventRepository>(
         // as the original does; the rest are acknowledged and dropped.
         Err(_) if event_type != PULL_REQUEST => {
             tracing::info!(%delivery_id, event_type, "acknowledged an event without a pull request; not stored");
-            return Ok(json(
-                StatusCode::ACCEPTED,
-                &serde_json::json!({"status": "ignored", "message": format!("Event type '{event_type}' carries no pull request; accepted but not dispatched")}),
+            return Ok(with_outcome(
+                json(
+                    StatusCode::ACCEPTED,
+                    &serde_json::json!({"status": "ignored", "message": format!("Event type '{event_type}' carries no pull request; accepted but not dispatched")}),
+                ),
+                DeliveryOutcome::Ignored,
             ));
         }
         Err(e) => return Err(e.into()),
@@ -224,9 +231,13 @@ pub(crate) async fn receive<R: EventRepository>(
         payload,
         headers: forwarded,
     };
-    let (record, message) = match app.repo.record(event).await? {
-        RecordOutcome::Created(record) => (record, "Event received"),
-        RecordOutcome::AlreadyStored(record) => (record, "Event already received"),
+    let (record, message, outcome) = match app.repo.record(event).await? {
+        RecordOutcome::Created(record) => (record, "Event received", DeliveryOutcome::Accepted),
+        RecordOutcome::AlreadyStored(record) => (
+            record,
+            "Event already received",
+            DeliveryOutcome::Redelivered,
+        ),
         RecordOutcome::Conflict(record) => {
             tracing::warn!(%delivery_id, event_id = %record.id, "delivery id reused with a different payload");
             return Err(ApiError::DeliveryConflict(delivery_id));
@@ -237,11 +248,41 @@ pub(crate) async fn receive<R: EventRepository>(
         repo = %record.repository_full_name, pr = record.pull_request_number,
         action = %record.action, %message, "stored webhook"
     );
-    Ok(json(
-        StatusCode::OK,
-        &IntakeAnswer {
-            event: EventJson::from(&record),
-            message,
-        },
+    Ok(with_outcome(
+        json(
+            StatusCode::OK,
+            &IntakeAnswer {
+                event: EventJson::from(&record),
+                message,
+            },
+        ),
+        outcome,
     ))
+}
+
+/// Marks a successful intake answer with its outcome, which
+/// [`App::handle`](crate::App::handle) counts (errors are mapped by
+/// [`delivery_outcome`]).
+fn with_outcome(mut response: ApiResponse, outcome: DeliveryOutcome) -> ApiResponse {
+    response.extensions_mut().insert(outcome);
+    response
+}
+
+/// The `webhook_dispatcher_deliveries_total` outcome of an intake answer:
+/// the mark [`receive`] put on a successful one, or the error's kind.
+pub(crate) fn delivery_outcome(result: &Result<ApiResponse, ApiError>) -> DeliveryOutcome {
+    match result {
+        Ok(response) => response
+            .extensions()
+            .get::<DeliveryOutcome>()
+            .copied()
+            .unwrap_or(DeliveryOutcome::Accepted),
+        Err(ApiError::InvalidSignature | ApiError::Unauthorized) => DeliveryOutcome::BadSignature,
+        Err(ApiError::DeliveryConflict(_)) => DeliveryOutcome::Conflict,
+        Err(ApiError::PayloadTooLarge { .. }) => DeliveryOutcome::TooLarge,
+        Err(e) if e.status().is_client_error() && !matches!(e, ApiError::Timeout) => {
+            DeliveryOutcome::BadRequest
+        }
+        Err(_) => DeliveryOutcome::Unavailable,
+    }
 }

@@ -1153,3 +1153,174 @@ async fn after_the_delay_the_listener_closes_and_requests_in_flight_finish() {
         "the listener is closed"
     );
 }
+
+/// The `/metrics` text (asserting 200 and the content type).
+async fn metrics_text(app: &App<MemRepo>, request: Request<Full<Bytes>>) -> String {
+    let response = app.handle(request).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+/// The value of one sample line (`name{labels}`) of an exposition text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn metrics_count_each_intake_outcome() {
+    let app = app();
+    // One accepted delivery, then its redelivery.
+    assert_eq!(
+        send(&app, Delivery::pr("m-1", pr_payload(1)).request())
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&app, Delivery::pr("m-1", pr_payload(1)).request())
+            .await
+            .0,
+        StatusCode::OK
+    );
+    // One bad signature.
+    let mut bad = Delivery::pr("m-2", pr_payload(2));
+    bad.signature = Some(dispatcher_sig::sign(b"nope", bad.body.as_bytes()));
+    assert_eq!(send(&app, bad.request()).await.0, StatusCode::UNAUTHORIZED);
+    // One ping.
+    let mut ping = Delivery::pr("m-3", json!({"zen": "z"}).to_string());
+    ping.event = Some("ping");
+    ping.signature = Some(dispatcher_sig::sign(
+        SECRET.as_bytes(),
+        ping.body.as_bytes(),
+    ));
+    assert_eq!(send(&app, ping.request()).await.0, StatusCode::OK);
+    // One ignored push.
+    let mut push = Delivery::pr("m-4", json!({"ref": "refs/heads/main"}).to_string());
+    push.event = Some("push");
+    push.signature = Some(dispatcher_sig::sign(
+        SECRET.as_bytes(),
+        push.body.as_bytes(),
+    ));
+    assert_eq!(send(&app, push.request()).await.0, StatusCode::ACCEPTED);
+    // One oversized body.
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(5000));
+    assert_eq!(
+        send(&app, Delivery::pr("m-5", big).request()).await.0,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    // Other routes are not deliveries.
+    assert_eq!(
+        send(&app, get("/api/v1/status/ping")).await.0,
+        StatusCode::OK
+    );
+
+    let text = metrics_text(&app, get("/metrics")).await;
+    let count = |outcome: &str| {
+        sample(
+            &text,
+            &format!("webhook_dispatcher_deliveries_total{{outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!(count("accepted"), Some(1.0), "{text}");
+    assert_eq!(count("redelivered"), Some(1.0));
+    assert_eq!(count("bad_signature"), Some(1.0));
+    assert_eq!(count("ping"), Some(1.0));
+    assert_eq!(count("ignored"), Some(1.0));
+    assert_eq!(count("too_large"), Some(1.0));
+    for never in ["bad_request", "conflict", "unavailable"] {
+        assert_eq!(count(never), None, "{never} never happened");
+    }
+    assert!(text.contains("# TYPE webhook_dispatcher_deliveries counter"));
+    assert!(sample(&text, "webhook_dispatcher_build_info{version=\"0.1.0\"}") == Some(1.0));
+    assert!(text.ends_with("# EOF\n"));
+
+    // A changed body conflicts; a wrong content type is a bad request; a
+    // database outage is unavailable.
+    let mut changed = Delivery::pr("m-1", pr_payload(9));
+    changed.signature = Some(dispatcher_sig::sign(
+        SECRET.as_bytes(),
+        changed.body.as_bytes(),
+    ));
+    assert_eq!(send(&app, changed.request()).await.0, StatusCode::CONFLICT);
+    let mut form = Delivery::pr("m-6", pr_payload(6));
+    form.content_type = Some("application/x-www-form-urlencoded");
+    assert_eq!(
+        send(&app, form.request()).await.0,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+    let down = App::new(
+        &settings(&json!({})),
+        MemRepo {
+            down: true,
+            ..MemRepo::default()
+        },
+    )
+    .unwrap()
+    .with_metrics(Arc::clone(app.metrics()));
+    assert_eq!(
+        send(&down, Delivery::pr("m-7", pr_payload(7)).request())
+            .await
+            .0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let text = metrics_text(&app, get("/metrics")).await;
+    let count = |outcome: &str| {
+        sample(
+            &text,
+            &format!("webhook_dispatcher_deliveries_total{{outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!(count("conflict"), Some(1.0), "{text}");
+    assert_eq!(count("bad_request"), Some(1.0));
+    assert_eq!(count("unavailable"), Some(1.0));
+    assert_eq!(count("accepted"), Some(1.0));
+}
+
+#[tokio::test]
+async fn metrics_token_guards_metrics_only() {
+    let guarded = App::new(
+        &settings(&json!({"api": {"metrics_token": "m3trics", "tokens": ["t0ken"]}})),
+        MemRepo::default(),
+    )
+    .unwrap();
+    let (s, b) = send(&guarded, get("/metrics")).await;
+    assert_eq!(
+        (s, b["status"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("rejected"))
+    );
+    let with = |token: &str| {
+        let mut request = get("/metrics");
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        request
+    };
+    assert_eq!(
+        send(&guarded, with("t0ken")).await.0,
+        StatusCode::UNAUTHORIZED,
+        "events tokens do not open /metrics"
+    );
+    let text = metrics_text(&guarded, with("m3trics")).await;
+    assert!(text.contains("webhook_dispatcher_leader 0\n"), "{text}");
+    // Without the setting /metrics is open.
+    let open = app();
+    metrics_text(&open, get("/metrics")).await;
+    assert_eq!(
+        send(
+            &open,
+            Request::post("/metrics")
+                .body(Full::new(Bytes::new()))
+                .unwrap()
+        )
+        .await
+        .0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+}

@@ -19,6 +19,7 @@ use tokio::sync::{Notify, watch};
 use crate::status::{Role, until};
 use crate::triggers::Triggers;
 use crate::{LabelWorkerFactory, Runtime};
+use dispatcher_metrics::PoolGauges;
 
 /// Pause after a pass failed for a reason other than losing the database.
 const PASS_ERROR_BACKOFF: Duration = Duration::from_secs(1);
@@ -47,6 +48,7 @@ where
         labels,
         preparation,
         status,
+        metrics,
     } = runtime;
     if let Some((what, step)) = preparation
         && !prepare(&what, &*step, &settings, &status, &mut shutdown).await
@@ -60,6 +62,7 @@ where
         trigger: Arc::new(trigger),
         labels,
         status: Arc::clone(&status),
+        metrics: Arc::clone(&metrics),
     };
     for pool in settings.pools.values().filter(|p| p.is_paused()) {
         tracing::warn!(pool = %pool.key, "max_capacity is 0: this pool is paused; its events queue and nothing is dispatched");
@@ -75,10 +78,12 @@ where
                 announced_standby = false;
                 status.set_problem(None);
                 status.set_role(Role::Leader);
+                metrics.set_leader(true);
                 tracing::info!("this replica is now the active dispatcher");
                 let end = parts
                     .term(&mut engine, session, &mut triggers, &mut shutdown)
                     .await;
+                metrics.set_leader(false);
                 match end {
                     TermEnd::Shutdown => {
                         status.set_role(Role::Stopping);
@@ -162,6 +167,7 @@ struct Parts<C, T> {
     trigger: Arc<T>,
     labels: Option<LabelWorkerFactory>,
     status: Arc<crate::DispatcherStatus>,
+    metrics: Arc<dispatcher_metrics::Metrics>,
 }
 
 impl<C, T> Parts<C, T>
@@ -340,6 +346,18 @@ where
     }
 
     fn after_pass(&self, report: &PassReport, label_wake: &Notify) {
+        // Metrics first: whoever sees the pass in the status sees its gauges too.
+        for u in &report.usage {
+            self.metrics.set_pool(
+                &u.pool.0,
+                PoolGauges {
+                    capacity: u.max_capacity,
+                    running: u.running,
+                    reserved: u.reserved,
+                    waiting: u.waiting,
+                },
+            );
+        }
         let waiting = report
             .usage
             .iter()

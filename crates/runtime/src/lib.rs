@@ -46,6 +46,7 @@ use std::sync::Arc;
 
 use dispatcher_core::config::Settings;
 use dispatcher_core::ports::{CapacitySource, LabelStore, LeaderElection, PrNotifier, Trigger};
+use dispatcher_metrics::Metrics;
 use tokio::sync::{Notify, watch};
 
 pub use status::{DispatcherStatus, Role};
@@ -70,6 +71,7 @@ pub struct Runtime<L, C, T> {
     labels: Option<LabelWorkerFactory>,
     preparation: Option<(String, Preparation)>,
     status: Arc<DispatcherStatus>,
+    metrics: Arc<Metrics>,
 }
 
 impl<L, C, T> std::fmt::Debug for Runtime<L, C, T> {
@@ -99,6 +101,7 @@ where
             labels: None,
             preparation: None,
             status,
+            metrics: Arc::new(Metrics::default()),
         }
     }
 
@@ -114,6 +117,15 @@ where
         Fut: Future<Output = Result<(), String>> + Send + 'static,
     {
         self.preparation = Some((what.into(), Box::new(move || Box::pin(step()))));
+        self
+    }
+
+    /// Sets the metrics registry the runtime updates: the leader gauge on
+    /// every change of role, the pool gauges after each pass (default: a
+    /// registry of its own). Share it with the HTTP app that serves `/metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
         self
     }
 

@@ -200,6 +200,7 @@ struct Harness {
     capacity: Arc<FakeCapacity>,
     trigger: FakeTrigger,
     status: Arc<DispatcherStatus>,
+    metrics: Arc<dispatcher_http::Metrics>,
     stop: watch::Sender<bool>,
     runtime: Option<Runtime<PgLeaderElection, FakeCapacity, FakeTrigger>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -234,7 +235,10 @@ impl Harness {
             Arc::clone(&capacity),
             trigger.clone(),
         );
+        let metrics = Arc::new(dispatcher_http::Metrics::new("test"));
+        let runtime = runtime.with_metrics(Arc::clone(&metrics));
         Self {
+            metrics,
             test,
             db,
             pool,
@@ -382,6 +386,35 @@ async fn queued_events_are_triggered_within_capacity_with_their_dispatch_ids() {
     }
     // A pass after both answers: the triggered ones hold their slots.
     h.wait_for_waiting(2, 2).await;
+    let text = h.metrics.encode();
+    let value = |series: String| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series.as_str())?.strip_prefix(' '))
+            .map(|v| v.parse::<f64>().unwrap())
+    };
+    let pool = &h.pool.0;
+    assert_eq!(
+        value("webhook_dispatcher_leader".into()),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(format!(
+            "webhook_dispatcher_pool_capacity{{pool=\"{pool}\"}}"
+        )),
+        Some(2.0),
+        "max_capacity: {text}"
+    );
+    assert_eq!(
+        value(format!("webhook_dispatcher_queue_depth{{pool=\"{pool}\"}}")),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(format!(
+            "webhook_dispatcher_kubernetes_up{{pool=\"{pool}\"}}"
+        )),
+        Some(1.0)
+    );
     assert_eq!(h.trigger.sent().len(), 2);
     for event in &events[2..] {
         assert_eq!(

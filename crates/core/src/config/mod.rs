@@ -298,6 +298,8 @@ pub struct Settings {
     pub github_api_url: Url,
     /// Bearer tokens for the API; empty = open.
     pub api_tokens: Vec<Secret>,
+    /// Bearer token required on `GET /metrics` (`api.metrics_token`); `None` = open.
+    pub metrics_token: Option<Secret>,
     /// Engine tuning.
     pub dispatch: DispatchTuning,
     /// Log format.
@@ -454,6 +456,7 @@ impl Settings {
                 github: raw.github,
                 github_api_url,
                 api_tokens: raw.api.tokens,
+                metrics_token: raw.api.metrics_token.filter(|t| !t.expose().is_empty()),
                 dispatch,
                 log_format,
                 log_level: raw.logging.level,

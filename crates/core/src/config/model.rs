@@ -255,6 +255,8 @@ impl Default for GithubSection {
 pub struct ApiSection {
     /// Bearer tokens accepted on the events and admin endpoints; empty = open.
     pub tokens: Vec<Secret>,
+    /// Bearer token required on `GET /metrics`; unset = open.
+    pub metrics_token: Option<Secret>,
 }
 
 /// `dispatch:` section.

@@ -1,0 +1,426 @@
+//! # dispatcher-metrics
+//!
+//! The Webhook Dispatcher's Prometheus metrics on `prometheus-client`.
+//!
+//! **Owns:** every metric name, help text and label set (one place, so the
+//! names in dashboards and alerts change only here), the registry, and the
+//! OpenMetrics text encoding served at `GET /metrics`.
+//!
+//! **Must not:** do I/O beyond encoding into a string, nor depend on any other
+//! dispatcher crate: `dispatcher-http` counts deliveries, `dispatcher-runtime`
+//! sets leadership, pool and trigger metrics, and the binary creates one
+//! [`Metrics`] and hands it to both.
+//!
+//! | metric | labels | set by |
+//! |---|---|---|
+//! | `webhook_dispatcher_deliveries_total` | `outcome` ([`DeliveryOutcome`]) | intake answer (http) |
+//! | `webhook_dispatcher_leader` | | after each leadership change (runtime) |
+//! | `webhook_dispatcher_pool_capacity` | `pool` | after each pass (runtime) |
+//! | `webhook_dispatcher_pool_running` | `pool` | after each pass; absent while unknown |
+//! | `webhook_dispatcher_pool_reserved` | `pool` | after each pass |
+//! | `webhook_dispatcher_queue_depth` | `pool` | after each pass |
+//! | `webhook_dispatcher_kubernetes_up` | `pool` | after each pass: 1 when the pool's PipelineRuns are known |
+//! | `webhook_dispatcher_triggers_total` | `pool`, `result` ([`TriggerOutcome`]) | trigger results (runtime) |
+//! | `webhook_dispatcher_trigger_duration_seconds` | `pool` | trigger results (histogram) |
+//! | `webhook_dispatcher_github_requests_total` | `result` ([`GithubResult`]) | label worker (runtime) |
+//! | `webhook_dispatcher_build_info` | `version` | always 1 |
+//!
+//! ```
+//! use dispatcher_metrics::{DeliveryOutcome, Metrics};
+//! let metrics = Metrics::new("1.2.3");
+//! metrics.delivery(DeliveryOutcome::Accepted);
+//! let text = metrics.encode();
+//! assert!(text.contains("webhook_dispatcher_deliveries_total{outcome=\"accepted\"} 1"));
+//! ```
+
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// `Content-Type` of [`Metrics::encode`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// How the intake answered one webhook delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeliveryOutcome {
+    /// Stored as a new event.
+    Accepted,
+    /// Already stored with the same payload (a redelivery).
+    Redelivered,
+    /// Allowed event type without a pull request: acknowledged, not stored.
+    Ignored,
+    /// GitHub `ping`.
+    Ping,
+    /// No configured secret produces the signature.
+    BadSignature,
+    /// Header, content type or payload checks failed.
+    BadRequest,
+    /// Delivery id already stored with a different payload.
+    Conflict,
+    /// Body over the limit.
+    TooLarge,
+    /// Not stored for a server-side reason (database, budget, timeout).
+    Unavailable,
+}
+
+/// Result of one trigger (POST to an EventListener).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TriggerOutcome {
+    /// The EventListener accepted it.
+    Accepted,
+    /// Failed; will be retried.
+    Retry,
+    /// Failed for good.
+    Failed,
+    /// No answer known (the task was lost or the request timed out).
+    Unanswered,
+}
+
+/// Result of one GitHub API request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GithubResult {
+    /// Succeeded.
+    Ok,
+    /// Failed.
+    Error,
+    /// Refused by GitHub's rate limit.
+    RateLimited,
+}
+
+/// Label values: the snake_case names of the variants.
+macro_rules! label_values {
+    ($ty:ty { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The label value.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text),+
+                }
+            }
+        }
+        impl EncodeLabelValue for $ty {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+                std::fmt::Write::write_str(encoder, self.as_str())
+            }
+        }
+    };
+}
+
+label_values!(DeliveryOutcome {
+    Accepted => "accepted",
+    Redelivered => "redelivered",
+    Ignored => "ignored",
+    Ping => "ping",
+    BadSignature => "bad_signature",
+    BadRequest => "bad_request",
+    Conflict => "conflict",
+    TooLarge => "too_large",
+    Unavailable => "unavailable",
+});
+label_values!(TriggerOutcome {
+    Accepted => "accepted",
+    Retry => "retry",
+    Failed => "failed",
+    Unanswered => "unanswered",
+});
+label_values!(GithubResult {
+    Ok => "ok",
+    Error => "error",
+    RateLimited => "rate_limited",
+});
+
+/// Per-pool usage after a pass (see [`Metrics::set_pool`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolGauges {
+    /// `max_capacity`.
+    pub capacity: u32,
+    /// Unfinished PipelineRuns, `None` while Kubernetes' state is unknown.
+    pub running: Option<u32>,
+    /// Triggered dispatches not visible yet plus triggers in flight.
+    pub reserved: u32,
+    /// Queued dispatches.
+    pub waiting: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: DeliveryOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PoolLabels {
+    pool: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TriggerLabels {
+    pool: String,
+    result: TriggerOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct GithubLabels {
+    result: GithubResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct VersionLabels {
+    version: String,
+}
+
+type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
+
+fn trigger_histogram() -> Histogram {
+    // 10 ms .. ~41 s.
+    Histogram::new(exponential_buckets(0.01, 2.0, 13))
+}
+
+/// The registry and every metric family. Cheap to update from any thread;
+/// share it in an `Arc`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    deliveries: Family<OutcomeLabels, Counter>,
+    leader: Gauge,
+    pool_capacity: Family<PoolLabels, Gauge>,
+    pool_running: Family<PoolLabels, Gauge>,
+    pool_reserved: Family<PoolLabels, Gauge>,
+    queue_depth: Family<PoolLabels, Gauge>,
+    kubernetes_up: Family<PoolLabels, Gauge>,
+    triggers: Family<TriggerLabels, Counter>,
+    trigger_duration: HistogramFamily<PoolLabels>,
+    github_requests: Family<GithubLabels, Counter>,
+}
+
+impl Metrics {
+    /// A registry with every metric registered; `webhook_dispatcher_build_info{version}` is 1.
+    pub fn new(version: &str) -> Self {
+        let mut registry = Registry::default();
+        let deliveries = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "webhook_dispatcher_deliveries",
+            "Webhook deliveries by intake answer",
+            deliveries.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "webhook_dispatcher_leader",
+            "1 while this replica is the active dispatcher, 0 otherwise",
+            leader.clone(),
+        );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let family = Family::<PoolLabels, Gauge>::default();
+            registry.register(name, help, family.clone());
+            family
+        };
+        let pool_capacity = gauge(
+            &mut registry,
+            "webhook_dispatcher_pool_capacity",
+            "max_capacity of the pool",
+        );
+        let pool_running = gauge(
+            &mut registry,
+            "webhook_dispatcher_pool_running",
+            "Unfinished PipelineRuns of the pool (absent while unknown)",
+        );
+        let pool_reserved = gauge(
+            &mut registry,
+            "webhook_dispatcher_pool_reserved",
+            "Triggered dispatches whose PipelineRun is not visible yet, plus triggers in flight",
+        );
+        let queue_depth = gauge(
+            &mut registry,
+            "webhook_dispatcher_queue_depth",
+            "Queued dispatches of the pool",
+        );
+        let kubernetes_up = gauge(
+            &mut registry,
+            "webhook_dispatcher_kubernetes_up",
+            "1 when the pool's PipelineRuns are known from Kubernetes, 0 otherwise",
+        );
+        let triggers = Family::<TriggerLabels, Counter>::default();
+        registry.register(
+            "webhook_dispatcher_triggers",
+            "Triggers (POSTs to EventListeners) by result",
+            triggers.clone(),
+        );
+        let trigger_duration: HistogramFamily<PoolLabels> =
+            Family::new_with_constructor(trigger_histogram);
+        registry.register(
+            "webhook_dispatcher_trigger_duration_seconds",
+            "Time from sending a trigger to its result",
+            trigger_duration.clone(),
+        );
+        let github_requests = Family::<GithubLabels, Counter>::default();
+        registry.register(
+            "webhook_dispatcher_github_requests",
+            "GitHub API requests by result",
+            github_requests.clone(),
+        );
+        let build_info = Family::<VersionLabels, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabels {
+                version: version.to_owned(),
+            })
+            .set(1);
+        registry.register(
+            "webhook_dispatcher_build_info",
+            "Always 1; the version label names the build",
+            build_info,
+        );
+        Self {
+            registry,
+            deliveries,
+            leader,
+            pool_capacity,
+            pool_running,
+            pool_reserved,
+            queue_depth,
+            kubernetes_up,
+            triggers,
+            trigger_duration,
+            github_requests,
+        }
+    }
+
+    /// Counts one intake answer.
+    pub fn delivery(&self, outcome: DeliveryOutcome) {
+        self.deliveries
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// Sets the leader gauge. Losing leadership also drops the pool gauges,
+    /// which only the active replica knows.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+        if !leading {
+            for family in self.pool_families() {
+                family.clear();
+            }
+        }
+    }
+
+    /// Sets the gauges of one pool (`pool` is the pool key, e.g. `ns/pipeline`).
+    pub fn set_pool(&self, pool: &str, gauges: PoolGauges) {
+        let labels = PoolLabels {
+            pool: pool.to_owned(),
+        };
+        self.pool_capacity
+            .get_or_create(&labels)
+            .set(i64::from(gauges.capacity));
+        match gauges.running {
+            Some(running) => {
+                self.pool_running
+                    .get_or_create(&labels)
+                    .set(i64::from(running));
+            }
+            None => {
+                self.pool_running.remove(&labels);
+            }
+        }
+        self.pool_reserved
+            .get_or_create(&labels)
+            .set(i64::from(gauges.reserved));
+        self.queue_depth
+            .get_or_create(&labels)
+            .set(i64::from(gauges.waiting));
+        self.kubernetes_up
+            .get_or_create(&labels)
+            .set(i64::from(gauges.running.is_some()));
+    }
+
+    /// Counts one trigger result and, when known, how long it took.
+    pub fn trigger(&self, pool: &str, result: TriggerOutcome, took: Option<Duration>) {
+        self.triggers
+            .get_or_create(&TriggerLabels {
+                pool: pool.to_owned(),
+                result,
+            })
+            .inc();
+        if let Some(took) = took {
+            self.trigger_duration
+                .get_or_create(&PoolLabels {
+                    pool: pool.to_owned(),
+                })
+                .observe(took.as_secs_f64());
+        }
+    }
+
+    /// Counts one GitHub API request.
+    pub fn github_request(&self, result: GithubResult) {
+        self.github_requests
+            .get_or_create(&GithubLabels { result })
+            .inc();
+    }
+
+    /// The OpenMetrics text of every metric (see [`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+
+    fn pool_families(&self) -> [&Family<PoolLabels, Gauge>; 5] {
+        [
+            &self.pool_capacity,
+            &self.pool_running,
+            &self.pool_reserved,
+            &self.queue_depth,
+            &self.kubernetes_up,
+        ]
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new(env!("CARGO_PKG_VERSION"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_gauges_and_leader() {
+        let m = Metrics::new("0.0.0");
+        m.set_leader(true);
+        m.set_pool(
+            "ns/p?k=v",
+            PoolGauges {
+                capacity: 3,
+                running: None,
+                reserved: 1,
+                waiting: 2,
+            },
+        );
+        m.trigger(
+            "ns/p",
+            TriggerOutcome::Retry,
+            Some(Duration::from_millis(5)),
+        );
+        let text = m.encode();
+        assert!(text.contains("webhook_dispatcher_leader 1\n"), "{text}");
+        assert!(text.contains("webhook_dispatcher_pool_capacity{pool=\"ns/p?k=v\"} 3\n"));
+        assert!(text.contains("webhook_dispatcher_kubernetes_up{pool=\"ns/p?k=v\"} 0\n"));
+        assert!(!text.contains("webhook_dispatcher_pool_running{"));
+        assert!(
+            text.contains("webhook_dispatcher_triggers_total{pool=\"ns/p\",result=\"retry\"} 1\n")
+        );
+        assert!(text.contains("webhook_dispatcher_build_info{version=\"0.0.0\"} 1\n"));
+        assert!(text.ends_with("# EOF\n"));
+        m.set_leader(false);
+        let text = m.encode();
+        assert!(text.contains("webhook_dispatcher_leader 0\n"));
+        assert!(!text.contains("webhook_dispatcher_pool_capacity{"));
+    }
+}
