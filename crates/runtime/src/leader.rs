@@ -68,7 +68,7 @@ where
         tracing::warn!(pool = %pool.key, "max_capacity is 0: this pool is paused; its events queue and nothing is dispatched");
     }
     let mut engine = Engine::new(Arc::clone(&settings));
-    let mut triggers = Triggers::new();
+    let mut triggers = Triggers::new(Arc::clone(&metrics), Arc::clone(&settings));
     let retry = settings.dispatch.leader_retry_interval;
     let mut announced_standby = false;
     while !*shutdown.borrow() {
@@ -186,10 +186,12 @@ where
         let d = &self.settings.dispatch;
         let lease = session.lease();
         let label_wake = Arc::new(Notify::new());
-        let _label_worker = self
-            .labels
-            .as_ref()
-            .map(|start| AbortOnDrop(tokio::spawn(start(Arc::clone(&label_wake)))));
+        let _label_worker = self.labels.as_ref().map(|start| {
+            AbortOnDrop(tokio::spawn(start(
+                Arc::clone(&label_wake),
+                Arc::clone(&self.metrics),
+            )))
+        });
         let mut heartbeat = tokio::time::interval(d.heartbeat_interval());
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_pass = tokio::time::Instant::now() - d.min_pass_interval;

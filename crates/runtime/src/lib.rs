@@ -52,9 +52,10 @@ use tokio::sync::{Notify, watch};
 pub use status::{DispatcherStatus, Role};
 
 /// Starts a label worker for one leadership term; it is woken through the
-/// `Notify` when label intents changed.
-type LabelWorkerFactory =
-    Arc<dyn Fn(Arc<Notify>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+/// `Notify` when label intents changed and counts its GitHub requests.
+type LabelWorkerFactory = Arc<
+    dyn Fn(Arc<Notify>, Arc<Metrics>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync,
+>;
 
 /// A start-up step retried until it succeeds (see [`Runtime::with_preparation`]).
 type Preparation =
@@ -136,8 +137,12 @@ where
         S: LabelStore + Clone + Sync + 'static,
         N: PrNotifier + Clone + 'static,
     {
-        self.labels = Some(Arc::new(move |wake| {
-            Box::pin(labels::label_worker(store.clone(), notifier.clone(), wake))
+        self.labels = Some(Arc::new(move |wake, metrics| {
+            let notifier = labels::Counted {
+                inner: notifier.clone(),
+                metrics,
+            };
+            Box::pin(labels::label_worker(store.clone(), notifier, wake))
         }));
         self
     }

@@ -6,20 +6,28 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use dispatcher_core::config::Settings;
 use dispatcher_core::engine::{TriggerResult, send_trigger};
+use dispatcher_core::planner::{DispatchOutcome, RetryPolicy, trigger_outcome};
 use dispatcher_core::ports::{Lease, Trigger, TriggerError, TriggerJob};
+use dispatcher_metrics::{Metrics, TriggerOutcome};
+use time::OffsetDateTime;
 use tokio::task::JoinSet;
 use url::Url;
 
 /// Trigger tasks in flight.
 pub(crate) struct Triggers {
     tasks: JoinSet<TriggerResult>,
+    metrics: Arc<Metrics>,
+    settings: Arc<Settings>,
 }
 
 impl Triggers {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>, settings: Arc<Settings>) -> Self {
         Self {
             tasks: JoinSet::new(),
+            metrics,
+            settings,
         }
     }
 
@@ -41,15 +49,30 @@ impl Triggers {
         L: Lease,
     {
         let trigger = Arc::clone(trigger);
+        let metrics = Arc::clone(&self.metrics);
+        let pool = self
+            .settings
+            .item(&job.item)
+            .map_or_else(|| "unknown".to_owned(), |i| i.pool.0.clone());
+        let d = &self.settings.dispatch;
+        let policy = RetryPolicy {
+            max_attempts: d.max_attempts,
+            backoff_base: d.retry_backoff_base,
+            backoff_max: d.retry_backoff_max,
+        };
         self.tasks.spawn(async move {
-            let result = if lease.is_valid() {
-                send_trigger(&*trigger, url.as_ref(), &job).await
+            let started = std::time::Instant::now();
+            let (result, took) = if lease.is_valid() {
+                let result = send_trigger(&*trigger, url.as_ref(), &job).await;
+                (result, Some(started.elapsed()))
             } else {
                 tracing::warn!(dispatch_id = %job.dispatch, "leadership lease expired; not sending the trigger");
-                Err(TriggerError::Transport(
+                let not_sent = TriggerError::Transport(
                     "not sent: this replica's leadership lease had expired".to_owned(),
-                ))
+                );
+                (Err(not_sent), None)
             };
+            metrics.trigger(&pool, metric_outcome(&job, &result, policy), took);
             (job, result)
         });
     }
@@ -97,6 +120,22 @@ impl Triggers {
             }
         }
         done
+    }
+}
+
+/// The `webhook_dispatcher_triggers_total` result: what the planner will
+/// record for this answer ([`trigger_outcome`]).
+fn metric_outcome(
+    job: &TriggerJob,
+    result: &Result<Option<String>, TriggerError>,
+    policy: RetryPolicy,
+) -> TriggerOutcome {
+    let now = OffsetDateTime::UNIX_EPOCH;
+    match trigger_outcome(job.dispatch, job.attempt, result.clone(), policy, now) {
+        DispatchOutcome::Triggered { .. } => TriggerOutcome::Accepted,
+        DispatchOutcome::Retry { .. } => TriggerOutcome::Retry,
+        DispatchOutcome::Failed { .. } => TriggerOutcome::Failed,
+        _ => TriggerOutcome::Unanswered,
     }
 }
 
@@ -164,6 +203,22 @@ mod tests {
         }
     }
 
+    fn settings() -> Arc<Settings> {
+        let (raw, _) = dispatcher_core::config::parse(serde_json::json!({
+            "dispatcher": {"items": [{
+                "name": "ops",
+                "events": ["opened"],
+                "full_repository_name": "o/r",
+                "callback_url": "http://127.0.0.1:9/hook",
+                "capacity": {"type": "ocp_tekton", "pipeline_name": "p",
+                             "max_capacity": 1, "namespace": "ns"},
+            }]},
+            "security": {"github_webhook_secret": "s"},
+        }))
+        .unwrap();
+        Arc::new(Settings::from_raw(raw).unwrap())
+    }
+
     async fn next(triggers: &mut Triggers) -> TriggerResult {
         tokio::time::timeout(Duration::from_secs(10), triggers.next())
             .await
@@ -174,7 +229,8 @@ mod tests {
     async fn an_expired_lease_sends_nothing() {
         let trigger = Arc::new(Counting::default());
         let url: Url = "http://127.0.0.1:9/hook".parse().unwrap();
-        let mut triggers = Triggers::new();
+        let metrics = Arc::new(Metrics::new("test"));
+        let mut triggers = Triggers::new(Arc::clone(&metrics), settings());
 
         triggers.spawn(&trigger, Some(url.clone()), job(), FixedLease(false));
         let (answered, result) = next(&mut triggers).await;
@@ -195,5 +251,22 @@ mod tests {
         let (_, result) = next(&mut triggers).await;
         assert_eq!(result, Ok(Some("ev-7".to_owned())));
         assert_eq!(trigger.sent.load(Ordering::SeqCst), 1);
+
+        // Both results were counted under the item's pool; only the sent one was timed.
+        let text = metrics.encode();
+        assert!(
+            text.contains("webhook_dispatcher_triggers_total{pool=\"ns/p\",result=\"retry\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "webhook_dispatcher_triggers_total{pool=\"ns/p\",result=\"accepted\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("webhook_dispatcher_trigger_duration_seconds_count{pool=\"ns/p\"} 1\n"),
+            "{text}"
+        );
     }
 }
