@@ -49,6 +49,37 @@ async fn burst_of_30_prs_against_capacity_3() {
             .iter()
             .all(|e| e["processed"] == true)
     );
+
+    // One Metrics shared by intake and dispatcher, served on the main port.
+    let text = http()
+        .get(format!("{}/metrics", svc.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |prefix: &str| -> Vec<f64> {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    assert_eq!(value("webhook_dispatcher_leader "), [1.0], "{text}");
+    assert_eq!(
+        value("webhook_dispatcher_pool_capacity{"),
+        [3.0],
+        "max_capacity of the one pool: {text}"
+    );
+    assert_eq!(
+        value("webhook_dispatcher_deliveries_total{outcome=\"accepted\"}"),
+        [30.0]
+    );
+    assert_eq!(
+        value("webhook_dispatcher_triggers_total{pool=\"ns/pipe\",result=\"accepted\"}"),
+        [30.0],
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
