@@ -22,6 +22,7 @@
 //! | `webhook_dispatcher_kubernetes_up` | `pool` | after each pass: 1 when the pool's PipelineRuns are known |
 //! | `webhook_dispatcher_triggers_total` | `pool`, `result` ([`TriggerOutcome`]) | trigger results (runtime) |
 //! | `webhook_dispatcher_trigger_duration_seconds` | `pool` | trigger results (histogram) |
+//! | `webhook_dispatcher_events_finished_total` | `status` ([`FinishStatus`]) | after each pass and trigger recording (runtime): dispatch-level finishes the engine decided in this replica |
 //! | `webhook_dispatcher_github_requests_total` | `result` ([`GithubResult`]) | label worker (runtime) |
 //! | `webhook_dispatcher_build_info` | `version` | always 1 |
 //!
@@ -81,6 +82,19 @@ pub enum TriggerOutcome {
     Unanswered,
 }
 
+/// How the engine finished a dispatch (or an event nothing matched).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FinishStatus {
+    /// Accepted by its EventListener.
+    Processed,
+    /// Queued dispatch superseded by a newer event.
+    Cancelled,
+    /// Event no config item matched.
+    Aborted,
+    /// Ran out of trigger attempts.
+    Failed,
+}
+
 /// Result of one GitHub API request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GithubResult {
@@ -128,6 +142,12 @@ label_values!(TriggerOutcome {
     Failed => "failed",
     Unanswered => "unanswered",
 });
+label_values!(FinishStatus {
+    Processed => "processed",
+    Cancelled => "cancelled",
+    Aborted => "aborted",
+    Failed => "failed",
+});
 label_values!(GithubResult {
     Ok => "ok",
     Error => "error",
@@ -164,6 +184,11 @@ struct TriggerLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FinishLabels {
+    status: FinishStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct GithubLabels {
     result: GithubResult,
 }
@@ -195,6 +220,7 @@ pub struct Metrics {
     triggers: Family<TriggerLabels, Counter>,
     trigger_duration: HistogramFamily<PoolLabels>,
     github_requests: Family<GithubLabels, Counter>,
+    events_finished: Family<FinishLabels, Counter>,
 }
 
 impl Metrics {
@@ -262,6 +288,12 @@ impl Metrics {
             "GitHub API requests by result",
             github_requests.clone(),
         );
+        let events_finished = Family::<FinishLabels, Counter>::default();
+        registry.register(
+            "webhook_dispatcher_events_finished",
+            "Dispatch-level finishes the engine decided in this replica, by status",
+            events_finished.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -285,6 +317,7 @@ impl Metrics {
             triggers,
             trigger_duration,
             github_requests,
+            events_finished,
         }
     }
 
@@ -359,6 +392,15 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts `count` finishes with `status` (nothing when `count` is 0).
+    pub fn finished(&self, status: FinishStatus, count: usize) {
+        if count > 0 {
+            self.events_finished
+                .get_or_create(&FinishLabels { status })
+                .inc_by(u64::try_from(count).unwrap_or(u64::MAX));
+        }
+    }
+
     /// The OpenMetrics text of every metric (see [`CONTENT_TYPE`]).
     pub fn encode(&self) -> String {
         let mut text = String::new();
@@ -418,6 +460,14 @@ mod tests {
         );
         assert!(text.contains("webhook_dispatcher_build_info{version=\"0.0.0\"} 1\n"));
         assert!(text.ends_with("# EOF\n"));
+        m.finished(FinishStatus::Processed, 2);
+        m.finished(FinishStatus::Cancelled, 0);
+        let text = m.encode();
+        assert!(
+            text.contains("webhook_dispatcher_events_finished_total{status=\"processed\"} 2\n"),
+            "{text}"
+        );
+        assert!(!text.contains("status=\"cancelled\""));
         m.set_leader(false);
         let text = m.encode();
         assert!(text.contains("webhook_dispatcher_leader 0\n"));

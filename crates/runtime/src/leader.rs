@@ -19,7 +19,7 @@ use tokio::sync::{Notify, watch};
 use crate::status::{Role, until};
 use crate::triggers::Triggers;
 use crate::{LabelWorkerFactory, Runtime};
-use dispatcher_metrics::PoolGauges;
+use dispatcher_metrics::{FinishStatus, PoolGauges};
 
 /// Pause after a pass failed for a reason other than losing the database.
 const PASS_ERROR_BACKOFF: Duration = Duration::from_secs(1);
@@ -322,10 +322,17 @@ where
             }
         };
         answers.extend(drained);
-        if !answers.is_empty()
-            && let Err(e) = engine.record_triggers(session, answers).await
-        {
-            tracing::warn!(error = %e, "could not record the last trigger answers; the next leader settles them from their PipelineRuns");
+        if !answers.is_empty() {
+            match engine.record_triggers(session, answers).await {
+                Ok(recorded) => {
+                    self.metrics
+                        .finished(FinishStatus::Processed, recorded.triggered);
+                    self.metrics.finished(FinishStatus::Failed, recorded.failed);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not record the last trigger answers; the next leader settles them from their PipelineRuns");
+                }
+            }
         }
         TermEnd::Shutdown
     }
@@ -359,6 +366,15 @@ where
                     waiting: u.waiting,
                 },
             );
+        }
+        // Finishes this pass decided (counted once: a pass is committed before its report).
+        for (status, count) in [
+            (FinishStatus::Processed, report.triggered),
+            (FinishStatus::Cancelled, report.superseded),
+            (FinishStatus::Aborted, report.aborted),
+            (FinishStatus::Failed, report.failed),
+        ] {
+            self.metrics.finished(status, count);
         }
         let waiting = report
             .usage

@@ -463,6 +463,13 @@ async fn queued_events_are_triggered_within_capacity_with_their_dispatch_ids() {
         assert_eq!(dispatch.attempts, 1);
     }
     h.shutdown().await;
+    // Every accepted trigger is recorded by the time `run` returns.
+    let text = h.metrics.encode();
+    assert!(
+        text.contains("webhook_dispatcher_events_finished_total{status=\"processed\"} 4\n"),
+        "{text}"
+    );
+    assert!(!text.contains("status=\"failed\""), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
