@@ -257,6 +257,9 @@ pub struct PoolUsage {
     pub max_capacity: u32,
     /// Queued dispatches.
     pub waiting: u32,
+    /// Queued since: the earliest `next_attempt_at` of the queued dispatches
+    /// (their creation, or the end of a retry's backoff), `None` when none waits.
+    pub oldest_waiting: Option<OffsetDateTime>,
     /// Why the pool is blocked, when its state is unknown.
     pub blocked: Option<String>,
 }
@@ -494,6 +497,7 @@ fn plan_pool(
     let mut reserved = 0u32;
     let mut eligible = Vec::new();
     let mut waiting = 0u32;
+    let mut oldest_waiting: Option<OffsetDateTime> = None;
     for d in work {
         let own_run = by_dispatch.get(d.id.to_string().as_str()).copied();
         match d.state {
@@ -571,6 +575,11 @@ fn plan_pool(
                     continue;
                 }
                 waiting += 1;
+                oldest_waiting = Some(
+                    oldest_waiting.map_or(d.next_attempt_at, |t: OffsetDateTime| {
+                        t.min(d.next_attempt_at)
+                    }),
+                );
                 if d.next_attempt_at <= now {
                     eligible.push(d);
                 } else {
@@ -599,6 +608,7 @@ fn plan_pool(
         reserved,
         max_capacity: spec.max_capacity,
         waiting,
+        oldest_waiting,
         blocked,
     });
 }

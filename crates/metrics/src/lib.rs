@@ -19,6 +19,7 @@
 //! | `webhook_dispatcher_pool_running` | `pool` | after each pass; absent while unknown |
 //! | `webhook_dispatcher_pool_reserved` | `pool` | after each pass |
 //! | `webhook_dispatcher_queue_depth` | `pool` | after each pass |
+//! | `webhook_dispatcher_oldest_queued_seconds` | `pool` | after each pass: age of the oldest queued dispatch, 0 when none waits |
 //! | `webhook_dispatcher_kubernetes_up` | `pool` | after each pass: 1 when the pool's PipelineRuns are known |
 //! | `webhook_dispatcher_triggers_total` | `pool`, `result` ([`TriggerOutcome`]) | trigger results (runtime) |
 //! | `webhook_dispatcher_trigger_duration_seconds` | `pool` | trigger results (histogram) |
@@ -165,6 +166,8 @@ pub struct PoolGauges {
     pub reserved: u32,
     /// Queued dispatches.
     pub waiting: u32,
+    /// Whole seconds the oldest queued dispatch has waited, 0 when none waits.
+    pub oldest_queued_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -216,6 +219,7 @@ pub struct Metrics {
     pool_running: Family<PoolLabels, Gauge>,
     pool_reserved: Family<PoolLabels, Gauge>,
     queue_depth: Family<PoolLabels, Gauge>,
+    oldest_queued: Family<PoolLabels, Gauge>,
     kubernetes_up: Family<PoolLabels, Gauge>,
     triggers: Family<TriggerLabels, Counter>,
     trigger_duration: HistogramFamily<PoolLabels>,
@@ -263,6 +267,11 @@ impl Metrics {
             &mut registry,
             "webhook_dispatcher_queue_depth",
             "Queued dispatches of the pool",
+        );
+        let oldest_queued = gauge(
+            &mut registry,
+            "webhook_dispatcher_oldest_queued_seconds",
+            "Age of the oldest queued dispatch of the pool (since creation or the end of its retry backoff), 0 when none waits",
         );
         let kubernetes_up = gauge(
             &mut registry,
@@ -313,6 +322,7 @@ impl Metrics {
             pool_running,
             pool_reserved,
             queue_depth,
+            oldest_queued,
             kubernetes_up,
             triggers,
             trigger_duration,
@@ -363,6 +373,9 @@ impl Metrics {
         self.queue_depth
             .get_or_create(&labels)
             .set(i64::from(gauges.waiting));
+        self.oldest_queued
+            .get_or_create(&labels)
+            .set(i64::try_from(gauges.oldest_queued_secs).unwrap_or(i64::MAX));
         self.kubernetes_up
             .get_or_create(&labels)
             .set(i64::from(gauges.running.is_some()));
@@ -411,12 +424,13 @@ impl Metrics {
         text
     }
 
-    fn pool_families(&self) -> [&Family<PoolLabels, Gauge>; 5] {
+    fn pool_families(&self) -> [&Family<PoolLabels, Gauge>; 6] {
         [
             &self.pool_capacity,
             &self.pool_running,
             &self.pool_reserved,
             &self.queue_depth,
+            &self.oldest_queued,
             &self.kubernetes_up,
         ]
     }
@@ -443,6 +457,7 @@ mod tests {
                 running: None,
                 reserved: 1,
                 waiting: 2,
+                oldest_queued_secs: 7,
             },
         );
         m.trigger(
@@ -454,6 +469,7 @@ mod tests {
         assert!(text.contains("webhook_dispatcher_leader 1\n"), "{text}");
         assert!(text.contains("webhook_dispatcher_pool_capacity{pool=\"ns/p?k=v\"} 3\n"));
         assert!(text.contains("webhook_dispatcher_kubernetes_up{pool=\"ns/p?k=v\"} 0\n"));
+        assert!(text.contains("webhook_dispatcher_oldest_queued_seconds{pool=\"ns/p?k=v\"} 7\n"));
         assert!(!text.contains("webhook_dispatcher_pool_running{"));
         assert!(
             text.contains("webhook_dispatcher_triggers_total{pool=\"ns/p\",result=\"retry\"} 1\n")
@@ -472,5 +488,6 @@ mod tests {
         let text = m.encode();
         assert!(text.contains("webhook_dispatcher_leader 0\n"));
         assert!(!text.contains("webhook_dispatcher_pool_capacity{"));
+        assert!(!text.contains("webhook_dispatcher_oldest_queued_seconds{"));
     }
 }

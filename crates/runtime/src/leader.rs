@@ -356,7 +356,11 @@ where
 
     fn after_pass(&self, report: &PassReport, label_wake: &Notify) {
         // Metrics first: whoever sees the pass in the status sees its gauges too.
+        let now = OffsetDateTime::now_utc();
         for u in &report.usage {
+            let oldest_queued_secs = u.oldest_waiting.map_or(0, |since| {
+                u64::try_from((now - since).whole_seconds()).unwrap_or(0)
+            });
             self.metrics.set_pool(
                 &u.pool.0,
                 PoolGauges {
@@ -364,6 +368,7 @@ where
                     running: u.running,
                     reserved: u.reserved,
                     waiting: u.waiting,
+                    oldest_queued_secs,
                 },
             );
         }

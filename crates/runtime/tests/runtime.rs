@@ -415,6 +415,13 @@ async fn queued_events_are_triggered_within_capacity_with_their_dispatch_ids() {
         )),
         Some(1.0)
     );
+    let oldest = value(format!(
+        "webhook_dispatcher_oldest_queued_seconds{{pool=\"{pool}\"}}"
+    ));
+    assert!(
+        oldest.is_some_and(|s| (0.0..60.0).contains(&s)),
+        "two wait since the test began: {text}"
+    );
     assert_eq!(h.trigger.sent().len(), 2);
     for event in &events[2..] {
         assert_eq!(

@@ -276,6 +276,31 @@ fn unknown_pool_state_dispatches_nothing() {
         .find(|u| u.pool == pool("pa"))
         .expect("usage of pa");
     assert_eq!(a.blocked.as_deref(), Some("api down"));
+    assert_eq!(a.oldest_waiting, Some(NOW));
+}
+
+#[test]
+fn usage_reports_when_the_oldest_queued_dispatch_began_waiting() {
+    let s = settings(5);
+    let mut older = queued(1, 10, 1, "a", 10);
+    older.next_attempt_at = NOW - Duration::from_secs(30);
+    let mut newer = queued(2, 11, 2, "a", 11);
+    newer.next_attempt_at = NOW - Duration::from_secs(10);
+    let plan = plan_dispatch(
+        &s,
+        &[newer, older],
+        &pools(known(0, &[]), known(0, &[])),
+        &HashSet::new(),
+        limits(),
+        NOW,
+    );
+    let a = plan
+        .usage
+        .iter()
+        .find(|u| u.pool == pool("pa"))
+        .expect("usage of pa");
+    assert_eq!(a.waiting, 2);
+    assert_eq!(a.oldest_waiting, Some(NOW - Duration::from_secs(30)));
 }
 
 #[test]
