@@ -51,7 +51,7 @@ where
         metrics,
     } = runtime;
     if let Some((what, step)) = preparation
-        && !prepare(&what, &*step, &settings, &status, &mut shutdown).await
+        && !prepare(&what, &step, &settings, &status, &mut shutdown).await
     {
         status.set_role(Role::Stopping);
         return;
@@ -127,11 +127,7 @@ where
 /// Runs the preparation step until it succeeds; false when shutdown came first.
 async fn prepare(
     what: &str,
-    step: &(
-         dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
-             + Send
-             + Sync
-     ),
+    step: &crate::Preparation,
     settings: &dispatcher_core::config::Settings,
     status: &crate::DispatcherStatus,
     shutdown: &mut watch::Receiver<bool>,

@@ -58,7 +58,7 @@ type LabelWorkerFactory = Arc<
 >;
 
 /// A start-up step retried until it succeeds (see [`Runtime::with_preparation`]).
-type Preparation =
+pub(crate) type Preparation =
     Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
 /// The dispatcher of one replica: contends for leadership and, while it
