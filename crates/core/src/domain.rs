@@ -202,6 +202,60 @@ impl DispatchState {
     }
 }
 
+vocabulary! {
+    /// What one entry of an event's stored timeline records (see
+    /// [`crate::timeline`] for the facts each kind carries).
+    TimelineKind {
+        /// GitHub's delivery was stored (rendered from the event row).
+        Received => "received",
+        /// A dispatch joined its pool's queue: `item`, `pool`, `position`, `of`.
+        Queued => "queued",
+        /// No configured item matched the event.
+        Aborted => "aborted",
+        /// A waiting dispatch was cancelled by a newer event: `by_event`.
+        Superseded => "superseded",
+        /// A POST to the EventListener started: `attempt`.
+        TriggerSent => "trigger_sent",
+        /// The EventListener answered 202: `attempt`, `listener_event_id`.
+        Accepted => "accepted",
+        /// A trigger failed and will be retried: `attempt`, `error`, `next_attempt_at`.
+        Retry => "retry",
+        /// A trigger ran out of attempts (or its item vanished): `attempt`, `error`.
+        Failed => "failed",
+        /// A trigger's answer was lost: `attempt`, `error`.
+        Unanswered => "unanswered",
+        /// The dispatch's PipelineRun was seen: `run`, `listener_event_id`.
+        Confirmed => "confirmed",
+        /// A waiting dispatch followed its item to another pool: `pool`.
+        Moved => "moved",
+        /// An operator cancelled a waiting dispatch.
+        Cancelled => "cancelled",
+        /// An operator replayed the event: `round`, `force`.
+        Replayed => "replayed",
+        /// An operator paused the pool a dispatch waits in: `pool`.
+        PoolPaused => "pool_paused",
+        /// An operator resumed the pool a dispatch waits in: `pool`.
+        PoolResumed => "pool_resumed",
+        /// The event reached a final status (rendered from the event row).
+        Finished => "finished",
+    }
+}
+
+/// One stored entry of an event's timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimelineEntry {
+    /// When it happened (the database clock).
+    pub at: OffsetDateTime,
+    /// The dispatch it is about; `None` for the event as a whole.
+    pub dispatch: Option<DispatchId>,
+    /// What happened.
+    pub kind: TimelineKind,
+    /// The facts of this kind (a JSON object).
+    pub detail: serde_json::Value,
+    /// Who did it, for operator actions (the admin token's name).
+    pub actor: Option<String>,
+}
+
 /// Message stored on events cancelled by a newer one (the original's text).
 pub const CANCELLED_MESSAGE: &str =
     "Cancelled due to receiving a newer event for the same pull request";
@@ -242,6 +296,8 @@ pub struct DispatchRecord {
     pub id: DispatchId,
     /// Config item name.
     pub item: String,
+    /// Replay round (1 for the delivery itself).
+    pub round: i32,
     /// Capacity pool key.
     pub pool: String,
     /// Lifecycle state.

@@ -16,7 +16,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use time::OffsetDateTime;
 use url::Url;
@@ -37,7 +36,6 @@ use crate::rules::{EventFacts, match_items, needs_payload};
 const PLAN_BATCH: usize = 500;
 /// Margin on top of the trigger timeout before a `triggering` dispatch counts
 /// as an orphan (its POST cannot still be in flight).
-const IN_FLIGHT_GRACE: Duration = Duration::from_secs(5);
 /// Passes that may fail to record kept outcomes before they are dropped.
 const MAX_RECORD_REPLAYS: u32 = 3;
 
@@ -135,11 +133,7 @@ impl Engine {
     /// An engine for `settings`.
     pub fn new(settings: Arc<Settings>) -> Self {
         let d = &settings.dispatch;
-        let limits = DispatchLimits {
-            reservation_timeout: d.reservation_timeout,
-            in_flight_for: d.trigger_timeout + IN_FLIGHT_GRACE,
-            max_attempts: d.max_attempts,
-        };
+        let limits = DispatchLimits::from(d);
         let retry = RetryPolicy {
             max_attempts: d.max_attempts,
             backoff_base: d.retry_backoff_base,
@@ -254,12 +248,22 @@ impl Engine {
         } else {
             store.claimed_listener_event_ids(&candidates).await?
         };
-        let plan = plan_dispatch(&self.settings, &open, &pools, &claimed, self.limits, now);
+        let paused = store.paused_pools().await?;
+        let plan = plan_dispatch(
+            &self.settings,
+            &open,
+            &pools,
+            &paused,
+            &claimed,
+            self.limits,
+            now,
+        );
         for outcome in &plan.outcomes {
             match outcome {
                 DispatchOutcome::Confirmed {
                     id,
                     listener_event_id,
+                    ..
                 } => {
                     report.confirmed += 1;
                     tracing::debug!(dispatch_id = %id, listener_event_id = listener_event_id.as_deref().unwrap_or("-"), "PipelineRun seen; dispatch confirmed");

@@ -7,7 +7,9 @@
 //! matching rules with CEL filters ([`rules`]), the pure dispatch planner
 //! ([`planner`]), event-status folding ([`status`]), retry backoff
 //! ([`backoff`]), the port traits ([`ports`]) and the engine that runs one
-//! dispatch pass over them ([`engine`], [`labels`]).
+//! dispatch pass over them ([`engine`], [`labels`]); what operators see of
+//! the queue ([`operate`]) and the wording of an event's timeline
+//! ([`timeline`]).
 //!
 //! **Must not:** do I/O or depend on tokio, hyper, diesel, kube or reqwest.
 //! Adapters implement [`ports`] in other crates; `just check-layers` enforces
@@ -39,7 +41,9 @@ pub mod domain;
 pub mod engine;
 pub mod intake;
 pub mod labels;
+pub mod operate;
 pub mod planner;
 pub mod ports;
 pub mod rules;
 pub mod status;
+pub mod timeline;

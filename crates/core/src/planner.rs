@@ -16,7 +16,7 @@
 //! * [`trigger_outcome`] turns the listener's answer into a decision: success,
 //!   lost answer (slot stays reserved), retry with backoff, or failure.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -199,6 +199,8 @@ pub enum DispatchOutcome {
         id: DispatchId,
         /// The run's `triggers-eventid`, recorded when the dispatch has none yet.
         listener_event_id: Option<String>,
+        /// The run's name, for the event's timeline.
+        run: Option<String>,
     },
     /// The trigger was sent but its answer was lost (timeout, reset): the
     /// dispatch stays `triggering`, holding its slot, until its run shows up
@@ -262,6 +264,8 @@ pub struct PoolUsage {
     pub oldest_waiting: Option<OffsetDateTime>,
     /// Why the pool is blocked, when its state is unknown.
     pub blocked: Option<String>,
+    /// An operator paused the pool: it queues but triggers nothing.
+    pub paused: bool,
 }
 
 /// Decisions of one dispatch pass.
@@ -291,14 +295,30 @@ pub struct DispatchLimits {
     pub max_attempts: u32,
 }
 
+impl From<&crate::config::DispatchTuning> for DispatchLimits {
+    fn from(d: &crate::config::DispatchTuning) -> Self {
+        Self {
+            reservation_timeout: d.reservation_timeout,
+            in_flight_for: d.trigger_timeout + IN_FLIGHT_GRACE,
+            max_attempts: d.max_attempts,
+        }
+    }
+}
+
+/// Margin on top of the trigger timeout before a `triggering` dispatch
+/// counts as an orphan (its POST cannot still be in flight).
+pub const IN_FLIGHT_GRACE: Duration = Duration::from_secs(5);
+
 /// Picks what to trigger. `pools` holds the state of every configured pool;
-/// `claimed` the `triggers-eventid`s that some dispatch has recorded (only
-/// the ones the caller asked the store about: see [`orphan_candidates`]).
-/// `now` is the database clock.
+/// `paused` the pools an operator paused (they confirm and settle, but
+/// trigger nothing); `claimed` the `triggers-eventid`s that some dispatch has
+/// recorded (only the ones the caller asked the store about: see
+/// [`orphan_candidates`]). `now` is the database clock.
 pub fn plan_dispatch(
     settings: &Settings,
     open: &[OpenDispatch],
     pools: &BTreeMap<PoolKey, PoolState>,
+    paused: &BTreeSet<PoolKey>,
     claimed: &HashSet<String>,
     limits: DispatchLimits,
     now: OffsetDateTime,
@@ -329,6 +349,7 @@ pub fn plan_dispatch(
             &key,
             work,
             pools.get(&key),
+            paused.contains(&key),
             claimed,
             limits,
             now,
@@ -455,6 +476,7 @@ fn plan_pool(
     key: &PoolKey,
     mut work: Vec<&OpenDispatch>,
     state: Option<&PoolState>,
+    paused: bool,
     claimed: &HashSet<String>,
     limits: DispatchLimits,
     now: OffsetDateTime,
@@ -474,10 +496,11 @@ fn plan_pool(
         .iter()
         .filter_map(|r| Some((r.dispatch_id.as_deref()?, r)))
         .collect();
-    let by_event: HashSet<&str> = runs
+    // Run names by `triggers-eventid`, for the timeline of what they confirm.
+    let by_event: HashMap<&str, Option<&String>> = runs
         .unwrap_or_default()
         .iter()
-        .filter_map(|r| r.event_id.as_deref())
+        .filter_map(|r| Some((r.event_id.as_deref()?, r.name.as_ref())))
         .collect();
     let inferred = match runs {
         Some(runs) if !labelled => {
@@ -506,6 +529,7 @@ fn plan_pool(
                     plan.outcomes.push(DispatchOutcome::Confirmed {
                         id: d.id,
                         listener_event_id: run.event_id.clone(),
+                        run: run.name.clone(),
                     });
                     continue;
                 }
@@ -513,6 +537,7 @@ fn plan_pool(
                     plan.outcomes.push(DispatchOutcome::Confirmed {
                         id: d.id,
                         listener_event_id: Some((*event_id).to_owned()),
+                        run: by_event.get(*event_id).copied().flatten().cloned(),
                     });
                     continue;
                 }
@@ -540,15 +565,16 @@ fn plan_pool(
                 }
             }
             DispatchState::Triggered => {
-                let seen = runs.is_some()
-                    && (own_run.is_some()
-                        || d.listener_event_id
-                            .as_deref()
-                            .is_some_and(|id| by_event.contains(id)));
-                if seen {
+                let by_its_event = d
+                    .listener_event_id
+                    .as_deref()
+                    .and_then(|id| by_event.get(id).copied());
+                if runs.is_some() && (own_run.is_some() || by_its_event.is_some()) {
+                    let run = own_run.and_then(|r| r.name.as_ref()).or(by_its_event.flatten());
                     plan.outcomes.push(DispatchOutcome::Confirmed {
                         id: d.id,
                         listener_event_id: None,
+                        run: run.cloned(),
                     });
                     continue;
                 }
@@ -595,7 +621,7 @@ fn plan_pool(
         Some(PoolState::Unknown { reason }) => (None, Some(reason.clone())),
         None => (None, Some("no capacity information".to_owned())),
     };
-    if let Some(running) = running {
+    if let Some(running) = running.filter(|_| !paused) {
         let free = spec
             .max_capacity
             .saturating_sub(running.saturating_add(reserved));
@@ -610,6 +636,7 @@ fn plan_pool(
         waiting,
         oldest_waiting,
         blocked,
+        paused,
     });
 }
 

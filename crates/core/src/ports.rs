@@ -11,8 +11,9 @@ use url::Url;
 use crate::config::PoolKey;
 use crate::domain::{
     DispatchId, DispatchState, EventDetail, EventId, EventRecord, EventRef, EventStatus,
-    PullRequestRef,
+    EventUuid, PullRequestRef, TimelineEntry,
 };
+use crate::operate::QueueSnapshot;
 use crate::intake::NewEvent;
 use crate::planner::{DispatchOutcome, IntakePlan};
 
@@ -101,6 +102,92 @@ pub trait EventRepository: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<EventDetail>, StoreError>> + Send;
     /// Checks that the database answers.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// A configured item a replay dispatches to (matched by the caller against
+/// the current configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayTarget {
+    /// Config item name.
+    pub item: String,
+    /// Its pool.
+    pub pool: PoolKey,
+    /// That pool's `<pipeline>/queued` label.
+    pub queued_label: String,
+}
+
+/// An operator's replay of a finished event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayRequest {
+    /// The admin token's name.
+    pub actor: String,
+    /// Replay even though a newer event of the pull request exists for one
+    /// of the targets (newest-wins then leaves the new round alone).
+    pub force: bool,
+    /// Where it goes now.
+    pub targets: Vec<ReplayTarget>,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayOutcome {
+    /// A new round of dispatches is queued.
+    Replayed {
+        /// The round's number (2 for the first replay).
+        round: i32,
+        /// The new dispatches, queued.
+        dispatches: Vec<DispatchId>,
+    },
+    /// The event still has work open (pending, queued or in flight).
+    NotFinished(EventStatus),
+    /// A newer event of the same pull request exists for a target (and
+    /// `force` was not set).
+    NewerEventExists(EventUuid),
+}
+
+/// What cancelling an event's waiting work did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// These queued dispatches are now cancelled.
+    Cancelled(Vec<DispatchId>),
+    /// Nothing of the event was waiting; its status is this.
+    NothingWaiting(EventStatus),
+}
+
+/// What operators read and do; served by every replica. Writes wake the
+/// active dispatcher.
+pub trait OperatorStore: Send + Sync + 'static {
+    /// The stored timeline of `event`, oldest first.
+    fn timeline(
+        &self,
+        event: EventId,
+    ) -> impl Future<Output = Result<Vec<TimelineEntry>, StoreError>> + Send;
+    /// The raw payload of `event` (for explaining its matching).
+    fn payload(&self, event: EventId) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+    /// The open work and paused pools, read in one transaction.
+    fn queue_snapshot(
+        &self,
+        reservation_timeout: std::time::Duration,
+    ) -> impl Future<Output = Result<QueueSnapshot, StoreError>> + Send;
+    /// Replays a finished event as a new round of dispatches (`None`: no such event).
+    fn replay(
+        &self,
+        event: EventId,
+        request: &ReplayRequest,
+    ) -> impl Future<Output = Result<Option<ReplayOutcome>, StoreError>> + Send;
+    /// Cancels the event's queued dispatches (`None`: no such event).
+    fn cancel(
+        &self,
+        event: EventId,
+        actor: &str,
+    ) -> impl Future<Output = Result<Option<CancelOutcome>, StoreError>> + Send;
+    /// Pauses or resumes `pool`; returns whether that changed anything.
+    fn set_paused(
+        &self,
+        pool: &PoolKey,
+        paused: bool,
+        actor: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
 /// A stored event that has not been matched against the config yet.
@@ -217,6 +304,10 @@ pub trait DispatchStore: Send {
         outcomes: &[DispatchOutcome],
         now: OffsetDateTime,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Pools an operator paused: they queue but trigger nothing.
+    fn paused_pools(
+        &mut self,
+    ) -> impl Future<Output = Result<std::collections::BTreeSet<PoolKey>, StoreError>> + Send;
     /// Brings the wanted `<pipeline>/queued` labels in line with the queue; returns how many changed.
     fn reconcile_labels(
         &mut self,
@@ -224,9 +315,16 @@ pub trait DispatchStore: Send {
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
-/// One PipelineRun of a pool, reduced to what matching it to a dispatch needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One PipelineRun of a pool, reduced to what matching it to a dispatch
+/// (and estimating when waiting work starts) needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunView {
+    /// `metadata.name`, shown in an event's timeline once the run is seen.
+    pub name: Option<String>,
+    /// Its `Succeeded` condition is final.
+    pub finished: bool,
+    /// `status.completionTime` of a finished run (for typical run durations).
+    pub finished_at: Option<OffsetDateTime>,
     /// `triggers.tekton.dev/triggers-eventid`: the EventListener event that created it.
     pub event_id: Option<String>,
     /// Value of the pool's `dispatch_label` (the dispatch id the trigger

@@ -22,7 +22,7 @@ use crate::vocab::{DbDispatchState, DbEventStatus};
 /// Events stored in PostgreSQL; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct PgEvents {
-    db: Database,
+    pub(crate) db: Database,
 }
 
 #[derive(Insertable)]
@@ -77,6 +77,7 @@ impl From<EventRow> for EventRecord {
 struct DispatchRow {
     id: i64,
     item_name: String,
+    round: i32,
     pool: String,
     state: DbDispatchState,
     attempts: i32,
@@ -266,6 +267,7 @@ impl EventRepository for PgEvents {
                 DispatchRecord {
                     id: DispatchId(d.id),
                     item: d.item_name,
+                    round: d.round,
                     pool: d.pool,
                     state,
                     attempts: d.attempts,

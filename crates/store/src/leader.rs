@@ -11,7 +11,7 @@
 //! answering, and the [`Lease`] tells the leader, without a round trip,
 //! whether that may already have happened.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
@@ -21,8 +21,10 @@ use diesel_async::pooled_connection::PoolableConnection;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use dispatcher_core::config::PoolKey;
 use dispatcher_core::domain::{
-    DispatchId, DispatchState, EventId, EventStatus, PullRequestRef, UNSUPPORTED_MESSAGE,
+    DispatchId, DispatchState, EventId, EventStatus, PullRequestRef, TimelineKind,
+    UNSUPPORTED_MESSAGE, rfc3339,
 };
+use dispatcher_core::timeline::fact;
 use dispatcher_core::planner::{DispatchOutcome, IntakePlan};
 use dispatcher_core::ports::{DispatchStore, OpenDispatch, StoreError, TriggerJob, UnplannedEvent};
 use futures_util::{FutureExt, StreamExt};
@@ -33,7 +35,8 @@ use crate::error;
 use crate::events::headers_from_json;
 use crate::lease::Lease;
 use crate::raw_json::RawJson;
-use crate::schema::{dispatches, sql_types, webhook_events};
+use crate::schema::{dispatches, pool_controls, sql_types, webhook_events};
+use crate::timeline::{self, Note};
 use crate::status;
 use crate::vocab::{DbDispatchState, DbEventStatus};
 use crate::wakeup::WAKEUP_CHANNEL;
@@ -456,36 +459,8 @@ impl DispatchStore for LeaderSession {
     ) -> Result<Vec<OpenDispatch>, StoreError> {
         self.ensure_held()?;
         let started = Instant::now();
-        let rows: Result<Vec<OpenWithSiblings>, _> = diesel::sql_query(
-            "SELECT d.id, d.event_id, d.item_name, d.pool, d.repository_full_name, d.pull_request_number,
-                    d.state, d.queue_position, d.attempts, d.next_attempt_at, d.listener_event_id,
-                    d.trigger_started_at, d.triggered_at,
-                    EXISTS (SELECT 1 FROM dispatches n
-                             WHERE n.repository_full_name = d.repository_full_name
-                               AND n.pull_request_number = d.pull_request_number
-                               AND n.item_name = d.item_name
-                               AND n.event_id > d.event_id) AS has_newer
-               FROM dispatches d
-              WHERE d.state = ANY($2)
-                 OR (d.state = $3 AND d.triggered_at > $1)
-              ORDER BY d.pool, d.queue_position, d.id",
-        )
-        .bind::<Timestamptz, _>(reservation_cutoff)
-        .bind::<Array<sql_types::DispatchState>, _>(vec![
-            DbDispatchState(DispatchState::Queued),
-            DbDispatchState(DispatchState::Triggering),
-        ])
-        .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Triggered))
-        .load(&mut self.conn)
-        .await;
-        let rows = self.settle(started, rows).await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| OpenDispatch {
-                has_newer: r.has_newer,
-                ..open_from_row(r.dispatch)
-            })
-            .collect())
+        let rows = load_open(&mut self.conn, reservation_cutoff).await;
+        self.settle(started, rows).await
     }
 
     async fn apply_intake(
@@ -538,7 +513,7 @@ impl DispatchStore for LeaderSession {
                 .bind::<sql_types::EventStatus, _>(DbEventStatus(EventStatus::Aborted))
                 .execute(conn)
                 .await?;
-                let mut touched: Vec<i64> = if superseded.is_empty() {
+                let cancelled: Vec<(i64, i64)> = if superseded.is_empty() {
                     Vec::new()
                 } else {
                     diesel::update(
@@ -550,16 +525,21 @@ impl DispatchStore for LeaderSession {
                         dispatches::state.eq(DbDispatchState(DispatchState::Cancelled)),
                         dispatches::finished_at.eq(now),
                     ))
-                    .returning(dispatches::event_id)
+                    .returning((dispatches::id, dispatches::event_id))
                     .get_results(conn)
                     .await?
                 };
+                let mut touched: Vec<i64> = cancelled.iter().map(|c| c.1).collect();
                 let created: Vec<OpenRow> = if rows.is_empty() {
                     Vec::new()
                 } else {
                     diesel::insert_into(dispatches::table)
                         .values(&rows)
-                        .on_conflict((dispatches::event_id, dispatches::item_name))
+                        .on_conflict((
+                            dispatches::event_id,
+                            dispatches::item_name,
+                            dispatches::round,
+                        ))
                         .do_nothing()
                         .returning(OpenRow::as_returning())
                         .get_results(conn)
@@ -570,6 +550,35 @@ impl DispatchStore for LeaderSession {
                 touched.sort_unstable();
                 touched.dedup();
                 status::refresh(conn, &touched, now).await?;
+                let aborted_notes: Vec<Note> = aborted
+                    .iter()
+                    .map(|e| Note {
+                        event_id: *e,
+                        dispatch_id: None,
+                        kind: TimelineKind::Aborted,
+                        detail: serde_json::json!({}),
+                        actor: None,
+                    })
+                    .collect();
+                timeline::append(conn, now, &aborted_notes).await?;
+                let queued: Vec<i64> = created
+                    .iter()
+                    .filter(|d| d.state.0 == DispatchState::Queued && !stale.contains(&d.id))
+                    .map(|d| d.id)
+                    .collect();
+                timeline::note_queued(conn, &queued, now, None).await?;
+                let superseded_now: Vec<i64> = cancelled
+                    .iter()
+                    .map(|c| c.0)
+                    .chain(stale.iter().copied())
+                    .chain(
+                        created
+                            .iter()
+                            .filter(|d| d.state.0 == DispatchState::Cancelled)
+                            .map(|d| d.id),
+                    )
+                    .collect();
+                timeline::note_superseded(conn, &superseded_now, now).await?;
                 Ok(created
                     .into_iter()
                     .filter(|d| d.state.0 == DispatchState::Queued && !stale.contains(&d.id))
@@ -611,6 +620,18 @@ impl DispatchStore for LeaderSession {
                 ))
                 .get_results(conn)
                 .await?;
+                let sent_notes: Vec<Note> = started
+                    .iter()
+                    .map(|(id, event_id, .., attempts)| {
+                        Note::dispatch(
+                            *event_id,
+                            *id,
+                            TimelineKind::TriggerSent,
+                            serde_json::json!({ fact::ATTEMPT: attempts }),
+                        )
+                    })
+                    .collect();
+                timeline::append(conn, now, &sent_notes).await?;
                 let event_ids: Vec<i64> = started.iter().map(|s| s.1).collect();
                 let payloads: Vec<(i64, RawJson, serde_json::Value, bool)> = webhook_events::table
                     .filter(webhook_events::id.eq_any(&event_ids))
@@ -669,6 +690,8 @@ impl DispatchStore for LeaderSession {
             .conn
             .transaction::<_, diesel::result::Error, _>(async |conn| {
                 let mut touched = Vec::with_capacity(outcomes.len());
+                let mut notes = Vec::with_capacity(outcomes.len());
+                let mut superseded = Vec::new();
                 for outcome in outcomes {
                     let target = dispatches::table.filter(dispatches::id.eq(outcome.id().0));
                     // Each write is guarded by the state (and attempt) it expects, so a
@@ -769,7 +792,7 @@ impl DispatchStore for LeaderSession {
                             changed
                         }
                         DispatchOutcome::Unanswered { attempt, error, .. } => {
-                            diesel::update(
+                            let changed: Option<i64> = diesel::update(
                                 target
                                     .filter(
                                         dispatches::state
@@ -778,8 +801,14 @@ impl DispatchStore for LeaderSession {
                                     .filter(dispatches::attempts.eq(attempt_i32(*attempt))),
                             )
                             .set(dispatches::last_error.eq(error::storable(error)))
-                            .execute(conn)
-                            .await?;
+                            .returning(dispatches::event_id)
+                            .get_result(conn)
+                            .await
+                            .optional()?;
+                            // The event's status does not change: only the timeline.
+                            if let Some(event_id) = changed {
+                                notes.push(outcome_note(outcome, event_id));
+                            }
                             None
                         }
                         DispatchOutcome::Moved {
@@ -811,14 +840,35 @@ impl DispatchStore for LeaderSession {
                             .optional()?
                         }
                     };
+                    if let Some(event_id) = changed {
+                        if matches!(outcome, DispatchOutcome::Superseded { .. }) {
+                            superseded.push(outcome.id().0);
+                        } else {
+                            notes.push(outcome_note(outcome, event_id));
+                        }
+                    }
                     touched.extend(changed);
                 }
                 touched.sort_unstable();
                 touched.dedup();
-                status::refresh(conn, &touched, now).await
+                status::refresh(conn, &touched, now).await?;
+                timeline::append(conn, now, &notes).await?;
+                timeline::note_superseded(conn, &superseded, now).await
             })
             .await;
         self.settle(started, result).await
+    }
+
+    async fn paused_pools(&mut self) -> Result<BTreeSet<PoolKey>, StoreError> {
+        self.ensure_held()?;
+        let started = Instant::now();
+        let result: Result<Vec<String>, _> = pool_controls::table
+            .filter(pool_controls::paused)
+            .select(pool_controls::pool)
+            .load(&mut self.conn)
+            .await;
+        let pools = self.settle(started, result).await?;
+        Ok(pools.into_iter().map(PoolKey).collect())
     }
 
     async fn reconcile_labels(&mut self, now: OffsetDateTime) -> Result<u64, StoreError> {
@@ -866,6 +916,45 @@ impl DispatchStore for LeaderSession {
     }
 }
 
+/// Queued and triggering dispatches plus triggered ones newer than
+/// `reservation_cutoff`, in pool FIFO order (the engine's hot query; the
+/// operators' queue view reads the same).
+pub(crate) async fn load_open(
+    conn: &mut AsyncPgConnection,
+    reservation_cutoff: OffsetDateTime,
+) -> Result<Vec<OpenDispatch>, DieselError> {
+    let rows: Vec<OpenWithSiblings> = diesel::sql_query(
+        "SELECT d.id, d.event_id, d.item_name, d.pool, d.repository_full_name, d.pull_request_number,
+                d.state, d.queue_position, d.attempts, d.next_attempt_at, d.listener_event_id,
+                d.trigger_started_at, d.triggered_at,
+                -- A forced replay runs despite newer events.
+                NOT d.forced AND EXISTS (SELECT 1 FROM dispatches n
+                         WHERE n.repository_full_name = d.repository_full_name
+                           AND n.pull_request_number = d.pull_request_number
+                           AND n.item_name = d.item_name
+                           AND n.event_id > d.event_id) AS has_newer
+           FROM dispatches d
+          WHERE d.state = ANY($2)
+             OR (d.state = $3 AND d.triggered_at > $1)
+          ORDER BY d.pool, d.queue_position, d.id",
+    )
+    .bind::<Timestamptz, _>(reservation_cutoff)
+    .bind::<Array<sql_types::DispatchState>, _>(vec![
+        DbDispatchState(DispatchState::Queued),
+        DbDispatchState(DispatchState::Triggering),
+    ])
+    .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Triggered))
+    .load(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| OpenDispatch {
+            has_newer: r.has_newer,
+            ..open_from_row(r.dispatch)
+        })
+        .collect())
+}
+
 /// Cancels new queued dispatches for which a newer event of the same PR and
 /// item already has a dispatch in any state: a delivery whose insert
 /// committed after a newer one was planned (even triggered and finished)
@@ -911,6 +1000,56 @@ async fn cancel_stale(
         );
     }
     Ok(stale.into_iter().map(|r| r.id).collect())
+}
+
+/// The timeline fact of a recorded outcome (`Superseded` is written by
+/// [`timeline::note_superseded`], which names the newer event).
+fn outcome_note(outcome: &DispatchOutcome, event_id: i64) -> Note {
+    let (kind, detail) = match outcome {
+        DispatchOutcome::Triggered {
+            attempt,
+            listener_event_id,
+            ..
+        } => (
+            TimelineKind::Accepted,
+            serde_json::json!({ fact::ATTEMPT: attempt, fact::LISTENER_EVENT_ID: listener_event_id }),
+        ),
+        DispatchOutcome::Retry {
+            attempt,
+            next_attempt_at,
+            error,
+            ..
+        } => (
+            TimelineKind::Retry,
+            serde_json::json!({
+                fact::ATTEMPT: attempt,
+                fact::ERROR: error::storable(error),
+                fact::NEXT_ATTEMPT_AT: rfc3339::format(*next_attempt_at),
+            }),
+        ),
+        DispatchOutcome::Failed { attempt, error, .. } => (
+            TimelineKind::Failed,
+            serde_json::json!({ fact::ATTEMPT: attempt, fact::ERROR: error::storable(error) }),
+        ),
+        DispatchOutcome::Unanswered { attempt, error, .. } => (
+            TimelineKind::Unanswered,
+            serde_json::json!({ fact::ATTEMPT: attempt, fact::ERROR: error::storable(error) }),
+        ),
+        DispatchOutcome::Confirmed {
+            listener_event_id,
+            run,
+            ..
+        } => (
+            TimelineKind::Confirmed,
+            serde_json::json!({ fact::RUN: run, fact::LISTENER_EVENT_ID: listener_event_id }),
+        ),
+        DispatchOutcome::Moved { pool, .. } => (
+            TimelineKind::Moved,
+            serde_json::json!({ fact::POOL: pool.0 }),
+        ),
+        DispatchOutcome::Superseded { .. } => (TimelineKind::Superseded, serde_json::json!({})),
+    };
+    Note::dispatch(event_id, outcome.id().0, kind, detail)
 }
 
 fn attempt_i32(attempt: u32) -> i32 {

@@ -46,6 +46,7 @@ diesel::table! {
         uuid -> Uuid,
         adopted -> Bool,
         superseded_duplicate -> Bool,
+        round -> Int4,
     }
 }
 
@@ -72,6 +73,29 @@ diesel::table! {
         triggered_at -> Nullable<Timestamptz>,
         confirmed_at -> Nullable<Timestamptz>,
         finished_at -> Nullable<Timestamptz>,
+        round -> Int4,
+        forced -> Bool,
+    }
+}
+
+diesel::table! {
+    event_timeline (id) {
+        id -> Int8,
+        event_id -> Int8,
+        dispatch_id -> Nullable<Int8>,
+        at -> Timestamptz,
+        kind -> Text,
+        detail -> Jsonb,
+        actor -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    pool_controls (pool) {
+        pool -> Text,
+        paused -> Bool,
+        changed_by -> Text,
+        changed_at -> Timestamptz,
     }
 }
 
@@ -90,4 +114,11 @@ diesel::table! {
 }
 
 diesel::joinable!(dispatches -> webhook_events (event_id));
-diesel::allow_tables_to_appear_in_same_query!(webhook_events, dispatches, pr_labels);
+diesel::joinable!(event_timeline -> webhook_events (event_id));
+diesel::allow_tables_to_appear_in_same_query!(
+    webhook_events,
+    dispatches,
+    pr_labels,
+    event_timeline,
+    pool_controls
+);

@@ -9,7 +9,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use dispatcher_core::status::{DispatchSummary, derive_event_status};
 use time::OffsetDateTime;
 
-use crate::schema::{dispatches, sql_types};
+use crate::schema::{dispatches, sql_types, webhook_events};
 use crate::vocab::{DbDispatchState, DbEventStatus};
 
 /// Recomputes the status of `event_ids` from their dispatches (call inside
@@ -22,8 +22,11 @@ pub(crate) async fn refresh(
     if event_ids.is_empty() {
         return Ok(());
     }
+    // Only the event's current round counts: a replay starts a new one.
     let rows: Vec<(i64, DbDispatchState, Option<String>)> = dispatches::table
+        .inner_join(webhook_events::table)
         .filter(dispatches::event_id.eq_any(event_ids))
+        .filter(dispatches::round.eq(webhook_events::round))
         .order((dispatches::event_id, dispatches::id))
         .select((
             dispatches::event_id,

@@ -739,7 +739,7 @@ fn schema_matches_migrations() {
         }
         let cols: Vec<Col> = diesel::sql_query(
             "SELECT table_name::text, column_name::text FROM information_schema.columns
-              WHERE table_schema = 'public' AND table_name IN ('webhook_events', 'dispatches', 'pr_labels')
+              WHERE table_schema = 'public' AND table_name IN ('webhook_events', 'dispatches', 'pr_labels', 'event_timeline', 'pool_controls')
               ORDER BY table_name, ordinal_position",
         )
         .load(&mut conn)
@@ -755,11 +755,13 @@ fn schema_matches_migrations() {
             let sql = match table {
                 "webhook_events" => debug_query::<Pg, _>(&webhook_events::table.select(webhook_events::all_columns)).to_string(),
                 "dispatches" => debug_query::<Pg, _>(&dispatches::table.select(dispatches::all_columns)).to_string(),
+                "event_timeline" => debug_query::<Pg, _>(&event_timeline::table.select(event_timeline::all_columns)).to_string(),
+                "pool_controls" => debug_query::<Pg, _>(&pool_controls::table.select(pool_controls::all_columns)).to_string(),
                 _ => debug_query::<Pg, _>(&pr_labels::table.select(pr_labels::all_columns)).to_string(),
             };
             names(&sql, table)
         };
-        for table in ["webhook_events", "dispatches", "pr_labels"] {
+        for table in ["webhook_events", "dispatches", "pr_labels", "event_timeline", "pool_controls"] {
             let actual: Vec<String> = cols.iter().filter(|c| c.table_name == table).map(|c| c.column_name.clone()).collect();
             let mut expected = declared(table);
             let mut sorted_actual = actual.clone();

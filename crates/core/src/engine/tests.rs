@@ -272,6 +272,12 @@ impl DispatchStore for MemStore {
         Ok(())
     }
 
+    async fn paused_pools(
+        &mut self,
+    ) -> Result<std::collections::BTreeSet<crate::config::PoolKey>, StoreError> {
+        Ok(std::collections::BTreeSet::new())
+    }
+
     async fn reconcile_labels(&mut self, _now: OffsetDateTime) -> Result<u64, StoreError> {
         Ok(0)
     }
@@ -306,6 +312,7 @@ fn runs_at(n: u32, seen: &[&str], created: OffsetDateTime) -> FixedCapacity {
                 event_id: Some((*s).to_owned()),
                 dispatch_id: None,
                 created_at: Some(created),
+                ..RunView::default()
             })
             .collect(),
     }))

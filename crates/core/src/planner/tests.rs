@@ -12,6 +12,26 @@ use crate::ports::PoolState::Known;
 
 const NOW: OffsetDateTime = datetime!(2026-11-28 12:00 UTC);
 
+/// The planner with no pool paused (most tests); shadows the glob import.
+fn plan_dispatch(
+    settings: &Settings,
+    open: &[OpenDispatch],
+    pools: &BTreeMap<PoolKey, PoolState>,
+    claimed: &HashSet<String>,
+    limits: DispatchLimits,
+    now: OffsetDateTime,
+) -> DispatchPlan {
+    super::plan_dispatch(
+        settings,
+        open,
+        pools,
+        &std::collections::BTreeSet::new(),
+        claimed,
+        limits,
+        now,
+    )
+}
+
 fn limits() -> DispatchLimits {
     DispatchLimits {
         reservation_timeout: Duration::from_secs(120),
@@ -105,6 +125,7 @@ fn known(running: u32, seen: &[&str]) -> PoolState {
                 event_id: Some((*s).to_owned()),
                 dispatch_id: None,
                 created_at: Some(NOW - Duration::from_secs(3600)),
+                ..RunView::default()
             })
             .collect(),
     }
@@ -204,6 +225,26 @@ fn queued_dispatches_with_a_newer_sibling_are_superseded() {
         [DispatchOutcome::Superseded { id: DispatchId(1) }]
     );
     assert_eq!(plan.trigger, [DispatchId(2)]);
+}
+
+#[test]
+fn a_paused_pool_queues_and_confirms_but_triggers_nothing() {
+    let s = settings(2);
+    let open = [queued(1, 10, 1, "a", 10), queued(2, 20, 2, "b", 20)];
+    let paused: std::collections::BTreeSet<PoolKey> =
+        [s.item("a").map(|i| i.pool.clone()).unwrap_or_else(|| panic!("item a"))].into();
+    let plan = super::plan_dispatch(
+        &s,
+        &open,
+        &pools(known(0, &[]), known(0, &[])),
+        &paused,
+        &HashSet::new(),
+        limits(),
+        NOW,
+    );
+    assert_eq!(plan.trigger, [DispatchId(2)], "only the pool that is not paused triggers");
+    let a = plan.usage.iter().find(|u| paused.contains(&u.pool));
+    assert_eq!(a.map(|u| (u.paused, u.waiting)), Some((true, 1)));
 }
 
 #[test]
@@ -335,7 +376,8 @@ fn reservations_hold_slots_until_seen_or_expired() {
         plan.outcomes,
         [DispatchOutcome::Confirmed {
             id: DispatchId(1),
-            listener_event_id: None
+            listener_event_id: None,
+            run: None,
         }]
     );
     assert_eq!(
@@ -424,6 +466,7 @@ fn run(event_id: &str, dispatch_id: Option<i64>, created: OffsetDateTime) -> Run
         event_id: Some(event_id.to_owned()),
         dispatch_id: dispatch_id.map(|d| d.to_string()),
         created_at: Some(created),
+        ..RunView::default()
     }
 }
 
@@ -457,11 +500,13 @@ fn orphans_are_matched_one_to_one_to_unclaimed_runs_created_after_them() {
         [
             DispatchOutcome::Confirmed {
                 id: DispatchId(1),
-                listener_event_id: Some("r1".into())
+                listener_event_id: Some("r1".into()),
+                run: None,
             },
             DispatchOutcome::Confirmed {
                 id: DispatchId(2),
-                listener_event_id: Some("r2".into())
+                listener_event_id: Some("r2".into()),
+                run: None,
             },
         ]
     );
@@ -483,7 +528,8 @@ fn a_dispatch_label_confirms_exactly_and_disables_inference() {
         plan.outcomes,
         [DispatchOutcome::Confirmed {
             id: DispatchId(2),
-            listener_event_id: Some("ev-x".into())
+            listener_event_id: Some("ev-x".into()),
+            run: None,
         }],
         "the run without the label is someone else's"
     );
@@ -840,6 +886,7 @@ proptest! {
                     event_id: Some(format!("ev-{id}")),
                     dispatch_id: (labelled && with_label).then(|| id.to_string()),
                     created_at: Some(created),
+                    ..RunView::default()
                 });
             }
             open.push(d);

@@ -54,21 +54,59 @@ pub fn needs_payload(settings: &Settings, repository: &str, action: &str) -> boo
         .any(|i| i.filter.is_some() && i.repository == repository && i.events.contains(action))
 }
 
-/// Matches `event` against every configured item.
-pub fn match_items<'s>(settings: &'s Settings, event: &EventFacts<'_>) -> Matches<'s> {
-    let mut out = Matches::default();
-    let mut body: Option<Result<Value, String>> = None;
-    for item in &settings.items {
+/// How one item judged one event (see [`explain_items`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemVerdict {
+    /// Config item name.
+    pub item: String,
+    /// Its repository is the event's.
+    pub repository: bool,
+    /// The event's `action` is in its `events`.
+    pub action: bool,
+    /// Its CEL filter's answer.
+    pub filter: FilterVerdict,
+}
+
+impl ItemVerdict {
+    /// The event routes to this item.
+    pub fn matched(&self) -> bool {
+        self.repository && self.action && matches!(self.filter, FilterVerdict::NoFilter | FilterVerdict::True)
+    }
+}
+
+/// What an item's filter said about an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterVerdict {
+    /// The item has no filter.
+    NoFilter,
+    /// Repository or action did not match, so the filter was not run.
+    NotEvaluated,
+    /// The expression was `true`.
+    True,
+    /// The expression was `false`.
+    False,
+    /// Evaluation failed (counted as no match).
+    Error(String),
+}
+
+/// Lazily parsed payload shared by the items of one event.
+struct Body<'a> {
+    raw: &'a [u8],
+    parsed: Option<Result<Value, String>>,
+}
+
+impl Body<'_> {
+    fn judge(&mut self, item: &Item, event: &EventFacts<'_>) -> FilterVerdict {
         if item.repository != event.repository || !item.events.contains(event.action) {
-            continue;
+            return FilterVerdict::NotEvaluated;
         }
         let Some(filter) = &item.filter else {
-            out.items.push(item);
-            continue;
+            return FilterVerdict::NoFilter;
         };
-        let parsed = body.get_or_insert_with(|| {
-            serde_json::from_slice(event.payload).map_err(|e| e.to_string())
-        });
+        let raw = self.raw;
+        let parsed = self
+            .parsed
+            .get_or_insert_with(|| serde_json::from_slice(raw).map_err(|e| e.to_string()));
         let verdict = match parsed {
             Ok(body) => filter
                 .evaluate(body, event.headers)
@@ -76,15 +114,50 @@ pub fn match_items<'s>(settings: &'s Settings, event: &EventFacts<'_>) -> Matche
             Err(e) => Err(format!("payload is not JSON: {e}")),
         };
         match verdict {
-            Ok(true) => out.items.push(item),
-            Ok(false) => {}
-            Err(error) => out.problems.push(FilterProblem {
+            Ok(true) => FilterVerdict::True,
+            Ok(false) => FilterVerdict::False,
+            Err(error) => FilterVerdict::Error(error),
+        }
+    }
+}
+
+/// Matches `event` against every configured item.
+pub fn match_items<'s>(settings: &'s Settings, event: &EventFacts<'_>) -> Matches<'s> {
+    let mut out = Matches::default();
+    let mut body = Body {
+        raw: event.payload,
+        parsed: None,
+    };
+    for item in &settings.items {
+        match body.judge(item, event) {
+            FilterVerdict::NoFilter | FilterVerdict::True => out.items.push(item),
+            FilterVerdict::NotEvaluated | FilterVerdict::False => {}
+            FilterVerdict::Error(error) => out.problems.push(FilterProblem {
                 item: item.name.clone(),
                 error,
             }),
         }
     }
     out
+}
+
+/// Every configured item's verdict on `event`, in config order: the same
+/// decisions as [`match_items`], spelled out for `explain`.
+pub fn explain_items(settings: &Settings, event: &EventFacts<'_>) -> Vec<ItemVerdict> {
+    let mut body = Body {
+        raw: event.payload,
+        parsed: None,
+    };
+    settings
+        .items
+        .iter()
+        .map(|item| ItemVerdict {
+            item: item.name.clone(),
+            repository: item.repository == event.repository,
+            action: item.events.contains(event.action),
+            filter: body.judge(item, event),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -118,6 +191,32 @@ mod tests {
 
     fn names<'a>(m: &'a Matches<'a>) -> Vec<&'a str> {
         m.items.iter().map(|i| i.name.as_str()).collect()
+    }
+
+    #[test]
+    fn explain_agrees_with_matching_and_names_each_reason() {
+        let s = settings();
+        let payload = json!({"pull_request": {"base": {"ref": "dev"}}}).to_string();
+        let facts = EventFacts {
+            action: "opened",
+            repository: "o/r",
+            payload: payload.as_bytes(),
+            headers: &[],
+        };
+        let verdicts = explain_items(&s, &facts);
+        let matched: Vec<&str> = verdicts
+            .iter()
+            .filter(|v| v.matched())
+            .map(|v| v.item.as_str())
+            .collect();
+        assert_eq!(matched, names(&match_items(&s, &facts)));
+        let by_name = |n: &str| verdicts.iter().find(|v| v.item == n).cloned();
+        assert_eq!(by_name("plain").map(|v| v.filter), Some(FilterVerdict::NoFilter));
+        assert_eq!(by_name("main-only").map(|v| v.filter), Some(FilterVerdict::False));
+        assert!(matches!(by_name("broken").map(|v| v.filter), Some(FilterVerdict::Error(_))));
+        let other = by_name("other-repo").unwrap_or_else(|| panic!("other-repo"));
+        assert!(!other.repository && other.action);
+        assert_eq!(other.filter, FilterVerdict::NotEvaluated);
     }
 
     #[test]

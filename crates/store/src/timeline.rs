@@ -1,0 +1,175 @@
+//! The stored timeline of an event (`event_timeline`): facts appended in the
+//! same transaction as the change they record, so they survive restarts and
+//! failover and never describe a change that was rolled back. The wording is
+//! `dispatcher_core::timeline`'s.
+
+use diesel::prelude::*;
+use diesel::sql_types::{Array, Int8, Text, Timestamptz};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use dispatcher_core::domain::{DispatchId, DispatchState, TimelineEntry, TimelineKind};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::schema::{event_timeline, sql_types};
+use crate::vocab::DbDispatchState;
+
+/// One fact to append.
+#[derive(Debug, Clone)]
+pub(crate) struct Note {
+    pub(crate) event_id: i64,
+    pub(crate) dispatch_id: Option<i64>,
+    pub(crate) kind: TimelineKind,
+    pub(crate) detail: Value,
+    pub(crate) actor: Option<String>,
+}
+
+impl Note {
+    /// A fact about one dispatch, by the dispatcher itself.
+    pub(crate) fn dispatch(event_id: i64, dispatch_id: i64, kind: TimelineKind, detail: Value) -> Self {
+        Self {
+            event_id,
+            dispatch_id: Some(dispatch_id),
+            kind,
+            detail,
+            actor: None,
+        }
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = event_timeline)]
+struct NewEntry<'a> {
+    event_id: i64,
+    dispatch_id: Option<i64>,
+    at: OffsetDateTime,
+    kind: &'static str,
+    detail: &'a Value,
+    actor: Option<&'a str>,
+}
+
+/// Appends `notes` at `at`.
+pub(crate) async fn append(
+    conn: &mut AsyncPgConnection,
+    at: OffsetDateTime,
+    notes: &[Note],
+) -> QueryResult<()> {
+    if notes.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<NewEntry<'_>> = notes
+        .iter()
+        .map(|n| NewEntry {
+            event_id: n.event_id,
+            dispatch_id: n.dispatch_id,
+            at,
+            kind: n.kind.as_str(),
+            detail: &n.detail,
+            actor: n.actor.as_deref(),
+        })
+        .collect();
+    diesel::insert_into(event_timeline::table)
+        .values(&rows)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Records where each of `dispatch_ids` (just queued) joined its pool's
+/// queue: position and queue length, counted in the same transaction.
+pub(crate) async fn note_queued(
+    conn: &mut AsyncPgConnection,
+    dispatch_ids: &[i64],
+    at: OffsetDateTime,
+    actor: Option<&str>,
+) -> QueryResult<()> {
+    if dispatch_ids.is_empty() {
+        return Ok(());
+    }
+    diesel::sql_query(
+        "INSERT INTO event_timeline (event_id, dispatch_id, at, kind, detail, actor)
+         SELECT d.event_id, d.id, $2, $3,
+                jsonb_build_object(
+                    'item', d.item_name, 'pool', d.pool,
+                    'position', (SELECT count(*) FROM dispatches q
+                                  WHERE q.pool = d.pool AND q.state = $4
+                                    AND (q.queue_position, q.id) <= (d.queue_position, d.id)),
+                    'of', (SELECT count(*) FROM dispatches q WHERE q.pool = d.pool AND q.state = $4)),
+                $5
+           FROM dispatches d
+          WHERE d.id = ANY($1) AND d.state = $4
+          ORDER BY d.id",
+    )
+    .bind::<Array<Int8>, _>(dispatch_ids)
+    .bind::<Timestamptz, _>(at)
+    .bind::<Text, _>(TimelineKind::Queued.as_str())
+    .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Queued))
+    .bind::<diesel::sql_types::Nullable<Text>, _>(actor)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records that `dispatch_ids` were cancelled by a newer event of their pull
+/// request and item, naming that event.
+pub(crate) async fn note_superseded(
+    conn: &mut AsyncPgConnection,
+    dispatch_ids: &[i64],
+    at: OffsetDateTime,
+) -> QueryResult<()> {
+    if dispatch_ids.is_empty() {
+        return Ok(());
+    }
+    diesel::sql_query(
+        "INSERT INTO event_timeline (event_id, dispatch_id, at, kind, detail)
+         SELECT d.event_id, d.id, $2, $3,
+                jsonb_build_object('by_event', (
+                    SELECT e.uuid::text FROM dispatches n JOIN webhook_events e ON e.id = n.event_id
+                     WHERE n.repository_full_name = d.repository_full_name
+                       AND n.pull_request_number = d.pull_request_number
+                       AND n.item_name = d.item_name AND n.event_id > d.event_id
+                     ORDER BY n.event_id DESC LIMIT 1))
+           FROM dispatches d
+          WHERE d.id = ANY($1)
+          ORDER BY d.id",
+    )
+    .bind::<Array<Int8>, _>(dispatch_ids)
+    .bind::<Timestamptz, _>(at)
+    .bind::<Text, _>(TimelineKind::Superseded.as_str())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The stored entries of one event, oldest first.
+pub(crate) async fn load(
+    conn: &mut AsyncPgConnection,
+    event_id: i64,
+) -> QueryResult<Vec<TimelineEntry>> {
+    let rows: Vec<(Option<i64>, OffsetDateTime, String, Value, Option<String>)> =
+        event_timeline::table
+            .filter(event_timeline::event_id.eq(event_id))
+            .order(event_timeline::id)
+            .select((
+                event_timeline::dispatch_id,
+                event_timeline::at,
+                event_timeline::kind,
+                event_timeline::detail,
+                event_timeline::actor,
+            ))
+            .load(conn)
+            .await?;
+    // A kind this version does not know (written by a newer one) is skipped,
+    // not an error: the rest of the timeline still explains the event.
+    Ok(rows
+        .into_iter()
+        .filter_map(|(dispatch, at, kind, detail, actor)| {
+            Some(TimelineEntry {
+                at,
+                dispatch: dispatch.map(DispatchId),
+                kind: kind.parse().ok()?,
+                detail,
+                actor,
+            })
+        })
+        .collect())
+}
