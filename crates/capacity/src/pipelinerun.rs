@@ -24,6 +24,11 @@ pub struct RunInfo {
     pub created_at: Option<OffsetDateTime>,
     /// Whether its `Succeeded` condition is final (`True` or `False`).
     pub finished: bool,
+    /// `metadata.name`.
+    pub name: Option<String>,
+    /// `status.completionTime` (or, without one, when the final `Succeeded`
+    /// condition was set).
+    pub finished_at: Option<OffsetDateTime>,
     /// `metadata.resourceVersion`, when it is a number (it is on etcd-backed
     /// API servers); used to merge a full list with newer watch events.
     pub resource_version: Option<u64>,
@@ -47,7 +52,21 @@ impl RunInfo {
             })
         });
         let labels = obj.metadata.labels.clone().unwrap_or_default();
+        let finished_at = finished
+            .then(|| {
+                let when = obj.data.pointer("/status/completionTime").or_else(|| {
+                    conditions?
+                        .iter()
+                        .find(|c| c.get("type").and_then(|t| t.as_str()) == Some("Succeeded"))?
+                        .get("lastTransitionTime")
+                });
+                let text = when?.as_str()?;
+                OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .flatten();
         Self {
+            name: obj.metadata.name.clone(),
+            finished_at,
             created_at: obj
                 .metadata
                 .creation_timestamp
@@ -68,6 +87,9 @@ impl RunInfo {
     /// The run as the planner sees it; `dispatch_label` is the pool's.
     pub fn view(&self, dispatch_label: Option<&str>) -> RunView {
         RunView {
+            name: self.name.clone(),
+            finished: self.finished,
+            finished_at: self.finished_at,
             event_id: self.event_id.clone(),
             dispatch_id: dispatch_label.and_then(|l| self.labels.get(l).cloned()),
             created_at: self.created_at,

@@ -686,6 +686,8 @@ mod tests {
             labels: Default::default(),
             created_at: None,
             finished: false,
+            name: None,
+            finished_at: None,
             resource_version: Some(rv),
         }
     }

@@ -87,7 +87,10 @@ impl std::fmt::Display for WaitReason {
         match self {
             Self::Paused { by } => write!(f, "pool paused by {by}"),
             Self::KubernetesUnknown { reason } => {
-                write!(f, "Kubernetes state unknown ({reason}): nothing is dispatched")
+                write!(
+                    f,
+                    "Kubernetes state unknown ({reason}): nothing is dispatched"
+                )
             }
             Self::RetryAt { at } => {
                 write!(f, "next retry at {}", crate::domain::rfc3339::format(*at))
@@ -167,8 +170,11 @@ pub fn overview(
         DispatchLimits::from(&settings.dispatch),
         now,
     );
-    let mut usage: HashMap<PoolKey, PoolUsage> =
-        plan.usage.into_iter().map(|u| (u.pool.clone(), u)).collect();
+    let mut usage: HashMap<PoolKey, PoolUsage> = plan
+        .usage
+        .into_iter()
+        .map(|u| (u.pool.clone(), u))
+        .collect();
     settings
         .pools
         .values()
@@ -415,7 +421,14 @@ mod tests {
         let seen: Vec<(i64, u32, WaitReason, Option<OffsetDateTime>)> = pool
             .queue
             .iter()
-            .map(|w| (w.dispatch.0, w.position, w.reason.clone(), w.estimated_start))
+            .map(|w| {
+                (
+                    w.dispatch.0,
+                    w.position,
+                    w.reason.clone(),
+                    w.estimated_start,
+                )
+            })
             .collect();
         let full = WaitReason::PoolFull {
             running: 1,

@@ -570,7 +570,9 @@ fn plan_pool(
                     .as_deref()
                     .and_then(|id| by_event.get(id).copied());
                 if runs.is_some() && (own_run.is_some() || by_its_event.is_some()) {
-                    let run = own_run.and_then(|r| r.name.as_ref()).or(by_its_event.flatten());
+                    let run = own_run
+                        .and_then(|r| r.name.as_ref())
+                        .or(by_its_event.flatten());
                     plan.outcomes.push(DispatchOutcome::Confirmed {
                         id: d.id,
                         listener_event_id: None,

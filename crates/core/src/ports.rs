@@ -10,11 +10,11 @@ use url::Url;
 
 use crate::config::PoolKey;
 use crate::domain::{
-    DispatchId, DispatchState, EventDetail, EventId, EventRecord, EventRef, EventStatus,
-    EventUuid, PullRequestRef, TimelineEntry,
+    DispatchId, DispatchState, EventDetail, EventId, EventRecord, EventRef, EventStatus, EventUuid,
+    PullRequestRef, TimelineEntry,
 };
-use crate::operate::QueueSnapshot;
 use crate::intake::NewEvent;
+use crate::operate::QueueSnapshot;
 use crate::planner::{DispatchOutcome, IntakePlan};
 
 /// A boxed error from an adapter.
@@ -163,7 +163,10 @@ pub trait OperatorStore: Send + Sync + 'static {
         event: EventId,
     ) -> impl Future<Output = Result<Vec<TimelineEntry>, StoreError>> + Send;
     /// The raw payload of `event` (for explaining its matching).
-    fn payload(&self, event: EventId) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+    fn payload(
+        &self,
+        event: EventId,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
     /// The open work and paused pools, read in one transaction.
     fn queue_snapshot(
         &self,

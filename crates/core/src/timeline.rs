@@ -81,10 +81,9 @@ pub fn describe(entry: &TimelineEntry) -> String {
             "cancelled because of newer event {} of the same pull request",
             text(d, BY_EVENT)
         ),
-        TimelineKind::TriggerSent => format!(
-            "attempt {}: POST to the EventListener",
-            number(d, ATTEMPT)
-        ),
+        TimelineKind::TriggerSent => {
+            format!("attempt {}: POST to the EventListener", number(d, ATTEMPT))
+        }
         TimelineKind::Accepted => format!(
             "attempt {}: the EventListener answered 202 (eventID {})",
             number(d, ATTEMPT),

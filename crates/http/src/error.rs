@@ -50,6 +50,14 @@ pub enum ApiError {
     /// Missing or wrong bearer token.
     #[error("Missing or invalid bearer token")]
     Unauthorized,
+    /// A valid token without the right (a read token on the admin API, or
+    /// the admin API is not configured).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request conflicts with the resource's state (replay of an event
+    /// still running, cancel with nothing waiting...).
+    #[error("{0}")]
+    Conflict(String),
     /// No such route or resource.
     #[error("{0}")]
     NotFound(String),
@@ -99,7 +107,8 @@ impl ApiError {
             | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::InvalidSignature | Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::DeliveryConflict(_) => StatusCode::CONFLICT,
+            Self::DeliveryConflict(_) | Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Timeout => StatusCode::REQUEST_TIMEOUT,

@@ -48,6 +48,8 @@
 mod budget;
 mod error;
 mod events;
+pub mod operate;
+mod ops_wire;
 mod response;
 mod server;
 pub mod webhook;
@@ -59,7 +61,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dispatcher_core::config::Settings;
-use dispatcher_core::ports::EventRepository;
+use dispatcher_core::ports::{EventRepository, OperatorStore};
 pub use dispatcher_metrics::Metrics;
 use dispatcher_sig::{SigningKeys, TokenSet};
 use http::{Request, StatusCode};
@@ -116,11 +118,46 @@ pub enum Liveness {
 /// Produces the liveness verdict on demand (cheap: probes call it often).
 pub type LivenessSource = Arc<dyn Fn() -> Liveness + Send + Sync>;
 
+/// This replica's view of a pool's PipelineRuns (its Kubernetes watch), for
+/// the pools API and explanations. Cheap: it reads a cache.
+pub type PoolStateSource = Arc<
+    dyn Fn(&dispatcher_core::config::PoolSpec) -> dispatcher_core::ports::PoolState + Send + Sync,
+>;
+
+/// Bearer tokens with the names of who holds them.
+#[derive(Debug, Clone)]
+struct NamedTokens {
+    set: TokenSet,
+    names: Vec<String>,
+}
+
+impl NamedTokens {
+    fn new(tokens: &[dispatcher_core::config::NamedToken]) -> std::io::Result<Self> {
+        let set = TokenSet::new(tokens.iter().map(|t| t.token.expose().as_bytes()))
+            .map_err(|_| std::io::Error::other("system random number generator failed"))?;
+        Ok(Self {
+            set,
+            names: tokens.iter().map(|t| t.name.clone()).collect(),
+        })
+    }
+
+    /// Who holds `presented`, if it is one of the tokens.
+    fn holder(&self, presented: &str) -> Option<&str> {
+        let i = self.set.position(presented.as_bytes())?;
+        self.names.get(i).map(String::as_str)
+    }
+}
+
 /// The application: configuration plus the storage port.
 pub struct App<R> {
     repo: R,
+    settings: Arc<Settings>,
     keys: Arc<SigningKeys>,
-    tokens: TokenSet,
+    tokens: NamedTokens,
+    admin_tokens: NamedTokens,
+    pool_states: PoolStateSource,
+    /// Web address of pull requests: `<pr_base>/<owner>/<repo>/pull/<n>`.
+    pr_base: String,
     config: HttpConfig,
     status: StatusSource,
     liveness: LivenessSource,
@@ -167,7 +204,7 @@ impl<R> App<R> {
     }
 }
 
-impl<R: EventRepository> App<R> {
+impl<R: EventRepository + OperatorStore> App<R> {
     /// Builds the app from validated settings.
     pub fn new(settings: &Settings, repo: R) -> std::io::Result<Self> {
         let keys = SigningKeys::new(
@@ -177,8 +214,8 @@ impl<R: EventRepository> App<R> {
                 .iter()
                 .map(|s| s.expose().as_bytes()),
         );
-        let tokens = TokenSet::new(settings.api_tokens.iter().map(|t| t.expose().as_bytes()))
-            .map_err(|_| std::io::Error::other("system random number generator failed"))?;
+        let tokens = NamedTokens::new(&settings.api_tokens)?;
+        let admin_tokens = NamedTokens::new(&settings.admin_tokens)?;
         let config = HttpConfig {
             body_limit: settings.server.body_limit_bytes,
             request_timeout: settings.server.request_timeout,
@@ -199,8 +236,14 @@ impl<R: EventRepository> App<R> {
         });
         Ok(Self {
             repo,
+            settings: Arc::new(settings.clone()),
             keys: Arc::new(keys),
             tokens,
+            admin_tokens,
+            pool_states: Arc::new(|_| dispatcher_core::ports::PoolState::Unknown {
+                reason: "no Kubernetes state in this process".to_owned(),
+            }),
+            pr_base: pull_request_base(&settings.github_api_url),
             budget: BodyBudget::new(config.max_buffered_bytes),
             config,
             status,
@@ -215,6 +258,14 @@ impl<R: EventRepository> App<R> {
     #[must_use]
     pub fn with_status_source(mut self, status: StatusSource) -> Self {
         self.status = status;
+        self
+    }
+
+    /// Sets this replica's view of the pools' PipelineRuns, shown by the
+    /// pools API and explanations (default: unknown).
+    #[must_use]
+    pub fn with_pool_states(mut self, states: PoolStateSource) -> Self {
+        self.pool_states = states;
         self
     }
 
@@ -354,10 +405,59 @@ impl<R: EventRepository> App<R> {
                 self.authorize(request.headers())?;
                 events::list(self, request.uri().query()).await
             }
-            p if p.starts_with("/api/v1/events/") => {
+            "/api/v1/pools" => {
                 allow("GET")?;
                 self.authorize(request.headers())?;
-                events::detail(self, &p["/api/v1/events/".len()..]).await
+                operate::list_pools(self).await
+            }
+            p if p.starts_with("/api/v1/pools/") => {
+                let rest = &p["/api/v1/pools/".len()..];
+                let action = rest
+                    .rsplit_once('/')
+                    .filter(|(_, a)| matches!(*a, "pause" | "resume"));
+                match action {
+                    Some((pool, action)) => {
+                        allow("POST")?;
+                        let actor = self.authorize_admin(request.headers())?;
+                        let key = operate::pool_from_path(&self.settings, pool)?;
+                        operate::set_paused(self, &key, action == "pause", &actor).await
+                    }
+                    None => {
+                        allow("GET")?;
+                        self.authorize(request.headers())?;
+                        let key = operate::pool_from_path(&self.settings, rest)?;
+                        operate::one_pool(self, &key).await
+                    }
+                }
+            }
+            p if p.starts_with("/api/v1/events/") => {
+                let rest = &p["/api/v1/events/".len()..];
+                match rest.split_once('/') {
+                    None => {
+                        allow("GET")?;
+                        self.authorize(request.headers())?;
+                        events::detail(self, rest).await
+                    }
+                    Some((id, "explain")) => {
+                        allow("GET")?;
+                        self.authorize(request.headers())?;
+                        operate::explain(self, id, request.uri().query()).await
+                    }
+                    Some((id, "replay")) => {
+                        allow("POST")?;
+                        let actor = self.authorize_admin(request.headers())?;
+                        operate::replay(self, id, request.uri().query(), &actor).await
+                    }
+                    Some((id, "cancel")) => {
+                        allow("POST")?;
+                        let actor = self.authorize_admin(request.headers())?;
+                        operate::cancel(self, id, &actor).await
+                    }
+                    Some(_) => Err(ApiError::NotFound(format!(
+                        "No route for {method} {}",
+                        request.uri().path()
+                    ))),
+                }
             }
             _ => Err(ApiError::NotFound(format!(
                 "No route for {method} {}",
@@ -415,14 +515,48 @@ impl<R: EventRepository> App<R> {
         )
     }
 
+    /// Reading: open while `api.tokens` is empty; otherwise a read or an
+    /// admin token.
     fn authorize(&self, headers: &http::HeaderMap) -> Result<(), ApiError> {
-        if self.tokens.is_empty() {
+        if self.tokens.set.is_empty() {
             return Ok(());
         }
         match bearer(headers) {
-            Some(token) if self.tokens.contains(token.as_bytes()) => Ok(()),
+            Some(token)
+                if self.tokens.holder(token).is_some()
+                    || self.admin_tokens.holder(token).is_some() =>
+            {
+                Ok(())
+            }
             _ => Err(ApiError::Unauthorized),
         }
+    }
+
+    /// Acting: an admin token; returns the name of who holds it.
+    fn authorize_admin(&self, headers: &http::HeaderMap) -> Result<String, ApiError> {
+        if self.admin_tokens.set.is_empty() {
+            return Err(ApiError::Forbidden(
+                "The admin API is off: configure api.admin_tokens".to_owned(),
+            ));
+        }
+        let Some(token) = bearer(headers) else {
+            return Err(ApiError::Unauthorized);
+        };
+        if let Some(name) = self.admin_tokens.holder(token) {
+            return Ok(name.to_owned());
+        }
+        if self.tokens.holder(token).is_some() {
+            return Err(ApiError::Forbidden(
+                "This token can only read: actions need an admin token (api.admin_tokens)"
+                    .to_owned(),
+            ));
+        }
+        Err(ApiError::Unauthorized)
+    }
+
+    /// Wall clock of this replica (ages and estimates shown to people).
+    pub(crate) fn now(&self) -> time::OffsetDateTime {
+        time::OffsetDateTime::now_utc()
     }
 
     /// `/metrics` takes `api.metrics_token` only (not the events API tokens).
@@ -435,6 +569,20 @@ impl<R: EventRepository> App<R> {
             _ => Err(ApiError::Unauthorized),
         }
     }
+}
+
+/// Where pull requests are on the web, from the GitHub API address:
+/// `https://api.github.com` → `https://github.com`; GitHub Enterprise's
+/// `https://host/api/v3` → `https://host`.
+fn pull_request_base(api: &url::Url) -> String {
+    let host = api.host_str().unwrap_or("github.com");
+    if host == "api.github.com" {
+        return "https://github.com".to_owned();
+    }
+    let mut base = api.clone();
+    base.set_path("");
+    base.set_query(None);
+    base.as_str().trim_end_matches('/').to_owned()
 }
 
 /// The intake route.

@@ -24,6 +24,17 @@ pub(crate) fn json(status: StatusCode, body: &impl Serialize) -> ApiResponse {
     response
 }
 
+/// A plain-text answer (UTF-8).
+pub(crate) fn text(status: StatusCode, body: String) -> ApiResponse {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
 /// The JSON answer for an error: `{"status": "rejected"|"error", "message": ...}`.
 pub(crate) fn error(e: &ApiError) -> ApiResponse {
     let status = e.status();

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dispatcher_core::config::ServerSection;
-use dispatcher_core::ports::EventRepository;
+use dispatcher_core::ports::{EventRepository, OperatorStore};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -69,7 +69,7 @@ impl Default for ServeOptions {
 /// Serves `app` on `listener`. When `shutdown` completes: readiness turns
 /// 503 and serving goes on for `options.shutdown_delay`, then the listener
 /// closes and in-flight requests get `options.shutdown_timeout` to finish.
-pub async fn serve<R: EventRepository>(
+pub async fn serve<R: EventRepository + OperatorStore>(
     listener: TcpListener,
     app: Arc<App<R>>,
     shutdown: impl Future<Output = ()>,
@@ -126,7 +126,7 @@ struct Acceptor<R> {
     last_full_warning: Option<Instant>,
 }
 
-impl<R: EventRepository> Acceptor<R> {
+impl<R: EventRepository + OperatorStore> Acceptor<R> {
     /// Accepts and serves connections until `stop` completes.
     async fn run_until(&mut self, stop: impl Future<Output = ()>) {
         let mut stop = std::pin::pin!(stop);

@@ -60,6 +60,7 @@ pub(crate) struct EventPageJson<'a> {
 struct DispatchJson<'a> {
     id: i64,
     item: &'a str,
+    round: i32,
     pool: &'a str,
     state: &'static str,
     attempts: i32,
@@ -77,6 +78,7 @@ impl<'a> From<&'a DispatchRecord> for DispatchJson<'a> {
         Self {
             id: d.id.0,
             item: &d.item,
+            round: d.round,
             pool: &d.pool,
             state: d.state.as_str(),
             attempts: d.attempts,

@@ -7,10 +7,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use dispatcher_core::config::PoolKey;
 use dispatcher_core::config::{Settings, parse};
+use dispatcher_core::domain::TimelineEntry;
 use dispatcher_core::domain::{EventDetail, EventId, EventRecord, EventRef, EventStatus};
 use dispatcher_core::intake::NewEvent;
-use dispatcher_core::ports::{EventPage, EventQuery, EventRepository, RecordOutcome, StoreError};
+use dispatcher_core::operate::QueueSnapshot;
+use dispatcher_core::ports::{
+    CancelOutcome, EventPage, EventQuery, EventRepository, OperatorStore, RecordOutcome,
+    ReplayOutcome, ReplayRequest, StoreError,
+};
 use dispatcher_http::{App, Liveness, ServeOptions};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -24,6 +30,58 @@ const SECRET: &str = "It's a Secret to Everybody";
 struct MemRepo {
     rows: Arc<Mutex<Vec<(NewEvent, EventRecord)>>>,
     down: bool,
+    paused_by: Arc<Mutex<Vec<String>>>,
+}
+
+/// The operators' port: no queue, nothing to replay or cancel; pausing
+/// records who asked (checked by the auth tests).
+impl OperatorStore for MemRepo {
+    async fn timeline(&self, _event: EventId) -> Result<Vec<TimelineEntry>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn payload(&self, event: EventId) -> Result<Option<String>, StoreError> {
+        let rows = self.rows.lock().unwrap();
+        Ok(rows
+            .iter()
+            .find(|(_, r)| r.id == event)
+            .map(|(e, _)| e.payload.clone()))
+    }
+
+    async fn queue_snapshot(&self, _reservation: Duration) -> Result<QueueSnapshot, StoreError> {
+        Ok(QueueSnapshot {
+            now: time::OffsetDateTime::now_utc(),
+            open: Vec::new(),
+            facts: Default::default(),
+            paused: Default::default(),
+        })
+    }
+
+    async fn replay(
+        &self,
+        _event: EventId,
+        _request: &ReplayRequest,
+    ) -> Result<Option<ReplayOutcome>, StoreError> {
+        Ok(None)
+    }
+
+    async fn cancel(
+        &self,
+        _event: EventId,
+        _actor: &str,
+    ) -> Result<Option<CancelOutcome>, StoreError> {
+        Ok(None)
+    }
+
+    async fn set_paused(
+        &self,
+        _pool: &PoolKey,
+        _paused: bool,
+        actor: &str,
+    ) -> Result<bool, StoreError> {
+        self.paused_by.lock().unwrap().push(actor.to_owned());
+        Ok(true)
+    }
 }
 
 impl EventRepository for MemRepo {
@@ -112,6 +170,16 @@ fn settings(extra: &Value) -> Settings {
     }
     let (raw, _) = parse(v).unwrap();
     Settings::from_raw(raw).unwrap()
+}
+
+/// One item ("ops" on o/r) in pool `ns/p`.
+fn with_pool(mut extra: Value) -> Value {
+    extra["dispatcher"] = json!({"items": [{
+        "name": "ops", "events": ["opened"], "full_repository_name": "o/r",
+        "callback_url": "http://el.example:8080",
+        "capacity": {"type": "ocp_tekton", "pipeline_name": "p", "max_capacity": 2, "namespace": "ns"},
+    }]});
+    extra
 }
 
 fn app() -> App<MemRepo> {
@@ -615,6 +683,101 @@ async fn api_tokens_guard_the_events_api_only() {
         StatusCode::OK
     );
     assert_eq!(send(&app, get("/api/v1/status/db")).await.0, StatusCode::OK);
+}
+
+fn with_bearer(mut request: Request<Full<Bytes>>, token: &str) -> Request<Full<Bytes>> {
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+fn post(path: &str) -> Request<Full<Bytes>> {
+    Request::post(path).body(Full::new(Bytes::new())).unwrap()
+}
+
+#[tokio::test]
+async fn admin_tokens_act_read_tokens_only_read_and_names_reach_the_store() {
+    let s = settings(&with_pool(json!({"api": {
+        "tokens": ["reader-secret"],
+        "admin_tokens": [{"name": "alice", "token": "alice-secret"}, "plain-admin"],
+    }})));
+    let pool = s.pools.keys().next().unwrap().0.clone();
+    let repo = MemRepo::default();
+    let app = App::new(&s, repo.clone()).unwrap();
+    let pause = format!("/api/v1/pools/{pool}/pause");
+    // No token, a wrong token: 401. A read token: 403, and it says why.
+    assert_eq!(send(&app, post(&pause)).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        send(&app, with_bearer(post(&pause), "nope")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (status, body) = send(&app, with_bearer(post(&pause), "reader-secret")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("only read"));
+    // Admin tokens act, under their names (a plain entry is `admin-<n>`).
+    let (status, body) = send(&app, with_bearer(post(&pause), "alice-secret")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["paused"], true);
+    let resume = format!("/api/v1/pools/{pool}/resume");
+    assert_eq!(
+        send(&app, with_bearer(post(&resume), "plain-admin"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(*repo.paused_by.lock().unwrap(), ["alice", "admin-2"]);
+    // Admin tokens also read; read tokens read; GET on an action is a 405.
+    for token in ["alice-secret", "reader-secret"] {
+        let (status, body) = send(&app, with_bearer(get("/api/v1/pools"), token)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["pools"][0]["pool"], pool.as_str());
+    }
+    assert_eq!(
+        send(&app, with_bearer(get(&pause), "alice-secret")).await.0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    // An unknown pool is a 404, a bad query a 400, never a 500.
+    let (status, _) = send(
+        &app,
+        with_bearer(post("/api/v1/pools/ns/nope/pause"), "alice-secret"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let id = "00000000-0000-4000-8000-000000000001";
+    let (status, _) = send(
+        &app,
+        with_bearer(
+            post(&format!("/api/v1/events/{id}/replay?force=maybe")),
+            "alice-secret",
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn without_admin_tokens_the_admin_api_is_off_and_reading_stays_open() {
+    let s = settings(&with_pool(json!({})));
+    let pool = s.pools.keys().next().unwrap().0.clone();
+    let app = App::new(&s, MemRepo::default()).unwrap();
+    let (status, body) = send(&app, post(&format!("/api/v1/pools/{pool}/pause"))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("api.admin_tokens")
+    );
+    assert_eq!(send(&app, get("/api/v1/pools")).await.0, StatusCode::OK);
+    // With admin tokens but no read tokens, reading is still open.
+    let s = settings(&with_pool(json!({"api": {"admin_tokens": ["a"]}})));
+    let app = App::new(&s, MemRepo::default()).unwrap();
+    assert_eq!(send(&app, get("/api/v1/pools")).await.0, StatusCode::OK);
+    assert_eq!(
+        send(&app, get("/api/v1/events/status")).await.0,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]

@@ -367,6 +367,7 @@ fn run_of(sent: &Sent) -> RunView {
         event_id: Some(sent.event_id.clone()),
         dispatch_id: None,
         created_at: Some(OffsetDateTime::now_utc()),
+        ..RunView::default()
     }
 }
 

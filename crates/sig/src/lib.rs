@@ -135,9 +135,17 @@ impl TokenSet {
 
     /// Whether `presented` is one of the tokens.
     pub fn contains(&self, presented: &[u8]) -> bool {
-        let mut found = false;
-        for tag in &self.tags {
-            found |= hmac::verify(&self.key, presented, tag.as_ref()).is_ok();
+        self.position(presented).is_some()
+    }
+
+    /// Which of the tokens (in construction order) `presented` is; every
+    /// token is compared, so the time taken does not tell which matched.
+    pub fn position(&self, presented: &[u8]) -> Option<usize> {
+        let mut found = None;
+        for (i, tag) in self.tags.iter().enumerate() {
+            if hmac::verify(&self.key, presented, tag.as_ref()).is_ok() {
+                found = found.or(Some(i));
+            }
         }
         found
     }
@@ -282,6 +290,8 @@ mod tests {
     fn token_sets_match_exactly() {
         let tokens = TokenSet::new(["alpha", "beta"]).expect("rng");
         assert!(tokens.contains(b"alpha") && tokens.contains(b"beta"));
+        assert_eq!(tokens.position(b"beta"), Some(1));
+        assert_eq!(tokens.position(b"gamma"), None);
         assert!(!tokens.contains(b"alph") && !tokens.contains(b"alphaa") && !tokens.contains(b""));
         assert!(TokenSet::new(Vec::<&str>::new()).expect("rng").is_empty());
         assert!(!format!("{tokens:?}").contains("alpha"));

@@ -24,9 +24,9 @@ use dispatcher_core::domain::{
     DispatchId, DispatchState, EventId, EventStatus, PullRequestRef, TimelineKind,
     UNSUPPORTED_MESSAGE, rfc3339,
 };
-use dispatcher_core::timeline::fact;
 use dispatcher_core::planner::{DispatchOutcome, IntakePlan};
 use dispatcher_core::ports::{DispatchStore, OpenDispatch, StoreError, TriggerJob, UnplannedEvent};
+use dispatcher_core::timeline::fact;
 use futures_util::{FutureExt, StreamExt};
 use time::OffsetDateTime;
 
@@ -36,8 +36,8 @@ use crate::events::headers_from_json;
 use crate::lease::Lease;
 use crate::raw_json::RawJson;
 use crate::schema::{dispatches, pool_controls, sql_types, webhook_events};
-use crate::timeline::{self, Note};
 use crate::status;
+use crate::timeline::{self, Note};
 use crate::vocab::{DbDispatchState, DbEventStatus};
 use crate::wakeup::WAKEUP_CHANNEL;
 

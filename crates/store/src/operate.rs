@@ -64,7 +64,10 @@ impl OperatorStore for PgEvents {
         Ok(payload.map(|p| p.0))
     }
 
-    async fn queue_snapshot(&self, reservation_timeout: Duration) -> Result<QueueSnapshot, StoreError> {
+    async fn queue_snapshot(
+        &self,
+        reservation_timeout: Duration,
+    ) -> Result<QueueSnapshot, StoreError> {
         let mut conn = self.db.conn().await?;
         let result = conn
             .build_transaction()
@@ -248,7 +251,11 @@ impl OperatorStore for PgEvents {
         }))
     }
 
-    async fn cancel(&self, event: EventId, actor: &str) -> Result<Option<CancelOutcome>, StoreError> {
+    async fn cancel(
+        &self,
+        event: EventId,
+        actor: &str,
+    ) -> Result<Option<CancelOutcome>, StoreError> {
         let mut conn = self.db.conn().await?;
         let result = conn
             .transaction::<_, diesel::result::Error, _>(async |conn| {
@@ -286,7 +293,12 @@ impl OperatorStore for PgEvents {
                     .iter()
                     .map(|id| Note {
                         actor: Some(actor.to_owned()),
-                        ..Note::dispatch(event.0, *id, TimelineKind::Cancelled, serde_json::json!({}))
+                        ..Note::dispatch(
+                            event.0,
+                            *id,
+                            TimelineKind::Cancelled,
+                            serde_json::json!({}),
+                        )
                     })
                     .collect();
                 timeline::append(conn, now, &notes).await?;
@@ -304,7 +316,12 @@ impl OperatorStore for PgEvents {
         Ok(result)
     }
 
-    async fn set_paused(&self, pool: &PoolKey, paused: bool, actor: &str) -> Result<bool, StoreError> {
+    async fn set_paused(
+        &self,
+        pool: &PoolKey,
+        paused: bool,
+        actor: &str,
+    ) -> Result<bool, StoreError> {
         let mut conn = self.db.conn().await?;
         let changed = conn
             .transaction::<_, diesel::result::Error, _>(async |conn| {
@@ -324,12 +341,12 @@ impl OperatorStore for PgEvents {
                       WHERE pool = $1 AND paused"
                 };
                 let changed = diesel::sql_query(sql)
-                .bind::<Text, _>(&pool.0)
-                .bind::<Bool, _>(paused)
-                .bind::<Text, _>(actor)
-                .bind::<Timestamptz, _>(now)
-                .execute(conn)
-                .await?;
+                    .bind::<Text, _>(&pool.0)
+                    .bind::<Bool, _>(paused)
+                    .bind::<Text, _>(actor)
+                    .bind::<Timestamptz, _>(now)
+                    .execute(conn)
+                    .await?;
                 if changed == 0 {
                     return Ok(false);
                 }
@@ -349,7 +366,12 @@ impl OperatorStore for PgEvents {
                     .into_iter()
                     .map(|(id, event_id)| Note {
                         actor: Some(actor.to_owned()),
-                        ..Note::dispatch(event_id, id, kind, serde_json::json!({ fact::POOL: pool.0 }))
+                        ..Note::dispatch(
+                            event_id,
+                            id,
+                            kind,
+                            serde_json::json!({ fact::POOL: pool.0 }),
+                        )
                     })
                     .collect();
                 timeline::append(conn, now, &notes).await?;

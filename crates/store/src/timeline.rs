@@ -25,7 +25,12 @@ pub(crate) struct Note {
 
 impl Note {
     /// A fact about one dispatch, by the dispatcher itself.
-    pub(crate) fn dispatch(event_id: i64, dispatch_id: i64, kind: TimelineKind, detail: Value) -> Self {
+    pub(crate) fn dispatch(
+        event_id: i64,
+        dispatch_id: i64,
+        kind: TimelineKind,
+        detail: Value,
+    ) -> Self {
         Self {
             event_id,
             dispatch_id: Some(dispatch_id),

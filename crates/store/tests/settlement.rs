@@ -184,6 +184,7 @@ impl Fixture {
                         DispatchOutcome::Confirmed {
                             id,
                             listener_event_id: None,
+                            run: None,
                         },
                         now,
                     )
@@ -297,6 +298,7 @@ async fn confirmed_from_triggering_keeps_the_runs_event_id() {
         DispatchOutcome::Confirmed {
             id,
             listener_event_id: Some("run-ev-1".into()),
+            run: None,
         },
         now,
     )
@@ -327,6 +329,7 @@ async fn confirmed_on_a_triggered_dispatch_keeps_its_own_event_id() {
         DispatchOutcome::Confirmed {
             id,
             listener_event_id: Some("run-ev-other".into()),
+            run: None,
         },
         now,
     )
@@ -357,6 +360,7 @@ async fn confirmed_changes_nothing_on_queued_or_finished_dispatches() {
             DispatchOutcome::Confirmed {
                 id,
                 listener_event_id: Some(format!("run-for-{id}")),
+                run: None,
             },
             now,
         )
@@ -510,6 +514,7 @@ async fn a_delivery_older_than_an_already_dispatched_event_is_cancelled() {
                 DispatchOutcome::Confirmed {
                     id: done,
                     listener_event_id: None,
+                    run: None,
                 },
                 now,
             )

@@ -367,6 +367,7 @@ async fn dispatch_lifecycle_updates_event_status() {
             &[DispatchOutcome::Confirmed {
                 id,
                 listener_event_id: None,
+                run: None,
             }],
             now,
         )

@@ -296,8 +296,10 @@ pub struct Settings {
     pub github: GithubSection,
     /// Parsed `github.api_url`.
     pub github_api_url: Url,
-    /// Bearer tokens for the API; empty = open.
-    pub api_tokens: Vec<Secret>,
+    /// Read tokens of the API (`api.tokens`); empty = reading is open.
+    pub api_tokens: Vec<NamedToken>,
+    /// Admin tokens (`api.admin_tokens`): read and act; empty = no admin API.
+    pub admin_tokens: Vec<NamedToken>,
     /// Bearer token required on `GET /metrics` (`api.metrics_token`); `None` = open.
     pub metrics_token: Option<Secret>,
     /// Engine tuning.
@@ -425,14 +427,13 @@ impl Settings {
                 None
             }
         };
-        for (i, t) in raw.api.tokens.iter().enumerate() {
-            if t.expose().trim().is_empty() {
-                errors.push(ConfigError::new(
-                    format!("api.tokens[{i}]"),
-                    "must not be empty",
-                ));
-            }
-        }
+        let api_tokens = named_tokens("api.tokens", "reader", &raw.api.tokens, &mut errors);
+        let admin_tokens = named_tokens(
+            "api.admin_tokens",
+            "admin",
+            &raw.api.admin_tokens,
+            &mut errors,
+        );
         let dispatch = validate_dispatch(&raw.dispatch, &mut errors);
         let log_format = match raw.logging.format.as_str() {
             "text" => LogFormat::Text,
@@ -455,7 +456,8 @@ impl Settings {
                 database: raw.database,
                 github: raw.github,
                 github_api_url,
-                api_tokens: raw.api.tokens,
+                api_tokens,
+                admin_tokens,
                 metrics_token: raw.api.metrics_token.filter(|t| !t.expose().is_empty()),
                 dispatch,
                 log_format,
@@ -788,6 +790,48 @@ pub fn database_url_from_parts(
         host.to_owned()
     };
     format!("postgres://{auth}@{host}:{port}/{}", enc(database))
+}
+
+/// A validated API token and the name of who holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedToken {
+    /// Who holds it: the configured name, or `<kind>-<n>` (1-based) for a
+    /// plain entry.
+    pub name: String,
+    /// The bearer token.
+    pub token: Secret,
+}
+
+fn named_tokens(
+    field: &str,
+    kind: &str,
+    entries: &[model::TokenEntry],
+    errors: &mut Vec<ConfigError>,
+) -> Vec<NamedToken> {
+    let mut out = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let (name, token) = match entry {
+            model::TokenEntry::Plain(token) => (format!("{kind}-{}", i + 1), token),
+            model::TokenEntry::Named { name, token } => (name.trim().to_owned(), token),
+        };
+        if token.expose().trim().is_empty() {
+            errors.push(ConfigError::new(
+                format!("{field}[{i}]"),
+                "must not be empty",
+            ));
+        } else if name.is_empty() {
+            errors.push(ConfigError::new(
+                format!("{field}[{i}].name"),
+                "must not be empty",
+            ));
+        } else {
+            out.push(NamedToken {
+                name,
+                token: token.clone(),
+            });
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -249,12 +249,32 @@ impl Default for GithubSection {
     }
 }
 
+/// One entry of `api.tokens` / `api.admin_tokens`: a token, or a token
+/// with the name of who holds it (shown in timelines and logs).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum TokenEntry {
+    /// `- "s3cr3t"`.
+    Plain(Secret),
+    /// `- {name: alice, token: "s3cr3t"}`.
+    Named {
+        /// Who holds it.
+        name: String,
+        /// The bearer token.
+        token: Secret,
+    },
+}
+
 /// `api:` section.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ApiSection {
-    /// Bearer tokens accepted on the events and admin endpoints; empty = open.
-    pub tokens: Vec<Secret>,
+    /// Bearer tokens that read the events, pools and explanations; empty =
+    /// reading is open.
+    pub tokens: Vec<TokenEntry>,
+    /// Bearer tokens that read and act (replay, cancel, pause); empty = the
+    /// admin API is off.
+    pub admin_tokens: Vec<TokenEntry>,
     /// Bearer token required on `GET /metrics`; unset = open.
     pub metrics_token: Option<Secret>,
 }

@@ -231,8 +231,11 @@ fn queued_dispatches_with_a_newer_sibling_are_superseded() {
 fn a_paused_pool_queues_and_confirms_but_triggers_nothing() {
     let s = settings(2);
     let open = [queued(1, 10, 1, "a", 10), queued(2, 20, 2, "b", 20)];
-    let paused: std::collections::BTreeSet<PoolKey> =
-        [s.item("a").map(|i| i.pool.clone()).unwrap_or_else(|| panic!("item a"))].into();
+    let paused: std::collections::BTreeSet<PoolKey> = [s
+        .item("a")
+        .map(|i| i.pool.clone())
+        .unwrap_or_else(|| panic!("item a"))]
+    .into();
     let plan = super::plan_dispatch(
         &s,
         &open,
@@ -242,7 +245,11 @@ fn a_paused_pool_queues_and_confirms_but_triggers_nothing() {
         limits(),
         NOW,
     );
-    assert_eq!(plan.trigger, [DispatchId(2)], "only the pool that is not paused triggers");
+    assert_eq!(
+        plan.trigger,
+        [DispatchId(2)],
+        "only the pool that is not paused triggers"
+    );
     let a = plan.usage.iter().find(|u| paused.contains(&u.pool));
     assert_eq!(a.map(|u| (u.paused, u.waiting)), Some((true, 1)));
 }

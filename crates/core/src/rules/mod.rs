@@ -70,7 +70,9 @@ pub struct ItemVerdict {
 impl ItemVerdict {
     /// The event routes to this item.
     pub fn matched(&self) -> bool {
-        self.repository && self.action && matches!(self.filter, FilterVerdict::NoFilter | FilterVerdict::True)
+        self.repository
+            && self.action
+            && matches!(self.filter, FilterVerdict::NoFilter | FilterVerdict::True)
     }
 }
 
@@ -211,9 +213,18 @@ mod tests {
             .collect();
         assert_eq!(matched, names(&match_items(&s, &facts)));
         let by_name = |n: &str| verdicts.iter().find(|v| v.item == n).cloned();
-        assert_eq!(by_name("plain").map(|v| v.filter), Some(FilterVerdict::NoFilter));
-        assert_eq!(by_name("main-only").map(|v| v.filter), Some(FilterVerdict::False));
-        assert!(matches!(by_name("broken").map(|v| v.filter), Some(FilterVerdict::Error(_))));
+        assert_eq!(
+            by_name("plain").map(|v| v.filter),
+            Some(FilterVerdict::NoFilter)
+        );
+        assert_eq!(
+            by_name("main-only").map(|v| v.filter),
+            Some(FilterVerdict::False)
+        );
+        assert!(matches!(
+            by_name("broken").map(|v| v.filter),
+            Some(FilterVerdict::Error(_))
+        ));
         let other = by_name("other-repo").unwrap_or_else(|| panic!("other-repo"));
         assert!(!other.repository && other.action);
         assert_eq!(other.filter, FilterVerdict::NotEvaluated);
