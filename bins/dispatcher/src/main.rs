@@ -3,13 +3,14 @@
 //! The Webhook Dispatcher binary: a thin layer over the workspace crates.
 //!
 //! **Owns:** the command line (`serve`, the default; `migrate`;
-//! `check-config`), configuration loading (figment), logging setup, wiring
+//! `check-config`; `explain`), configuration loading (figment), logging setup, wiring
 //! and graceful shutdown.
 //!
 //! **Must not:** contain business rules: routing, planning and status live
 //! in `dispatcher-core`; storage, Kubernetes, GitHub and HTTP in their crates.
 
 mod config;
+mod explain;
 mod options;
 mod serve;
 mod telemetry;
@@ -47,6 +48,18 @@ enum Command {
     Migrate,
     /// Validate the configuration and exit (non-zero on any problem).
     CheckConfig,
+    /// Explain one event as text: matching, timeline, why it waits (asks a
+    /// running dispatcher's API).
+    Explain {
+        /// The event's id (the UUID the API shows).
+        id: String,
+        /// Base URL of a running dispatcher (default: this config's port on 127.0.0.1).
+        #[arg(long)]
+        url: Option<String>,
+        /// A read token, when `api.tokens` protects the API.
+        #[arg(long, env = "DISPATCHER_API_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -122,6 +135,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 Ok(())
             })
+        }
+        Command::Explain { id, url, token } => {
+            let request = explain::ExplainRequest {
+                url: url.unwrap_or_else(|| format!("http://127.0.0.1:{}", settings.server.port)),
+                id,
+                token,
+            };
+            let text = runtime()?.block_on(explain::fetch(&request))?;
+            #[allow(clippy::print_stdout)] // the command's output
+            {
+                print!("{text}");
+            }
+            Ok(())
         }
         Command::Serve => {
             let url = database_url(&settings)?;

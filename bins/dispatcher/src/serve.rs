@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use dispatcher_capacity::{CapacityOptions, EventListenerClient, KubeCapacity, kube_client};
 use dispatcher_core::config::Settings;
+use dispatcher_core::ports::CapacitySource;
 use dispatcher_github::GithubLabels;
 use dispatcher_http::{App, DispatcherReport, Liveness, Metrics};
 use dispatcher_runtime::{DispatcherStatus, Runtime};
@@ -107,8 +108,10 @@ fn http_app(
         Arc::clone(capacity),
     );
     let live_status = Arc::clone(status);
+    let pool_capacity = Arc::clone(capacity);
     Ok(App::new(settings, db.events())
         .context("building the HTTP app")?
+        .with_pool_states(Arc::new(move |pool| pool_capacity.pool_state(pool)))
         .with_status_source(Arc::new(move || {
             let report = report_status.report(&report_settings, &*report_capacity);
             DispatcherReport {
