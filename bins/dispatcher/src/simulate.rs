@@ -90,7 +90,9 @@ impl Simulation {
             // listener's interceptor (configured separately) may accept.
             let listener = FakeEventListener::start(None, Some(tekton))
                 .await
-                .with_context(|| format!("starting the simulated EventListener of pool {}", pool.key))?;
+                .with_context(|| {
+                    format!("starting the simulated EventListener of pool {}", pool.key)
+                })?;
             tracing::info!(pool = %pool.key, listener = %listener.url(), "simulated EventListener ready");
             listeners.insert(pool.key.clone(), listener);
         }
@@ -117,7 +119,11 @@ impl Simulation {
     ) -> anyhow::Result<KubeCapacity> {
         let client = kube_client_at(&self.kube.url())
             .context("connecting to the simulated Kubernetes API")?;
-        Ok(KubeCapacity::start(&client, settings.pools.values(), options))
+        Ok(KubeCapacity::start(
+            &client,
+            settings.pools.values(),
+            options,
+        ))
     }
 }
 
@@ -147,7 +153,10 @@ mod tests {
             let err = refuse_real_kubernetes(&settings(true), &env)
                 .unwrap_err()
                 .to_string();
-            assert!(err.contains("dev.simulate_tekton") && err.contains(var), "{err}");
+            assert!(
+                err.contains("dev.simulate_tekton") && err.contains(var),
+                "{err}"
+            );
             // Off: the environment is none of its business.
             assert!(refuse_real_kubernetes(&settings(false), &env).is_ok());
         }
