@@ -13,6 +13,7 @@ mod config;
 mod explain;
 mod options;
 mod serve;
+mod simulate;
 mod telemetry;
 
 use std::path::PathBuf;
@@ -94,7 +95,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         tracing::warn!(key = %key, file = %loaded.path.display(), "unknown configuration key ignored (typo?)");
     }
 
-    match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    if matches!(command, Command::Serve | Command::CheckConfig) {
+        simulate::refuse_real_kubernetes(&settings, &env)?;
+    }
+    match command {
         Command::CheckConfig => {
             #[allow(clippy::print_stdout)] // the command's output
             {
@@ -109,6 +114,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         "NOT verified"
                     }
                 );
+                if settings.dev.simulate_tekton {
+                    println!(
+                        "  dev.simulate_tekton: ON (PipelineRuns simulated in-process, each running {:?})",
+                        settings.dev.run_duration
+                    );
+                }
                 for pool in settings.pools.values() {
                     println!(
                         "  pool {} (max {}, tekton.dev/{})",

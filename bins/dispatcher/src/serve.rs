@@ -17,12 +17,23 @@ use dispatcher_runtime::{DispatcherStatus, Runtime};
 use dispatcher_store::{Database, PgLeaderElection};
 use tokio::sync::watch;
 
+use crate::simulate::Simulation;
+
 /// Runs the service.
-pub(crate) async fn serve(settings: Settings, database_url: &str) -> anyhow::Result<()> {
+pub(crate) async fn serve(mut settings: Settings, database_url: &str) -> anyhow::Result<()> {
+    // Held to the end: dropping it stops the simulated Tekton.
+    let simulation = if settings.dev.simulate_tekton {
+        Some(Simulation::start(&mut settings).await?)
+    } else {
+        None
+    };
     let settings = Arc::new(settings);
     warn_about(&settings);
     let db = Database::connect(database_url, crate::options::pool(&settings))?;
-    let capacity = Arc::new(start_capacity(&settings));
+    let capacity = Arc::new(match &simulation {
+        Some(simulation) => simulation.capacity(&settings, capacity_options(&settings))?,
+        None => start_capacity(&settings),
+    });
     // Events adopted from the original's database are signed again with it.
     let secret = settings.security.webhook_secrets.first();
     let secret = secret.map(|s| s.expose().as_bytes());
@@ -93,6 +104,7 @@ pub(crate) async fn serve(settings: Settings, database_url: &str) -> anyhow::Res
         Ok(_) => tracing::info!("dispatcher stopped; bye"),
         Err(_) => tracing::warn!("dispatcher did not stop in time; exiting anyway"),
     }
+    drop(simulation);
     Ok(())
 }
 
@@ -152,13 +164,17 @@ fn warn_about(settings: &Settings) {
     }
 }
 
-fn start_capacity(settings: &Settings) -> KubeCapacity {
+fn capacity_options(settings: &Settings) -> CapacityOptions {
     let d = &settings.dispatch;
-    let options = CapacityOptions {
+    CapacityOptions {
         resync_interval: d.capacity_resync_interval,
         stale_after: d.capacity_stale_after,
         list_timeout: d.capacity_stale_after,
-    };
+    }
+}
+
+fn start_capacity(settings: &Settings) -> KubeCapacity {
+    let options = capacity_options(settings);
     if settings.pools.is_empty() {
         return KubeCapacity::unavailable("no pools configured", options);
     }

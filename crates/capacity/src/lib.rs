@@ -43,6 +43,28 @@ pub use pipelinerun::{EVENT_ID_LABEL, PIPELINE_LABEL, RunInfo};
 pub use trigger::EventListenerClient;
 pub use watch::{CapacityOptions, KubeCapacity};
 
+/// A Kubernetes client that could not be built for an explicit API URL.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The URL is not an absolute `http(s)://` URI (the text given).
+    #[error("not a Kubernetes API URL: '{0}'")]
+    Url(String),
+    /// kube refused the configuration.
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+}
+
+/// A client for the Kubernetes API at `url`, without credentials and
+/// without the client's own retries: for an API server on this machine,
+/// such as the dev simulation's in-process fake (`dev.simulate_tekton`).
+/// Call it inside a Tokio runtime.
+pub fn kube_client_at(url: &str) -> Result<kube::Client, ClientError> {
+    let uri = url.parse().map_err(|_| ClientError::Url(url.to_owned()))?;
+    let mut config = kube::Config::new(uri);
+    config.default_retry = false;
+    Ok(kube::Client::try_from(config)?)
+}
+
 /// A Kubernetes client from the in-cluster service account or `KUBECONFIG`
 /// (`~/.kube/config`), with the client's own retries turned off: failures
 /// must surface quickly so the dispatcher can fail closed.

@@ -44,11 +44,10 @@ async fn client(kube: &FakeKube) -> kube::Client {
     client_for(&kube.url())
 }
 
+/// The client the dev simulation uses, so every test here covers it too.
 fn client_for(url: &str) -> kube::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut config = kube::Config::new(url.parse().unwrap());
-    config.default_retry = false;
-    kube::Client::try_from(config).unwrap()
+    dispatcher_capacity::kube_client_at(url).unwrap()
 }
 
 /// Periodic lists and staleness far beyond any test: only the watch loop
@@ -613,4 +612,12 @@ async fn triggers_follow_no_redirect() {
         0,
         "the delivery never went elsewhere"
     );
+}
+
+#[test]
+fn kube_client_at_rejects_what_is_not_a_url() {
+    let Err(err) = dispatcher_capacity::kube_client_at("not a url") else {
+        panic!("a client for 'not a url'");
+    };
+    assert!(err.to_string().contains("'not a url'"), "{err}");
 }

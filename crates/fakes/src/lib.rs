@@ -15,7 +15,14 @@
 //! Each fake has a `wait_until` that waits on its own change notifications,
 //! so tests never sleep to synchronise.
 //!
-//! **Must not:** be a dependency of anything but tests and benchmarks.
+//! Besides tests and benchmarks, the `dispatcher` binary uses [`FakeKube`]
+//! and [`FakeEventListener`] for its opt-in local simulation of Tekton
+//! (`dev.simulate_tekton`, refused next to a real Kubernetes configuration),
+//! so `just run` shows the whole flow on a laptop.
+//!
+//! **Must not:** be a dependency of any library crate (only of tests,
+//! benchmarks and the `dispatcher` binary), or grow heavy dependencies: it
+//! ships inside the binary.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {

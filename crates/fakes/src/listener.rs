@@ -300,6 +300,17 @@ fn handle(inner: &Arc<Inner>, request: FakeRequest) -> http::Response<crate::ser
             .collect();
         t.kube
             .create_labelled_run(&t.namespace, &name, &t.pipeline, &labels, &annotations);
+        // One line per run: in the binary's dev simulation this is how a
+        // developer sees a trigger turn into a (pretend) pipeline.
+        tracing::info!(
+            namespace = %t.namespace,
+            pipeline = %t.pipeline,
+            run = %name,
+            event_id = %event_id,
+            dispatch = dispatch.unwrap_or_default(),
+            runs_for_ms = t.run_for.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            "simulated PipelineRun started"
+        );
         if let Some(run_for) = t.run_for {
             let kube = t.kube.clone();
             let namespace = t.namespace.clone();
@@ -307,6 +318,7 @@ fn handle(inner: &Arc<Inner>, request: FakeRequest) -> http::Response<crate::ser
                 // The fake run's duration: simulated work, not test synchronisation.
                 tokio::time::sleep(run_for).await;
                 kube.set_succeeded(&namespace, &name, "True", "Succeeded");
+                tracing::debug!(%namespace, run = %name, "simulated PipelineRun succeeded");
             });
         }
     }

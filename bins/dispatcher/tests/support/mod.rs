@@ -58,8 +58,8 @@ impl Drop for TempDir {
 }
 
 impl Service {
-    /// Starts the binary with `config` (YAML) and extra environment, and
-    /// waits for its "listening" log line.
+    /// Starts the binary with `config` (YAML) and extra environment (an
+    /// empty value removes the variable), and waits for its "listening" log line.
     pub async fn start(config: &str, database_url: &str, env: &[(&str, String)]) -> Service {
         let dir = TempDir::new("svc");
         let config_path = dir.0.join("config.yaml");
@@ -79,7 +79,11 @@ impl Service {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         for (k, v) in env {
-            cmd.env(k, v);
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
         }
         let mut child = cmd.spawn().expect("spawn dispatcher");
         let logs = Arc::new(Mutex::new(Vec::new()));

@@ -308,6 +308,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Log filter directive.
     pub log_level: String,
+    /// Local development aids (`dev:`); all off unless the file turns them on.
+    pub dev: DevSection,
 }
 
 impl Settings {
@@ -435,6 +437,7 @@ impl Settings {
             &mut errors,
         );
         let dispatch = validate_dispatch(&raw.dispatch, &mut errors);
+        validate_dev(&raw.dev, &mut errors);
         let log_format = match raw.logging.format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -462,6 +465,7 @@ impl Settings {
                 dispatch,
                 log_format,
                 log_level: raw.logging.level,
+                dev: raw.dev,
             }),
             _ => Err(ConfigErrors(errors)),
         }
@@ -756,6 +760,17 @@ fn validate_dispatch(raw: &DispatchSection, errors: &mut Vec<ConfigError>) -> Di
         capacity_stale_after: raw.capacity_stale_after,
         leader_retry_interval: raw.leader_retry_interval,
         min_pass_interval: raw.min_pass_interval,
+    }
+}
+
+fn validate_dev(raw: &DevSection, errors: &mut Vec<ConfigError>) {
+    // Checked even while the simulation is off, so turning it on later
+    // cannot surface a mistake that was in the file all along.
+    if raw.run_duration.is_zero() {
+        errors.push(ConfigError::new(
+            "dev.run_duration",
+            "must be positive: a simulated PipelineRun has to be seen running before it finishes",
+        ));
     }
 }
 

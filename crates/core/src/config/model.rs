@@ -30,6 +30,8 @@ pub struct RawConfig {
     pub dispatch: DispatchSection,
     /// Log output.
     pub logging: LoggingSection,
+    /// Local development aids (all off by default).
+    pub dev: DevSection,
 }
 
 /// `dispatcher:` section.
@@ -354,6 +356,29 @@ impl Default for LoggingSection {
         Self {
             format: "text".to_owned(),
             level: "info".to_owned(),
+        }
+    }
+}
+
+/// `dev:` section: aids for running the service on a laptop. Never turn
+/// them on in a deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct DevSection {
+    /// Simulate Tekton in-process: a fake Kubernetes API and fake
+    /// EventListeners that create PipelineRuns, instead of the real ones.
+    /// Refused while a real Kubernetes configuration is in use.
+    pub simulate_tekton: bool,
+    /// How long a simulated PipelineRun runs before it succeeds.
+    #[serde(with = "humantime_serde")]
+    pub run_duration: Duration,
+}
+
+impl Default for DevSection {
+    fn default() -> Self {
+        Self {
+            simulate_tekton: false,
+            run_duration: Duration::from_secs(20),
         }
     }
 }

@@ -392,3 +392,31 @@ fn server_limits_have_defaults_and_are_validated() {
     let e = single_error(|v| v["server"] = json!({"max_buffered_bytes": 1_u64 << 32}));
     assert_eq!(e.field, "server.max_buffered_bytes");
 }
+
+#[test]
+fn dev_section_is_off_by_default_and_validated() {
+    let s = settings(original_example()).expect("valid");
+    assert_eq!(s.dev, DevSection::default());
+    assert!(!s.dev.simulate_tekton);
+    assert_eq!(s.dev.run_duration, Duration::from_secs(20));
+
+    let mut v = original_example();
+    v["dev"] = json!({"simulate_tekton": true, "run_duration": "1500ms"});
+    let s = settings(v).expect("valid");
+    assert!(s.dev.simulate_tekton);
+    assert_eq!(s.dev.run_duration, Duration::from_millis(1500));
+
+    // Checked while the simulation is off too.
+    let e = single_error(|v| v["dev"] = json!({"run_duration": "0s"}));
+    assert_eq!(e.field, "dev.run_duration");
+    let mut v = original_example();
+    v["dev"] = json!({"simulate_tekton": "yes"});
+    assert!(settings(v).is_err(), "simulate_tekton is a bool");
+
+    // A misspelt key is reported like any other unknown key (and leaves the simulation off).
+    let mut v = original_example();
+    v["dev"] = json!({"simulate_tekon": true});
+    let (raw, unknown) = parse(v).expect("parses");
+    assert_eq!(unknown, vec!["dev.simulate_tekon".to_owned()]);
+    assert!(!raw.dev.simulate_tekton);
+}
