@@ -102,8 +102,11 @@ impl<R: EventRepository + OperatorStore> App<R> {
                 actor: None,
             });
         }
-        // Stable: entries written at the same instant keep their order.
-        timeline.sort_by_key(|e| e.at);
+        // Stable: entries written at the same instant keep their order. The
+        // delivery stays first: a pass reads the database clock once, before
+        // it picks up the deliveries committed meanwhile, so their first
+        // entries may carry a time just before `received_at`.
+        timeline[1..].sort_by_key(|e| e.at);
         let mut waiting = Vec::new();
         if detail
             .dispatches

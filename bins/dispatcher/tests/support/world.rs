@@ -30,6 +30,8 @@ pub struct WorldOptions {
     pub failover_timeout: &'static str,
     /// Start from the Python dispatcher's database (adopted at start).
     pub original_database: bool,
+    /// Top-level YAML appended to the config (e.g. an `api:` section).
+    pub extra_yaml: &'static str,
 }
 
 impl Default for WorldOptions {
@@ -41,6 +43,7 @@ impl Default for WorldOptions {
             trigger_timeout: "2s",
             failover_timeout: "15s",
             original_database: false,
+            extra_yaml: "",
         }
     }
 }
@@ -131,12 +134,14 @@ dispatch:
   leader_retry_interval: 100ms
   safety_pass_interval: 5s
   failover_timeout: {failover_timeout}
+{extra}
 "#,
             cap = self.options.capacity,
             listener = self.listener.url(),
             github = self.github.url(),
             trigger_timeout = self.options.trigger_timeout,
             failover_timeout = self.options.failover_timeout,
+            extra = self.options.extra_yaml,
         )
     }
 
