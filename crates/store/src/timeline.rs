@@ -150,19 +150,20 @@ pub(crate) async fn load(
     conn: &mut AsyncPgConnection,
     event_id: i64,
 ) -> QueryResult<Vec<TimelineEntry>> {
-    let rows: Vec<(Option<i64>, OffsetDateTime, String, Value, Option<String>)> =
-        event_timeline::table
-            .filter(event_timeline::event_id.eq(event_id))
-            .order(event_timeline::id)
-            .select((
-                event_timeline::dispatch_id,
-                event_timeline::at,
-                event_timeline::kind,
-                event_timeline::detail,
-                event_timeline::actor,
-            ))
-            .load(conn)
-            .await?;
+    /// dispatch, at, kind, detail, actor.
+    type Row = (Option<i64>, OffsetDateTime, String, Value, Option<String>);
+    let rows: Vec<Row> = event_timeline::table
+        .filter(event_timeline::event_id.eq(event_id))
+        .order(event_timeline::id)
+        .select((
+            event_timeline::dispatch_id,
+            event_timeline::at,
+            event_timeline::kind,
+            event_timeline::detail,
+            event_timeline::actor,
+        ))
+        .load(conn)
+        .await?;
     // A kind this version does not know (written by a newer one) is skipped,
     // not an error: the rest of the timeline still explains the event.
     Ok(rows
