@@ -211,6 +211,8 @@ impl DispatchStore for MemStore {
                 item: d.item.clone(),
                 pr: d.pr.clone(),
                 attempt: d.attempts,
+                // Every test event is stored at T0.
+                accepted_at: T0,
                 payload,
                 headers: e.headers.clone(),
                 resign: false,
