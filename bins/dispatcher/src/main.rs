@@ -12,6 +12,7 @@
 mod config;
 mod options;
 mod serve;
+mod summary;
 mod telemetry;
 
 use std::path::PathBuf;
