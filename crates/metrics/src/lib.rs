@@ -8,8 +8,10 @@
 //!
 //! **Must not:** do I/O beyond encoding into a string, nor depend on any other
 //! dispatcher crate: `dispatcher-http` counts deliveries, `dispatcher-runtime`
-//! sets leadership, pool and trigger metrics, and the binary creates one
-//! [`Metrics`] and hands it to both.
+//! sets leadership, pool, trigger and queue-wait metrics, and the binary
+//! creates one [`Metrics`], hands it to both and sets the database pool
+//! gauges right before each scrape (`dispatcher_http::MetricsRefresh`, so
+//! they are never stale).
 //!
 //! | metric | labels | set by |
 //! |---|---|---|
