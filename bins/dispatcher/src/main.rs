@@ -14,6 +14,7 @@ mod explain;
 mod options;
 mod serve;
 mod simulate;
+mod summary;
 mod telemetry;
 
 use std::path::PathBuf;

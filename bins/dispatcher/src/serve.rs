@@ -28,6 +28,7 @@ pub(crate) async fn serve(mut settings: Settings, database_url: &str) -> anyhow:
         None
     };
     let settings = Arc::new(settings);
+    crate::summary::log_start(&settings, env!("CARGO_PKG_VERSION"));
     warn_about(&settings);
     let db = Database::connect(database_url, crate::options::pool(&settings))?;
     let capacity = Arc::new(match &simulation {
@@ -77,7 +78,13 @@ pub(crate) async fn serve(mut settings: Settings, database_url: &str) -> anyhow:
     }
     let dispatch_task = tokio::spawn(runtime.run(stop_rx));
 
-    let app = http_app(&settings, &db, &status, &capacity)?.with_metrics(metrics);
+    let pool = db.clone();
+    let app = http_app(&settings, &db, &status, &capacity)?
+        .with_metrics(metrics)
+        .with_metrics_refresh(Arc::new(move |metrics: &Metrics| {
+            let status = pool.pool_status();
+            metrics.set_db_pool(status.size, status.in_use);
+        }));
     let address = (settings.server.bind, settings.server.port);
     let listener = tokio::net::TcpListener::bind(address)
         .await

@@ -20,7 +20,10 @@ pub(crate) fn init(format: LogFormat, level: &str, verbose: bool) -> anyhow::Res
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
-            .with_current_span(false)
+            // The innermost span's fields (request, dispatch pass, trigger)
+            // under "span"; the whole list would repeat them on every line.
+            .with_current_span(true)
+            .with_span_list(false)
             .try_init(),
     };
     result.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))

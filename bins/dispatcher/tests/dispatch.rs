@@ -80,6 +80,31 @@ async fn burst_of_30_prs_against_capacity_3() {
         [30.0],
         "{text}"
     );
+    // One queue wait per accepted trigger; PRs behind a full pool waited for runs of 100 ms.
+    let accepted = value("webhook_dispatcher_triggers_total{pool=\"ns/pipe\",result=\"accepted\"}");
+    assert_eq!(
+        value("webhook_dispatcher_queue_wait_seconds_count{pool=\"ns/pipe\"}"),
+        accepted,
+        "{text}"
+    );
+    let waited = value("webhook_dispatcher_queue_wait_seconds_sum{pool=\"ns/pipe\"}");
+    assert!(
+        waited.len() == 1 && waited[0] > 0.0 && waited[0] < 30.0 * WAIT.as_secs_f64(),
+        "{text}"
+    );
+    assert_eq!(
+        value("webhook_dispatcher_queue_wait_seconds_bucket{le=\"+Inf\",pool=\"ns/pipe\"}"),
+        accepted
+    );
+    // Pool gauges, read at scrape time: this scrape's own request holds no
+    // connection, intake and the listing opened at least one (default pool of 10).
+    let size = value("webhook_dispatcher_db_pool_size ");
+    let in_use = value("webhook_dispatcher_db_pool_in_use ");
+    assert!(size.len() == 1 && (1.0..=10.0).contains(&size[0]), "{text}");
+    assert!(
+        in_use.len() == 1 && in_use[0] >= 0.0 && in_use[0] <= size[0],
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

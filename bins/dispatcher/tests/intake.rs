@@ -301,13 +301,35 @@ async fn listing_paginates_and_filters() {
 #[tokio::test(flavor = "multi_thread")]
 async fn api_tokens_protect_the_events_api() {
     let db = TestDatabase::new();
-    let config = format!("{INTAKE_CONFIG}api:\n  tokens: [\"${{DISPATCHER_API_TOKEN}}\"]\n");
+    let config = format!(
+        "{INTAKE_CONFIG}api:\n  tokens: [\"${{DISPATCHER_API_TOKEN}}\"]\n  metrics_token: \"${{METRICS_TOKEN}}\"\n"
+    );
     let svc = Service::start(
         &config,
         db.url(),
-        &[("DISPATCHER_API_TOKEN", "op-token".to_owned())],
+        &[
+            ("DISPATCHER_API_TOKEN", "op-token".to_owned()),
+            ("METRICS_TOKEN", "scrape-token".to_owned()),
+        ],
     )
     .await;
+    // The start-up line: version and configuration summary, secrets only counted.
+    let started = svc
+        .logs()
+        .into_iter()
+        .find(|l| l.contains("starting the webhook dispatcher"))
+        .expect("a start-up line");
+    let line: Value = serde_json::from_str(&started).unwrap();
+    assert_eq!(line["level"], "INFO", "{started}");
+    assert_eq!(line["version"], env!("CARGO_PKG_VERSION"), "{started}");
+    assert_eq!(line["api_tokens"], 1, "{started}");
+    assert_eq!(line["metrics_token"], true, "{started}");
+    assert_eq!(line["signatures_verified"], true, "{started}");
+    assert_eq!(line["webhook_secrets"], 1, "{started}");
+    assert!(line["max_attempts"].is_u64(), "{started}");
+    for secret in [SECRET, "op-token", "scrape-token", db.url()] {
+        assert!(!started.contains(secret), "{secret} in {started}");
+    }
     let (status, stored) = send_pr(&svc.url, "d-1", "o/r", 1, "opened").await;
     assert_eq!(status, 200, "intake needs no token");
     let id = stored["id"].as_str().expect("a UUID string");
@@ -339,7 +361,7 @@ async fn api_tokens_protect_the_events_api() {
     assert!(
         !svc.logs()
             .iter()
-            .any(|l| l.contains("op-token") || l.contains(SECRET)),
+            .any(|l| l.contains("op-token") || l.contains("scrape-token") || l.contains(SECRET)),
         "no secret in logs"
     );
 }

@@ -13,6 +13,12 @@
 //! answer never got recorded (crash, lost connection, timeout) keeps its slot
 //! until its PipelineRun shows up or `reservation_timeout` passes (see
 //! [`crate::planner::plan_dispatch`]).
+//!
+//! Every state change a pass or a trigger answer decides is logged once, at
+//! `info` or above, by the `journal` submodule, with its reason and the
+//! fields `event`, `dispatch`, `pool`, `item`, `repo`, `pr` (and `attempt`).
+//! Nothing else logs these changes: the store applies them silently and the
+//! runtime wraps passes and triggers in spans.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -62,6 +68,9 @@ pub struct PassReport {
     pub usage: Vec<PoolUsage>,
     /// When to run again if nothing else wakes the engine.
     pub next_wakeup: Option<OffsetDateTime>,
+    /// The database clock this pass planned with (also the `triggering`
+    /// time of the jobs it returned); `None` before a pass ran.
+    pub now: Option<OffsetDateTime>,
 }
 
 /// What recording a batch of trigger results did.
@@ -195,6 +204,7 @@ impl Engine {
         // One reading of the database clock per pass (a few ms stale by the
         // end of it, which every deadline tolerates).
         let now = store.database_now().await?;
+        report.now = Some(now);
         let mut open = store
             .open_dispatches(now - self.limits.reservation_timeout)
             .await?;
@@ -228,6 +238,7 @@ impl Engine {
                     .filter(|d| d.state == DispatchState::Cancelled)
                     .count();
             let created = store.apply_intake(&plan, now).await?;
+            journal::intake(&plan, &events, &matched, &open, &created);
             open.retain(|d| !plan.superseded.contains(&d.id));
             open.extend(created);
             if batch_len < PLAN_BATCH {
@@ -260,31 +271,15 @@ impl Engine {
         );
         for outcome in &plan.outcomes {
             match outcome {
-                DispatchOutcome::Confirmed {
-                    id,
-                    listener_event_id,
-                    ..
-                } => {
-                    report.confirmed += 1;
-                    tracing::debug!(dispatch_id = %id, listener_event_id = listener_event_id.as_deref().unwrap_or("-"), "PipelineRun seen; dispatch confirmed");
-                }
-                DispatchOutcome::Failed { id, error, .. } => {
-                    report.failed += 1;
-                    tracing::warn!(dispatch_id = %id, %error, "dispatch failed");
-                }
-                DispatchOutcome::Retry { id, error, .. } => {
-                    report.retried += 1;
-                    tracing::warn!(dispatch_id = %id, %error, "retrying dispatch");
-                }
-                DispatchOutcome::Superseded { id } => {
-                    report.superseded += 1;
-                    tracing::info!(dispatch_id = %id, "dispatch superseded by a newer event while waiting to retry");
-                }
-                DispatchOutcome::Moved { id, pool, .. } => {
-                    tracing::info!(dispatch_id = %id, %pool, "item moved to another pool; its queued dispatch follows");
-                }
-                DispatchOutcome::Triggered { .. } | DispatchOutcome::Unanswered { .. } => {}
+                DispatchOutcome::Confirmed { .. } => report.confirmed += 1,
+                DispatchOutcome::Failed { .. } => report.failed += 1,
+                DispatchOutcome::Retry { .. } => report.retried += 1,
+                DispatchOutcome::Superseded { .. } => report.superseded += 1,
+                DispatchOutcome::Moved { .. }
+                | DispatchOutcome::Triggered { .. }
+                | DispatchOutcome::Unanswered { .. } => {}
             }
+            journal::planned(outcome, &open);
         }
         if !plan.outcomes.is_empty() {
             store.record_outcomes(&plan.outcomes, now).await?;
@@ -304,6 +299,9 @@ impl Engine {
         } else {
             store.begin_triggers(&plan.trigger, now).await?
         };
+        for job in &jobs {
+            journal::triggering(&self.settings, job);
+        }
         report.labels_changed = store.reconcile_labels(now).await?;
         Ok((report, jobs))
     }
@@ -386,50 +384,22 @@ impl Engine {
         report: &mut TriggerReport,
     ) -> DispatchOutcome {
         let outcome = trigger_outcome(job.dispatch, job.attempt, result, self.retry, done);
-        let (repo, pr) = (&job.pr.repository, job.pr.number);
         match &outcome {
-            DispatchOutcome::Triggered {
-                listener_event_id, ..
-            } => {
-                report.triggered += 1;
-                tracing::info!(
-                    dispatch_id = %job.dispatch, event_id = %job.event_id, %repo, pr, item = %job.item,
-                    attempt = job.attempt, listener_event_id = listener_event_id.as_deref().unwrap_or("-"),
-                    "triggered pipeline"
-                );
-            }
-            DispatchOutcome::Unanswered { error, .. } => {
-                report.unanswered += 1;
-                tracing::warn!(
-                    dispatch_id = %job.dispatch, event_id = %job.event_id, %repo, pr, item = %job.item,
-                    attempt = job.attempt, %error,
-                    "trigger answer lost; keeping the slot until its PipelineRun shows up or the reservation ends"
-                );
-            }
-            DispatchOutcome::Failed { error, .. } => {
-                report.failed += 1;
-                tracing::error!(
-                    dispatch_id = %job.dispatch, event_id = %job.event_id, %repo, pr, item = %job.item,
-                    attempt = job.attempt, %error, "trigger failed; out of attempts"
-                );
-            }
+            DispatchOutcome::Triggered { .. } => report.triggered += 1,
+            DispatchOutcome::Unanswered { .. } => report.unanswered += 1,
+            DispatchOutcome::Failed { .. } => report.failed += 1,
             DispatchOutcome::Retry {
-                error,
-                next_attempt_at,
-                ..
+                next_attempt_at, ..
             } => {
                 report.retried += 1;
                 report.next_wakeup = earliest(report.next_wakeup, Some(*next_attempt_at));
-                tracing::warn!(
-                    dispatch_id = %job.dispatch, event_id = %job.event_id, %repo, pr, item = %job.item,
-                    attempt = job.attempt, %error,
-                    retry_at = %crate::domain::rfc3339::format(*next_attempt_at), "trigger failed; will retry"
-                );
             }
             DispatchOutcome::Confirmed { .. }
             | DispatchOutcome::Superseded { .. }
             | DispatchOutcome::Moved { .. } => {}
         }
+        // Logged when decided: an outcome carried over to a later term is not logged again.
+        journal::answered(&self.settings, job, &outcome);
         outcome
     }
 
@@ -446,9 +416,6 @@ impl Engine {
                 event_id = %e.id, repo = %e.pr.repository, pr = e.pr.number, item = %p.item, error = %p.error,
                 "CEL filter could not be evaluated; treating as no match"
             );
-        }
-        if matches.items.is_empty() {
-            tracing::info!(event_id = %e.id, repo = %e.pr.repository, pr = e.pr.number, action = %e.action, "no config item matches; aborting event");
         }
         MatchedEvent {
             id: e.id,
@@ -469,5 +436,6 @@ impl Engine {
     }
 }
 
+mod journal;
 #[cfg(test)]
 mod tests;

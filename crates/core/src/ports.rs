@@ -251,6 +251,9 @@ pub struct TriggerJob {
     pub pr: PullRequestRef,
     /// Attempt number of this POST (1-based).
     pub attempt: u32,
+    /// When the delivery was accepted (the event's `received_at`, on the
+    /// database's clock), for `webhook_dispatcher_queue_wait_seconds`.
+    pub accepted_at: OffsetDateTime,
     /// Raw payload, byte-exact.
     pub payload: String,
     /// Forwardable headers.

@@ -25,7 +25,14 @@
 //!
 //! Every intake answer is counted once, in [`App::handle`], as
 //! `webhook_dispatcher_deliveries_total{outcome}`; share the [`Metrics`] with
-//! the dispatcher through [`App::with_metrics`].
+//! the dispatcher through [`App::with_metrics`]. Gauges that must be fresh
+//! at each scrape (the database pool's) are set by a [`MetricsRefresh`]
+//! right before `/metrics` encodes.
+//!
+//! **Tracing.** Each request runs in an `http_request` span (`method`,
+//! `route` pattern, `status`, `delivery_id` for webhooks) and every 4xx/5xx
+//! answer is logged once, in [`App::handle`], with its reason (see the
+//! `observe` module); routes do not log their own errors.
 //!
 //! **Resource limits.** Bodies being received share `server.max_buffered_bytes`
 //! (a body that does not fit is answered 503 with `Retry-After` at once, never
@@ -48,6 +55,7 @@
 mod budget;
 mod error;
 mod events;
+mod observe;
 pub mod operate;
 mod ops_wire;
 mod response;
@@ -66,6 +74,7 @@ pub use dispatcher_metrics::Metrics;
 use dispatcher_sig::{SigningKeys, TokenSet};
 use http::{Request, StatusCode};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use budget::BodyBudget;
 
@@ -148,6 +157,11 @@ impl NamedTokens {
     }
 }
 
+/// Sets gauges that must be current at each scrape (e.g. the database
+/// pool's), called by `GET /metrics` right before encoding; keeps this crate
+/// free of what it measures.
+pub type MetricsRefresh = Arc<dyn Fn(&Metrics) + Send + Sync>;
+
 /// The application: configuration plus the storage port.
 pub struct App<R> {
     repo: R,
@@ -164,6 +178,7 @@ pub struct App<R> {
     budget: BodyBudget,
     draining: watch::Sender<bool>,
     metrics: Arc<Metrics>,
+    metrics_refresh: Option<MetricsRefresh>,
     metrics_token: Option<TokenSet>,
 }
 
@@ -250,6 +265,7 @@ impl<R: EventRepository + OperatorStore> App<R> {
             liveness: Arc::new(|| Liveness::Alive),
             draining: watch::Sender::new(false),
             metrics: Arc::new(Metrics::default()),
+            metrics_refresh: None,
             metrics_token,
         })
     }
@@ -284,6 +300,13 @@ impl<R: EventRepository + OperatorStore> App<R> {
         self
     }
 
+    /// Sets what refreshes scrape-time gauges before `/metrics` encodes.
+    #[must_use]
+    pub fn with_metrics_refresh(mut self, refresh: MetricsRefresh) -> Self {
+        self.metrics_refresh = Some(refresh);
+        self
+    }
+
     /// The metrics registry this app counts into.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
@@ -302,21 +325,29 @@ impl<R: EventRepository + OperatorStore> App<R> {
     {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
+        let span = observe::request_span(&method, &path, request.headers());
         let started = std::time::Instant::now();
-        let result =
-            match tokio::time::timeout(self.config.request_timeout, self.route(request)).await {
-                Ok(r) => r,
-                Err(_) => Err(ApiError::Timeout),
-            };
+        let routed = tokio::time::timeout(self.config.request_timeout, self.route(request));
+        let result = match routed.instrument(span.clone()).await {
+            Ok(r) => r,
+            Err(_) => Err(ApiError::Timeout),
+        };
         if method == http::Method::POST && path.trim_end_matches('/') == WEBHOOK_PATH {
             self.metrics.delivery(webhook::delivery_outcome(&result));
         }
-        let mut response = result.unwrap_or_else(|e| {
-            // A full budget is logged (rate-limited) where it refused.
-            if e.status().is_server_error() && !matches!(e, ApiError::Busy) {
-                tracing::error!(%method, %path, error = %e, "request failed");
+        let (error, mut response) = match result {
+            Ok(response) => (None, response),
+            Err(e) => {
+                let response = response::error(&e);
+                (Some(e), response)
             }
-            response::error(&e)
+        };
+        span.in_scope(|| {
+            observe::log_answer(&span, error.as_ref(), &response);
+            tracing::debug!(
+                elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                "request"
+            );
         });
         if self.is_draining() {
             // Shutting down: ask keep-alive clients to reconnect (to another replica).
@@ -325,7 +356,6 @@ impl<R: EventRepository + OperatorStore> App<R> {
                 http::HeaderValue::from_static("close"),
             );
         }
-        tracing::debug!(%method, %path, status = response.status().as_u16(), elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "request");
         response
     }
 
@@ -363,6 +393,9 @@ impl<R: EventRepository + OperatorStore> App<R> {
             "/metrics" => {
                 allow("GET")?;
                 self.authorize_metrics(request.headers())?;
+                if let Some(refresh) = &self.metrics_refresh {
+                    refresh(&self.metrics);
+                }
                 let mut response = ApiResponse::new(http_body_util::Full::new(Bytes::from(
                     self.metrics.encode(),
                 )));
@@ -383,13 +416,13 @@ impl<R: EventRepository + OperatorStore> App<R> {
                         StatusCode::OK,
                         &serde_json::json!({"status": "ok", "message": "Database is running"}),
                     ),
-                    Err(e) => {
-                        tracing::error!(error = %e, "database health check failed");
+                    Err(e) => observe::with_reason(
                         json(
                             StatusCode::INTERNAL_SERVER_ERROR,
                             &serde_json::json!({"status": "error", "message": "Database health check failed"}),
-                        )
-                    }
+                        ),
+                        format!("database health check failed: {e}"),
+                    ),
                 })
             }
             "/api/v1/status/ready" => {
@@ -469,13 +502,13 @@ impl<R: EventRepository + OperatorStore> App<R> {
     fn liveness(&self) -> ApiResponse {
         match (self.liveness)() {
             Liveness::Alive => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
-            Liveness::Stuck(reason) => {
-                tracing::warn!(%reason, "liveness probe answered 503");
+            Liveness::Stuck(reason) => observe::with_reason(
                 json(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &serde_json::json!({"status": "error", "message": reason}),
-                )
-            }
+                ),
+                format!("liveness: {reason}"),
+            ),
         }
     }
 
@@ -483,7 +516,7 @@ impl<R: EventRepository + OperatorStore> App<R> {
         let report = (self.status)();
         if self.is_draining() {
             // Out of the load balancer at once; intake still serves stragglers.
-            return json(
+            let answer = json(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &serde_json::json!({
                     "status": "draining",
@@ -491,6 +524,7 @@ impl<R: EventRepository + OperatorStore> App<R> {
                     "dispatcher": report.details,
                 }),
             );
+            return observe::with_reason(answer, "draining: shutting down");
         }
         let db = self.repo.ping().await;
         let status = match (&db, report.healthy) {
@@ -505,14 +539,18 @@ impl<R: EventRepository + OperatorStore> App<R> {
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        json(
+        let answer = json(
             code,
             &serde_json::json!({
                 "status": status,
                 "database": if db.is_ok() { "ok" } else { "unavailable" },
                 "dispatcher": report.details,
             }),
-        )
+        );
+        match db {
+            Ok(()) => answer,
+            Err(e) => observe::with_reason(answer, format!("not ready: {e}")),
+        }
     }
 
     /// Reading: open while `api.tokens` is empty; otherwise a read or an

@@ -89,11 +89,8 @@ pub(crate) fn check_headers<'h, R>(
         && let Err(reason) =
             dispatcher_sig::check_header_syntax(header(headers, "x-hub-signature-256"))
     {
-        tracing::warn!(
-            delivery_id = header(headers, "x-github-delivery").unwrap_or("-"),
-            %reason,
-            "rejected webhook with invalid signature (before reading its body)"
-        );
+        // Debug only: App::handle logs the 401 once, in the request's span.
+        tracing::debug!(%reason, "invalid signature header (before reading the body)");
         return Err(ApiError::InvalidSignature);
     }
     let delivery_id = header(headers, "x-github-delivery");
@@ -145,12 +142,8 @@ async fn verify_signature<R>(
     match verdict {
         Ok(()) => Ok(body),
         Err(reason) => {
-            tracing::warn!(
-                delivery_id = header(headers, "x-github-delivery").unwrap_or("-"),
-                %reason,
-                body_bytes = body.bytes.len(),
-                "rejected webhook with invalid signature"
-            );
+            // Debug only: App::handle logs the 401 once, in the request's span.
+            tracing::debug!(%reason, body_bytes = body.bytes.len(), "invalid signature");
             Err(ApiError::InvalidSignature)
         }
     }
@@ -239,7 +232,8 @@ pub(crate) async fn receive<R: EventRepository>(
             DeliveryOutcome::Redelivered,
         ),
         RecordOutcome::Conflict(record) => {
-            tracing::warn!(%delivery_id, event_id = %record.id, "delivery id reused with a different payload");
+            // Debug only: App::handle logs the 409 once, in the request's span.
+            tracing::debug!(event_id = %record.id, "delivery id reused with a different payload");
             return Err(ApiError::DeliveryConflict(delivery_id));
         }
     };

@@ -8,8 +8,10 @@
 //!
 //! **Must not:** do I/O beyond encoding into a string, nor depend on any other
 //! dispatcher crate: `dispatcher-http` counts deliveries, `dispatcher-runtime`
-//! sets leadership, pool and trigger metrics, and the binary creates one
-//! [`Metrics`] and hands it to both.
+//! sets leadership, pool, trigger and queue-wait metrics, and the binary
+//! creates one [`Metrics`], hands it to both and sets the database pool
+//! gauges right before each scrape (`dispatcher_http::MetricsRefresh`, so
+//! they are never stale).
 //!
 //! | metric | labels | set by |
 //! |---|---|---|
@@ -23,6 +25,9 @@
 //! | `webhook_dispatcher_kubernetes_up` | `pool` | after each pass: 1 when the pool's PipelineRuns are known |
 //! | `webhook_dispatcher_triggers_total` | `pool`, `result` ([`TriggerOutcome`]) | trigger results (runtime) |
 //! | `webhook_dispatcher_trigger_duration_seconds` | `pool` | trigger results (histogram) |
+//! | `webhook_dispatcher_queue_wait_seconds` | `pool` | each accepted trigger (histogram): from the delivery's acceptance (`received_at`) to the EventListener's 202, retries and waiting for capacity included |
+//! | `webhook_dispatcher_db_pool_size` | | at scrape time: open connections of the database pool (leader session not included) |
+//! | `webhook_dispatcher_db_pool_in_use` | | at scrape time: of those, checked out by a request or task |
 //! | `webhook_dispatcher_events_finished_total` | `status` ([`FinishStatus`]) | after each pass and trigger recording (runtime): dispatch-level finishes the engine decided in this replica |
 //! | `webhook_dispatcher_github_requests_total` | `result` ([`GithubResult`]) | label worker (runtime) |
 //! | `webhook_dispatcher_build_info` | `version` | always 1 |
@@ -208,6 +213,18 @@ fn trigger_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.01, 2.0, 13))
 }
 
+/// Upper bounds of `webhook_dispatcher_queue_wait_seconds`: a free pool
+/// answers within a second, a full one makes PRs wait minutes to hours
+/// (pipelines run for tens of minutes), so the buckets span both.
+const QUEUE_WAIT_BUCKETS: [f64; 17] = [
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
+    7200.0, 14400.0, 28800.0,
+];
+
+fn queue_wait_histogram() -> Histogram {
+    Histogram::new(QUEUE_WAIT_BUCKETS)
+}
+
 /// The registry and every metric family. Cheap to update from any thread;
 /// share it in an `Arc`.
 #[derive(Debug)]
@@ -223,6 +240,9 @@ pub struct Metrics {
     kubernetes_up: Family<PoolLabels, Gauge>,
     triggers: Family<TriggerLabels, Counter>,
     trigger_duration: HistogramFamily<PoolLabels>,
+    queue_wait: HistogramFamily<PoolLabels>,
+    db_pool_size: Gauge,
+    db_pool_in_use: Gauge,
     github_requests: Family<GithubLabels, Counter>,
     events_finished: Family<FinishLabels, Counter>,
 }
@@ -291,6 +311,25 @@ impl Metrics {
             "Time from sending a trigger to its result",
             trigger_duration.clone(),
         );
+        let queue_wait: HistogramFamily<PoolLabels> =
+            Family::new_with_constructor(queue_wait_histogram);
+        registry.register(
+            "webhook_dispatcher_queue_wait_seconds",
+            "Time from a delivery's acceptance to the EventListener's 202 for its dispatch",
+            queue_wait.clone(),
+        );
+        let db_pool_size = Gauge::default();
+        registry.register(
+            "webhook_dispatcher_db_pool_size",
+            "Open connections of the database pool (refreshed at scrape time)",
+            db_pool_size.clone(),
+        );
+        let db_pool_in_use = Gauge::default();
+        registry.register(
+            "webhook_dispatcher_db_pool_in_use",
+            "Database pool connections checked out (refreshed at scrape time)",
+            db_pool_in_use.clone(),
+        );
         let github_requests = Family::<GithubLabels, Counter>::default();
         registry.register(
             "webhook_dispatcher_github_requests",
@@ -326,6 +365,9 @@ impl Metrics {
             kubernetes_up,
             triggers,
             trigger_duration,
+            queue_wait,
+            db_pool_size,
+            db_pool_in_use,
             github_requests,
             events_finished,
         }
@@ -398,6 +440,26 @@ impl Metrics {
         }
     }
 
+    /// Observes how long a delivery waited, from its acceptance to the 202 of
+    /// its dispatch's trigger (call once per accepted trigger).
+    pub fn queue_wait(&self, pool: &str, waited: Duration) {
+        self.queue_wait
+            .get_or_create(&PoolLabels {
+                pool: pool.to_owned(),
+            })
+            .observe(waited.as_secs_f64());
+    }
+
+    /// Sets the database pool gauges: `size` open connections, `in_use` of
+    /// them checked out. Meant to be called right before [`encode`](Self::encode)
+    /// (the pool changes between any two scrapes).
+    pub fn set_db_pool(&self, size: usize, in_use: usize) {
+        self.db_pool_size
+            .set(i64::try_from(size).unwrap_or(i64::MAX));
+        self.db_pool_in_use
+            .set(i64::try_from(in_use).unwrap_or(i64::MAX));
+    }
+
     /// Counts one GitHub API request.
     pub fn github_request(&self, result: GithubResult) {
         self.github_requests
@@ -444,6 +506,8 @@ impl Default for Metrics {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::panic)]
+
     use super::*;
 
     #[test]
@@ -489,5 +553,60 @@ mod tests {
         assert!(text.contains("webhook_dispatcher_leader 0\n"));
         assert!(!text.contains("webhook_dispatcher_pool_capacity{"));
         assert!(!text.contains("webhook_dispatcher_oldest_queued_seconds{"));
+    }
+
+    /// The value of the sample line starting with `prefix` (name and labels).
+    fn sample(text: &str, prefix: &str) -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no sample {prefix} in {text}"));
+        line.rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("unreadable sample {line}"))
+    }
+
+    #[test]
+    fn queue_wait_histogram_counts_and_buckets() {
+        let m = Metrics::new("0.0.0");
+        m.queue_wait("ns/p", Duration::from_millis(300));
+        m.queue_wait("ns/p", Duration::from_secs(90));
+        m.queue_wait("ns/p", Duration::from_secs(5 * 3600));
+        m.queue_wait("ns/q", Duration::from_secs(1));
+        let text = m.encode();
+        let p = "webhook_dispatcher_queue_wait_seconds";
+        assert!(text.contains(&format!("# TYPE {p} histogram\n")), "{text}");
+        assert_eq!(sample(&text, &format!("{p}_count{{pool=\"ns/p\"}}")), 3.0);
+        assert_eq!(sample(&text, &format!("{p}_count{{pool=\"ns/q\"}}")), 1.0);
+        let sum = sample(&text, &format!("{p}_sum{{pool=\"ns/p\"}}"));
+        assert!((sum - (0.3 + 90.0 + 18000.0)).abs() < 1e-6, "{sum}");
+        // Buckets are cumulative: seconds at the low end, hours at the high end.
+        let bucket = |le: &str| sample(&text, &format!("{p}_bucket{{le=\"{le}\",pool=\"ns/p\"}}"));
+        assert_eq!(bucket("0.25"), 0.0);
+        assert_eq!(bucket("0.5"), 1.0);
+        assert_eq!(bucket("60.0"), 1.0);
+        assert_eq!(bucket("120.0"), 2.0);
+        assert_eq!(bucket("14400.0"), 2.0);
+        assert_eq!(bucket("28800.0"), 3.0);
+        assert_eq!(bucket("+Inf"), 3.0);
+    }
+
+    #[test]
+    fn db_pool_gauges_show_the_last_values_set() {
+        let m = Metrics::new("0.0.0");
+        let text = m.encode();
+        assert_eq!(sample(&text, "webhook_dispatcher_db_pool_size "), 0.0);
+        assert_eq!(sample(&text, "webhook_dispatcher_db_pool_in_use "), 0.0);
+        m.set_db_pool(4, 1);
+        let text = m.encode();
+        assert_eq!(sample(&text, "webhook_dispatcher_db_pool_size "), 4.0);
+        assert_eq!(sample(&text, "webhook_dispatcher_db_pool_in_use "), 1.0);
+        // Not a pool gauge: it stays when leadership is lost.
+        m.set_leader(false);
+        m.set_db_pool(2, 0);
+        let text = m.encode();
+        assert_eq!(sample(&text, "webhook_dispatcher_db_pool_size "), 2.0);
+        assert_eq!(sample(&text, "webhook_dispatcher_db_pool_in_use "), 0.0);
     }
 }

@@ -7,14 +7,20 @@
 //! heartbeat failed) or on shutdown. Trigger tasks outlive the term: their
 //! answers are awaited and recorded in the next term (lost session) or
 //! before returning (shutdown).
+//!
+//! Every pass runs in a `dispatch_pass` span whose `pass` field counts the
+//! passes of this process (across terms), so the engine's journal lines and
+//! the pass summary of one pass share it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use dispatcher_core::engine::{Engine, PassReport, TriggerResult};
 use dispatcher_core::ports::{ActiveSession, CapacitySource, LeaderElection, StoreError, Trigger};
 use time::OffsetDateTime;
 use tokio::sync::{Notify, watch};
+use tracing::Instrument;
 
 use crate::status::{Role, until};
 use crate::triggers::Triggers;
@@ -63,6 +69,7 @@ where
         labels,
         status: Arc::clone(&status),
         metrics: Arc::clone(&metrics),
+        passes: AtomicU64::new(0),
     };
     for pool in settings.pools.values().filter(|p| p.is_paused()) {
         tracing::warn!(pool = %pool.key, "max_capacity is 0: this pool is paused; its events queue and nothing is dispatched");
@@ -164,6 +171,8 @@ struct Parts<C, T> {
     labels: Option<LabelWorkerFactory>,
     status: Arc<crate::DispatcherStatus>,
     metrics: Arc<dispatcher_metrics::Metrics>,
+    /// Passes started by this process, for the `dispatch_pass` span.
+    passes: AtomicU64,
 }
 
 impl<C, T> Parts<C, T>
@@ -200,10 +209,12 @@ where
             tokio::time::sleep_until(last_pass + d.min_pass_interval).await;
             last_pass = tokio::time::Instant::now();
             answers.extend(triggers.finished());
+            let span = self.pass_span();
             let pass = tokio::time::timeout(
                 d.pass_timeout(),
                 self.pass(engine, &mut session, std::mem::take(&mut answers)),
             )
+            .instrument(span.clone())
             .await;
             let next_wakeup = match pass {
                 Err(_) => {
@@ -214,10 +225,10 @@ where
                     return TermEnd::Lost;
                 }
                 Ok(Ok((report, jobs))) => {
-                    self.after_pass(&report, &label_wake);
+                    span.in_scope(|| self.after_pass(&report, &label_wake));
                     for job in jobs {
                         let url = engine.callback_url(&job).cloned();
-                        triggers.spawn(&self.trigger, url, job, lease.clone());
+                        triggers.spawn(&self.trigger, url, job, lease.clone(), report.now);
                     }
                     report
                         .next_wakeup
@@ -319,7 +330,10 @@ where
         };
         answers.extend(drained);
         if !answers.is_empty() {
-            match engine.record_triggers(session, answers).await {
+            let recording = engine
+                .record_triggers(session, answers)
+                .instrument(self.pass_span());
+            match recording.await {
                 Ok(recorded) => {
                     self.metrics
                         .finished(FinishStatus::Processed, recorded.triggered);
@@ -348,6 +362,12 @@ where
             "keeping trigger answers that arrived after the session was lost"
         );
         engine.carry_over(answers, OffsetDateTime::now_utc());
+    }
+
+    /// The span of the next pass (or of the last recording at shutdown).
+    fn pass_span(&self) -> tracing::Span {
+        let pass = self.passes.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::info_span!("dispatch_pass", pass)
     }
 
     fn after_pass(&self, report: &PassReport, label_wake: &Notify) {

@@ -2,6 +2,11 @@
 //! never holds up other pools or the next pass. The set outlives leadership
 //! terms: when a session is lost with POSTs in flight, their answers are
 //! still awaited and handed to the engine to record in the next term.
+//!
+//! Each task runs in a `trigger` span (`event`, `dispatch`, `pool`,
+//! `attempt`); what the answer decided is logged once, by the engine, when
+//! it is recorded. The task counts `webhook_dispatcher_triggers_total` and,
+//! for a 202, observes `webhook_dispatcher_queue_wait_seconds`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +18,7 @@ use dispatcher_core::ports::{Lease, Trigger, TriggerError, TriggerJob};
 use dispatcher_metrics::{Metrics, TriggerOutcome};
 use time::OffsetDateTime;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 use url::Url;
 
 /// Trigger tasks in flight.
@@ -38,12 +44,20 @@ impl Triggers {
     /// POSTs `job` in its own task. The lease is checked right before the
     /// request leaves: a replica that was frozen past its database session's
     /// idle timeout (another replica may lead by now) sends nothing.
+    ///
+    /// `planned_at` is the database clock of the pass that committed the job
+    /// as `triggering` ([`PassReport::now`](dispatcher_core::engine::PassReport::now)).
+    /// The queue wait of an accepted trigger is `planned_at − accepted_at`
+    /// (both on the database's clock, so no clock skew between replicas and
+    /// the database enters) plus the time from here to the 202 on this
+    /// process's monotonic clock.
     pub(crate) fn spawn<T, L>(
         &mut self,
         trigger: &Arc<T>,
         url: Option<Url>,
         job: TriggerJob,
         lease: L,
+        planned_at: Option<OffsetDateTime>,
     ) where
         T: Trigger + 'static,
         L: Lease,
@@ -60,21 +74,40 @@ impl Triggers {
             backoff_base: d.retry_backoff_base,
             backoff_max: d.retry_backoff_max,
         };
-        self.tasks.spawn(async move {
+        // Before the task starts: what the job waited until now, on the database's clock.
+        let queued_for =
+            planned_at.map(|at| Duration::try_from(at - job.accepted_at).unwrap_or_default());
+        let span = tracing::info_span!(
+            "trigger",
+            event = %job.event_id,
+            dispatch = %job.dispatch,
+            pool = %pool,
+            attempt = job.attempt,
+        );
+        let spawned = std::time::Instant::now();
+        let task = async move {
             let started = std::time::Instant::now();
             let (result, took) = if lease.is_valid() {
                 let result = send_trigger(&*trigger, url.as_ref(), &job).await;
                 (result, Some(started.elapsed()))
             } else {
-                tracing::warn!(dispatch_id = %job.dispatch, "leadership lease expired; not sending the trigger");
+                // Debug only: the engine logs the retry this causes, with this reason.
+                tracing::debug!("leadership lease expired; not sending the trigger");
                 let not_sent = TriggerError::Transport(
                     "not sent: this replica's leadership lease had expired".to_owned(),
                 );
                 (Err(not_sent), None)
             };
-            metrics.trigger(&pool, metric_outcome(&job, &result, policy), took);
+            let outcome = metric_outcome(&job, &result, policy);
+            metrics.trigger(&pool, outcome, took);
+            if outcome == TriggerOutcome::Accepted
+                && let Some(queued_for) = queued_for
+            {
+                metrics.queue_wait(&pool, queued_for + spawned.elapsed());
+            }
             (job, result)
-        });
+        };
+        self.tasks.spawn(task.instrument(span));
     }
 
     /// Results already finished, without waiting.
@@ -197,6 +230,7 @@ mod tests {
                 number: 1,
             },
             attempt: 1,
+            accepted_at: OffsetDateTime::UNIX_EPOCH,
             payload: "{}".to_owned(),
             headers: vec![],
             resign: false,
@@ -232,7 +266,15 @@ mod tests {
         let metrics = Arc::new(Metrics::new("test"));
         let mut triggers = Triggers::new(Arc::clone(&metrics), settings());
 
-        triggers.spawn(&trigger, Some(url.clone()), job(), FixedLease(false));
+        // Planned 90 s after the delivery was accepted.
+        let planned_at = Some(OffsetDateTime::UNIX_EPOCH + Duration::from_secs(90));
+        triggers.spawn(
+            &trigger,
+            Some(url.clone()),
+            job(),
+            FixedLease(false),
+            planned_at,
+        );
         let (answered, result) = next(&mut triggers).await;
         assert_eq!(answered, job());
         let Err(error) = result else {
@@ -247,7 +289,7 @@ mod tests {
         assert_eq!(triggers.len(), 0);
 
         // The same job with a valid lease goes out.
-        triggers.spawn(&trigger, Some(url), job(), FixedLease(true));
+        triggers.spawn(&trigger, Some(url), job(), FixedLease(true), planned_at);
         let (_, result) = next(&mut triggers).await;
         assert_eq!(result, Ok(Some("ev-7".to_owned())));
         assert_eq!(trigger.sent.load(Ordering::SeqCst), 1);
@@ -266,6 +308,23 @@ mod tests {
         );
         assert!(
             text.contains("webhook_dispatcher_trigger_duration_seconds_count{pool=\"ns/p\"} 1\n"),
+            "{text}"
+        );
+        // Only the accepted one waited in the queue: 90 s before the pass, plus the POST.
+        assert!(
+            text.contains("webhook_dispatcher_queue_wait_seconds_count{pool=\"ns/p\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "webhook_dispatcher_queue_wait_seconds_bucket{le=\"60.0\",pool=\"ns/p\"} 0\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "webhook_dispatcher_queue_wait_seconds_bucket{le=\"120.0\",pool=\"ns/p\"} 1\n"
+            ),
             "{text}"
         );
     }

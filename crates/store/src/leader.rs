@@ -633,28 +633,30 @@ impl DispatchStore for LeaderSession {
                     .collect();
                 timeline::append(conn, now, &sent_notes).await?;
                 let event_ids: Vec<i64> = started.iter().map(|s| s.1).collect();
-                let payloads: Vec<(i64, RawJson, serde_json::Value, bool)> = webhook_events::table
+                type Row = (i64, RawJson, serde_json::Value, bool, OffsetDateTime);
+                let payloads: Vec<Row> = webhook_events::table
                     .filter(webhook_events::id.eq_any(&event_ids))
                     .select((
                         webhook_events::id,
                         webhook_events::payload,
                         webhook_events::headers,
                         webhook_events::adopted,
+                        webhook_events::received_at,
                     ))
                     .load(conn)
                     .await?;
-                type Stored = (String, Vec<(String, String)>, bool);
+                type Stored = (String, Vec<(String, String)>, bool, OffsetDateTime);
                 let mut by_event: std::collections::HashMap<i64, Stored> = payloads
                     .into_iter()
-                    .map(|(id, payload, headers, adopted)| {
-                        (id, (payload.0, headers_from_json(&headers), adopted))
+                    .map(|(id, payload, headers, adopted, at)| {
+                        (id, (payload.0, headers_from_json(&headers), adopted, at))
                     })
                     .collect();
                 // Keep the caller's (FIFO) order.
                 let mut jobs: Vec<TriggerJob> = started
                     .into_iter()
                     .filter_map(|(id, event_id, item, repository, number, attempts)| {
-                        let (payload, headers, resign) = match by_event.get(&event_id) {
+                        let (payload, headers, resign, at) = match by_event.get(&event_id) {
                             Some(p) if event_ids.iter().filter(|e| **e == event_id).count() > 1 => {
                                 p.clone()
                             }
@@ -666,6 +668,7 @@ impl DispatchStore for LeaderSession {
                             item,
                             pr: PullRequestRef { repository, number },
                             attempt: u32::try_from(attempts).unwrap_or_default(),
+                            accepted_at: at,
                             payload,
                             headers,
                             resign,
@@ -994,7 +997,8 @@ async fn cancel_stale(
     .load(conn)
     .await?;
     if !stale.is_empty() {
-        tracing::info!(
+        // Debug only: the engine's journal logs each of these as cancelled.
+        tracing::debug!(
             dispatches = stale.len(),
             "cancelled deliveries that arrived after a newer event of their pull request"
         );

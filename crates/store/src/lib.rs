@@ -56,5 +56,5 @@ pub use labels::PgLabels;
 pub use leader::{LeaderOptions, LeaderSession};
 pub use lease::Lease;
 pub use migrate::{MIGRATIONS, pending_migrations, run_migrations};
-pub use pool::{Database, PoolOptions};
+pub use pool::{Database, PoolOptions, PoolStatus};
 pub use raw_json::{RawJson, RawJsonRef};

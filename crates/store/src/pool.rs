@@ -39,6 +39,17 @@ impl Default for PoolOptions {
     }
 }
 
+/// The pool's connections at one moment (for the pool gauges of `/metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Open connections (at most `max_size`; opened lazily, kept once open).
+    pub size: usize,
+    /// The pool's limit (`database.pool_size`).
+    pub max_size: usize,
+    /// Open connections checked out by a request or task right now.
+    pub in_use: usize,
+}
+
 /// A pooled PostgreSQL database.
 #[derive(Clone)]
 pub struct Database {
@@ -129,6 +140,19 @@ impl Database {
             .await
     }
 
+    /// The pool's connections right now (cheap: no I/O). The leader session's
+    /// dedicated connection is not part of the pool.
+    pub fn pool_status(&self) -> PoolStatus {
+        let status = self.pool.status();
+        PoolStatus {
+            size: status.size,
+            max_size: status.max_size,
+            // `available` counts idle connections; saturating in case a
+            // connection is being returned while the status is read.
+            in_use: status.size.saturating_sub(status.available),
+        }
+    }
+
     /// Wakes the active dispatcher (after a delivery committed).
     pub(crate) fn wake_dispatcher(&self) {
         self.wakeups.wake();
@@ -163,6 +187,8 @@ mod tests {
         )
         .unwrap();
         let mut conn = db.conn().await.unwrap();
+        let status = db.pool_status();
+        assert_eq!((status.size, status.in_use), (1, 1), "{status:?}");
         let started = Instant::now();
         let slept = diesel::sql_query("SELECT pg_sleep(5)")
             .execute(&mut conn)
@@ -182,6 +208,10 @@ mod tests {
             .execute(&mut conn)
             .await
             .unwrap();
+        drop(conn);
+        let status = db.pool_status();
+        assert_eq!((status.size, status.in_use), (1, 0), "{status:?}");
+        assert_eq!(status.max_size, PoolOptions::default().max_size);
     }
 
     #[test]

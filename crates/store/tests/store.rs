@@ -328,6 +328,11 @@ async fn dispatch_lifecycle_updates_event_status() {
         (jobs[0].attempt, jobs[0].payload.as_str()),
         (1, "{\"n\":2}")
     );
+    assert_eq!(
+        jobs[0].accepted_at,
+        status(e2).await.event.received_at,
+        "the job carries its delivery's acceptance time (for the queue wait)"
+    );
     assert!(
         leader.begin_triggers(&[id], now).await.unwrap().is_empty(),
         "a triggering dispatch is not started twice"

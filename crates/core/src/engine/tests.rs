@@ -211,6 +211,8 @@ impl DispatchStore for MemStore {
                 item: d.item.clone(),
                 pr: d.pr.clone(),
                 attempt: d.attempts,
+                // Every test event is stored at T0.
+                accepted_at: T0,
                 payload,
                 headers: e.headers.clone(),
                 resign: false,
@@ -696,4 +698,111 @@ fn results_carried_over_from_a_lost_session_are_recorded_by_the_next_pass() {
             .map(|c| c.is_empty())
             .unwrap_or_default()
     );
+}
+
+/// JSON log lines written while `f` runs (on this thread).
+fn logged(f: impl FnOnce()) -> Vec<serde_json::Value> {
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut v) = self.0.lock() {
+                v.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let sink = Sink::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let bytes = sink.0.lock().map(|v| v.clone()).unwrap_or_default();
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn every_state_change_is_logged_once_with_its_reason_and_fields() {
+    let lines = logged(|| {
+        let mut engine = Engine::new(settings(1, 5));
+        let mut store = MemStore::default();
+        let trigger = ScriptedTrigger::default();
+        store.add_event(1, 10, "opened");
+        store.add_event(2, 11, "opened");
+        store.add_event(3, 12, "closed");
+        block_on(pass(&mut engine, &mut store, &running(0, &[]), &trigger)).expect("pass");
+        store.add_event(4, 11, "synchronize");
+        block_on(pass(
+            &mut engine,
+            &mut store,
+            &running(1, &["ev-1"]),
+            &trigger,
+        ))
+        .expect("pass");
+        block_on(pass(
+            &mut engine,
+            &mut store,
+            &running(0, &["ev-1"]),
+            &trigger,
+        ))
+        .expect("pass");
+    });
+    let changes: Vec<(String, String)> = lines
+        .iter()
+        .filter(|l| {
+            l["target"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("engine::journal"))
+        })
+        .map(|l| {
+            (
+                l["message"].as_str().unwrap_or_default().to_owned(),
+                l["event"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("event aborted", "3"),
+        ("dispatch queued", "1"),
+        ("dispatch queued", "2"),
+        ("dispatch triggering", "1"),
+        ("dispatch triggered", "1"),
+        ("dispatch cancelled", "2"),
+        ("dispatch queued", "4"),
+        ("dispatch confirmed", "1"),
+        ("dispatch triggering", "4"),
+        ("dispatch triggered", "4"),
+    ];
+    let mut got = changes.clone();
+    got.sort();
+    let mut want: Vec<(String, String)> = expected
+        .iter()
+        .map(|(m, e)| ((*m).to_owned(), (*e).to_owned()))
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "each change exactly once: {changes:?}");
+    for l in lines.iter().filter(|l| {
+        l["target"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("engine::journal"))
+    }) {
+        assert!(l["reason"].is_string(), "a reason: {l}");
+        assert_eq!(l["repo"], "o/r", "{l}");
+        assert!(l["pr"].is_i64(), "{l}");
+        if l["message"] != "event aborted" {
+            assert_eq!(l["pool"], "ns/p", "{l}");
+            assert_eq!(l["item"], "ops", "{l}");
+            assert!(l["dispatch"].is_string(), "{l}");
+        }
+    }
 }
