@@ -9,8 +9,9 @@
 //! rollout-friendly shutdown (see [`serve`]).
 //!
 //! **Must not:** know Diesel or Kubernetes: it stores and reads through the
-//! [`EventRepository`] port and reports the dispatcher through
-//! [`StatusSource`] and [`LivenessSource`] closures.
+//! [`EventRepository`] and [`OperatorStore`] ports and learns about the
+//! dispatcher and the pools through closures ([`StatusSource`],
+//! [`LivenessSource`], [`PoolStateSource`]).
 //!
 //! | route | answer |
 //! |---|---|
@@ -21,6 +22,10 @@
 //! | `GET /api/v1/status/db` | database health |
 //! | `GET /api/v1/status/ready` | database and dispatcher health; 503 without a database or once shutdown began |
 //! | `GET /api/v1/status/live` | `{"status":"ok"}`, or 503 when the [`LivenessSource`] reports the dispatch loop stuck |
+//! | `GET /api/v1/events/{id}/explain` | matching, stored timeline, why it waits (see [`operate`]) |
+//! | `POST /api/v1/events/{id}/replay`, `/cancel` | admin: replay a finished event, cancel waiting work |
+//! | `GET /api/v1/pools`, `/api/v1/pools/{pool}` | pools with their queues |
+//! | `POST /api/v1/pools/{pool}/pause`, `/resume` | admin: stop or restart dispatching into a pool |
 //! | `GET /metrics` | Prometheus metrics (OpenMetrics text, see `dispatcher-metrics`); bearer `api.metrics_token` when set |
 //!
 //! Every intake answer is counted once, in [`App::handle`], as
@@ -42,7 +47,7 @@
 //! `server.header_read_timeout`, so slots come back.
 //!
 //! ```no_run
-//! # async fn demo(repo: impl dispatcher_core::ports::EventRepository, settings: &dispatcher_core::config::Settings) -> std::io::Result<()> {
+//! # async fn demo(repo: impl dispatcher_core::ports::EventRepository + dispatcher_core::ports::OperatorStore, settings: &dispatcher_core::config::Settings) -> std::io::Result<()> {
 //! use std::sync::Arc;
 //! use dispatcher_http::{App, Liveness, ServeOptions};
 //! let app = App::new(settings, repo)?.with_liveness_source(Arc::new(|| Liveness::Alive));
