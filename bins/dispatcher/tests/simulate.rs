@@ -72,7 +72,12 @@ async fn simulated_tekton_queues_dispatches_and_finishes() {
 
     let mut listener_ids = Vec::new();
     for id in &ids {
-        let event = svc.wait_event(id, |e| e["status"] == "processed").await;
+        // `processed` comes with the 202; the run is seen (confirmed) a pass later.
+        let event = svc
+            .wait_event(id, |e| {
+                e["status"] == "processed" && e["dispatches"][0]["confirmed_at"].is_string()
+            })
+            .await;
         let dispatches = event["dispatches"].as_array().unwrap();
         assert_eq!(dispatches.len(), 1, "{event}");
         let d = &dispatches[0];
