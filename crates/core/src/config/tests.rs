@@ -259,11 +259,52 @@ fn rejects_other_item_mistakes() {
             "api.tokens[0]",
             Box::new(|v| v["api"] = json!({"tokens": [""]})),
         ),
+        (
+            "api.admin_tokens[0]",
+            Box::new(|v| v["api"] = json!({"admin_tokens": [{"name": "alice", "token": " "}]})),
+        ),
+        (
+            "api.admin_tokens[0].name",
+            Box::new(|v| v["api"] = json!({"admin_tokens": [{"name": "", "token": "t"}]})),
+        ),
     ];
     for (field, edit) in cases {
         let e = single_error(|v| edit(v));
         assert_eq!(e.field, field);
     }
+}
+
+#[test]
+fn api_tokens_are_plain_or_named() {
+    let mut v = original_example();
+    v["api"] = json!({
+        "tokens": ["r1", {"name": "grafana", "token": "r2"}],
+        "admin_tokens": [{"name": "alice", "token": "a1"}, "a2"],
+    });
+    let s = settings(v).expect("valid");
+    let names = |t: &[NamedToken]| -> Vec<(String, String)> {
+        t.iter()
+            .map(|t| (t.name.clone(), t.token.expose().to_owned()))
+            .collect()
+    };
+    assert_eq!(
+        names(&s.api_tokens),
+        [
+            ("reader-1".into(), "r1".into()),
+            ("grafana".into(), "r2".into())
+        ]
+    );
+    assert_eq!(
+        names(&s.admin_tokens),
+        [
+            ("alice".into(), "a1".into()),
+            ("admin-2".into(), "a2".into())
+        ]
+    );
+    assert!(
+        !format!("{:?}", s.admin_tokens).contains("a1"),
+        "tokens stay redacted"
+    );
 }
 
 #[test]
