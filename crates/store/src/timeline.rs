@@ -90,19 +90,25 @@ pub(crate) async fn note_queued(
     if dispatch_ids.is_empty() {
         return Ok(());
     }
+    // One ordered scan of the affected pools' queues (window functions), not
+    // two counts per new dispatch: a burst of hundreds joining a long queue
+    // stays linear.
     diesel::sql_query(
-        "INSERT INTO event_timeline (event_id, dispatch_id, at, kind, detail, actor)
-         SELECT d.event_id, d.id, $2, $3,
-                jsonb_build_object(
-                    'item', d.item_name, 'pool', d.pool,
-                    'position', (SELECT count(*) FROM dispatches q
-                                  WHERE q.pool = d.pool AND q.state = $4
-                                    AND (q.queue_position, q.id) <= (d.queue_position, d.id)),
-                    'of', (SELECT count(*) FROM dispatches q WHERE q.pool = d.pool AND q.state = $4)),
+        "WITH queue AS (
+             SELECT q.id, q.event_id, q.item_name, q.pool,
+                    row_number() OVER (PARTITION BY q.pool ORDER BY q.queue_position, q.id) AS position,
+                    count(*) OVER (PARTITION BY q.pool) AS of
+               FROM dispatches q
+              WHERE q.state = $4
+                AND q.pool IN (SELECT pool FROM dispatches WHERE id = ANY($1))
+         )
+         INSERT INTO event_timeline (event_id, dispatch_id, at, kind, detail, actor)
+         SELECT event_id, id, $2, $3,
+                jsonb_build_object('item', item_name, 'pool', pool, 'position', position, 'of', of),
                 $5
-           FROM dispatches d
-          WHERE d.id = ANY($1) AND d.state = $4
-          ORDER BY d.id",
+           FROM queue
+          WHERE id = ANY($1)
+          ORDER BY id",
     )
     .bind::<Array<Int8>, _>(dispatch_ids)
     .bind::<Timestamptz, _>(at)
