@@ -55,7 +55,8 @@ enum Command {
     Explain {
         /// The event's id (the UUID the API shows).
         id: String,
-        /// Base URL of a running dispatcher (default: this config's port on 127.0.0.1).
+        /// Base URL of a running dispatcher (default: this config's port on
+        /// 127.0.0.1; with a URL no configuration is read).
         #[arg(long)]
         url: Option<String>,
         /// A read token, when `api.tokens` protects the API.
@@ -80,6 +81,19 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     // reqwest and kube use rustls without a built-in provider: install ring's.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // With --url, `explain` needs no configuration (an operator's laptop).
+    if let Some(Command::Explain {
+        id,
+        url: Some(url),
+        token,
+    }) = &cli.command
+    {
+        return explain(&explain::ExplainRequest {
+            url: url.clone(),
+            id: id.clone(),
+            token: token.clone(),
+        });
+    }
     let env = |k: &str| std::env::var(k).ok();
     let path = (cli.config.clone())
         .or_else(|| env("CONFIG_FILE").map(PathBuf::from))
@@ -148,24 +162,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        Command::Explain { id, url, token } => {
-            let request = explain::ExplainRequest {
-                url: url.unwrap_or_else(|| format!("http://127.0.0.1:{}", settings.server.port)),
-                id,
-                token,
-            };
-            let text = runtime()?.block_on(explain::fetch(&request))?;
-            #[allow(clippy::print_stdout)] // the command's output
-            {
-                print!("{text}");
-            }
-            Ok(())
-        }
+        Command::Explain { id, url, token } => explain(&explain::ExplainRequest {
+            url: url.unwrap_or_else(|| format!("http://127.0.0.1:{}", settings.server.port)),
+            id,
+            token,
+        }),
         Command::Serve => {
             let url = database_url(&settings)?;
             runtime()?.block_on(serve::serve(settings, &url))
         }
     }
+}
+
+fn explain(request: &explain::ExplainRequest) -> anyhow::Result<()> {
+    let text = runtime()?.block_on(explain::fetch(request))?;
+    #[allow(clippy::print_stdout)] // the command's output
+    {
+        print!("{text}");
+    }
+    Ok(())
 }
 
 fn database_url(settings: &dispatcher_core::config::Settings) -> anyhow::Result<String> {
