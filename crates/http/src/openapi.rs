@@ -261,6 +261,55 @@ mod tests {
         }
     }
 
+    /// Every path the router's match names is one of [`ROUTES`]: a match
+    /// arm `"<path>" =>` in `App::route` names a listed path (`""` is `/`,
+    /// trailing slashes are trimmed before matching) and a
+    /// `starts_with("<prefix>")` guard a prefix of one. A route arm added
+    /// without listing (and so documenting) it fails here.
+    #[test]
+    fn every_path_the_router_names_is_listed() {
+        let source = include_str!("lib.rs");
+        let start = source
+            .find("async fn route")
+            .unwrap_or_else(|| panic!("no route fn"));
+        let end = start
+            + source[start..]
+                .find("\n    fn ")
+                .unwrap_or_else(|| panic!("no end"));
+        let body = &source[start..end];
+        let arms: Vec<&str> = body
+            .match_indices("\" =>")
+            .map(|(i, _)| {
+                let before = &body[..i];
+                &before[before.rfind('"').map_or(0, |o| o + 1)..]
+            })
+            .collect();
+        let prefixes: Vec<&str> = body
+            .match_indices("starts_with(\"")
+            .map(|(i, m)| {
+                let rest = &body[i + m.len()..];
+                &rest[..rest.find('"').unwrap_or(0)]
+            })
+            .collect();
+        assert!(
+            arms.len() >= 6 && prefixes.len() >= 2,
+            "the router scan found too little: {arms:?} {prefixes:?}"
+        );
+        for arm in arms {
+            let path = if arm.is_empty() { "/" } else { arm };
+            assert!(
+                ROUTES.iter().any(|(_, t)| *t == path),
+                "the router serves {path} but ROUTES does not list it"
+            );
+        }
+        for prefix in prefixes {
+            assert!(
+                prefix.len() > 1 && ROUTES.iter().any(|(_, t)| t.starts_with(prefix)),
+                "the router serves {prefix}... but ROUTES lists nothing under it"
+            );
+        }
+    }
+
     #[test]
     fn is_served_as_json() {
         let response = answer();
