@@ -27,6 +27,7 @@
 //! | `GET /api/v1/pools`, `/api/v1/pools/{pool}` | pools with their queues |
 //! | `POST /api/v1/pools/{pool}/pause`, `/resume` | admin: stop or restart dispatching into a pool |
 //! | `GET /metrics` | Prometheus metrics (OpenMetrics text, see `dispatcher-metrics`); bearer `api.metrics_token` when set |
+//! | `GET /api/v1/openapi.json` | the OpenAPI 3.1 document of every route (open; see [`ROUTES`]) |
 //!
 //! Every intake answer is counted once, in [`App::handle`], as
 //! `webhook_dispatcher_deliveries_total{outcome}`; share the [`Metrics`] with
@@ -61,6 +62,7 @@ mod budget;
 mod error;
 mod events;
 mod observe;
+mod openapi;
 pub mod operate;
 mod ops_wire;
 mod response;
@@ -85,6 +87,7 @@ use budget::BodyBudget;
 
 pub use error::ApiError;
 pub use events::{DEFAULT_PAGE_SIZE, FILTER_KEYS, MAX_PAGE_SIZE, parse_query};
+pub use openapi::{OPENAPI_JSON, OPENAPI_PATH, ROUTES};
 pub use response::ApiResponse;
 pub use server::{ServeOptions, serve};
 
@@ -409,6 +412,10 @@ impl<R: EventRepository + OperatorStore> App<R> {
                     http::HeaderValue::from_static(dispatcher_metrics::CONTENT_TYPE),
                 );
                 Ok(response)
+            }
+            openapi::OPENAPI_PATH => {
+                allow("GET")?;
+                Ok(openapi::answer())
             }
             "/api/v1/status/ping" => {
                 allow("GET")?;

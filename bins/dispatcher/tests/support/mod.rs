@@ -9,6 +9,7 @@
     unreachable_pub
 )]
 
+pub mod openapi;
 pub mod world;
 
 use std::path::PathBuf;

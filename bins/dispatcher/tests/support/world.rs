@@ -32,6 +32,8 @@ pub struct WorldOptions {
     pub original_database: bool,
     /// Top-level YAML appended to the config (e.g. an `api:` section).
     pub extra_yaml: &'static str,
+    /// `security.allowed_github_events`, as YAML.
+    pub allowed_events: &'static str,
 }
 
 impl Default for WorldOptions {
@@ -44,6 +46,7 @@ impl Default for WorldOptions {
             failover_timeout: "15s",
             original_database: false,
             extra_yaml: "",
+            allowed_events: "[pull_request]",
         }
     }
 }
@@ -120,7 +123,7 @@ dispatcher:
       callback_url: "{listener}"
 security:
   github_webhook_secret: "${{GITHUB_WEBHOOK_SECRET}}"
-  allowed_github_events: [pull_request]
+  allowed_github_events: {allowed_events}
 server: {{bind: 127.0.0.1, port: 0}}
 github: {{api_url: "{github}"}}
 dispatch:
@@ -142,6 +145,7 @@ dispatch:
             trigger_timeout = self.options.trigger_timeout,
             failover_timeout = self.options.failover_timeout,
             extra = self.options.extra_yaml,
+            allowed_events = self.options.allowed_events,
         )
     }
 
