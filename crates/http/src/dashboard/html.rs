@@ -426,6 +426,18 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
+/// `2026-12-02 08:47:10.886`: a timeline's instants (UTC), to the
+/// millisecond, which orders a burst's entries without the noise of
+/// RFC 3339's microseconds (the full value is the `datetime`).
+fn clock(t: OffsetDateTime) -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:3]"
+    );
+    t.to_offset(time::UtcOffset::UTC)
+        .format(FORMAT)
+        .unwrap_or_else(|_| rfc3339::format(t))
+}
+
 fn timeline_entry(entry: &TimelineEntry, out: &mut String) {
     let at = rfc3339::format(entry.at);
     let dispatch = entry.dispatch.map_or_else(String::new, |d| {
@@ -433,8 +445,9 @@ fn timeline_entry(entry: &TimelineEntry, out: &mut String) {
     });
     let _ = write!(
         out,
-        r#"<li class="{kind}"><time datetime="{at}">{at}</time>{dispatch} <span class="message">{message}</span></li>"#,
+        r#"<li class="{kind}"><time datetime="{at}" title="{at}">{clock}</time>{dispatch} <span class="message">{message}</span></li>"#,
         kind = entry.kind.as_str(),
+        clock = clock(entry.at),
         message = esc(&describe(entry)),
     );
 }
@@ -481,7 +494,7 @@ pub(crate) fn shell(s: &Shell<'_>) -> String {
     let _ = write!(
         out,
         r#"<main id="content" data-locked="{locked}">{content}</main>
-<footer class="muted">Read-only view · refreshes every {REFRESH_SECONDS} s while this tab is visible · <a href="/api/v1/pools">pools as JSON</a></footer>
+<footer class="muted">Read-only view · refreshes every {REFRESH_SECONDS} s while this tab is visible</footer>
 </body></html>
 "#,
         locked = s.content.is_none(),
@@ -745,6 +758,7 @@ mod tests {
         let page = explanation(&ctx(), &e);
         assert!(!page.contains("<script>"), "{page}");
         assert!(page.contains(r#"<li class="received">"#), "{page}");
+        assert!(page.contains(">2026-12-02 10:00:00.000</time>"), "{page}");
         assert!(page.contains("position <strong>2</strong> of 2"), "{page}");
         assert!(page.contains(r#"<span class="no">✗</span>"#), "{page}");
     }
