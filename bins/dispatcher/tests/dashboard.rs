@@ -41,7 +41,7 @@ fn chromium() -> Option<PathBuf> {
         }
         panic!(
             "the dashboard's browser tests need Chromium, and no `chromium` (or \
-             `chromium-browser`) is on PATH. Install it (Debian/Ubuntu: `apt-get install \
+             `chromium-browser`) is on PATH. Install it (Debian: `apt-get install \
              chromium`; .ci/run does) or set DISPATCHER_SKIP_BROWSER_TESTS=1 to skip them"
         );
     }
