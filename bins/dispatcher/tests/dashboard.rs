@@ -2,7 +2,7 @@
 //! real binary's pages (scripts run: `--dump-dom` prints the DOM after
 //! them), and the pages must show a full pool's queue in order and an
 //! event's timeline; with read tokens configured the page must show no
-//! data. Screenshots go to `target/test-artifacts/dashboard/`.
+//! data without one, and the data once the script has one. Screenshots go to `target/test-artifacts/dashboard/`.
 //!
 //! Chromium is required: without it these tests fail, unless
 //! `DISPATCHER_SKIP_BROWSER_TESTS=1` (CI installs Debian's `chromium`, see
@@ -224,12 +224,117 @@ async fn a_browser_sees_the_queue_in_order_and_an_events_timeline() {
     assert!(page.contains("queued for ops at position"), "{page}");
     assert!(page.contains("position <strong>2</strong> of 2"), "{page}");
 
+    // The search: PR 2's event only, linked to its explanation.
+    let search = format!("{}/ui/search?repository=o%2Fr&pr=2", service.url);
+    let page = dom(&chromium, &search).await;
+    assert!(
+        page.contains(&format!(r#"data-event="{}""#, ids[1])),
+        "{page}"
+    );
+    assert!(
+        !page.contains(&format!(r#"data-event="{}""#, ids[2])),
+        "{page}"
+    );
+    assert!(page.contains("1 found"), "{page}");
+
     screenshot(&chromium, &home, "dashboard.png").await;
     screenshot(&chromium, &event, "event.png").await;
+    screenshot(&chromium, &search, "search.png").await;
+}
+
+/// Where dashboard.js keeps the read token (its `KEY`).
+const TOKEN_KEY: &str = "webhook-dispatcher.read-token";
+
+/// A same-origin stand-in for someone who typed a token into the form:
+/// `/__token?token=T&next=/path` stores `T` in sessionStorage where the
+/// dashboard's script keeps it and opens `next`; every other GET is
+/// forwarded to the dispatcher with its `Authorization` header, so the
+/// script's own fetches reach the real binary. (sessionStorage belongs to
+/// an origin and a tab: this is the one way to hand a token to a headless
+/// page without a DevTools client.)
+struct TokenProxy {
+    url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TokenProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TokenProxy {
+    async fn start(upstream: String) -> TokenProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(proxy_one(stream, upstream.clone()));
+            }
+        });
+        TokenProxy { url, task }
+    }
+}
+
+/// Serves one request (GET, no body) and closes the connection.
+async fn proxy_one(mut stream: tokio::net::TcpStream, upstream: String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = head.split("\r\n");
+    let target = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .unwrap_or("/")
+        .to_owned();
+    let authorization = lines.find_map(|l| {
+        l.split_once(':')
+            .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            .map(|(_, v)| v.trim().to_owned())
+    });
+    let (status, content_type, body) = if target.starts_with("/__token?") {
+        let page = format!(
+            "<!doctype html><script>const p = new URLSearchParams(location.search);\
+             sessionStorage.setItem({key}, p.get('token')); location.replace(p.get('next'));</script>",
+            key = Value::from(TOKEN_KEY)
+        );
+        (200, "text/html".to_owned(), page.into_bytes())
+    } else {
+        let mut request = http().get(format!("{upstream}{target}"));
+        if let Some(a) = authorization {
+            request = request.header("authorization", a);
+        }
+        let r = request.send().await.unwrap();
+        let content_type = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        (
+            r.status().as_u16(),
+            content_type,
+            r.bytes().await.unwrap().to_vec(),
+        )
+    };
+    let answer = format!(
+        "HTTP/1.1 {status} -\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(answer.as_bytes()).await;
+    let _ = stream.write_all(&body).await;
+    let _ = stream.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn with_read_tokens_the_page_shows_no_data_without_one() {
+async fn with_read_tokens_the_page_shows_data_only_with_one() {
     let Some(chromium) = chromium() else { return };
     let world = World::with(WorldOptions {
         capacity: 1,
@@ -260,4 +365,25 @@ async fn with_read_tokens_the_page_shows_no_data_without_one() {
         );
     }
     screenshot(&chromium, &format!("{}/", service.url), "locked.png").await;
+
+    // The token as the form keeps it: the script fetches the data with it.
+    let proxy = TokenProxy::start(service.url.clone()).await;
+    let with_token =
+        |token: &str, next: &str| format!("{}/__token?token={token}&next={next}", proxy.url);
+    let page = dom(&chromium, &with_token("reader-secret", "/")).await;
+    assert_eq!(queue_rows(&page), [(1, 2), (2, 3)], "{page}");
+    assert!(page.contains(r#"data-locked="false""#), "{page}");
+    assert!(
+        page.contains(r#"<form id="token-form" class="token" hidden="">"#),
+        "the form hides once the data is shown: {page}"
+    );
+    let event = format!("/ui/events/{}", ids[2]);
+    let page = dom(&chromium, &with_token("reader-secret", &event)).await;
+    assert!(page.contains("queued for ops at position"), "{page}");
+    screenshot(&chromium, &with_token("reader-secret", "/"), "unlocked.png").await;
+
+    // A wrong token is refused, forgotten, and the form asks again.
+    let page = dom(&chromium, &with_token("wrong", "/")).await;
+    assert!(page.contains("That token was refused."), "{page}");
+    assert!(!page.contains("o/r#"), "{page}");
 }

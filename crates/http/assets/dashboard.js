@@ -51,6 +51,18 @@
     );
   }
 
+  // No data without a valid token: what was shown goes, the form comes back.
+  function lock(message) {
+    memoryToken = null;
+    try { sessionStorage.removeItem(KEY); } catch (e) { /* private mode */ }
+    content.dataset.locked = "true";
+    content.innerHTML = '<p class="empty">This dashboard needs a read token.</p>';
+    setStatus("");
+    askForToken(message);
+  }
+
+  // Fetches and swaps in the fragment; resolves to whether to keep
+  // refreshing (not after a 401: that waits for a new token).
   function refresh() {
     var headers = {};
     var t = token();
@@ -58,23 +70,26 @@
     return fetch(fragmentUrl(), { headers: headers, cache: "no-store", credentials: "omit" })
       .then(function (response) {
         if (response.status === 401 && form) {
-          memoryToken = null;
-          try { sessionStorage.removeItem(KEY); } catch (e) { /* private mode */ }
-          askForToken(t ? "That token was refused." : "");
-          setStatus("");
-          return;
+          lock(t ? "That token was refused." : "");
+          return false;
         }
         if (!response.ok) {
-          return failure(response).then(function (text) { setStatus(text, true); });
+          return failure(response).then(function (text) { setStatus(text, true); return true; });
         }
         return response.text().then(function (html) {
           content.innerHTML = html;
           content.dataset.locked = "false";
           if (form) form.hidden = true;
           setStatus("updated " + new Date().toLocaleTimeString());
+          return true;
         });
       })
-      .catch(function (e) { setStatus("refresh failed: " + e.message, true); });
+      .catch(function (e) { setStatus("refresh failed: " + e.message, true); return true; });
+  }
+
+  function cycle() {
+    clearTimeout(timer);
+    refresh().then(function (again) { if (again) schedule(); });
   }
 
   // One refresh at a time, the next one REFRESH_MS after the last ended;
@@ -82,14 +97,14 @@
   function schedule() {
     clearTimeout(timer);
     if (document.hidden) return;
-    timer = setTimeout(function () { refresh().then(schedule); }, REFRESH_MS);
+    timer = setTimeout(cycle, REFRESH_MS);
   }
 
   document.addEventListener("visibilitychange", function () {
     if (document.hidden) {
       clearTimeout(timer);
     } else if (content.dataset.locked !== "true" || token()) {
-      refresh().then(schedule);
+      cycle();
     }
   });
 
@@ -101,12 +116,12 @@
       memoryToken = value;
       try { sessionStorage.setItem(KEY, value); } catch (e) { /* private mode */ }
       form.elements.token.value = "";
-      refresh().then(schedule);
+      cycle();
     });
   }
 
   if (content.dataset.locked === "true") {
-    if (token()) refresh().then(schedule);
+    if (token()) cycle();
     else askForToken("");
   } else {
     schedule();
