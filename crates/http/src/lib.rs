@@ -3,7 +3,8 @@
 //! The Webhook Dispatcher's HTTP API on hyper 1.
 //!
 //! **Owns:** routing, the webhook checks in the documented order, JSON
-//! answers (errors included, never HTML), the body limit and the global
+//! answers (errors included, never HTML; only the dashboard's successful
+//! pages are HTML), the body limit and the global
 //! budget of bodies being buffered, request timeouts, the connection cap,
 //! bearer-token auth of the events API, readiness and liveness, and the
 //! rollout-friendly shutdown (see [`serve`]).
@@ -28,6 +29,8 @@
 //! | `POST /api/v1/pools/{pool}/pause`, `/resume` | admin: stop or restart dispatching into a pool |
 //! | `GET /metrics` | Prometheus metrics (OpenMetrics text, see `dispatcher-metrics`); bearer `api.metrics_token` when set |
 //! | `GET /api/v1/openapi.json` | the OpenAPI 3.1 document of every route (open; see [`ROUTES`]) |
+//! | `GET /`, `/ui/events/{id}`, `/ui/search` | the read-only dashboard for people (HTML; `?fragment=1` for the refreshed part; see the `dashboard` module) |
+//! | `GET /ui/assets/dashboard.css`, `/ui/assets/dashboard.js` | the dashboard's embedded assets |
 //!
 //! Every intake answer is counted once, in [`App::handle`], as
 //! `webhook_dispatcher_deliveries_total{outcome}`; share the [`Metrics`] with
@@ -59,6 +62,7 @@
 //! ```
 
 mod budget;
+mod dashboard;
 mod error;
 mod events;
 mod observe;
@@ -503,6 +507,9 @@ impl<R: EventRepository + OperatorStore> App<R> {
                         request.uri().path()
                     ))),
                 }
+            }
+            p if dashboard::owns(p) => {
+                dashboard::route(self, &method, p, request.uri().query(), request.headers()).await
             }
             _ => Err(ApiError::NotFound(format!(
                 "No route for {method} {}",

@@ -74,6 +74,12 @@ pub(crate) fn route_pattern(path: &str) -> Cow<'_, str> {
     {
         return Cow::Borrowed("/api/v1/events/{id}");
     }
+    if path
+        .strip_prefix("/ui/events/")
+        .is_some_and(|rest| !rest.contains('/'))
+    {
+        return Cow::Borrowed("/ui/events/{id}");
+    }
     if let Some(rest) = path.strip_prefix("/api/v1/pools/") {
         return Cow::Borrowed(match rest.rsplit_once('/') {
             Some((_, "pause")) => "/api/v1/pools/{pool}/pause",
@@ -157,6 +163,11 @@ mod tests {
         assert_eq!(
             route_pattern("/api/v1/pools/ns/p%3Fa=b/pause"),
             "/api/v1/pools/{pool}/pause"
+        );
+        assert_eq!(route_pattern("/ui/events/not-a-uuid"), "/ui/events/{id}");
+        assert_eq!(
+            route_pattern("/ui/assets/dashboard.css"),
+            "/ui/assets/dashboard.css"
         );
         assert_eq!(route_pattern("/"), "/");
         assert_eq!(route_pattern(""), "/");
