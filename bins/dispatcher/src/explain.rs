@@ -19,27 +19,16 @@ pub(crate) struct ExplainRequest {
 
 /// Fetches the explanation as text.
 pub(crate) async fn fetch(request: &ExplainRequest) -> anyhow::Result<String> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .context("building the HTTP client")?;
-    let url = format!(
-        "{}/api/v1/events/{}/explain?format=text",
-        request.url.trim_end_matches('/'),
-        request.id
-    );
-    let mut get = client.get(&url);
-    if let Some(token) = &request.token {
-        get = get.bearer_auth(token);
-    }
-    let answer = get
-        .send()
-        .await
-        .with_context(|| format!("asking the dispatcher at {}", request.url))?;
-    let status = answer.status();
-    let body = answer.text().await.context("reading the answer")?;
-    if status.is_success() {
+    let path = format!("/api/v1/events/{}/explain?format=text", request.id);
+    let (status, body) = dispatcher_http::client::get_text(
+        &request.url,
+        &path,
+        request.token.as_deref(),
+        Duration::from_secs(30),
+    )
+    .await
+    .context("asking the dispatcher")?;
+    if (200..300).contains(&status) {
         return Ok(body);
     }
     // Errors are JSON `{"status":..., "message":...}`: show the message.

@@ -62,6 +62,7 @@
 //! ```
 
 mod budget;
+pub mod client;
 mod dashboard;
 mod error;
 mod events;
