@@ -107,10 +107,6 @@ pub struct HttpConfig {
     pub request_timeout: Duration,
     /// Time allowed to read request headers.
     pub header_read_timeout: Duration,
-    /// Check `X-Hub-Signature-256`.
-    pub verify_signatures: bool,
-    /// Accepted `X-GitHub-Event` values.
-    pub allowed_events: BTreeSet<String>,
     /// Bytes all bodies being received may buffer together (503 beyond).
     pub max_buffered_bytes: usize,
 }
@@ -148,8 +144,8 @@ pub type PoolStateSource = Arc<
 
 /// Bearer tokens with the names of who holds them.
 #[derive(Debug, Clone)]
-struct NamedTokens {
-    set: TokenSet,
+pub(crate) struct NamedTokens {
+    pub(crate) set: TokenSet,
     names: Vec<String>,
 }
 
@@ -175,16 +171,70 @@ impl NamedTokens {
 /// free of what it measures.
 pub type MetricsRefresh = Arc<dyn Fn(&Metrics) + Send + Sync>;
 
+/// What a configuration reload replaces at once: every request reads one
+/// consistent snapshot of it ([`App::reload`]).
+pub(crate) struct Live {
+    /// The validated settings (items, pools, tuning...).
+    pub(crate) settings: Arc<Settings>,
+    /// Webhook secrets (several during a rotation).
+    pub(crate) keys: Arc<SigningKeys>,
+    /// `security.verify_signatures`.
+    pub(crate) verify_signatures: bool,
+    /// `security.allowed_github_events`.
+    pub(crate) allowed_events: BTreeSet<String>,
+    /// Read tokens.
+    pub(crate) tokens: NamedTokens,
+    /// Admin tokens.
+    pub(crate) admin_tokens: NamedTokens,
+    /// `api.metrics_token`.
+    pub(crate) metrics_token: Option<TokenSet>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("keys", &self.keys)
+            .field("verify_signatures", &self.verify_signatures)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Live {
+    fn new(settings: &Settings) -> std::io::Result<Self> {
+        let keys = SigningKeys::new(
+            settings
+                .security
+                .webhook_secrets
+                .iter()
+                .map(|s| s.expose().as_bytes()),
+        );
+        let metrics_token = settings
+            .metrics_token
+            .as_ref()
+            .map(|t| TokenSet::new([t.expose().as_bytes()]))
+            .transpose()
+            .map_err(|_| std::io::Error::other("system random number generator failed"))?;
+        Ok(Self {
+            settings: Arc::new(settings.clone()),
+            keys: Arc::new(keys),
+            verify_signatures: settings.security.verify_signatures,
+            allowed_events: settings.security.allowed_github_events.clone(),
+            tokens: NamedTokens::new(&settings.api_tokens)?,
+            admin_tokens: NamedTokens::new(&settings.admin_tokens)?,
+            metrics_token,
+        })
+    }
+}
+
 /// The application: configuration plus the storage port.
 pub struct App<R> {
     repo: R,
-    settings: Arc<Settings>,
-    keys: Arc<SigningKeys>,
-    tokens: NamedTokens,
-    admin_tokens: NamedTokens,
-    pool_states: PoolStateSource,
-    /// Web address of pull requests: `<pr_base>/<owner>/<repo>/pull/<n>`.
+    /// Replaced whole by [`App::reload`]; requests take a snapshot.
+    live: std::sync::RwLock<Arc<Live>>,
+    /// Web address of pull requests: `<pr_base>/<owner>/<repo>/pull/<n>`
+    /// (from `github.api_url`, which needs a restart).
     pr_base: String,
+    pool_states: PoolStateSource,
     config: HttpConfig,
     status: StatusSource,
     liveness: LivenessSource,
@@ -192,14 +242,13 @@ pub struct App<R> {
     draining: watch::Sender<bool>,
     metrics: Arc<Metrics>,
     metrics_refresh: Option<MetricsRefresh>,
-    metrics_token: Option<TokenSet>,
 }
 
 impl<R> std::fmt::Debug for App<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("App")
             .field("config", &self.config)
-            .field("keys", &self.keys)
+            .field("keys", &self.live().keys)
             .field("draining", &self.is_draining())
             .finish_non_exhaustive()
     }
@@ -230,48 +279,55 @@ impl<R> App<R> {
     pub fn buffer_budget_available(&self) -> usize {
         self.budget.available()
     }
+
+    /// Swaps in a reloaded configuration: items, filters, pools, webhook
+    /// secrets, signature checking, allowed events and every token take
+    /// effect for the next request; requests in progress finish with the
+    /// snapshot they started with. The server's own settings (bind, port,
+    /// limits, timeouts) stay as they were (they need a restart).
+    pub fn reload(&self, settings: &Settings) -> std::io::Result<()> {
+        let live = Arc::new(Live::new(settings)?);
+        match self.live.write() {
+            Ok(mut current) => *current = live,
+            Err(poisoned) => *poisoned.into_inner() = live,
+        }
+        Ok(())
+    }
+
+    /// The configuration now in force (one consistent snapshot).
+    pub(crate) fn live(&self) -> Arc<Live> {
+        match self.live.read() {
+            Ok(live) => Arc::clone(&live),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// The settings now in force.
+    pub fn settings(&self) -> Arc<Settings> {
+        Arc::clone(&self.live().settings)
+    }
 }
 
 impl<R: EventRepository + OperatorStore> App<R> {
     /// Builds the app from validated settings.
     pub fn new(settings: &Settings, repo: R) -> std::io::Result<Self> {
-        let keys = SigningKeys::new(
-            settings
-                .security
-                .webhook_secrets
-                .iter()
-                .map(|s| s.expose().as_bytes()),
-        );
-        let tokens = NamedTokens::new(&settings.api_tokens)?;
-        let admin_tokens = NamedTokens::new(&settings.admin_tokens)?;
         let config = HttpConfig {
             body_limit: settings.server.body_limit_bytes,
             request_timeout: settings.server.request_timeout,
             header_read_timeout: settings.server.header_read_timeout,
-            verify_signatures: settings.security.verify_signatures,
-            allowed_events: settings.security.allowed_github_events.clone(),
             max_buffered_bytes: settings.server.max_buffered_bytes,
         };
-        let metrics_token = settings
-            .metrics_token
-            .as_ref()
-            .map(|t| TokenSet::new([t.expose().as_bytes()]))
-            .transpose()
-            .map_err(|_| std::io::Error::other("system random number generator failed"))?;
         let status: StatusSource = Arc::new(|| DispatcherReport {
             healthy: true,
             details: serde_json::json!({"role": "unknown"}),
         });
         Ok(Self {
             repo,
-            settings: Arc::new(settings.clone()),
-            keys: Arc::new(keys),
-            tokens,
-            admin_tokens,
+            live: std::sync::RwLock::new(Arc::new(Live::new(settings)?)),
+            pr_base: pull_request_base(&settings.github_api_url),
             pool_states: Arc::new(|_| dispatcher_core::ports::PoolState::Unknown {
                 reason: "no Kubernetes state in this process".to_owned(),
             }),
-            pr_base: pull_request_base(&settings.github_api_url),
             budget: BodyBudget::new(config.max_buffered_bytes),
             config,
             status,
@@ -279,7 +335,6 @@ impl<R: EventRepository + OperatorStore> App<R> {
             draining: watch::Sender::new(false),
             metrics: Arc::new(Metrics::default()),
             metrics_refresh: None,
-            metrics_token,
         })
     }
 
@@ -469,13 +524,13 @@ impl<R: EventRepository + OperatorStore> App<R> {
                     Some((pool, action)) => {
                         allow("POST")?;
                         let actor = self.authorize_admin(request.headers())?;
-                        let key = operate::pool_from_path(&self.settings, pool)?;
+                        let key = operate::pool_from_path(&self.live().settings, pool)?;
                         operate::set_paused(self, &key, action == "pause", &actor).await
                     }
                     None => {
                         allow("GET")?;
                         self.authorize(request.headers())?;
-                        let key = operate::pool_from_path(&self.settings, rest)?;
+                        let key = operate::pool_from_path(&self.live().settings, rest)?;
                         operate::one_pool(self, &key).await
                     }
                 }
@@ -576,13 +631,14 @@ impl<R: EventRepository + OperatorStore> App<R> {
     /// Reading: open while `api.tokens` is empty; otherwise a read or an
     /// admin token.
     fn authorize(&self, headers: &http::HeaderMap) -> Result<(), ApiError> {
-        if self.tokens.set.is_empty() {
+        let live = self.live();
+        if live.tokens.set.is_empty() {
             return Ok(());
         }
         match bearer(headers) {
             Some(token)
-                if self.tokens.holder(token).is_some()
-                    || self.admin_tokens.holder(token).is_some() =>
+                if live.tokens.holder(token).is_some()
+                    || live.admin_tokens.holder(token).is_some() =>
             {
                 Ok(())
             }
@@ -592,7 +648,8 @@ impl<R: EventRepository + OperatorStore> App<R> {
 
     /// Acting: an admin token; returns the name of who holds it.
     fn authorize_admin(&self, headers: &http::HeaderMap) -> Result<String, ApiError> {
-        if self.admin_tokens.set.is_empty() {
+        let live = self.live();
+        if live.admin_tokens.set.is_empty() {
             return Err(ApiError::Forbidden(
                 "The admin API is off: configure api.admin_tokens".to_owned(),
             ));
@@ -600,10 +657,10 @@ impl<R: EventRepository + OperatorStore> App<R> {
         let Some(token) = bearer(headers) else {
             return Err(ApiError::Unauthorized);
         };
-        if let Some(name) = self.admin_tokens.holder(token) {
+        if let Some(name) = live.admin_tokens.holder(token) {
             return Ok(name.to_owned());
         }
-        if self.tokens.holder(token).is_some() {
+        if live.tokens.holder(token).is_some() {
             return Err(ApiError::Forbidden(
                 "This token can only read: actions need an admin token (api.admin_tokens)"
                     .to_owned(),
@@ -619,7 +676,8 @@ impl<R: EventRepository + OperatorStore> App<R> {
 
     /// `/metrics` takes `api.metrics_token` only (not the events API tokens).
     fn authorize_metrics(&self, headers: &http::HeaderMap) -> Result<(), ApiError> {
-        let Some(tokens) = &self.metrics_token else {
+        let live = self.live();
+        let Some(tokens) = &live.metrics_token else {
             return Ok(());
         };
         match bearer(headers) {

@@ -54,17 +54,17 @@ impl<R: EventRepository + OperatorStore> App<R> {
     /// Every pool's overview, from the stored queue and this replica's
     /// view of Kubernetes.
     pub async fn pools(&self) -> Result<Vec<PoolOverview>, ApiError> {
+        let settings = self.settings();
         let snapshot = self
             .repo
-            .queue_snapshot(self.settings.dispatch.reservation_timeout)
+            .queue_snapshot(settings.dispatch.reservation_timeout)
             .await?;
-        let states: BTreeMap<PoolKey, PoolState> = self
-            .settings
+        let states: BTreeMap<PoolKey, PoolState> = settings
             .pools
             .values()
             .map(|p| (p.key.clone(), (self.pool_states)(p)))
             .collect();
-        Ok(overview(&self.settings, &snapshot, &states))
+        Ok(overview(&settings, &snapshot, &states))
     }
 
     /// The explanation of one event (by its public id).
@@ -74,7 +74,7 @@ impl<R: EventRepository + OperatorStore> App<R> {
         let event = &detail.event;
         let payload = self.repo.payload(event.id).await?.unwrap_or_default();
         let matching = explain_items(
-            &self.settings,
+            &self.settings(),
             &EventFacts {
                 action: &event.action,
                 repository: &event.repository_full_name,
@@ -354,13 +354,14 @@ pub(crate) async fn replay<R: EventRepository + OperatorStore>(
     };
     let explanation = app.explain(id).await?;
     let event = &explanation.detail.event;
+    let settings = app.settings();
     let targets: Vec<ReplayTarget> = explanation
         .matching
         .iter()
         .filter(|v| v.matched())
         .filter_map(|v| {
-            let item = app.settings.item(&v.item)?;
-            let pool = app.settings.pools.get(&item.pool)?;
+            let item = settings.item(&v.item)?;
+            let pool = settings.pools.get(&item.pool)?;
             Some(ReplayTarget {
                 item: item.name.clone(),
                 pool: pool.key.clone(),

@@ -65,6 +65,8 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 pub(crate) struct Checked<'h> {
     event_type: &'h str,
     delivery_id: Option<&'h str>,
+    /// The configuration the checks used; the rest of the delivery uses it too.
+    live: std::sync::Arc<crate::Live>,
 }
 
 /// The checks that need only the headers (steps 2–6), run before the body is read.
@@ -75,17 +77,20 @@ pub(crate) fn check_headers<'h, R>(
     if !header(headers, "user-agent").is_some_and(|ua| ua.starts_with("GitHub-Hookshot/")) {
         return Err(ApiError::InvalidUserAgent);
     }
+    // One snapshot of the configuration for the whole delivery, even if a
+    // reload lands while its body is being read.
+    let live = app.live();
     let event_type = header(headers, "x-github-event");
     let is_ping = event_type == Some("ping");
     let event_type = match event_type {
-        Some(e) if is_ping || app.config.allowed_events.contains(e) => e,
+        Some(e) if is_ping || live.allowed_events.contains(e) => e,
         other => {
             return Err(ApiError::EventNotAllowed(
                 other.unwrap_or("None").to_owned(),
             ));
         }
     };
-    if app.config.verify_signatures
+    if live.verify_signatures
         && let Err(reason) =
             dispatcher_sig::check_header_syntax(header(headers, "x-hub-signature-256"))
     {
@@ -116,21 +121,22 @@ pub(crate) fn check_headers<'h, R>(
     Ok(Checked {
         event_type,
         delivery_id,
+        live,
     })
 }
 
 /// Verifies the signature over the raw bytes; large bodies on the blocking pool.
-async fn verify_signature<R>(
-    app: &App<R>,
+async fn verify_signature(
+    keys: &std::sync::Arc<dispatcher_sig::SigningKeys>,
     headers: &HeaderMap,
     body: Buffered,
 ) -> Result<Buffered, ApiError> {
     let signature = header(headers, "x-hub-signature-256").map(str::to_owned);
     let (body, verdict) = if body.bytes.len() < VERIFY_INLINE_MAX {
-        let verdict = app.keys.verify(&body.bytes, signature.as_deref());
+        let verdict = keys.verify(&body.bytes, signature.as_deref());
         (body, verdict)
     } else {
-        let keys = std::sync::Arc::clone(&app.keys);
+        let keys = std::sync::Arc::clone(keys);
         // The body (and its share of the budget) moves along and comes back.
         tokio::task::spawn_blocking(move || {
             let verdict = keys.verify(&body.bytes, signature.as_deref());
@@ -157,15 +163,16 @@ pub(crate) async fn receive<R: EventRepository>(
     checked: Checked<'_>,
     body: Buffered,
 ) -> Result<ApiResponse, ApiError> {
-    let body = if app.config.verify_signatures {
-        verify_signature(app, headers, body).await?
-    } else {
-        body
-    };
     let Checked {
         event_type,
         delivery_id,
+        live,
     } = checked;
+    let body = if live.verify_signatures {
+        verify_signature(&live.keys, headers, body).await?
+    } else {
+        body
+    };
     if event_type == "ping" {
         tracing::info!(
             hook_id = header(headers, "x-github-hook-id").unwrap_or("-"),

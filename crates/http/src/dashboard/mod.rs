@@ -158,7 +158,7 @@ where
     Ok(html_response(html::shell(&Shell {
         title,
         content: content.as_deref(),
-        protected: !app.tokens.set.is_empty(),
+        protected: !app.live().tokens.set.is_empty(),
         search: &params.search,
     })))
 }
