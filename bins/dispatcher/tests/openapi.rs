@@ -1,7 +1,8 @@
 //! End-to-end: a recorded run of the real binary drives every route the
 //! OpenAPI document describes (intake outcomes and errors, listing, detail,
-//! explain, pools, pause/resume, cancel, replay, the status routes,
-//! readiness while draining, and a replica without a database) and
+//! explain, pools, pause/resume, cancel, replay, the status routes, the
+//! dashboard's pages, fragments and assets, readiness while draining, and a
+//! replica without a database) and
 //! validates every answer against the document it serves at
 //! `/api/v1/openapi.json`: the status must be documented for the operation,
 //! the media type too, and a JSON body must match the schema, with no field
@@ -132,6 +133,15 @@ impl Recorder<'_> {
         }
     }
 
+    /// A dashboard page or asset answered 200: validated like any answer,
+    /// and (HTML, CSS or script: only a string) not empty.
+    async fn page(&self, template: &str, path: &str, who: As) -> String {
+        let answer = self.call("GET", template, path, who, 200).await;
+        let text = answer.as_str().unwrap_or_default().to_owned();
+        assert!(!text.trim().is_empty(), "GET {path}: empty body");
+        text
+    }
+
     /// A delivery declaring a body over the limit, answered before it is sent.
     async fn too_large(&self) {
         let address = self.url.trim_start_matches("http://");
@@ -169,6 +179,73 @@ fn pool_path() -> String {
 fn finish_running(world: &World) {
     for run in world.kube.unfinished(PIPELINE) {
         world.kube.set_succeeded("ns", &run, "True", "Succeeded");
+    }
+}
+
+/// Every dashboard operation on a server whose reading is protected: 200
+/// for each (the shell without a token, the data with one, fragments), 400,
+/// 401 (a fragment without a token), 404 (an unknown event) and 405.
+async fn dashboard(api: &Recorder<'_>, ids: &[String]) {
+    let home = "/";
+    let event = "/ui/events/{id}";
+    let search = "/ui/search";
+    let css = "/ui/assets/dashboard.css";
+    let js = "/ui/assets/dashboard.js";
+    let first = format!("/ui/events/{}", ids[0]);
+    let unknown = format!("/ui/events/{UNKNOWN_EVENT}");
+
+    let shell = api.page(home, "/", As::Nobody).await;
+    let rendered = api.page(home, "/", As::Reader).await;
+    assert!(rendered.len() > shell.len(), "a token shows the data");
+    api.page(home, "/?fragment=1", As::Admin).await;
+    api.call("GET", home, "/?fragment=1", As::Nobody, 401).await;
+    api.call("GET", home, "/?pr=x", As::Reader, 400).await;
+    api.call("POST", home, "/", As::Admin, 405).await;
+
+    api.page(event, &first, As::Reader).await;
+    api.page(event, &first, As::Nobody).await;
+    api.page(event, &format!("{first}?fragment=1"), As::Reader)
+        .await;
+    api.call(
+        "GET",
+        event,
+        &format!("{first}?fragment=1"),
+        As::Nobody,
+        401,
+    )
+    .await;
+    api.call("GET", event, &unknown, As::Reader, 404).await;
+    api.call(
+        "GET",
+        event,
+        &format!("{unknown}?fragment=1"),
+        As::Reader,
+        404,
+    )
+    .await;
+    api.call("GET", event, "/ui/events/not-a-uuid", As::Reader, 404)
+        .await;
+    api.call("GET", event, &format!("{first}?pr=0"), As::Reader, 400)
+        .await;
+    api.call("DELETE", event, &first, As::Admin, 405).await;
+
+    let found = api
+        .page(search, "/ui/search?repository=o%2Fr&pr=1", As::Reader)
+        .await;
+    assert!(found.contains(&ids[0]), "the search finds PR 1's event");
+    api.page(search, "/ui/search?repository=o%2Fr", As::Nobody)
+        .await;
+    api.page(search, "/ui/search?pr=2&fragment=1", As::Reader)
+        .await;
+    api.call("GET", search, "/ui/search?fragment=1", As::Nobody, 401)
+        .await;
+    api.call("GET", search, "/ui/search?pr=x", As::Reader, 400)
+        .await;
+    api.call("POST", search, search, As::Reader, 405).await;
+
+    for asset in [css, js] {
+        api.page(asset, &format!("{asset}?v=1"), As::Nobody).await;
+        api.call("POST", asset, asset, As::Nobody, 405).await;
     }
 }
 
@@ -392,6 +469,10 @@ async fn every_answer_of_a_recorded_run_matches_the_openapi_document() {
     api.call("GET", one_pool, "/api/v1/pools/ns/nope", As::Reader, 404)
         .await;
     api.call("GET", one_pool, &pool, As::Nobody, 401).await;
+
+    // The dashboard: pages (rendered with a token, the shell without one,
+    // fragments), its errors, and the embedded assets.
+    dashboard(&api, &ids).await;
 
     // Pause (twice), refused to readers and strangers; replay and cancel.
     let pause = "/api/v1/pools/{pool}/pause";
@@ -648,6 +729,8 @@ async fn every_answer_of_a_recorded_run_matches_the_openapi_document() {
     let body = pr_payload("o/r", 5, "opened");
     api.intake(delivery(&lost.url, "d5", "pull_request", &body), 503)
         .await;
+    api.call("GET", "/", "/?fragment=1", As::Reader, 503).await;
+    api.page("/", "/", As::Nobody).await;
 
     // Every documented operation was driven.
     let driven: std::collections::BTreeSet<(String, String)> =

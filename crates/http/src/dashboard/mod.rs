@@ -49,9 +49,35 @@ const SEARCH_LIMIT: u32 = 50;
 const CSS: &str = include_str!("../../assets/dashboard.css");
 const JS: &str = include_str!("../../assets/dashboard.js");
 
-/// Whether `path` (trailing `/` trimmed, so `/` is empty) is the dashboard's.
+const HOME_PATH: &str = "/";
+const EVENT_PATH: &str = "/ui/events/{id}";
+const SEARCH_PATH: &str = "/ui/search";
+const CSS_PATH: &str = "/ui/assets/dashboard.css";
+const JS_PATH: &str = "/ui/assets/dashboard.js";
+
+/// Every route the dashboard serves, all `GET`, as path templates (`{id}`:
+/// one non-empty segment). [`owns`] and [`route`] are defined by this list
+/// alone, so a page is served only once it is here, and the OpenAPI unit
+/// test requires each to be in the top-level `ROUTES` (and so documented).
+pub(crate) const PATHS: &[&str] = &[HOME_PATH, EVENT_PATH, SEARCH_PATH, CSS_PATH, JS_PATH];
+
+/// The template of [`PATHS`] that `path` (trailing `/` trimmed, so `/` is
+/// empty) is, if any.
+fn template(path: &str) -> Option<&'static str> {
+    let path = if path.is_empty() { "/" } else { path };
+    PATHS.iter().copied().find(|t| match t.split_once("{id}") {
+        None => *t == path,
+        Some((before, after)) => path
+            .strip_prefix(before)
+            .and_then(|rest| rest.strip_suffix(after))
+            .is_some_and(|id| !id.is_empty() && !id.contains('/')),
+    })
+}
+
+/// Whether `path` (trailing `/` trimmed, so `/` is empty) is one of the
+/// dashboard's [`PATHS`].
 pub(crate) fn owns(path: &str) -> bool {
-    path.is_empty() || path == "/ui" || path.starts_with("/ui/")
+    template(path).is_some()
 }
 
 /// Serves a dashboard path (see the module's route table).
@@ -62,24 +88,23 @@ pub(crate) async fn route<R: EventRepository + OperatorStore>(
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<ApiResponse, ApiError> {
-    let known = matches!(path, "" | "/ui/search" | CSS_PATH | JS_PATH) || event_id(path).is_some();
-    if !known {
+    let Some(template) = template(path) else {
         // Unknown paths are 404 whatever the method, like the API's.
         return Err(ApiError::NotFound(format!(
             "No route for {method} {}",
             if path.is_empty() { "/" } else { path }
         )));
-    }
+    };
     if method != http::Method::GET {
         return Err(ApiError::MethodNotAllowed {
             method: method.to_string(),
             allowed: "GET",
         });
     }
-    match path {
+    match template {
         CSS_PATH => Ok(asset(CSS, "text/css; charset=utf-8")),
         JS_PATH => Ok(asset(JS, "text/javascript; charset=utf-8")),
-        "" => {
+        HOME_PATH => {
             let params = Params::parse(query)?;
             page(app, "Pools", &params, headers, |ctx| async move {
                 let pools = app.pools().await?;
@@ -88,7 +113,7 @@ pub(crate) async fn route<R: EventRepository + OperatorStore>(
             })
             .await
         }
-        "/ui/search" => {
+        SEARCH_PATH => {
             let params = Params::parse(query)?;
             let search = params.search.clone();
             page(app, "Search", &params, headers, |ctx| async move {
@@ -102,8 +127,8 @@ pub(crate) async fn route<R: EventRepository + OperatorStore>(
             })
             .await
         }
-        p => {
-            let id = event_id(p).unwrap_or_default();
+        EVENT_PATH => {
+            let id = path.strip_prefix("/ui/events/").unwrap_or_default();
             let params = Params::parse(query)?;
             let title = format!("Event {id}");
             page(app, &title, &params, headers, |ctx| async move {
@@ -112,17 +137,9 @@ pub(crate) async fn route<R: EventRepository + OperatorStore>(
             })
             .await
         }
+        // A template of PATHS without its arm (a page being added).
+        _ => Err(ApiError::NotFound(format!("No route for {method} {path}"))),
     }
-}
-
-const CSS_PATH: &str = "/ui/assets/dashboard.css";
-const JS_PATH: &str = "/ui/assets/dashboard.js";
-
-/// The `{id}` of `/ui/events/{id}` (any non-empty segment: an id that is
-/// not a UUID is a 404 from `App::explain`, as in the API).
-fn event_id(path: &str) -> Option<&str> {
-    path.strip_prefix("/ui/events/")
-        .filter(|id| !id.is_empty() && !id.contains('/'))
 }
 
 /// A page: the fragment alone (`?fragment=1`, token required when reading
@@ -292,11 +309,22 @@ mod tests {
     }
 
     #[test]
-    fn the_dashboard_owns_root_and_ui_only() {
+    fn the_dashboard_owns_its_paths_only() {
         assert!(owns(""));
         assert!(owns("/ui/events/x"));
-        assert!(owns("/ui"));
-        assert!(!owns("/uix"));
-        assert!(!owns("/api/v1/pools"));
+        assert!(owns("/ui/search"));
+        assert!(owns(CSS_PATH) && owns(JS_PATH));
+        for other in [
+            "/ui",
+            "/ui/events",
+            "/ui/events/x/y",
+            "/ui/nope",
+            "/uix",
+            "/api/v1/pools",
+        ] {
+            assert!(!owns(other), "{other}");
+        }
+        assert_eq!(template("/ui/events/x"), Some(EVENT_PATH));
+        assert_eq!(template(""), Some(HOME_PATH));
     }
 }
