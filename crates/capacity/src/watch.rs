@@ -189,11 +189,14 @@ impl WatchState {
 /// The Kubernetes-backed [`CapacitySource`]. Dropping it stops its tasks.
 #[derive(Debug)]
 pub struct KubeCapacity {
-    watches: BTreeMap<WatchKey, Arc<WatchState>>,
+    watches: RwLock<BTreeMap<WatchKey, Arc<WatchState>>>,
     changed: Arc<Notify>,
     options: CapacityOptions,
     /// Why every pool is unknown regardless of its watch (no client).
     unavailable: Arc<RwLock<Option<String>>>,
+    /// Watches added after the start ([`KubeCapacity::watch_pools`]) go to
+    /// the task that owns the client; `None` when there is no client at all.
+    added: Option<tokio::sync::mpsc::UnboundedSender<Arc<WatchState>>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -245,20 +248,15 @@ impl KubeCapacity {
         pools: impl IntoIterator<Item = &'a PoolSpec>,
         options: CapacityOptions,
     ) -> Self {
-        let changed = Arc::new(Notify::new());
-        let watches = watch_states(pools);
-        let tasks = watches
-            .values()
-            .flat_map(|state| watch_tasks(client, state, &changed, options))
-            .map(tokio::spawn)
-            .collect();
-        Self {
-            watches,
-            changed,
+        let client = client.clone();
+        Self::connect(
+            move || {
+                let client = client.clone();
+                async move { Ok::<_, std::convert::Infallible>(client) }
+            },
+            pools,
             options,
-            unavailable: Arc::new(RwLock::new(None)),
-            tasks,
-        }
+        )
     }
 
     /// Builds the Kubernetes client with `client_factory` in the background,
@@ -280,6 +278,7 @@ impl KubeCapacity {
         let changed = Arc::new(Notify::new());
         let watches = watch_states(pools);
         let unavailable = Arc::new(RwLock::new(Some(format!("{NO_CONFIG}: not loaded yet"))));
+        let (added, mut to_add) = tokio::sync::mpsc::unbounded_channel::<Arc<WatchState>>();
         let task = tokio::spawn({
             let watches: Vec<Arc<WatchState>> = watches.values().cloned().collect();
             let changed = Arc::clone(&changed);
@@ -320,26 +319,71 @@ impl KubeCapacity {
                 }
                 set_unavailable(&unavailable, None);
                 changed.notify_one();
-                while tasks.join_next().await.is_some() {}
+                // Watches added by a configuration reload start here, with
+                // the same client; the tasks run until the capacity is dropped.
+                let mut adding = true;
+                loop {
+                    tokio::select! {
+                        state = to_add.recv(), if adding => match state {
+                            Some(state) => {
+                                for task in watch_tasks(&client, &state, &changed, options) {
+                                    tasks.spawn(task);
+                                }
+                            }
+                            None => adding = false,
+                        },
+                        done = tasks.join_next(), if !tasks.is_empty() => {
+                            if done.is_none() && !adding {
+                                break;
+                            }
+                        }
+                        else => break,
+                    }
+                }
             }
         });
         Self {
-            watches,
+            watches: RwLock::new(watches),
             changed,
             options,
             unavailable,
+            added: Some(added),
             tasks: vec![task],
         }
+    }
+
+    /// Starts watching the pools of `pools` not watched yet (a configuration
+    /// reload added them); a new pool is `Unknown` until its first list.
+    /// Pools no longer configured keep their watch: it is cheap, and a
+    /// reload that brings them back finds them current.
+    pub fn watch_pools<'a>(&self, pools: impl IntoIterator<Item = &'a PoolSpec>) {
+        let Ok(mut watches) = self.watches.write() else {
+            return;
+        };
+        for pool in pools {
+            let key = WatchKey::of(pool);
+            if watches.contains_key(&key) {
+                continue;
+            }
+            let state = Arc::new(WatchState::new(key.clone()));
+            tracing::info!(namespace = %key.namespace, pipeline = %key.pipeline, "watching the PipelineRuns of a pool added by a reload");
+            if let Some(added) = &self.added {
+                let _ = added.send(Arc::clone(&state));
+            }
+            watches.insert(key, state);
+        }
+        self.changed.notify_one();
     }
 
     /// A source that knows nothing: every pool is `Unknown` with `reason`
     /// (no Kubernetes configuration could be loaded).
     pub fn unavailable(reason: impl Into<String>, options: CapacityOptions) -> Self {
         Self {
-            watches: BTreeMap::new(),
+            watches: RwLock::new(BTreeMap::new()),
             changed: Arc::new(Notify::new()),
             options,
             unavailable: Arc::new(RwLock::new(Some(reason.into()))),
+            added: None,
             tasks: Vec::new(),
         }
     }
@@ -371,7 +415,11 @@ impl CapacitySource for KubeCapacity {
         if let Some(reason) = self.unavailable_reason() {
             return PoolState::Unknown { reason };
         }
-        let Some(state) = self.watches.get(&WatchKey::of(pool)) else {
+        let state = match self.watches.read() {
+            Ok(watches) => watches.get(&WatchKey::of(pool)).cloned(),
+            Err(_) => None,
+        };
+        let Some(state) = state else {
             return PoolState::Unknown {
                 reason: "pool is not watched".to_owned(),
             };

@@ -158,6 +158,35 @@ async fn counts_unfinished_runs_from_list_and_watch() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_pool_added_by_a_reload_is_watched_with_the_same_client() {
+    let kube = FakeKube::start().await.unwrap();
+    kube.create_run("ns", "r", "p", None, &[]);
+    kube.create_run("ns2", "s", "q", None, &[]);
+    let first = pool(&[], TektonApiVersion::V1);
+    let added = PoolSpec {
+        key: PoolKey("ns2/q".into()),
+        namespace: "ns2".into(),
+        pipeline_name: "q".into(),
+        ..pool(&[], TektonApiVersion::V1)
+    };
+    let capacity = KubeCapacity::start(
+        &client(&kube).await,
+        [&first],
+        options(Duration::from_secs(30)),
+    );
+    wait_state(&capacity, &first, |s| running(s) == Some(1)).await;
+    assert!(matches!(
+        capacity.pool_state(&added),
+        PoolState::Unknown { .. }
+    ));
+    capacity.watch_pools([&first, &added]);
+    wait_state(&capacity, &added, |s| running(s) == Some(1)).await;
+    kube.create_run("ns2", "t", "q", None, &[]);
+    wait_state(&capacity, &added, |s| running(s) == Some(2)).await;
+    assert_eq!(running(&capacity.pool_state(&first)), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn v1beta1_pools_use_the_old_api() {
     let kube = FakeKube::start().await.unwrap();
     kube.create_run("ns", "r", "p", None, &[]);

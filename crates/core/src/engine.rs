@@ -162,6 +162,25 @@ impl Engine {
         &self.settings
     }
 
+    /// Uses `settings` from the next pass on (a configuration reload):
+    /// items, filters, pools, capacities and the retry and reservation
+    /// tuning. Work already decided is not revisited; queued work whose
+    /// item moved to another pool follows it (the planner's `Moved`), and
+    /// outcomes kept from earlier are still recorded.
+    pub fn reload(&mut self, settings: Arc<Settings>) {
+        let kept = std::mem::take(&mut self.unrecorded);
+        let failures = self.unrecorded_failures;
+        *self = Self::new(settings);
+        self.unrecorded = kept;
+        self.unrecorded_failures = failures;
+    }
+
+    /// Whether `settings` is the configuration in use (the same value, not
+    /// an equal one).
+    pub fn uses(&self, settings: &Arc<Settings>) -> bool {
+        Arc::ptr_eq(&self.settings, settings)
+    }
+
     /// The EventListener URL of a job's item.
     pub fn callback_url(&self, job: &TriggerJob) -> Option<&Url> {
         self.settings.item(&job.item).map(|i| &i.callback_url)

@@ -55,7 +55,12 @@ where
         preparation,
         status,
         metrics,
+        updates,
     } = runtime;
+    // Without reloads, a channel nobody sends on (kept open, so waiting on
+    // it never fires).
+    let (keep_open, fixed) = watch::channel(Arc::clone(&settings));
+    let updates = updates.unwrap_or(fixed);
     if let Some((what, step)) = preparation
         && !prepare(&what, &step, &settings, &status, &mut shutdown).await
     {
@@ -63,7 +68,8 @@ where
         return;
     }
     let parts = Parts {
-        settings: Arc::clone(&settings),
+        settings: updates,
+        _keep_open: keep_open,
         capacity,
         trigger: Arc::new(trigger),
         labels,
@@ -165,7 +171,9 @@ async fn prepare(
 
 /// The runtime's parts, shared by every term.
 struct Parts<C, T> {
-    settings: Arc<dispatcher_core::config::Settings>,
+    /// The configuration in force (reloads arrive here).
+    settings: watch::Receiver<Arc<dispatcher_core::config::Settings>>,
+    _keep_open: watch::Sender<Arc<dispatcher_core::config::Settings>>,
     capacity: Arc<C>,
     trigger: Arc<T>,
     labels: Option<LabelWorkerFactory>,
@@ -188,7 +196,11 @@ where
         triggers: &mut Triggers,
         shutdown: &mut watch::Receiver<bool>,
     ) -> TermEnd {
-        let d = &self.settings.dispatch;
+        // Fixed for the term: the heartbeat follows the session's idle timeout.
+        let heartbeat_every = self.current().dispatch.heartbeat_interval();
+        let mut updates = self.settings.clone();
+        updates.borrow_and_update();
+        let mut updates_open = true;
         let lease = session.lease();
         let label_wake = Arc::new(Notify::new());
         let _label_worker = self.labels.as_ref().map(|start| {
@@ -197,14 +209,21 @@ where
                 Arc::clone(&self.metrics),
             )))
         });
-        let mut heartbeat = tokio::time::interval(d.heartbeat_interval());
+        let mut heartbeat = tokio::time::interval(heartbeat_every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_pass = tokio::time::Instant::now() - d.min_pass_interval;
+        let mut last_pass = tokio::time::Instant::now() - self.current().dispatch.min_pass_interval;
         let mut answers: Vec<TriggerResult> = Vec::new();
         loop {
             if *shutdown.borrow() {
                 return self.stop(engine, &mut session, triggers, answers).await;
             }
+            let settings = self.current();
+            if !engine.uses(&settings) {
+                tracing::info!("dispatching with the reloaded configuration");
+                engine.reload(Arc::clone(&settings));
+                triggers.set_settings(Arc::clone(&settings));
+            }
+            let d = &settings.dispatch;
             // Batch a flood of wake-ups into fewer passes (dispatch.min_pass_interval).
             tokio::time::sleep_until(last_pass + d.min_pass_interval).await;
             last_pass = tokio::time::Instant::now();
@@ -267,6 +286,14 @@ where
                     }
                     () = self.capacity.changed() => break,
                     () = &mut sleep => break,
+                    // A reload: the next pass uses it (a raised capacity at once).
+                    changed = updates.changed(), if updates_open => {
+                        // The sender is gone: no more reloads, nothing to wait for.
+                        updates_open = changed.is_ok();
+                        if updates_open {
+                            break;
+                        }
+                    }
                     _ = heartbeat.tick() => {
                         if let Err(e) = session.heartbeat().await {
                             tracing::warn!(error = %e, "heartbeat failed; no longer the active dispatcher");
@@ -308,7 +335,8 @@ where
     ) -> TermEnd {
         self.status.set_role(Role::Stopping);
         tracing::info!(in_flight = triggers.len(), "stopping the dispatcher");
-        let d = &self.settings.dispatch;
+        let settings = self.current();
+        let d = &settings.dispatch;
         let drain = triggers.drain(d.trigger_timeout + DRAIN_SLACK);
         tokio::pin!(drain);
         // Heartbeats keep the session (and the lock) while a slow answer is
@@ -355,13 +383,18 @@ where
             return;
         }
         let answers = triggers
-            .drain(self.settings.dispatch.trigger_timeout + DRAIN_SLACK)
+            .drain(self.current().dispatch.trigger_timeout + DRAIN_SLACK)
             .await;
         tracing::info!(
             answers = answers.len(),
             "keeping trigger answers that arrived after the session was lost"
         );
         engine.carry_over(answers, OffsetDateTime::now_utc());
+    }
+
+    /// The configuration in force now.
+    fn current(&self) -> Arc<dispatcher_core::config::Settings> {
+        Arc::clone(&self.settings.borrow())
     }
 
     /// The span of the next pass (or of the last recording at shutdown).

@@ -73,6 +73,7 @@ pub struct Runtime<L, C, T> {
     preparation: Option<(String, Preparation)>,
     status: Arc<DispatcherStatus>,
     metrics: Arc<Metrics>,
+    updates: Option<watch::Receiver<Arc<Settings>>>,
 }
 
 impl<L, C, T> std::fmt::Debug for Runtime<L, C, T> {
@@ -103,7 +104,20 @@ where
             preparation: None,
             status,
             metrics: Arc::new(Metrics::default()),
+            updates: None,
         }
+    }
+
+    /// Follows configuration reloads: each new value sent on the channel is
+    /// used from the next pass on (which it triggers at once), so a raised
+    /// capacity is used within milliseconds. Items, filters, pools,
+    /// capacities and the retry, reservation and pass tuning reload;
+    /// `failover_timeout` and the timings derived from it are fixed when a
+    /// leadership term starts.
+    #[must_use]
+    pub fn with_settings_updates(mut self, updates: watch::Receiver<Arc<Settings>>) -> Self {
+        self.updates = Some(updates);
+        self
     }
 
     /// A step to finish before contending for leadership, such as applying

@@ -37,6 +37,11 @@ impl Triggers {
         }
     }
 
+    /// Uses `settings` for the triggers spawned from now on (a reload).
+    pub(crate) fn set_settings(&mut self, settings: Arc<Settings>) {
+        self.settings = settings;
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.tasks.len()
     }
