@@ -12,6 +12,7 @@
 mod config;
 mod explain;
 mod options;
+mod reload;
 mod serve;
 mod simulate;
 mod summary;
@@ -169,7 +170,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }),
         Command::Serve => {
             let url = database_url(&settings)?;
-            runtime()?.block_on(serve::serve(settings, &url))
+            runtime()?.block_on(serve::serve(settings, &url, loaded.path))
         }
     }
 }

@@ -19,11 +19,15 @@ use tokio::sync::watch;
 
 use crate::simulate::Simulation;
 
-/// Runs the service.
-pub(crate) async fn serve(mut settings: Settings, database_url: &str) -> anyhow::Result<()> {
+/// Runs the service; `config_path` is watched for reloads.
+pub(crate) async fn serve(
+    mut settings: Settings,
+    database_url: &str,
+    config_path: std::path::PathBuf,
+) -> anyhow::Result<()> {
     // Held to the end: dropping it stops the simulated Tekton.
     let simulation = if settings.dev.simulate_tekton {
-        Some(Simulation::start(&mut settings).await?)
+        Some(Arc::new(Simulation::start(&mut settings).await?))
     } else {
         None
     };
@@ -41,6 +45,8 @@ pub(crate) async fn serve(mut settings: Settings, database_url: &str) -> anyhow:
     let trigger = EventListenerClient::new(settings.dispatch.trigger_timeout, secret)
         .context("building the EventListener client")?;
     let github = github_labels(&settings)?;
+    // Reloaded settings reach the dispatcher through this channel.
+    let (settings_tx, settings_rx) = watch::channel(Arc::clone(&settings));
     let election = PgLeaderElection::new(
         db.clone(),
         github.is_some(),
@@ -53,9 +59,10 @@ pub(crate) async fn serve(mut settings: Settings, database_url: &str) -> anyhow:
         Arc::clone(&capacity),
         trigger,
     )
-    .with_metrics(Arc::clone(&metrics));
-    if let Some(github) = github {
-        runtime = runtime.with_labels(db.labels(), github);
+    .with_metrics(Arc::clone(&metrics))
+    .with_settings_updates(settings_rx.clone());
+    if let Some(github) = &github {
+        runtime = runtime.with_labels(db.labels(), github.clone());
     }
     let status = runtime.status();
 
@@ -79,12 +86,28 @@ pub(crate) async fn serve(mut settings: Settings, database_url: &str) -> anyhow:
     let dispatch_task = tokio::spawn(runtime.run(stop_rx));
 
     let pool = db.clone();
-    let app = http_app(&settings, &db, &status, &capacity)?
-        .with_metrics(metrics)
+    let reloads = Arc::new(crate::reload::ReloadStatus::default());
+    let app = http_app(&settings_rx, &db, &status, &capacity, &reloads)?
+        .with_metrics(Arc::clone(&metrics))
         .with_metrics_refresh(Arc::new(move |metrics: &Metrics| {
             let status = pool.pool_status();
             metrics.set_db_pool(status.size, status.in_use);
         }));
+    let app = Arc::new(app);
+    tokio::spawn(
+        crate::reload::Reloader {
+            path: config_path,
+            current: Arc::clone(&settings),
+            updates: settings_tx,
+            app: Arc::clone(&app),
+            capacity: Arc::clone(&capacity),
+            github,
+            metrics,
+            status: reloads,
+            simulation: simulation.clone(),
+        }
+        .run(),
+    );
     let address = (settings.server.bind, settings.server.port);
     let listener = tokio::net::TcpListener::bind(address)
         .await
@@ -100,7 +123,7 @@ pub(crate) async fn serve(mut settings: Settings, database_url: &str) -> anyhow:
     };
     dispatcher_http::serve(
         listener,
-        Arc::new(app),
+        app,
         signal,
         dispatcher_http::ServeOptions::from(&settings.server),
     )
@@ -116,26 +139,34 @@ pub(crate) async fn serve(mut settings: Settings, database_url: &str) -> anyhow:
 }
 
 fn http_app(
-    settings: &Arc<Settings>,
+    settings: &watch::Receiver<Arc<Settings>>,
     db: &Database,
     status: &Arc<DispatcherStatus>,
     capacity: &Arc<KubeCapacity>,
+    reloads: &Arc<crate::reload::ReloadStatus>,
 ) -> anyhow::Result<App<dispatcher_store::PgEvents>> {
-    let (report_settings, report_status, report_capacity) = (
-        Arc::clone(settings),
+    let (report_settings, report_status, report_capacity, report_reloads) = (
+        settings.clone(),
         Arc::clone(status),
         Arc::clone(capacity),
+        Arc::clone(reloads),
     );
     let live_status = Arc::clone(status);
     let pool_capacity = Arc::clone(capacity);
-    Ok(App::new(settings, db.events())
+    let current = Arc::clone(&settings.borrow());
+    Ok(App::new(&current, db.events())
         .context("building the HTTP app")?
         .with_pool_states(Arc::new(move |pool| pool_capacity.pool_state(pool)))
         .with_status_source(Arc::new(move || {
-            let report = report_status.report(&report_settings, &*report_capacity);
+            let settings = Arc::clone(&report_settings.borrow());
+            let report = report_status.report(&settings, &*report_capacity);
+            let mut details = report.details;
+            if let Some(map) = details.as_object_mut() {
+                map.insert("config".to_owned(), report_reloads.details());
+            }
             DispatcherReport {
                 healthy: report.healthy,
-                details: report.details,
+                details,
             }
         }))
         .with_liveness_source(Arc::new(move || match live_status.liveness() {

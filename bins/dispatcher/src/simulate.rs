@@ -54,7 +54,7 @@ pub(crate) fn refuse_real_kubernetes(
 pub(crate) struct Simulation {
     kube: FakeKube,
     /// One fake EventListener per pool, kept alive for the process.
-    _listeners: BTreeMap<PoolKey, FakeEventListener>,
+    listeners: BTreeMap<PoolKey, FakeEventListener>,
 }
 
 impl Simulation {
@@ -96,19 +96,30 @@ impl Simulation {
             tracing::info!(pool = %pool.key, listener = %listener.url(), "simulated EventListener ready");
             listeners.insert(pool.key.clone(), listener);
         }
+        let simulation = Self { kube, listeners };
+        simulation.reroute(settings)?;
+        Ok(simulation)
+    }
+
+    /// Points every item's trigger at its pool's fake listener (at start
+    /// and after each reload). An item of a pool added by a reload has no
+    /// fake listener: it points at a closed port (its triggers fail and
+    /// retry; a restart simulates the new pool) and is named in the result.
+    pub(crate) fn reroute(&self, settings: &mut Settings) -> anyhow::Result<Vec<String>> {
+        let mut unsimulated = Vec::new();
         for item in &mut settings.items {
-            let Some(listener) = listeners.get(&item.pool) else {
-                continue;
+            let url = match self.listeners.get(&item.pool) {
+                Some(listener) => listener.url(),
+                None => {
+                    unsimulated.push(item.name.clone());
+                    "http://127.0.0.1:9/".to_owned()
+                }
             };
-            item.callback_url = listener
-                .url()
+            item.callback_url = url
                 .parse()
                 .with_context(|| format!("simulated EventListener URL for item {}", item.name))?;
         }
-        Ok(Self {
-            kube,
-            _listeners: listeners,
-        })
+        Ok(unsimulated)
     }
 
     /// The capacity watcher, following the simulated Kubernetes API.

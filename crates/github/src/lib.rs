@@ -46,7 +46,8 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 pub struct GithubLabels {
     http: reqwest::Client,
     api_url: String,
-    token: String,
+    /// Shared by every clone, so a rotated token reaches the label worker.
+    token: std::sync::Arc<std::sync::RwLock<String>>,
 }
 
 impl std::fmt::Debug for GithubLabels {
@@ -74,8 +75,24 @@ impl GithubLabels {
         Ok(Self {
             http,
             api_url: api_url.as_str().trim_end_matches('/').to_owned(),
-            token: token.to_owned(),
+            token: std::sync::Arc::new(std::sync::RwLock::new(token.to_owned())),
         })
+    }
+
+    /// Uses `token` from the next request on, in this client and every
+    /// clone of it (a rotated `GITHUB_TOKEN` without a restart).
+    pub fn set_token(&self, token: &str) {
+        match self.token.write() {
+            Ok(mut current) => token.clone_into(&mut current),
+            Err(poisoned) => token.clone_into(&mut poisoned.into_inner()),
+        }
+    }
+
+    fn token(&self) -> String {
+        match self.token.read() {
+            Ok(token) => token.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     fn labels_url(&self, pr: &PullRequestRef) -> Result<String, NotifyError> {
@@ -94,7 +111,7 @@ impl GithubLabels {
     fn request(&self, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
         self.http
             .request(method, url)
-            .bearer_auth(&self.token)
+            .bearer_auth(self.token())
             .header(reqwest::header::ACCEPT, "application/vnd.github+json")
             .header("X-GitHub-Api-Version", "2022-11-28")
     }
@@ -206,6 +223,17 @@ mod tests {
             repository: "o/r".into(),
             number: 7,
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_rotated_token_reaches_every_clone() {
+        let fake = FakeGithub::start("new-token").await.unwrap();
+        let github = client(&fake.url(), "old-token");
+        let worker_copy = github.clone();
+        assert!(worker_copy.add_label(&pr(), "p/queued").await.is_err());
+        github.set_token("new-token");
+        worker_copy.add_label(&pr(), "p/queued").await.unwrap();
+        assert!(fake.labels("o/r", 7).contains("p/queued"));
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -30,6 +30,8 @@
 //! | `webhook_dispatcher_db_pool_in_use` | | at scrape time: of those, checked out by a request or task |
 //! | `webhook_dispatcher_events_finished_total` | `status` ([`FinishStatus`]) | after each pass and trigger recording (runtime): dispatch-level finishes the engine decided in this replica |
 //! | `webhook_dispatcher_github_requests_total` | `result` ([`GithubResult`]) | label worker (runtime) |
+//! | `webhook_dispatcher_config_reloads_total` | | each applied configuration reload (binary) |
+//! | `webhook_dispatcher_config_reload_failures_total` | | each refused (invalid) reload; the running configuration stays |
 //! | `webhook_dispatcher_build_info` | `version` | always 1 |
 //!
 //! ```
@@ -232,6 +234,8 @@ pub struct Metrics {
     registry: Registry,
     deliveries: Family<OutcomeLabels, Counter>,
     leader: Gauge,
+    config_reloads: Counter,
+    config_reload_failures: Counter,
     pool_capacity: Family<PoolLabels, Gauge>,
     pool_running: Family<PoolLabels, Gauge>,
     pool_reserved: Family<PoolLabels, Gauge>,
@@ -262,6 +266,18 @@ impl Metrics {
             "webhook_dispatcher_leader",
             "1 while this replica is the active dispatcher, 0 otherwise",
             leader.clone(),
+        );
+        let config_reloads = Counter::default();
+        registry.register(
+            "webhook_dispatcher_config_reloads",
+            "Configuration reloads applied (SIGHUP or a change of the file)",
+            config_reloads.clone(),
+        );
+        let config_reload_failures = Counter::default();
+        registry.register(
+            "webhook_dispatcher_config_reload_failures",
+            "Configuration reloads refused (invalid file: the running configuration stays)",
+            config_reload_failures.clone(),
         );
         let gauge = |registry: &mut Registry, name: &str, help: &str| {
             let family = Family::<PoolLabels, Gauge>::default();
@@ -357,6 +373,8 @@ impl Metrics {
             registry,
             deliveries,
             leader,
+            config_reloads,
+            config_reload_failures,
             pool_capacity,
             pool_running,
             pool_reserved,
@@ -378,6 +396,15 @@ impl Metrics {
         self.deliveries
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
+    }
+
+    /// Counts one configuration reload: applied, or refused (invalid).
+    pub fn config_reload(&self, applied: bool) {
+        if applied {
+            self.config_reloads.inc();
+        } else {
+            self.config_reload_failures.inc();
+        }
     }
 
     /// Sets the leader gauge. Losing leadership also drops the pool gauges,
@@ -539,6 +566,15 @@ mod tests {
             text.contains("webhook_dispatcher_triggers_total{pool=\"ns/p\",result=\"retry\"} 1\n")
         );
         assert!(text.contains("webhook_dispatcher_build_info{version=\"0.0.0\"} 1\n"));
+        m.config_reload(true);
+        m.config_reload(false);
+        m.config_reload(false);
+        let text = m.encode();
+        assert!(
+            text.contains("webhook_dispatcher_config_reloads_total 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("webhook_dispatcher_config_reload_failures_total 2\n"));
         assert!(text.ends_with("# EOF\n"));
         m.finished(FinishStatus::Processed, 2);
         m.finished(FinishStatus::Cancelled, 0);

@@ -34,6 +34,8 @@ pub fn install_crypto() {
 pub struct Service {
     child: Child,
     pub url: String,
+    /// The config file it runs with (rewrite it to test reloads).
+    pub config_path: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
     log_tick: watch::Receiver<u64>,
     _dir: TempDir,
@@ -105,6 +107,7 @@ impl Service {
         let mut service = Service {
             child,
             url: String::new(),
+            config_path: config_path.clone(),
             logs,
             log_tick,
             _dir: dir,
