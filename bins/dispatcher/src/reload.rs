@@ -9,8 +9,10 @@
 //! an item to its new pool), webhook secrets and signature settings, API
 //! tokens, the GitHub token and the dispatch tuning. What needs a restart
 //! (reported, not applied): the listener (`server.*`), the database, logging,
-//! `dev`, `github.api_url`/`timeout` and `dispatch.failover_timeout` (the
-//! leader session's timeouts come from it).
+//! `dev`, `github.api_url`/`timeout`, and the dispatch timings fixed when a
+//! client or session is built (`failover_timeout`, `trigger_timeout`,
+//! `capacity_resync_interval`, `capacity_stale_after`,
+//! `leader_retry_interval`); docs/CONFIGURATION.md marks each key.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -294,6 +296,18 @@ fn needs_restart(old: &Settings, new: &Settings) -> Vec<String> {
     check(
         "dispatch.trigger_timeout (the EventListener client's timeout)",
         old.dispatch.trigger_timeout == new.dispatch.trigger_timeout,
+    );
+    check(
+        "dispatch.capacity_resync_interval",
+        old.dispatch.capacity_resync_interval == new.dispatch.capacity_resync_interval,
+    );
+    check(
+        "dispatch.capacity_stale_after",
+        old.dispatch.capacity_stale_after == new.dispatch.capacity_stale_after,
+    );
+    check(
+        "dispatch.leader_retry_interval",
+        old.dispatch.leader_retry_interval == new.dispatch.leader_retry_interval,
     );
     out
 }
