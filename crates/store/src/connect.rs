@@ -82,7 +82,7 @@ impl std::fmt::Debug for Target {
 /// Parses `url` and applies `options` to it; reads the TLS files it names.
 pub(crate) fn config(url: &str, options: &ConnectionOptions) -> Result<Target, StoreError> {
     let (url, tls_params) = tls::split(url);
-    let (tls, ssl_mode) = Tls::new(&tls_params)?;
+    let (mut tls, ssl_mode) = Tls::new(&tls_params)?;
     let mut config: tokio_postgres::Config = url
         .parse()
         // The parser's messages name the offending parameter, not its value.
@@ -102,7 +102,14 @@ pub(crate) fn config(url: &str, options: &ConnectionOptions) -> Result<Target, S
         };
         config.options(startup);
     }
-    config.ssl_mode(ssl_mode);
+    match ssl_mode {
+        Some(mode) => {
+            config.ssl_mode(mode);
+        }
+        // Not given as a URL parameter: a `host=... sslmode=...` string's
+        // own (tokio-postgres's modes), or libpq's default `prefer`.
+        None => tls.follow(config.get_ssl_mode()),
+    }
     Ok(Target { config, tls })
 }
 
@@ -112,11 +119,18 @@ pub(crate) async fn open(
     timeout: Duration,
 ) -> Result<AsyncPgConnection, StoreError> {
     let attempt = async {
-        let (client, connection) = target
-            .config
-            .connect(target.tls.connector.clone())
-            .await
-            .map_err(|e| refused(e, target))?;
+        let connector = target.tls.connector.clone();
+        let connected = match target.config.connect(connector.clone()).await {
+            // libpq's `prefer`: when the TLS session fails (handshake, or
+            // pg_hba.conf has no `hostssl` entry for us), try plain text.
+            Err(e) if target.tls.plain_may_work(&e) => {
+                let mut plain = target.config.clone();
+                plain.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                plain.connect(connector).await
+            }
+            other => other,
+        };
+        let (client, connection) = connected.map_err(|e| refused(e, target))?;
         AsyncPgConnection::try_from_client_and_connection(client, connection)
             .await
             .map_err(setup_failed)

@@ -4,12 +4,14 @@
 //!
 //! tokio-postgres only knows `disable`, `prefer` and `require`, so these
 //! parameters are taken off the URL here and turned into a rustls client
-//! configuration whose certificate verifier gives each mode libpq's meaning:
+//! configuration whose certificate verifier gives each mode libpq's meaning
+//! (only the URL form, `postgres://...?sslmode=...`, is read here; a
+//! `host=... sslmode=...` string keeps tokio-postgres's three modes):
 //!
 //! | `sslmode` | TLS | server certificate checked |
 //! |---|---|---|
 //! | `disable` | never | - |
-//! | `prefer` (default) | when the server offers it | no |
+//! | `prefer` (default) | when the server offers it; plain text if the TLS session fails | no |
 //! | `require` | always | no; with `sslrootcert`, as `verify-ca` (libpq does the same) |
 //! | `verify-ca` | always | signed by `sslrootcert` |
 //! | `verify-full` | always | signed by `sslrootcert` and valid for the host name |
@@ -167,8 +169,9 @@ impl fmt::Debug for Tls {
 
 impl Tls {
     /// Reads the certificate files and builds the client configuration.
-    /// Returns the mode to give tokio-postgres with it.
-    pub(crate) fn new(params: &TlsParams) -> Result<(Self, PgSslMode), StoreError> {
+    /// Returns the mode to give tokio-postgres with it when `sslmode` was
+    /// given (else [`Tls::follow`] tokio-postgres's own).
+    pub(crate) fn new(params: &TlsParams) -> Result<(Self, Option<PgSslMode>), StoreError> {
         let given = params.sslmode.as_deref().map(SslMode::parse).transpose()?;
         // libpq's default; with a CA file `require` verifies like `verify-ca`.
         let mode = match (given.unwrap_or(SslMode::Prefer), &params.sslrootcert) {
@@ -234,8 +237,31 @@ impl Tls {
                 rootcert: params.sslrootcert.clone(),
                 connector: MakeRustlsConnect::new(config),
             },
-            pg_mode,
+            given.map(|_| pg_mode),
         ))
+    }
+
+    /// Without an `sslmode` parameter: the mode tokio-postgres parsed (from a
+    /// `host=... sslmode=...` string; `prefer` by default). Certificates are
+    /// then never checked (only `verify-*` and `require` with `sslrootcert`
+    /// check them, and those are URL parameters).
+    pub(crate) fn follow(&mut self, parsed: PgSslMode) {
+        if self.mode == SslMode::Prefer {
+            self.mode = match parsed {
+                PgSslMode::Disable => SslMode::Disable,
+                PgSslMode::Require => SslMode::Require,
+                _ => SslMode::Prefer,
+            };
+        }
+    }
+
+    /// `prefer` falls back to plain text when the TLS attempt failed in its
+    /// handshake or was refused by `pg_hba.conf` (28000), as libpq does.
+    pub(crate) fn plain_may_work(&self, e: &tokio_postgres::Error) -> bool {
+        self.mode == SslMode::Prefer
+            && (e.code()
+                == Some(&tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+                || e.to_string().starts_with("error performing TLS handshake"))
     }
 
     /// A clear sentence for a connection error caused by TLS, if it is one.
@@ -543,13 +569,26 @@ mod tests {
     fn modes_follow_libpq() {
         let mode = |p: TlsParams| Tls::new(&p).map(|(tls, pg)| (tls.mode, pg));
         let (m, pg) = mode(TlsParams::default()).unwrap();
-        assert_eq!((m, pg), (SslMode::Prefer, PgSslMode::Prefer));
+        assert_eq!((m, pg), (SslMode::Prefer, None));
         let (m, pg) = mode(TlsParams {
             sslmode: Some("disable".into()),
             ..TlsParams::default()
         })
         .unwrap();
-        assert_eq!((m, pg), (SslMode::Disable, PgSslMode::Disable));
+        assert_eq!((m, pg), (SslMode::Disable, Some(PgSslMode::Disable)));
+        // `require` with a CA verifies like `verify-ca`: the file is read
+        // (a manifest is no certificate).
+        let Err(e) = mode(TlsParams {
+            sslmode: Some("require".into()),
+            sslrootcert: Some(env!("CARGO_MANIFEST_PATH").into()),
+            ..TlsParams::default()
+        }) else {
+            panic!("require ignored sslrootcert")
+        };
+        assert!(e.to_string().contains("no PEM certificate"), "{e}");
+        let (mut tls, _) = Tls::new(&TlsParams::default()).unwrap();
+        tls.follow(PgSslMode::Disable);
+        assert_eq!(tls.mode, SslMode::Disable);
         let Err(e) = mode(TlsParams {
             sslmode: Some("allow".into()),
             ..TlsParams::default()

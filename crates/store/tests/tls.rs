@@ -314,3 +314,44 @@ async fn a_client_certificate_authenticates_its_user() {
     );
     assert!(encrypted(&mut connect(&from_settings).await.unwrap()).await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prefer_falls_back_to_plain_text_like_libpq() {
+    let s = setup();
+    // A server with ssl=on whose pg_hba.conf takes plain sessions only.
+    let (ca_params, ca_key) = ca("plain-only CA");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let (cert_pem, key_pem) = leaf(
+        &["127.0.0.1"],
+        "127.0.0.1",
+        ExtendedKeyUsagePurpose::ServerAuth,
+        &issuer,
+    );
+    let plain_only = Cluster::start_tls(&TlsServer {
+        cert_pem,
+        key_pem,
+        client_ca_pem: None,
+        pg_hba: "hostssl all all 0.0.0.0/0 reject\nhostnossl all all 127.0.0.1/32 trust".into(),
+    })
+    .expect("a plain-only PostgreSQL with ssl=on");
+    let port = plain_only.port();
+    for url in [
+        format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=prefer"),
+        format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"),
+    ] {
+        assert!(!encrypted(&mut connect(&url).await.unwrap()).await, "{url}");
+    }
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=require");
+    let message = refusal(connect(&url).await);
+    assert!(
+        message.contains("pg_hba.conf rejects connection"),
+        "{message}"
+    );
+    // The tokio-postgres modes still work in `host=...` strings.
+    let url = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=require",
+        s.cluster.port()
+    );
+    assert!(encrypted(&mut connect(&url).await.unwrap()).await);
+}
