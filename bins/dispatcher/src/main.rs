@@ -184,10 +184,20 @@ fn explain(request: &explain::ExplainRequest) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The database URL with the `database.ssl*` keys applied over its own
+/// `sslmode`/`sslrootcert`/`sslcert`/`sslkey` parameters.
 fn database_url(settings: &dispatcher_core::config::Settings) -> anyhow::Result<String> {
-    settings.database.url.as_ref().map(|u| u.expose().to_owned()).filter(|u| !u.is_empty()).context(
+    let d = &settings.database;
+    let url = d.url.as_ref().map(|u| u.expose().to_owned()).filter(|u| !u.is_empty()).context(
         "no database configured: set DATABASE_URL, the POSTGRESQL_* variables, or database.url in the config file",
-    )
+    )?;
+    Ok(dispatcher_store::with_tls_params(
+        &url,
+        d.sslmode.as_deref(),
+        d.sslrootcert.as_deref(),
+        d.sslcert.as_deref(),
+        d.sslkey.as_deref(),
+    ))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

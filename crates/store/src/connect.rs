@@ -1,16 +1,17 @@
 //! The one way this crate opens a PostgreSQL connection: pool connections,
 //! the leader session and migrations all come through [`open`], so transport
-//! settings (keepalives, timeouts and, later, TLS) live in one place.
+//! settings (keepalives, timeouts and TLS, see [`crate::tls`]) live in one
+//! place.
 
 use std::time::Duration;
 
 use diesel::ConnectionError;
 use diesel_async::AsyncPgConnection;
 use dispatcher_core::ports::StoreError;
-use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
 use crate::error;
+use crate::tls::{self, Tls};
 
 /// How connections are opened and kept honest. Values here override the same
 /// settings given as URL parameters.
@@ -47,7 +48,8 @@ impl Default for ConnectionOptions {
     }
 }
 
-/// Opens one connection to `url` with `options`.
+/// Opens one connection to `url` with `options`. TLS follows the URL's
+/// `sslmode`, `sslrootcert`, `sslcert` and `sslkey` (libpq's meaning).
 ///
 /// Errors: [`StoreError::Unavailable`] when the server cannot be reached or
 /// cannot take the connection right now (refused, timed out, shutting down,
@@ -61,11 +63,26 @@ pub async fn connect(
     open(&config(url, options)?, options.connect_timeout).await
 }
 
-/// Parses `url` and applies `options` to it.
-pub(crate) fn config(
-    url: &str,
-    options: &ConnectionOptions,
-) -> Result<tokio_postgres::Config, StoreError> {
+/// A parsed URL with the connection options applied and its TLS set-up
+/// (certificate files read once, here). Holds the password: never logged.
+#[derive(Clone)]
+pub(crate) struct Target {
+    config: tokio_postgres::Config,
+    tls: Tls,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses `url` and applies `options` to it; reads the TLS files it names.
+pub(crate) fn config(url: &str, options: &ConnectionOptions) -> Result<Target, StoreError> {
+    let (url, tls_params) = tls::split(url);
+    let (mut tls, ssl_mode) = Tls::new(&tls_params)?;
     let mut config: tokio_postgres::Config = url
         .parse()
         // The parser's messages name the offending parameter, not its value.
@@ -85,17 +102,35 @@ pub(crate) fn config(
         };
         config.options(startup);
     }
-    Ok(config)
+    match ssl_mode {
+        Some(mode) => {
+            config.ssl_mode(mode);
+        }
+        // Not given as a URL parameter: a `host=... sslmode=...` string's
+        // own (tokio-postgres's modes), or libpq's default `prefer`.
+        None => tls.follow(config.get_ssl_mode()),
+    }
+    Ok(Target { config, tls })
 }
 
-/// Connects with a parsed configuration: the single place that opens sockets
-/// (and where a TLS connector will go).
+/// Connects with a parsed configuration: the single place that opens sockets.
 pub(crate) async fn open(
-    config: &tokio_postgres::Config,
+    target: &Target,
     timeout: Duration,
 ) -> Result<AsyncPgConnection, StoreError> {
     let attempt = async {
-        let (client, connection) = config.connect(NoTls).await.map_err(refused)?;
+        let connector = target.tls.connector.clone();
+        let connected = match target.config.connect(connector.clone()).await {
+            // libpq's `prefer`: when the TLS session fails (handshake, or
+            // pg_hba.conf has no `hostssl` entry for us), try plain text.
+            Err(e) if target.tls.plain_may_work(&e) => {
+                let mut plain = target.config.clone();
+                plain.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                plain.connect(connector).await
+            }
+            other => other,
+        };
+        let (client, connection) = connected.map_err(|e| refused(e, target))?;
         AsyncPgConnection::try_from_client_and_connection(client, connection)
             .await
             .map_err(setup_failed)
@@ -113,17 +148,37 @@ pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-/// Classifies a failed connection attempt.
-fn refused(e: tokio_postgres::Error) -> StoreError {
+/// Classifies a failed connection attempt; TLS problems get a sentence that
+/// says what to change (the certificate, the host name, `sslmode`).
+fn refused(e: tokio_postgres::Error, target: &Target) -> StoreError {
     let transient = match e.code() {
-        // No SQLSTATE: I/O (refused, reset, unreachable), timeout, closed.
+        // No SQLSTATE: I/O (refused, reset, unreachable), TLS, timeout, closed.
         None => true,
         Some(code) => is_transient(code),
     };
+    let host = target
+        .config
+        .get_hosts()
+        .iter()
+        .find_map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => Some(name.as_str()),
+            #[allow(unreachable_patterns)] // Unix sockets exist on unix only
+            _ => None,
+        })
+        .unwrap_or("");
+    // tokio-postgres shows a server's refusal as just "db error": say what
+    // the server said (authentication, pg_hba.conf, unknown database).
+    let error: dispatcher_core::ports::BoxError = match target.tls.explain(&e, host) {
+        Some(sentence) => sentence.into(),
+        None => match e.as_db_error() {
+            Some(db) => db.to_string().into(),
+            None => Box::new(e),
+        },
+    };
     if transient {
-        StoreError::Unavailable(Box::new(e))
+        StoreError::Unavailable(error)
     } else {
-        StoreError::Query(Box::new(e))
+        StoreError::Query(error)
     }
 }
 
@@ -159,7 +214,8 @@ mod tests {
             "postgres://u:p@db:5433/x?options=-c%20search_path%3Dapp&keepalives_idle=99",
             &options,
         )
-        .unwrap();
+        .unwrap()
+        .config;
         assert_eq!(
             c.get_options(),
             Some("-c search_path=app -c statement_timeout=1500")
@@ -175,7 +231,7 @@ mod tests {
             statement_timeout: None,
             ..options
         };
-        let c = config("postgres://db/x", &none).unwrap();
+        let c = config("postgres://db/x", &none).unwrap().config;
         assert_eq!(c.get_options(), None);
     }
 

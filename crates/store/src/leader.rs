@@ -166,7 +166,7 @@ struct Locked {
 
 impl LeaderSession {
     pub(crate) async fn try_acquire(
-        config: &tokio_postgres::Config,
+        config: &crate::connect::Target,
         connect_timeout: Duration,
         labels_enabled: bool,
         options: LeaderOptions,

@@ -46,6 +46,7 @@ mod raw_json;
 pub mod schema;
 mod status;
 mod timeline;
+mod tls;
 mod vocab;
 mod wakeup;
 
@@ -58,3 +59,4 @@ pub use lease::Lease;
 pub use migrate::{MIGRATIONS, pending_migrations, run_migrations};
 pub use pool::{Database, PoolOptions, PoolStatus};
 pub use raw_json::{RawJson, RawJsonRef};
+pub use tls::with_tls_params;

@@ -55,9 +55,9 @@ pub struct PoolStatus {
 pub struct Database {
     pool: Pool<AsyncPgConnection>,
     wakeups: Wakeups,
-    /// Parsed URL with the connection options applied (holds the password:
-    /// never logged).
-    config: Arc<tokio_postgres::Config>,
+    /// Parsed URL with the connection options and TLS applied (holds the
+    /// password: never logged).
+    config: Arc<connect::Target>,
     connect_timeout: Duration,
 }
 

@@ -15,15 +15,49 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct Cluster {
     port: u16,
+    /// Plain TCP sessions are refused: readiness is checked on the socket.
+    tls_only: bool,
     dir: PathBuf,
     /// The watchdog's stdin: closing it is the signal to shut down.
     watchdog_stdin: Mutex<Option<ChildStdin>>,
     watchdog: Mutex<Child>,
 }
 
+/// What a TLS-only cluster ([`Cluster::start_tls`]) serves with: PEM text
+/// the test made (with `rcgen`, say).
+#[derive(Debug, Clone)]
+pub struct TlsServer {
+    /// The server's certificate (chain), PEM.
+    pub cert_pem: String,
+    /// The server's private key, PEM; written readable by its owner only.
+    pub key_pem: String,
+    /// CA the server trusts for client certificates (`ssl_ca_file`), PEM.
+    pub client_ca_pem: Option<String>,
+    /// `pg_hba.conf` for TCP connections, e.g. `hostssl all all 127.0.0.1/32
+    /// trust` and `hostnossl all all 0.0.0.0/0 reject`. A `local all all
+    /// trust` line is put before it (the readiness check uses the socket).
+    pub pg_hba: String,
+}
+
 impl Cluster {
     /// `initdb` + start, as the `postgres` user when running as root.
     pub fn start() -> io::Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// A cluster with `ssl=on`, the given certificate, key and `pg_hba.conf`
+    /// (stopped and deleted like [`Cluster::start`]'s). Connect to
+    /// `127.0.0.1` or `localhost` on [`Cluster::port`].
+    pub fn start_tls(tls: &TlsServer) -> io::Result<Self> {
+        Self::start_with(Some(tls))
+    }
+
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn start_with(tls: Option<&TlsServer>) -> io::Result<Self> {
         let bindir = find_bindir()?;
         let as_root = is_root();
         let dir = std::env::temp_dir().join(format!(
@@ -62,19 +96,41 @@ impl Cluster {
                 String::from_utf8_lossy(&out.stderr)
             )));
         }
+        let mut extra = Vec::new();
+        if let Some(tls) = tls {
+            if let Err(e) = write_tls_files(&data, tls, as_root) {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+            extra.extend(
+                [
+                    "ssl=on",
+                    "ssl_cert_file=server.crt",
+                    "ssl_key_file=server.key",
+                ]
+                .map(String::from),
+            );
+            if tls.client_ca_pem.is_some() {
+                extra.push("ssl_ca_file=client-ca.crt".to_owned());
+            }
+        }
         let port = free_port()?;
         // The shell starts postgres, then blocks reading stdin. Our end of that
         // pipe closes when this process exits for any reason; then the shell
         // stops postgres (fast shutdown) and removes the directory.
+        // Arguments after the third are extra `-c` settings.
         let script = r#"
-            "$1/postgres" -D "$2/data" -p "$3" -k "$2" -h 127.0.0.1 \
+            bin=$1 dir=$2 port=$3
+            shift 3
+            for setting in "$@"; do set -- "$@" -c "$setting"; shift; done
+            "$bin/postgres" -D "$dir/data" -p "$port" -k "$dir" -h 127.0.0.1 \
                 -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-                -c max_connections=300 -c shared_buffers=32MB > "$2/postgres.log" 2>&1 &
+                -c max_connections=300 -c shared_buffers=32MB "$@" > "$dir/postgres.log" 2>&1 &
             pid=$!
             cat > /dev/null
             kill -INT "$pid" 2>/dev/null
             wait "$pid"
-            rm -rf "$2"
+            rm -rf "$dir"
         "#;
         let mut watchdog = user_command(as_root, Path::new("sh"))
             .arg("-c")
@@ -83,6 +139,7 @@ impl Cluster {
             .arg(&bindir)
             .arg(&dir)
             .arg(port.to_string())
+            .args(&extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -90,6 +147,7 @@ impl Cluster {
         let stdin = watchdog.stdin.take();
         let cluster = Self {
             port,
+            tls_only: tls.is_some(),
             dir,
             watchdog_stdin: Mutex::new(stdin),
             watchdog: Mutex::new(watchdog),
@@ -109,7 +167,12 @@ impl Cluster {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         let mut delay = Duration::from_millis(5);
         loop {
-            if answers_protocol(self.port) {
+            let ready = if self.tls_only {
+                startup_complete_on_socket(&self.dir.join(format!(".s.PGSQL.{}", self.port)))
+            } else {
+                answers_protocol(self.port)
+            };
+            if ready {
                 return Ok(());
             }
             let exited = self
@@ -165,14 +228,26 @@ fn answers_protocol(port: u16) -> bool {
         && startup_complete(port)
 }
 
-/// The startup message gets an error packet ('E') while the server is still
-/// starting, and an authentication request ('R') once it accepts sessions.
 fn startup_complete(port: u16) -> bool {
-    use std::io::Write as _;
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+    let Ok(s) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    accepts_sessions(s)
+}
+
+/// [`startup_complete`] on the Unix socket (TLS-only clusters trust it).
+fn startup_complete_on_socket(path: &Path) -> bool {
+    let Ok(s) = std::os::unix::net::UnixStream::connect(path) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    accepts_sessions(s)
+}
+
+/// The startup message gets an error packet ('E') while the server is still
+/// starting, and an authentication request ('R') once it accepts sessions.
+fn accepts_sessions(mut s: impl io::Read + io::Write) -> bool {
     let mut body = Vec::new();
     body.extend_from_slice(&196_608u32.to_be_bytes()); // protocol 3.0
     for kv in ["user", "postgres", "database", "postgres"] {
@@ -185,6 +260,31 @@ fn startup_complete(port: u16) -> bool {
     msg.extend_from_slice(&body);
     let mut answer = [0u8; 1];
     s.write_all(&msg).is_ok() && s.read_exact(&mut answer).is_ok() && answer[0] == b'R'
+}
+
+/// Certificate, key (mode 0600), client CA and `pg_hba.conf` in the data
+/// directory, owned by the user the server runs as.
+fn write_tls_files(data: &Path, tls: &TlsServer, as_root: bool) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let hba = format!("local all all trust\n{}\n", tls.pg_hba);
+    let mut files = vec![
+        ("server.crt", tls.cert_pem.as_str(), 0o644),
+        ("server.key", tls.key_pem.as_str(), 0o600),
+        ("pg_hba.conf", hba.as_str(), 0o600),
+    ];
+    if let Some(ca) = &tls.client_ca_pem {
+        files.push(("client-ca.crt", ca.as_str(), 0o644));
+    }
+    let owner = if as_root { Some(postgres_ids()?) } else { None };
+    for (name, text, mode) in files {
+        let path = data.join(name);
+        std::fs::write(&path, text)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+        }
+    }
+    Ok(())
 }
 
 fn free_port() -> io::Result<u16> {

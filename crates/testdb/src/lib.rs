@@ -33,7 +33,7 @@ use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-pub use cluster::Cluster;
+pub use cluster::{Cluster, TlsServer};
 
 /// SQL that builds the Python dispatcher's database, with rows, in an empty
 /// database ([`TestDatabase::empty`]): the input of the adoption tests.

@@ -422,6 +422,7 @@ impl Settings {
         if raw.database.pool_size == 0 {
             errors.push(ConfigError::new("database.pool_size", "must be at least 1"));
         }
+        validate_database_tls(&raw.database, &mut errors);
         let github_api_url = match parse_http_url(&raw.github.api_url) {
             Ok(u) => Some(u),
             Err(m) => {
@@ -760,6 +761,44 @@ fn validate_dispatch(raw: &DispatchSection, errors: &mut Vec<ConfigError>) -> Di
         capacity_stale_after: raw.capacity_stale_after,
         leader_retry_interval: raw.leader_retry_interval,
         min_pass_interval: raw.min_pass_interval,
+    }
+}
+
+/// `database.ssl*`: a known mode, readable files, a key with a certificate.
+fn validate_database_tls(raw: &DatabaseSection, errors: &mut Vec<ConfigError>) {
+    const MODES: [&str; 5] = ["disable", "prefer", "require", "verify-ca", "verify-full"];
+    if let Some(mode) = raw.sslmode.as_deref()
+        && !MODES.contains(&mode)
+    {
+        errors.push(ConfigError::new(
+            "database.sslmode",
+            format!("must be one of {} (got '{mode}')", MODES.join(", ")),
+        ));
+    }
+    let files = [
+        ("database.sslrootcert", &raw.sslrootcert),
+        ("database.sslcert", &raw.sslcert),
+        ("database.sslkey", &raw.sslkey),
+    ];
+    for (field, path) in files {
+        if let Some(path) = path
+            && let Err(e) = std::fs::File::open(path)
+        {
+            errors.push(ConfigError::new(
+                field,
+                format!("cannot read {}: {e}", path.display()),
+            ));
+        }
+    }
+    if raw.sslcert.is_some() != raw.sslkey.is_some() {
+        errors.push(ConfigError::new(
+            if raw.sslcert.is_some() {
+                "database.sslkey"
+            } else {
+                "database.sslcert"
+            },
+            "database.sslcert and database.sslkey go together (mutual TLS)",
+        ));
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -214,6 +215,16 @@ pub struct DatabaseSection {
     pub acquire_timeout: Duration,
     /// Apply pending migrations when `serve` starts.
     pub migrate_on_start: bool,
+    /// TLS: `disable`, `prefer` (default), `require`, `verify-ca` or
+    /// `verify-full`, as libpq. These four keys override the same
+    /// parameters of the URL.
+    pub sslmode: Option<String>,
+    /// CA certificate(s) (PEM) that must have signed the server's certificate.
+    pub sslrootcert: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; needs `sslkey`.
+    pub sslcert: Option<PathBuf>,
+    /// Client private key (PEM: PKCS#8, RSA or EC).
+    pub sslkey: Option<PathBuf>,
 }
 
 impl Default for DatabaseSection {
@@ -224,6 +235,10 @@ impl Default for DatabaseSection {
             connect_timeout: Duration::from_secs(5),
             acquire_timeout: Duration::from_secs(5),
             migrate_on_start: true,
+            sslmode: None,
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
         }
     }
 }

@@ -461,3 +461,27 @@ fn dev_section_is_off_by_default_and_validated() {
     assert_eq!(unknown, vec!["dev.simulate_tekon".to_owned()]);
     assert!(!raw.dev.simulate_tekton);
 }
+
+#[test]
+fn database_tls_keys_are_validated() {
+    let e = single_error(|v| v["database"] = json!({"sslmode": "verify"}));
+    assert_eq!(e.field, "database.sslmode");
+    assert!(e.message.contains("verify-full"), "{}", e.message);
+    let e = single_error(|v| v["database"] = json!({"sslrootcert": "/nonexistent/ca.pem"}));
+    assert_eq!(e.field, "database.sslrootcert");
+    assert!(
+        e.message.contains("cannot read /nonexistent/ca.pem"),
+        "{}",
+        e.message
+    );
+    // Any readable file will do for the pairing check.
+    let readable = env!("CARGO_MANIFEST_PATH");
+    let e = single_error(|v| v["database"] = json!({"sslcert": readable}));
+    assert_eq!(e.field, "database.sslkey");
+    let mut v = original_example();
+    v["database"] = json!({
+        "sslmode": "verify-full", "sslrootcert": readable, "sslcert": readable, "sslkey": readable
+    });
+    let s = settings(v).unwrap();
+    assert_eq!(s.database.sslmode.as_deref(), Some("verify-full"));
+}
