@@ -553,3 +553,29 @@ pub trait PrNotifier: Send + Sync {
         label: &str,
     ) -> impl Future<Output = Result<(), NotifyError>> + Send;
 }
+
+/// Retention's storage (see [`crate::retention`]): each call is one short
+/// transaction on the database's clock that never waits for a row another
+/// transaction holds (those are skipped until the next batch or pass).
+pub trait RetentionStore: Send + Sync {
+    /// Deletes up to `limit` finished events that finished more than
+    /// `older_than` ago (oldest first), with their dispatches and timelines,
+    /// and the settled label rows of pull requests left without events.
+    fn delete_finished(
+        &self,
+        older_than: std::time::Duration,
+        limit: u32,
+    ) -> impl Future<Output = Result<crate::retention::DeletedBatch, StoreError>> + Send;
+    /// Drops the payloads of up to `limit` finished events that finished
+    /// more than `older_than` ago, keeping their rows; returns how many.
+    fn drop_payloads(
+        &self,
+        older_than: std::time::Duration,
+        limit: u32,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// What a pass with `policy` would delete and drop now; changes nothing.
+    fn preview(
+        &self,
+        policy: &crate::retention::RetentionPolicy,
+    ) -> impl Future<Output = Result<crate::retention::RetentionPreview, StoreError>> + Send;
+}
