@@ -143,6 +143,9 @@ pub enum ReplayOutcome {
     /// A newer event of the same pull request exists for a target (and
     /// `force` was not set).
     NewerEventExists(EventUuid),
+    /// Retention dropped the event's payload at this time: there is nothing
+    /// to send again.
+    PayloadDropped(OffsetDateTime),
 }
 
 /// What cancelling an event's waiting work did.
@@ -162,7 +165,8 @@ pub trait OperatorStore: Send + Sync + 'static {
         &self,
         event: EventId,
     ) -> impl Future<Output = Result<Vec<TimelineEntry>, StoreError>> + Send;
-    /// The raw payload of `event` (for explaining its matching).
+    /// The raw payload of `event` (for explaining its matching); `None` when
+    /// there is no such event or retention dropped its payload.
     fn payload(
         &self,
         event: EventId,

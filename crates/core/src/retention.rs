@@ -27,6 +27,15 @@ use crate::config::{ConfigError, RetentionSection};
 use crate::domain::EventStatus;
 use crate::ports::{RetentionStore, StoreError};
 
+/// Statuses of an event whose current round is over (with no dispatch
+/// open, see the module documentation, it is finished).
+pub const FINISHED_STATUSES: [EventStatus; 4] = [
+    EventStatus::Processed,
+    EventStatus::Cancelled,
+    EventStatus::Aborted,
+    EventStatus::Failed,
+];
+
 /// Shortest `retention.interval`.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(60);
 /// Largest `retention.batch_size`.
