@@ -57,6 +57,9 @@ pub(crate) async fn serve(mut settings: Settings, database_url: &str) -> anyhow:
     if let Some(github) = github {
         runtime = runtime.with_labels(db.labels(), github);
     }
+    if let Some(policy) = settings.retention {
+        runtime = runtime.with_retention(db.retention(), policy);
+    }
     let status = runtime.status();
 
     let (stop_tx, stop_rx) = watch::channel(false);

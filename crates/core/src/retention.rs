@@ -169,6 +169,11 @@ impl RetentionPreview {
     }
 }
 
+/// A duration as the configuration spells it (`30days`, `1h`).
+pub fn format_age(d: Duration) -> String {
+    humantime_serde::re::humantime::format_duration(d).to_string()
+}
+
 /// A batch of `n` rows out of `batch_size`: a full one means more may wait.
 pub fn batch_was_full(n: u64, batch_size: u32) -> bool {
     n >= u64::from(batch_size)
