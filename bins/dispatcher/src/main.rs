@@ -3,7 +3,7 @@
 //! The Webhook Dispatcher binary: a thin layer over the workspace crates.
 //!
 //! **Owns:** the command line (`serve`, the default; `migrate`;
-//! `check-config`; `explain`), configuration loading (figment), logging setup, wiring
+//! `check-config`; `explain`; `prune`), configuration loading (figment), logging setup, wiring
 //! and graceful shutdown.
 //!
 //! **Must not:** contain business rules: routing, planning and status live
@@ -12,6 +12,7 @@
 mod config;
 mod explain;
 mod options;
+mod prune;
 mod reload;
 mod serve;
 mod simulate;
@@ -63,6 +64,14 @@ enum Command {
         /// A read token, when `api.tokens` protects the API.
         #[arg(long, env = "DISPATCHER_API_TOKEN", hide_env_values = true)]
         token: Option<String>,
+    },
+    /// Run one retention pass now with the config's `retention` section:
+    /// delete old finished events, drop old payloads (refused when the
+    /// section is absent).
+    Prune {
+        /// Show what would be deleted and dropped; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -168,6 +177,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             id,
             token,
         }),
+        Command::Prune { dry_run } => {
+            let url = database_url(&settings)?;
+            let text = runtime()?.block_on(prune::prune(&settings, &url, dry_run))?;
+            #[allow(clippy::print_stdout)] // the command's output
+            {
+                print!("{text}");
+            }
+            Ok(())
+        }
         Command::Serve => {
             let url = database_url(&settings)?;
             runtime()?.block_on(serve::serve(settings, &url, loaded.path))

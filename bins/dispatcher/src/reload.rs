@@ -9,7 +9,7 @@
 //! an item to its new pool), webhook secrets and signature settings, API
 //! tokens, the GitHub token and the dispatch tuning. What needs a restart
 //! (reported, not applied): the listener (`server.*`), the database, logging,
-//! `dev`, `github.api_url`/`timeout`, and the dispatch timings fixed when a
+//! `dev`, `retention`, `github.api_url`/`timeout`, and the dispatch timings fixed when a
 //! client or session is built (`failover_timeout`, `trigger_timeout`,
 //! `capacity_resync_interval`, `capacity_stale_after`,
 //! `leader_retry_interval`); docs/CONFIGURATION.md marks each key.
@@ -283,6 +283,7 @@ fn needs_restart(old: &Settings, new: &Settings) -> Vec<String> {
         "dev",
         serde_json::to_value(&old.dev).ok() == serde_json::to_value(&new.dev).ok(),
     );
+    check("retention", old.retention == new.retention);
     check("github.api_url", old.github_api_url == new.github_api_url);
     check("github.timeout", old.github.timeout == new.github.timeout);
     check(

@@ -64,6 +64,9 @@ pub(crate) async fn serve(
     if let Some(github) = &github {
         runtime = runtime.with_labels(db.labels(), github.clone());
     }
+    if let Some(policy) = settings.retention {
+        runtime = runtime.with_retention(db.retention(), policy);
+    }
     let status = runtime.status();
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -73,6 +73,16 @@ pub(crate) fn log_start(settings: &Settings, version: &str) {
         failover_timeout = ?d.failover_timeout,
         capacity_resync_interval = ?d.capacity_resync_interval,
         capacity_stale_after = ?d.capacity_stale_after,
+        retention = %settings.retention.map_or_else(
+            || "off".to_owned(),
+            |r| format!(
+                "max_age {}, payload_max_age {}, every {}",
+                dispatcher_core::retention::format_age(r.max_age),
+                r.payload_max_age
+                    .map_or_else(|| "off".to_owned(), dispatcher_core::retention::format_age),
+                dispatcher_core::retention::format_age(r.interval)
+            )
+        ),
         "starting the webhook dispatcher"
     );
 }

@@ -85,7 +85,10 @@ async fn capacity_secret_and_a_bad_edit_reload_without_a_restart() {
     rewrite(&service, &raised);
     world.wait_dispatched(3).await;
     assert_eq!(world.kube.unfinished(PIPELINE).len(), 3);
-    assert!(world.kube.max_unfinished(PIPELINE) <= 3, "the new capacity holds");
+    assert!(
+        world.kube.max_unfinished(PIPELINE) <= 3,
+        "the new capacity holds"
+    );
     wait_metric(&service, "webhook_dispatcher_config_reloads_total", 1.0).await;
     let pools = service.get("/api/v1/pools").await.1;
     assert_eq!(pools["pools"][0]["capacity"], 3);

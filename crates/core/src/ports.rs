@@ -143,6 +143,9 @@ pub enum ReplayOutcome {
     /// A newer event of the same pull request exists for a target (and
     /// `force` was not set).
     NewerEventExists(EventUuid),
+    /// Retention dropped the event's payload at this time: there is nothing
+    /// to send again.
+    PayloadDropped(OffsetDateTime),
 }
 
 /// What cancelling an event's waiting work did.
@@ -162,7 +165,8 @@ pub trait OperatorStore: Send + Sync + 'static {
         &self,
         event: EventId,
     ) -> impl Future<Output = Result<Vec<TimelineEntry>, StoreError>> + Send;
-    /// The raw payload of `event` (for explaining its matching).
+    /// The raw payload of `event` (for explaining its matching); `None` when
+    /// there is no such event or retention dropped its payload.
     fn payload(
         &self,
         event: EventId,
@@ -552,4 +556,30 @@ pub trait PrNotifier: Send + Sync {
         pr: &PullRequestRef,
         label: &str,
     ) -> impl Future<Output = Result<(), NotifyError>> + Send;
+}
+
+/// Retention's storage (see [`crate::retention`]): each call is one short
+/// transaction on the database's clock that never waits for a row another
+/// transaction holds (those are skipped until the next batch or pass).
+pub trait RetentionStore: Send + Sync {
+    /// Deletes up to `limit` finished events that finished more than
+    /// `older_than` ago (oldest first), with their dispatches and timelines,
+    /// and the settled label rows of pull requests left without events.
+    fn delete_finished(
+        &self,
+        older_than: std::time::Duration,
+        limit: u32,
+    ) -> impl Future<Output = Result<crate::retention::DeletedBatch, StoreError>> + Send;
+    /// Drops the payloads of up to `limit` finished events that finished
+    /// more than `older_than` ago, keeping their rows; returns how many.
+    fn drop_payloads(
+        &self,
+        older_than: std::time::Duration,
+        limit: u32,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// What a pass with `policy` would delete and drop now; changes nothing.
+    fn preview(
+        &self,
+        policy: &crate::retention::RetentionPolicy,
+    ) -> impl Future<Output = Result<crate::retention::RetentionPreview, StoreError>> + Send;
 }

@@ -46,6 +46,10 @@ pub struct Explanation {
     pub waiting: Vec<(PoolKey, u32, QueuedWork)>,
 }
 
+/// The filter verdict of an event whose payload retention dropped.
+const PAYLOAD_DROPPED: &str =
+    "the payload is gone (dropped by retention): the filter cannot be evaluated";
+
 fn not_found(id: &str) -> ApiError {
     ApiError::NotFound(format!("Event {id} not found"))
 }
@@ -69,19 +73,32 @@ impl<R: EventRepository + OperatorStore> App<R> {
 
     /// The explanation of one event (by its public id).
     pub async fn explain(&self, id: &str) -> Result<Explanation, ApiError> {
+        Ok(self.explain_with_payload(id).await?.0)
+    }
+
+    /// The explanation, and whether the event's payload is still stored
+    /// (retention may have dropped it).
+    async fn explain_with_payload(&self, id: &str) -> Result<(Explanation, bool), ApiError> {
         let uuid: EventUuid = id.parse().map_err(|_| not_found(id))?;
         let detail = self.repo.detail(uuid).await?.ok_or_else(|| not_found(id))?;
         let event = &detail.event;
-        let payload = self.repo.payload(event.id).await?.unwrap_or_default();
-        let matching = explain_items(
+        let payload = self.repo.payload(event.id).await?;
+        let mut matching = explain_items(
             &self.settings(),
             &EventFacts {
                 action: &event.action,
                 repository: &event.repository_full_name,
-                payload: payload.as_bytes(),
+                payload: payload.as_deref().unwrap_or_default().as_bytes(),
                 headers: &detail.headers,
             },
         );
+        if payload.is_none() {
+            for verdict in &mut matching {
+                if let FilterVerdict::Error(e) = &mut verdict.filter {
+                    PAYLOAD_DROPPED.clone_into(e);
+                }
+            }
+        }
         let mut timeline = vec![TimelineEntry {
             at: event.received_at,
             dispatch: None,
@@ -122,12 +139,15 @@ impl<R: EventRepository + OperatorStore> App<R> {
                 }
             }
         }
-        Ok(Explanation {
-            detail,
-            matching,
-            timeline,
-            waiting,
-        })
+        Ok((
+            Explanation {
+                detail,
+                matching,
+                timeline,
+                waiting,
+            },
+            payload.is_some(),
+        ))
     }
 }
 
@@ -336,6 +356,12 @@ pub(crate) async fn set_paused<R: EventRepository + OperatorStore>(
     ))
 }
 
+fn payload_dropped(id: &str) -> ApiError {
+    ApiError::Conflict(format!(
+        "Event {id} cannot be replayed: its payload was dropped by retention (retention.payload_max_age)"
+    ))
+}
+
 /// `POST /api/v1/events/{id}/replay`.
 pub(crate) async fn replay<R: EventRepository + OperatorStore>(
     app: &App<R>,
@@ -352,9 +378,12 @@ pub(crate) async fn replay<R: EventRepository + OperatorStore>(
             )));
         }
     };
-    let explanation = app.explain(id).await?;
+    let (explanation, has_payload) = app.explain_with_payload(id).await?;
     let event = &explanation.detail.event;
     let settings = app.settings();
+    if !has_payload {
+        return Err(payload_dropped(id));
+    }
     let targets: Vec<ReplayTarget> = explanation
         .matching
         .iter()
@@ -384,6 +413,7 @@ pub(crate) async fn replay<R: EventRepository + OperatorStore>(
         Some(ReplayOutcome::NotFinished(status)) => Err(ApiError::Conflict(format!(
             "Event {id} is {status}: only finished events (processed, failed, cancelled, aborted) can be replayed"
         ))),
+        Some(ReplayOutcome::PayloadDropped(_)) => Err(payload_dropped(id)),
         Some(ReplayOutcome::NewerEventExists(newer)) => Err(ApiError::Conflict(format!(
             "A newer event ({newer}) of this pull request exists: newest wins. Replay with ?force=true to run this one anyway"
         ))),

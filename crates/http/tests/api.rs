@@ -1258,3 +1258,38 @@ async fn metrics_refresh_runs_at_each_scrape() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_payload_dropped_by_retention_explains_without_it_and_cannot_be_replayed() {
+    let mut extra = with_pool(json!({"api": {"admin_tokens": ["admin"]}}));
+    extra["dispatcher"]["items"][0]["filter"] =
+        json!({"cel_expression": "body.pull_request.number == 7"});
+    let repo = MemRepo::default();
+    let app = App::new(&settings(&extra), repo.clone()).unwrap();
+    let (status, body) = send(&app, Delivery::pr("d-1", pr_payload(7)).request()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    repo.rows.lock().unwrap()[0].0.payload = "null".to_owned();
+    let explained = app.explain(&id).await.unwrap();
+    match &explained.matching[0].filter {
+        dispatcher_core::rules::FilterVerdict::Error(e) => {
+            assert!(e.contains("payload is gone"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let (status, body) = send(&app, get(&format!("/api/v1/events/{id}/explain"))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = send(
+        &app,
+        with_bearer(post(&format!("/api/v1/events/{id}/replay")), "admin"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("payload was dropped by retention"),
+        "{body}"
+    );
+}

@@ -32,6 +32,9 @@
 //! | `webhook_dispatcher_github_requests_total` | `result` ([`GithubResult`]) | label worker (runtime) |
 //! | `webhook_dispatcher_config_reloads_total` | | each applied configuration reload (binary) |
 //! | `webhook_dispatcher_config_reload_failures_total` | | each refused (invalid) reload; the running configuration stays |
+//! | `webhook_dispatcher_retention_deleted_events_total` | | each retention pass (runtime, active replica): finished events deleted |
+//! | `webhook_dispatcher_retention_dropped_payloads_total` | | each retention pass: payloads of finished events dropped |
+//! | `webhook_dispatcher_retention_last_run_timestamp_seconds` | | end of the last retention pass that completed (Unix time); 0 until one did |
 //! | `webhook_dispatcher_build_info` | `version` | always 1 |
 //!
 //! ```
@@ -249,6 +252,9 @@ pub struct Metrics {
     db_pool_in_use: Gauge,
     github_requests: Family<GithubLabels, Counter>,
     events_finished: Family<FinishLabels, Counter>,
+    retention_deleted_events: Counter,
+    retention_dropped_payloads: Counter,
+    retention_last_run: Gauge,
 }
 
 impl Metrics {
@@ -358,6 +364,24 @@ impl Metrics {
             "Dispatch-level finishes the engine decided in this replica, by status",
             events_finished.clone(),
         );
+        let retention_deleted_events = Counter::default();
+        registry.register(
+            "webhook_dispatcher_retention_deleted_events",
+            "Finished events deleted by retention in this replica",
+            retention_deleted_events.clone(),
+        );
+        let retention_dropped_payloads = Counter::default();
+        registry.register(
+            "webhook_dispatcher_retention_dropped_payloads",
+            "Payloads of finished events dropped by retention in this replica",
+            retention_dropped_payloads.clone(),
+        );
+        let retention_last_run = Gauge::default();
+        registry.register(
+            "webhook_dispatcher_retention_last_run_timestamp_seconds",
+            "Unix time at which the last completed retention pass of this replica ended",
+            retention_last_run.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -388,7 +412,22 @@ impl Metrics {
             db_pool_in_use,
             github_requests,
             events_finished,
+            retention_deleted_events,
+            retention_dropped_payloads,
+            retention_last_run,
         }
+    }
+
+    /// Counts what a retention pass deleted and dropped (also the part a
+    /// failed pass committed).
+    pub fn retention(&self, deleted_events: u64, dropped_payloads: u64) {
+        self.retention_deleted_events.inc_by(deleted_events);
+        self.retention_dropped_payloads.inc_by(dropped_payloads);
+    }
+
+    /// Records that a retention pass completed at `unix_seconds`.
+    pub fn retention_completed(&self, unix_seconds: i64) {
+        self.retention_last_run.set(unix_seconds);
     }
 
     /// Counts one intake answer.
@@ -644,5 +683,44 @@ mod tests {
         let text = m.encode();
         assert_eq!(sample(&text, "webhook_dispatcher_db_pool_size "), 2.0);
         assert_eq!(sample(&text, "webhook_dispatcher_db_pool_in_use "), 0.0);
+    }
+
+    #[test]
+    fn retention_counts_and_last_run() {
+        let m = Metrics::new("0.0.0");
+        let text = m.encode();
+        assert_eq!(
+            sample(&text, "webhook_dispatcher_retention_deleted_events_total "),
+            0.0
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "webhook_dispatcher_retention_last_run_timestamp_seconds "
+            ),
+            0.0
+        );
+        m.retention(5, 2);
+        m.retention(1, 0);
+        m.retention_completed(1_800_000_000);
+        let text = m.encode();
+        assert_eq!(
+            sample(&text, "webhook_dispatcher_retention_deleted_events_total "),
+            6.0
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "webhook_dispatcher_retention_dropped_payloads_total "
+            ),
+            2.0
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "webhook_dispatcher_retention_last_run_timestamp_seconds "
+            ),
+            1_800_000_000.0
+        );
     }
 }

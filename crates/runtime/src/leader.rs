@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use crate::status::{Role, until};
 use crate::triggers::Triggers;
-use crate::{LabelWorkerFactory, Runtime};
+use crate::{LabelWorkerFactory, RetentionWorkerFactory, Runtime};
 use dispatcher_metrics::{FinishStatus, PoolGauges};
 
 /// Pause after a pass failed for a reason other than losing the database.
@@ -52,6 +52,7 @@ where
         capacity,
         trigger,
         labels,
+        retention,
         preparation,
         status,
         metrics,
@@ -73,6 +74,7 @@ where
         capacity,
         trigger: Arc::new(trigger),
         labels,
+        retention,
         status: Arc::clone(&status),
         metrics: Arc::clone(&metrics),
         passes: AtomicU64::new(0),
@@ -177,6 +179,7 @@ struct Parts<C, T> {
     capacity: Arc<C>,
     trigger: Arc<T>,
     labels: Option<LabelWorkerFactory>,
+    retention: Option<RetentionWorkerFactory>,
     status: Arc<crate::DispatcherStatus>,
     metrics: Arc<dispatcher_metrics::Metrics>,
     /// Passes started by this process, for the `dispatch_pass` span.
@@ -209,6 +212,10 @@ where
                 Arc::clone(&self.metrics),
             )))
         });
+        let _retention_worker = self
+            .retention
+            .as_ref()
+            .map(|start| AbortOnDrop(tokio::spawn(start(Arc::clone(&self.metrics)))));
         let mut heartbeat = tokio::time::interval(heartbeat_every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_pass = tokio::time::Instant::now() - self.current().dispatch.min_pass_interval;

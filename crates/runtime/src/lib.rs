@@ -8,7 +8,7 @@
 //! changes, deadlines and a slow safety timer; a heartbeat while idle; a
 //! timeout on every pass), trigger tasks in a [`tokio::task::JoinSet`] whose
 //! outcomes survive a lost session and are recorded in the next term, the
-//! label worker, shutdown that records POSTs already sent, and the status
+//! label worker, the retention worker, shutdown that records POSTs already sent, and the status
 //! snapshot behind readiness and liveness.
 //!
 //! **Must not:** depend on a concrete adapter (PostgreSQL, Kubernetes,
@@ -37,6 +37,7 @@
 
 mod labels;
 mod leader;
+mod retention;
 mod status;
 mod triggers;
 
@@ -45,7 +46,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use dispatcher_core::config::Settings;
-use dispatcher_core::ports::{CapacitySource, LabelStore, LeaderElection, PrNotifier, Trigger};
+use dispatcher_core::ports::{
+    CapacitySource, LabelStore, LeaderElection, PrNotifier, RetentionStore, Trigger,
+};
+use dispatcher_core::retention::RetentionPolicy;
 use dispatcher_metrics::Metrics;
 use tokio::sync::{Notify, watch};
 
@@ -56,6 +60,10 @@ pub use status::{DispatcherStatus, Role};
 type LabelWorkerFactory = Arc<
     dyn Fn(Arc<Notify>, Arc<Metrics>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync,
 >;
+
+/// Starts the retention worker for one leadership term.
+type RetentionWorkerFactory =
+    Arc<dyn Fn(Arc<Metrics>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// A start-up step retried until it succeeds (see [`Runtime::with_preparation`]).
 pub(crate) type Preparation =
@@ -70,6 +78,7 @@ pub struct Runtime<L, C, T> {
     capacity: Arc<C>,
     trigger: T,
     labels: Option<LabelWorkerFactory>,
+    retention: Option<RetentionWorkerFactory>,
     preparation: Option<(String, Preparation)>,
     status: Arc<DispatcherStatus>,
     metrics: Arc<Metrics>,
@@ -81,6 +90,7 @@ impl<L, C, T> std::fmt::Debug for Runtime<L, C, T> {
         f.debug_struct("Runtime")
             .field("status", &self.status)
             .field("labels", &self.labels.is_some())
+            .field("retention", &self.retention.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -101,6 +111,7 @@ where
             capacity,
             trigger,
             labels: None,
+            retention: None,
             preparation: None,
             status,
             metrics: Arc::new(Metrics::default()),
@@ -157,6 +168,19 @@ where
                 metrics,
             };
             Box::pin(labels::label_worker(store.clone(), notifier, wake))
+        }));
+        self
+    }
+
+    /// Deletes old finished events while leading (`retention:`): a pass
+    /// shortly after each term starts, then every `policy.interval`.
+    #[must_use]
+    pub fn with_retention<S>(mut self, store: S, policy: RetentionPolicy) -> Self
+    where
+        S: RetentionStore + Clone + 'static,
+    {
+        self.retention = Some(Arc::new(move |metrics| {
+            Box::pin(retention::retention_worker(store.clone(), policy, metrics))
         }));
         self
     }

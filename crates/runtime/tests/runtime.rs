@@ -638,3 +638,89 @@ async fn shutdown_keeps_the_session_while_an_answer_outlasts_its_idle_timeout() 
         Some(h.trigger.sent()[0].event_id.as_str())
     );
 }
+
+/// A retention store that counts passes and deletes one event per pass.
+#[derive(Clone, Default)]
+struct CountingRetention {
+    passes: Arc<Mutex<u32>>,
+}
+
+impl dispatcher_core::ports::RetentionStore for CountingRetention {
+    async fn delete_finished(
+        &self,
+        _: Duration,
+        _: u32,
+    ) -> Result<dispatcher_core::retention::DeletedBatch, dispatcher_core::ports::StoreError> {
+        *self.passes.lock().unwrap() += 1;
+        Ok(dispatcher_core::retention::DeletedBatch {
+            events: 1,
+            label_rows: 0,
+        })
+    }
+
+    async fn drop_payloads(
+        &self,
+        _: Duration,
+        _: u32,
+    ) -> Result<u64, dispatcher_core::ports::StoreError> {
+        Ok(2)
+    }
+
+    async fn preview(
+        &self,
+        _: &dispatcher_core::retention::RetentionPolicy,
+    ) -> Result<dispatcher_core::retention::RetentionPreview, dispatcher_core::ports::StoreError>
+    {
+        unreachable!("the runtime never previews")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_runs_on_the_active_replica_only_and_stops_with_it() {
+    let mut h = Harness::new(1);
+    let store = CountingRetention::default();
+    // Shorter than the configuration allows (1m): the runtime takes any policy.
+    let policy = dispatcher_core::retention::RetentionPolicy {
+        max_age: Duration::from_secs(1),
+        payload_max_age: Some(Duration::from_millis(500)),
+        interval: Duration::from_millis(50),
+        batch_size: 10,
+    };
+    h.runtime = h
+        .runtime
+        .take()
+        .map(|r| r.with_retention(store.clone(), policy));
+    // Another session holds the lock: this replica stands by and prunes nothing.
+    let other =
+        h.db.try_lead(false, LeaderOptions::default())
+            .await
+            .unwrap()
+            .expect("the test leads first");
+    h.start();
+    h.wait_for_role(Role::Standby).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(*store.passes.lock().unwrap(), 0, "a standby pruned");
+    drop(other);
+    h.wait_for_role(Role::Leader).await;
+    eventually("two retention passes", || async {
+        (*store.passes.lock().unwrap() >= 2).then_some(())
+    })
+    .await;
+    let text = h.metrics.encode();
+    let sample = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    };
+    assert!(sample("webhook_dispatcher_retention_deleted_events_total ") >= 2.0);
+    assert!(sample("webhook_dispatcher_retention_dropped_payloads_total ") >= 4.0);
+    assert!(sample("webhook_dispatcher_retention_last_run_timestamp_seconds ") > 1.7e9);
+    h.shutdown().await;
+    let after = *store.passes.lock().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        *store.passes.lock().unwrap(),
+        after,
+        "pruned after the term ended"
+    );
+}

@@ -188,9 +188,11 @@ impl EventRepository for PgEvents {
             self.db.wake_dispatcher();
             return Ok(RecordOutcome::Created(row.into()));
         }
+        // A payload dropped by retention cannot be compared: the redelivery
+        // gets the stored event, as for the same body.
         let existing: Existing = diesel::sql_query(
             "SELECT id, uuid, delivery_id, action, repository_full_name, pull_request_number, processed,
-                    processing_error, received_at, processed_at, status, payload::text = $2 AS same_payload
+                    processing_error, received_at, processed_at, status, (payload::text = $2 OR payload_dropped_at IS NOT NULL) AS same_payload
                FROM webhook_events WHERE delivery_id = $1 AND NOT superseded_duplicate",
         )
         .bind::<Text, _>(&event.delivery_id)

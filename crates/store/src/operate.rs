@@ -42,6 +42,7 @@ struct Now {
 enum Refusal {
     NotFinished(EventStatus),
     Newer(EventUuid),
+    PayloadDropped(OffsetDateTime),
 }
 
 impl OperatorStore for PgEvents {
@@ -54,14 +55,15 @@ impl OperatorStore for PgEvents {
 
     async fn payload(&self, event: EventId) -> Result<Option<String>, StoreError> {
         let mut conn = self.db.conn().await?;
-        let payload: Option<RawJson> = webhook_events::table
+        let payload: Option<(RawJson, Option<OffsetDateTime>)> = webhook_events::table
             .filter(webhook_events::id.eq(event.0))
-            .select(webhook_events::payload)
+            .select((webhook_events::payload, webhook_events::payload_dropped_at))
             .first(&mut conn)
             .await
             .optional()
             .map_err(error::query)?;
-        Ok(payload.map(|p| p.0))
+        // A payload dropped by retention is gone, not `null`.
+        Ok(payload.and_then(|(p, dropped)| dropped.is_none().then_some(p.0)))
     }
 
     async fn queue_snapshot(
@@ -135,21 +137,27 @@ impl OperatorStore for PgEvents {
         let result = conn
             .transaction::<_, diesel::result::Error, _>(async |conn| {
                 // Lock the event: two replays of one event cannot both start round N+1.
-                let found: Option<(DbEventStatus, i32, String, i64)> = webhook_events::table
-                    .filter(webhook_events::id.eq(event.0))
-                    .select((
-                        webhook_events::status,
-                        webhook_events::round,
-                        webhook_events::repository_full_name,
-                        webhook_events::pull_request_number,
-                    ))
-                    .for_update()
-                    .first(conn)
-                    .await
-                    .optional()?;
-                let Some((DbEventStatus(status), round, repository, number)) = found else {
+                let found: Option<(DbEventStatus, i32, String, i64, Option<OffsetDateTime>)> =
+                    webhook_events::table
+                        .filter(webhook_events::id.eq(event.0))
+                        .select((
+                            webhook_events::status,
+                            webhook_events::round,
+                            webhook_events::repository_full_name,
+                            webhook_events::pull_request_number,
+                            webhook_events::payload_dropped_at,
+                        ))
+                        .for_update()
+                        .first(conn)
+                        .await
+                        .optional()?;
+                let Some((DbEventStatus(status), round, repository, number, dropped)) = found
+                else {
                     return Ok(None);
                 };
+                if let Some(at) = dropped {
+                    return Ok(Some(Err(Refusal::PayloadDropped(at))));
+                }
                 let open: i64 = dispatches::table
                     .filter(dispatches::event_id.eq(event.0))
                     .filter(dispatches::state.eq_any([
@@ -248,6 +256,7 @@ impl OperatorStore for PgEvents {
             }
             Err(Refusal::NotFinished(status)) => ReplayOutcome::NotFinished(status),
             Err(Refusal::Newer(uuid)) => ReplayOutcome::NewerEventExists(uuid),
+            Err(Refusal::PayloadDropped(at)) => ReplayOutcome::PayloadDropped(at),
         }))
     }
 

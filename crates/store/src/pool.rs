@@ -16,7 +16,7 @@ use crate::connect::{self, ConnectionOptions};
 use crate::error;
 use crate::leader::LeaderOptions;
 use crate::wakeup::Wakeups;
-use crate::{LeaderSession, PgEvents, PgLabels};
+use crate::{LeaderSession, PgEvents, PgLabels, PgRetention};
 
 /// Pool sizing and timeouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +122,11 @@ impl Database {
     /// Label intents, for the label worker.
     pub fn labels(&self) -> PgLabels {
         PgLabels::new(self.clone())
+    }
+
+    /// Retention of finished events (deletes in short batches).
+    pub fn retention(&self) -> PgRetention {
+        PgRetention::new(self.clone())
     }
 
     /// Tries to become the active dispatcher: `Some` while this replica holds

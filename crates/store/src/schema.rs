@@ -47,6 +47,7 @@ diesel::table! {
         adopted -> Bool,
         superseded_duplicate -> Bool,
         round -> Int4,
+        payload_dropped_at -> Nullable<Timestamptz>,
     }
 }
 

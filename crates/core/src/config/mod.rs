@@ -310,6 +310,8 @@ pub struct Settings {
     pub log_level: String,
     /// Local development aids (`dev:`); all off unless the file turns them on.
     pub dev: DevSection,
+    /// Retention of finished events (`retention:`); `None` = keep everything.
+    pub retention: Option<crate::retention::RetentionPolicy>,
 }
 
 impl Settings {
@@ -439,6 +441,10 @@ impl Settings {
         );
         let dispatch = validate_dispatch(&raw.dispatch, &mut errors);
         validate_dev(&raw.dev, &mut errors);
+        let retention = raw
+            .retention
+            .as_ref()
+            .map(|r| crate::retention::validate(r, &mut errors));
         let log_format = match raw.logging.format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -467,6 +473,7 @@ impl Settings {
                 log_format,
                 log_level: raw.logging.level,
                 dev: raw.dev,
+                retention,
             }),
             _ => Err(ConfigErrors(errors)),
         }

@@ -33,6 +33,8 @@ pub struct RawConfig {
     pub logging: LoggingSection,
     /// Local development aids (all off by default).
     pub dev: DevSection,
+    /// Deleting old finished events; absent = keep everything (the original's behaviour).
+    pub retention: Option<RetentionSection>,
 }
 
 /// `dispatcher:` section.
@@ -395,5 +397,37 @@ impl Default for DevSection {
             simulate_tekton: false,
             run_duration: Duration::from_secs(20),
         }
+    }
+}
+
+/// `retention:` section: how long finished events are kept. Absent = forever.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct RetentionSection {
+    /// Finished events (with their dispatches, timelines and settled label
+    /// rows) are deleted this long after they finished (`30d`). Required.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Payloads of finished events are dropped this long after they
+    /// finished, keeping the row (optional, shorter than `max_age`).
+    #[serde(default, with = "humantime_serde")]
+    pub payload_max_age: Option<Duration>,
+    /// How often the active replica prunes (default `1h`, at least `1m`).
+    #[serde(
+        default = "RetentionSection::default_interval",
+        with = "humantime_serde"
+    )]
+    pub interval: Duration,
+    /// Rows per short transaction (default 1000, 1 to 100000).
+    #[serde(default = "RetentionSection::default_batch_size")]
+    pub batch_size: u32,
+}
+
+impl RetentionSection {
+    fn default_interval() -> Duration {
+        Duration::from_secs(3600)
+    }
+
+    fn default_batch_size() -> u32 {
+        1000
     }
 }

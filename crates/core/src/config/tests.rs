@@ -485,3 +485,33 @@ fn database_tls_keys_are_validated() {
     let s = settings(v).unwrap();
     assert_eq!(s.database.sslmode.as_deref(), Some("verify-full"));
 }
+
+#[test]
+fn retention_is_off_by_default_and_validated() {
+    let s = settings(original_example()).expect("valid");
+    assert_eq!(s.retention, None);
+
+    let mut v = original_example();
+    v["retention"] = json!({"max_age": "30d", "payload_max_age": "7days"});
+    let r = settings(v).expect("valid").retention.expect("on");
+    assert_eq!(r.max_age, std::time::Duration::from_secs(30 * 86_400));
+    assert_eq!(
+        r.payload_max_age,
+        Some(std::time::Duration::from_secs(7 * 86_400))
+    );
+    assert_eq!(r.interval, std::time::Duration::from_secs(3600));
+    assert_eq!(r.batch_size, 1000);
+
+    let e = single_error(|v| v["retention"] = json!({"max_age": "7d", "payload_max_age": "30d"}));
+    assert_eq!(e.field, "retention.payload_max_age");
+    assert!(e.message.contains("shorter than retention.max_age"), "{e}");
+    let e = single_error(|v| v["retention"] = json!({"max_age": "30d", "interval": "30s"}));
+    assert_eq!(e.field, "retention.interval");
+    let e = single_error(|v| v["retention"] = json!({"max_age": "30d", "batch_size": 0}));
+    assert_eq!(e.field, "retention.batch_size");
+    // max_age is required once the section is there.
+    let mut v = original_example();
+    v["retention"] = json!({"interval": "1h"});
+    let errs = settings(v).expect_err("no max_age").0;
+    assert!(errs[0].message.contains("max_age"), "{errs:?}");
+}

@@ -49,10 +49,12 @@ impl OperatorStore for MemRepo {
 
     async fn payload(&self, event: EventId) -> Result<Option<String>, StoreError> {
         let rows = self.rows.lock().unwrap();
+        // A stored `null` stands for a payload retention dropped (as in the store).
         Ok(rows
             .iter()
             .find(|(_, r)| r.id == event)
-            .map(|(e, _)| e.payload.clone()))
+            .map(|(e, _)| e.payload.clone())
+            .filter(|p| p != "null"))
     }
 
     async fn queue_snapshot(&self, _reservation: Duration) -> Result<QueueSnapshot, StoreError> {
