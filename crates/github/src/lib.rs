@@ -98,6 +98,77 @@ impl GithubLabels {
             .header(reqwest::header::ACCEPT, "application/vnd.github+json")
             .header("X-GitHub-Api-Version", "2022-11-28")
     }
+
+    /// `GET /repos/{owner}/{repo}` with the token (`dispatcher check-config
+    /// --connect`): whether the token sees the repository and what it may do
+    /// there. Changes nothing.
+    pub async fn repository_access(&self, repository: &str) -> Result<RepositoryAccess, String> {
+        let (owner, repo) = repository
+            .split_once('/')
+            .ok_or_else(|| format!("repository '{repository}' is not owner/name"))?;
+        let url = format!(
+            "{}/repos/{}/{}",
+            self.api_url,
+            utf8_percent_encode(owner, SEGMENT),
+            utf8_percent_encode(repo, SEGMENT)
+        );
+        let response = self
+            .request(reqwest::Method::GET, url)
+            .send()
+            .await
+            .map_err(|e| e.without_url().to_string())?;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if !status.is_success() {
+            let message = json
+                .get("message")
+                .and_then(serde_json::Value::as_str)
+                .map_or_else(|| body.chars().take(200).collect(), str::to_owned);
+            return Err(format!(
+                "GitHub answered HTTP {}: {message}",
+                status.as_u16()
+            ));
+        }
+        let permissions = json
+            .get("permissions")
+            .and_then(|p| p.as_object())
+            .map(|p| {
+                p.iter()
+                    .filter(|(_, v)| v.as_bool() == Some(true))
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            });
+        Ok(RepositoryAccess {
+            full_name: json
+                .get("full_name")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or(repository)
+                .to_owned(),
+            permissions,
+        })
+    }
+}
+
+/// What a token may do on one repository (`GET /repos/{owner}/{repo}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepositoryAccess {
+    /// The repository's name as GitHub spells it.
+    pub full_name: String,
+    /// The permissions granted (`pull`, `triage`, `push`, `maintain`,
+    /// `admin`), when GitHub reports them (it does for user tokens).
+    pub permissions: Option<Vec<String>>,
+}
+
+impl RepositoryAccess {
+    /// Whether the token may label pull requests (`triage` or more); `None`
+    /// when GitHub did not report permissions (app installation tokens).
+    pub fn can_label(&self) -> Option<bool> {
+        self.permissions.as_ref().map(|p| {
+            p.iter()
+                .any(|p| matches!(p.as_str(), "triage" | "push" | "maintain" | "admin"))
+        })
+    }
 }
 
 /// Fallback pause for a 429 without usable headers (GitHub's guidance: wait
