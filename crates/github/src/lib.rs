@@ -280,6 +280,32 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn repository_access_reports_permissions() {
+        let fake = FakeGithub::start("tok").await.unwrap();
+        let access = client(&fake.url(), "tok")
+            .repository_access("o/r")
+            .await
+            .unwrap();
+        assert_eq!(access.full_name, "o/r");
+        assert_eq!(access.can_label(), Some(true));
+        assert!(access.permissions.unwrap().contains(&"triage".to_owned()));
+        let err = client(&fake.url(), "wrong")
+            .repository_access("o/r")
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("401") && err.contains("Bad credentials"),
+            "{err}"
+        );
+        let read_only = RepositoryAccess {
+            full_name: "o/r".into(),
+            permissions: Some(vec!["pull".into()]),
+        };
+        assert_eq!(read_only.can_label(), Some(false));
+        assert!(fake.calls().is_empty(), "nothing labelled");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn adds_and_removes_labels_with_slashes() {
         let fake = FakeGithub::start("tok").await.unwrap();
         let github = client(&fake.url(), "tok");
