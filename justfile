@@ -27,10 +27,16 @@ migrate:
     WEBHOOK_DISPATCHER_CONFIG="${WEBHOOK_DISPATCHER_CONFIG:-config/dev.yaml}" \
         cargo run --locked -p dispatcher -- migrate
 
-# Validate a config file: `just check-config path/to/config.yaml`.
-check-config CONFIG="config/dispatcher_config.example.yaml":
+# Validate a config file: `just check-config path/to/config.yaml`
+# (`just check-config path/to/config.yaml --connect` also checks every peer).
+check-config CONFIG="config/dispatcher_config.example.yaml" *ARGS:
     GITHUB_WEBHOOK_SECRET="${GITHUB_WEBHOOK_SECRET:-unset}" \
-        cargo run --locked -q -p dispatcher -- --config {{CONFIG}} check-config
+        cargo run --locked -q -p dispatcher -- --config {{CONFIG}} check-config {{ARGS}}
+
+# Render every deploy/kustomize overlay and check each object strictly
+# (part of `just test`; uses kubectl/kustomize too when installed).
+manifests:
+    cargo test --locked -p dispatcher-deploycheck
 
 # Benchmarks of the release binary against same-run baselines
 # (`just bench intake --seconds 5` runs one).

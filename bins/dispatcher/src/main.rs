@@ -10,6 +10,7 @@
 //! in `dispatcher-core`; storage, Kubernetes, GitHub and HTTP in their crates.
 
 mod config;
+mod connect;
 mod explain;
 mod options;
 mod prune;
@@ -51,7 +52,12 @@ enum Command {
     /// Apply pending database migrations and exit.
     Migrate,
     /// Validate the configuration and exit (non-zero on any problem).
-    CheckConfig,
+    CheckConfig {
+        /// Also check the database, each pool's Kubernetes access, each
+        /// EventListener and the GitHub token, one line each.
+        #[arg(long)]
+        connect: bool,
+    },
     /// Explain one event as text: matching, timeline, why it waits (asks a
     /// running dispatcher's API).
     Explain {
@@ -121,11 +127,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 
     let command = cli.command.unwrap_or(Command::Serve);
-    if matches!(command, Command::Serve | Command::CheckConfig) {
+    if matches!(command, Command::Serve | Command::CheckConfig { .. }) {
         simulate::refuse_real_kubernetes(&settings, &env)?;
     }
     match command {
-        Command::CheckConfig => {
+        Command::CheckConfig { connect } => {
             #[allow(clippy::print_stdout)] // the command's output
             {
                 println!(
@@ -153,6 +159,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         pool.api_version.as_str()
                     );
                 }
+            }
+            if connect {
+                let url = database_url(&settings).ok();
+                let failed = runtime()?.block_on(connect::run(&settings, url.as_deref()));
+                anyhow::ensure!(failed == 0, "{failed} connection check(s) failed");
             }
             Ok(())
         }

@@ -35,10 +35,12 @@
 //! # Ok(()) }
 //! ```
 
+mod check;
 mod pipelinerun;
 mod trigger;
 mod watch;
 
+pub use check::{PIPELINERUN_VERBS, VerbAccess, pipelinerun_access, probe_event_listener};
 pub use pipelinerun::{EVENT_ID_LABEL, PIPELINE_LABEL, RunInfo};
 pub use trigger::EventListenerClient;
 pub use watch::{CapacityOptions, KubeCapacity};

@@ -1,6 +1,7 @@
 //! A fake GitHub REST API for issue labels: add
 //! (`POST /repos/{owner}/{repo}/issues/{n}/labels`) and remove
-//! (`DELETE /repos/{owner}/{repo}/issues/{n}/labels/{name}`, 404 when absent).
+//! (`DELETE /repos/{owner}/{repo}/issues/{n}/labels/{name}`, 404 when absent),
+//! and `GET /repos/{owner}/{repo}` (any repository, with `triage` permission).
 //! It can answer rate limits the way GitHub does (primary: `X-RateLimit-*`
 //! headers; secondary: `Retry-After`).
 
@@ -168,6 +169,15 @@ fn handle(inner: &Arc<Inner>, request: &FakeRequest) -> http::Response<crate::se
         .collect::<Vec<_>>()
         .as_slice()
     {
+        ["repos", owner, repo] if request.parts.method == Method::GET => {
+            return json_response(
+                StatusCode::OK,
+                &json!({
+                    "full_name": format!("{owner}/{repo}"),
+                    "permissions": {"admin": false, "maintain": false, "push": false, "triage": true, "pull": true}
+                }),
+            );
+        }
         ["repos", owner, repo, "issues", n, "labels"] => n
             .parse::<i64>()
             .ok()

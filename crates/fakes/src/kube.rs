@@ -3,7 +3,8 @@
 //! kube-rs uses them. Tests create and finish runs, take the API down (503 to
 //! everything) and bring it back, drop open watches, make watches expire
 //! (410 Gone), read the requests served and the highest number of runs that
-//! were ever unfinished at once.
+//! were ever unfinished at once. It also answers SelfSubjectAccessReviews
+//! (allowed unless a namespace is forbidden) for `check-config --connect`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, MutexGuard};
@@ -57,6 +58,10 @@ struct State {
     hold: bool,
     /// Requests received, held ones included.
     arrived: usize,
+    /// Namespaces where SelfSubjectAccessReviews answer `allowed: false`.
+    forbidden: std::collections::BTreeSet<String>,
+    /// SelfSubjectAccessReviews answered: (namespace, verb, allowed).
+    access_reviews: Vec<(String, String, bool)>,
 }
 
 /// Notified on every change (new resourceVersion, or the API going up or down).
@@ -174,6 +179,22 @@ impl FakeKube {
             *max = (*max).max(n);
         }
         self.inner.changed();
+    }
+
+    /// SelfSubjectAccessReviews for `namespace` answer `allowed: false`
+    /// (`forbidden`) or `true` (the default).
+    pub fn forbid_namespace(&self, namespace: &str, forbidden: bool) {
+        let mut state = self.state();
+        if forbidden {
+            state.forbidden.insert(namespace.to_owned());
+        } else {
+            state.forbidden.remove(namespace);
+        }
+    }
+
+    /// SelfSubjectAccessReviews answered so far: (namespace, verb, allowed).
+    pub fn access_reviews(&self) -> Vec<(String, String, bool)> {
+        self.state().access_reviews.clone()
     }
 
     /// Creates an unfinished PipelineRun of `pipeline`.
@@ -385,9 +406,54 @@ fn status_error(code: StatusCode, reason: &str, message: &str) -> Response<FakeB
     )
 }
 
+/// `POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews`: allowed
+/// unless the namespace was forbidden ([`FakeKube::forbid_namespace`]);
+/// 503 while the API is down.
+fn access_review(inner: &Arc<Inner>, request: &FakeRequest) -> Response<FakeBody> {
+    if request.parts.method != Method::POST {
+        return status_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "only POST is served",
+        );
+    }
+    let mut state = inner.lock();
+    if state.down {
+        return status_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "down",
+        );
+    }
+    let mut review: Value = serde_json::from_slice(&request.body).unwrap_or_default();
+    let attributes = &review["spec"]["resourceAttributes"];
+    let namespace = attributes["namespace"].as_str().unwrap_or("").to_owned();
+    let verb = attributes["verb"].as_str().unwrap_or("").to_owned();
+    let allowed = !state.forbidden.contains(&namespace);
+    state.access_reviews.push((namespace, verb, allowed));
+    drop(state);
+    inner.changed();
+    review["status"] = if allowed {
+        json!({"allowed": true, "reason": "fake: allowed"})
+    } else {
+        json!({"allowed": false, "reason": "fake: forbidden in this namespace"})
+    };
+    json_response(StatusCode::CREATED, &review)
+}
+
 fn handle(inner: &Arc<Inner>, request: &FakeRequest) -> Response<FakeBody> {
     let path = request.parts.uri.path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if segments
+        == [
+            "apis",
+            "authorization.k8s.io",
+            "v1",
+            "selfsubjectaccessreviews",
+        ]
+    {
+        return access_review(inner, request);
+    }
     // /apis/tekton.dev/{version}/namespaces/{ns}/pipelineruns
     let (version, namespace) = match segments.as_slice() {
         [

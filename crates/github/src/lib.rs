@@ -115,6 +115,77 @@ impl GithubLabels {
             .header(reqwest::header::ACCEPT, "application/vnd.github+json")
             .header("X-GitHub-Api-Version", "2022-11-28")
     }
+
+    /// `GET /repos/{owner}/{repo}` with the token (`dispatcher check-config
+    /// --connect`): whether the token sees the repository and what it may do
+    /// there. Changes nothing.
+    pub async fn repository_access(&self, repository: &str) -> Result<RepositoryAccess, String> {
+        let (owner, repo) = repository
+            .split_once('/')
+            .ok_or_else(|| format!("repository '{repository}' is not owner/name"))?;
+        let url = format!(
+            "{}/repos/{}/{}",
+            self.api_url,
+            utf8_percent_encode(owner, SEGMENT),
+            utf8_percent_encode(repo, SEGMENT)
+        );
+        let response = self
+            .request(reqwest::Method::GET, url)
+            .send()
+            .await
+            .map_err(|e| e.without_url().to_string())?;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if !status.is_success() {
+            let message = json
+                .get("message")
+                .and_then(serde_json::Value::as_str)
+                .map_or_else(|| body.chars().take(200).collect(), str::to_owned);
+            return Err(format!(
+                "GitHub answered HTTP {}: {message}",
+                status.as_u16()
+            ));
+        }
+        let permissions = json
+            .get("permissions")
+            .and_then(|p| p.as_object())
+            .map(|p| {
+                p.iter()
+                    .filter(|(_, v)| v.as_bool() == Some(true))
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            });
+        Ok(RepositoryAccess {
+            full_name: json
+                .get("full_name")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or(repository)
+                .to_owned(),
+            permissions,
+        })
+    }
+}
+
+/// What a token may do on one repository (`GET /repos/{owner}/{repo}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepositoryAccess {
+    /// The repository's name as GitHub spells it.
+    pub full_name: String,
+    /// The permissions granted (`pull`, `triage`, `push`, `maintain`,
+    /// `admin`), when GitHub reports them (it does for user tokens).
+    pub permissions: Option<Vec<String>>,
+}
+
+impl RepositoryAccess {
+    /// Whether the token may label pull requests (`triage` or more); `None`
+    /// when GitHub did not report permissions (app installation tokens).
+    pub fn can_label(&self) -> Option<bool> {
+        self.permissions.as_ref().map(|p| {
+            p.iter()
+                .any(|p| matches!(p.as_str(), "triage" | "push" | "maintain" | "admin"))
+        })
+    }
 }
 
 /// Fallback pause for a 429 without usable headers (GitHub's guidance: wait
@@ -234,6 +305,32 @@ mod tests {
         github.set_token("new-token");
         worker_copy.add_label(&pr(), "p/queued").await.unwrap();
         assert!(fake.labels("o/r", 7).contains("p/queued"));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn repository_access_reports_permissions() {
+        let fake = FakeGithub::start("tok").await.unwrap();
+        let access = client(&fake.url(), "tok")
+            .repository_access("o/r")
+            .await
+            .unwrap();
+        assert_eq!(access.full_name, "o/r");
+        assert_eq!(access.can_label(), Some(true));
+        assert!(access.permissions.unwrap().contains(&"triage".to_owned()));
+        let err = client(&fake.url(), "wrong")
+            .repository_access("o/r")
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("401") && err.contains("Bad credentials"),
+            "{err}"
+        );
+        let read_only = RepositoryAccess {
+            full_name: "o/r".into(),
+            permissions: Some(vec!["pull".into()]),
+        };
+        assert_eq!(read_only.can_label(), Some(false));
+        assert!(fake.calls().is_empty(), "nothing labelled");
     }
 
     #[tokio::test(flavor = "multi_thread")]
