@@ -369,7 +369,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn settings(github: serde_json::Value) -> Settings {
+    fn settings(github: &serde_json::Value) -> Settings {
         let raw: dispatcher_core::config::RawConfig = serde_json::from_value(serde_json::json!({
             "security": {"verify_signatures": false},
             "github": github,
@@ -386,18 +386,18 @@ mod tests {
         );
         let app = |id: u64| serde_json::json!({"app": {"app_id": id, "private_key_file": key, "installation_id": 1}});
         assert_eq!(
-            needs_restart(&settings(app(1)), &settings(app(2))),
+            needs_restart(&settings(&app(1)), &settings(&app(2))),
             ["github.app"]
         );
-        assert!(needs_restart(&settings(app(1)), &settings(app(1))).is_empty());
+        assert!(needs_restart(&settings(&app(1)), &settings(&app(1))).is_empty());
         assert_eq!(
-            needs_restart(&settings(serde_json::json!({})), &settings(app(1))),
+            needs_restart(&settings(&serde_json::json!({})), &settings(&app(1))),
             ["github.token (labels were off at start)", "github.app"]
         );
         assert!(
             needs_restart(
-                &settings(serde_json::json!({"token": "a"})),
-                &settings(serde_json::json!({"token": "b"}))
+                &settings(&serde_json::json!({"token": "a"})),
+                &settings(&serde_json::json!({"token": "b"}))
             )
             .is_empty()
         );
