@@ -120,6 +120,7 @@ struct State {
     issued: Vec<(String, OffsetDateTime)>,
     exchanges: Vec<TokenExchange>,
     clock_offset: Duration,
+    refuse_issued: bool,
 }
 
 impl State {
@@ -214,6 +215,12 @@ impl FakeGithub {
         self.state().issued.clear();
     }
 
+    /// Answer 401 to every installation token, also those issued later
+    /// (an app whose installation lost its access), or stop doing so.
+    pub fn refuse_issued_tokens(&self, refuse: bool) {
+        self.state().refuse_issued = refuse;
+    }
+
     /// Answer the next `n` calls with 502.
     pub fn fail_next(&self, n: u32) {
         self.state().fail_next = n;
@@ -270,7 +277,7 @@ fn handle(inner: &Arc<Inner>, request: &FakeRequest) -> http::Response<crate::se
         let s = inner.shared.lock();
         let now = s.now();
         (!inner.token.is_empty() && bearer == inner.token)
-            || s.issued.iter().any(|(t, exp)| t == bearer && *exp > now)
+            || (!s.refuse_issued && s.issued.iter().any(|(t, exp)| t == bearer && *exp > now))
     };
     if !authorised {
         return json_response(

@@ -213,6 +213,7 @@ impl AppTokens {
                 NotifyError::new(format!("GitHub App token exchange: {}", e.without_url()))
             })?;
         let status = response.status();
+        let retry_at = crate::rate_limit_end(status, response.headers(), OffsetDateTime::now_utc());
         let body = response.text().await.unwrap_or_default();
         let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
         if status != reqwest::StatusCode::CREATED && !status.is_success() {
@@ -227,12 +228,16 @@ impl AppTokens {
                 installation_id = self.app.installation_id,
                 "GitHub refused the app's token exchange"
             );
-            return Err(NotifyError::new(format!(
+            let message = format!(
                 "GitHub App token exchange (app {}, installation {}): HTTP {}: {message}",
                 self.app.app_id,
                 self.app.installation_id,
                 status.as_u16()
-            )));
+            );
+            return Err(match retry_at {
+                Some(at) => NotifyError::rate_limited(message, at),
+                None => NotifyError::new(message),
+            });
         }
         let token = json.get("token").and_then(serde_json::Value::as_str);
         let expires_at = json

@@ -495,6 +495,15 @@ mod tests {
         assert_eq!(fake.exchanges().len(), 2);
         assert!(fake.labels("o/r", 7).contains("b/queued"));
 
+        // A 401 to the fresh token too is an error after one retry, not a loop.
+        fake.refuse_issued_tokens(true);
+        let err = github.add_label(&pr(), "c/queued").await.unwrap_err();
+        assert!(err.message.contains("HTTP 401"), "{err}");
+        assert_eq!(fake.exchanges().len(), 3, "one re-exchange per call");
+        fake.refuse_issued_tokens(false);
+        github.add_label(&pr(), "c/queued").await.unwrap();
+        assert_eq!(fake.exchanges().len(), 3, "the last token is kept");
+
         // An installation GitHub does not know is a clear error.
         let fake_static = FakeGithub::start("someone-else").await.unwrap();
         let err = app_client(
