@@ -507,7 +507,7 @@ fn check_jwt(app: &FakeApp, jwt: &str, now: OffsetDateTime) -> Result<(), String
         return Err("'Issued at' claim ('iat') must be an Integer representing the time that the assertion was issued".to_owned());
     }
     if exp - iat > 600 {
-        return Err("Expiration time' claim ('exp') is too far in the future".to_owned());
+        return Err("'Expiration time' claim ('exp') is too far in the future".to_owned());
     }
     Ok(())
 }
