@@ -160,21 +160,14 @@ async fn event_listeners(settings: &Settings, report: &mut Report) {
 }
 
 async fn github(settings: &Settings, report: &mut Report) {
-    let token = match &settings.github.token {
-        Some(token) if !token.expose().is_empty() => token,
-        _ => {
-            report.skip("github: no token (GITHUB_TOKEN or github.token): the <pipeline>/queued labels are off");
+    let client = match crate::serve::github_client(settings, CHECK_TIMEOUT) {
+        Ok(Some(client)) => client,
+        Ok(None) => {
+            report.skip("github: no token or app (GITHUB_TOKEN, github.token or github.app): the <pipeline>/queued labels are off");
             return;
         }
-    };
-    let client = match dispatcher_github::GithubLabels::new(
-        &settings.github_api_url,
-        token.expose(),
-        CHECK_TIMEOUT,
-    ) {
-        Ok(client) => client,
         Err(e) => {
-            report.fail(&format!("github: cannot build a client ({e})"));
+            report.fail(&format!("github: cannot build a client ({e:#})"));
             return;
         }
     };

@@ -132,6 +132,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match command {
         Command::CheckConfig { connect } => {
+            // The key is parsed as `serve` would (the validation only read it).
+            if let Some(app) = &settings.github.app {
+                dispatcher_github::AppKey::from_pem_file(&app.private_key_file)
+                    .map_err(|e| anyhow::anyhow!("github.app.private_key_file: {e}"))?;
+            }
             #[allow(clippy::print_stdout)] // the command's output
             {
                 println!(
@@ -149,6 +154,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     println!(
                         "  dev.simulate_tekton: ON (PipelineRuns simulated in-process, each running {:?})",
                         settings.dev.run_duration
+                    );
+                }
+                if let Some(app) = &settings.github.app {
+                    println!(
+                        "  github: labels as GitHub App {} (installation {})",
+                        app.app_id, app.installation_id
                     );
                 }
                 for pool in settings.pools.values() {

@@ -9,7 +9,7 @@
 //! an item to its new pool), webhook secrets and signature settings, API
 //! tokens, the GitHub token and the dispatch tuning. What needs a restart
 //! (reported, not applied): the listener (`server.*`), the database, logging,
-//! `dev`, `retention`, `github.api_url`/`timeout`, and the dispatch timings fixed when a
+//! `dev`, `retention`, `github.api_url`/`timeout`/`app`, and the dispatch timings fixed when a
 //! client or session is built (`failover_timeout`, `trigger_timeout`,
 //! `capacity_resync_interval`, `capacity_stale_after`,
 //! `leader_retry_interval`); docs/CONFIGURATION.md marks each key.
@@ -288,8 +288,10 @@ fn needs_restart(old: &Settings, new: &Settings) -> Vec<String> {
     check("github.timeout", old.github.timeout == new.github.timeout);
     check(
         "github.token (labels were off at start)",
-        old.github.token.is_some() || new.github.token.is_none(),
+        old.github.labels_enabled() || !new.github.labels_enabled(),
     );
+    // The app's client is built at start (its key read once).
+    check("github.app", old.github.app == new.github.app);
     check(
         "dispatch.failover_timeout",
         old.dispatch.failover_timeout == new.dispatch.failover_timeout,
@@ -360,4 +362,44 @@ fn describe_changes(old: &Settings, new: &Settings) -> Vec<String> {
         out.push("no change to items, pools, secrets or tuning".to_owned());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn settings(github: &serde_json::Value) -> Settings {
+        let raw: dispatcher_core::config::RawConfig = serde_json::from_value(serde_json::json!({
+            "security": {"verify_signatures": false},
+            "github": github,
+        }))
+        .unwrap();
+        Settings::from_raw(raw).unwrap()
+    }
+
+    #[test]
+    fn a_github_app_change_needs_a_restart_a_token_change_does_not() {
+        let key = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../crates/fakes/fixtures/test-app-key.pkcs1.pem"
+        );
+        let app = |id: u64| serde_json::json!({"app": {"app_id": id, "private_key_file": key, "installation_id": 1}});
+        assert_eq!(
+            needs_restart(&settings(&app(1)), &settings(&app(2))),
+            ["github.app"]
+        );
+        assert!(needs_restart(&settings(&app(1)), &settings(&app(1))).is_empty());
+        assert_eq!(
+            needs_restart(&settings(&serde_json::json!({})), &settings(&app(1))),
+            ["github.token (labels were off at start)", "github.app"]
+        );
+        assert!(
+            needs_restart(
+                &settings(&serde_json::json!({"token": "a"})),
+                &settings(&serde_json::json!({"token": "b"}))
+            )
+            .is_empty()
+        );
+    }
 }

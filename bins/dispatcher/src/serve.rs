@@ -179,21 +179,44 @@ fn http_app(
 }
 
 fn github_labels(settings: &Settings) -> anyhow::Result<Option<GithubLabels>> {
+    let github = github_client(settings, settings.github.timeout)?;
+    if github.is_none() {
+        tracing::warn!(
+            "no GitHub token or app (GITHUB_TOKEN, github.token or github.app): the <pipeline>/queued labels are disabled"
+        );
+    }
+    Ok(github)
+}
+
+/// The GitHub client of `settings`: a GitHub App's (`github.app`, its key
+/// read and parsed here) or a token's; `None` when neither is configured.
+pub(crate) fn github_client(
+    settings: &Settings,
+    timeout: Duration,
+) -> anyhow::Result<Option<GithubLabels>> {
+    if let Some(app) = &settings.github.app {
+        let github_app = dispatcher_github::GithubApp::from_key_file(
+            app.app_id,
+            app.installation_id,
+            &app.private_key_file,
+        )
+        .map_err(|e| anyhow::anyhow!("github.app.private_key_file: {e}"))?;
+        tracing::info!(
+            app_id = app.app_id,
+            installation_id = app.installation_id,
+            "GitHub labels as a GitHub App installation"
+        );
+        return Ok(Some(
+            GithubLabels::with_app(&settings.github_api_url, github_app, timeout)
+                .context("building the GitHub client")?,
+        ));
+    }
     match &settings.github.token {
         Some(token) if !token.expose().is_empty() => Ok(Some(
-            GithubLabels::new(
-                &settings.github_api_url,
-                token.expose(),
-                settings.github.timeout,
-            )
-            .context("building the GitHub client")?,
+            GithubLabels::new(&settings.github_api_url, token.expose(), timeout)
+                .context("building the GitHub client")?,
         )),
-        _ => {
-            tracing::warn!(
-                "no GitHub token (GITHUB_TOKEN or github.token): the <pipeline>/queued labels are disabled"
-            );
-            Ok(None)
-        }
+        _ => Ok(None),
     }
 }
 

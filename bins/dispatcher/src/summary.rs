@@ -46,11 +46,8 @@ pub(crate) fn log_start(settings: &Settings, version: &str) {
         })
         .collect::<Vec<_>>()
         .join("; ");
-    let github_labels = settings
-        .github
-        .token
-        .as_ref()
-        .is_some_and(|t| !t.expose().is_empty());
+    let github_labels = settings.github.labels_enabled();
+    let github_app = settings.github.app.is_some();
     let d = &settings.dispatch;
     tracing::info!(
         version,
@@ -59,6 +56,7 @@ pub(crate) fn log_start(settings: &Settings, version: &str) {
         signatures_verified = settings.security.verify_signatures,
         webhook_secrets = settings.security.webhook_secrets.len(),
         github_labels,
+        github_app,
         metrics_token = settings.metrics_token.is_some(),
         api_tokens = settings.api_tokens.len(),
         database_pool_size = settings.database.pool_size,

@@ -7,7 +7,7 @@
 mod support;
 
 use support::SECRET;
-use support::world::{GITHUB_TOKEN, World};
+use support::world::{GITHUB_TOKEN, World, WorldOptions};
 
 async fn check_connect(world: &World, github_token: &str) -> (i32, String) {
     let config = world.dir.0.join("check.yaml");
@@ -78,4 +78,26 @@ async fn every_peer_checked_with_one_line_each() {
     let github = line(&stdout, "✗ github o/r: ");
     assert!(github.contains("401"), "{github}");
     assert_eq!(stdout.matches('✗').count(), 2, "{stdout}");
+}
+
+/// With `github.app` the check exchanges the app's JWT for an installation
+/// token and reads each repository with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_github_app_is_checked_through_its_installation_token() {
+    let world = World::with(WorldOptions {
+        github_app: true,
+        ..WorldOptions::default()
+    })
+    .await;
+    let (code, stdout) = check_connect(&world, "").await;
+    assert_eq!(code, 0, "{stdout}");
+    line(&stdout, "✓ github o/r: token has access (");
+    assert_eq!(world.github.exchanges().len(), 1);
+
+    world.github.refuse_issued_tokens(true);
+    let (code, stdout) = check_connect(&world, "").await;
+    assert_eq!(code, 1, "{stdout}");
+    let github = line(&stdout, "✗ github o/r: ");
+    assert!(github.contains("401"), "{github}");
+    assert!(!stdout.contains("ghs_"), "no token printed: {stdout}");
 }

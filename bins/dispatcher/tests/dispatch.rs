@@ -190,6 +190,52 @@ async fn newest_event_wins_while_queued_and_labels_follow_the_queue() {
         .await;
 }
 
+/// `github.app` instead of a token: the binary signs a JWT with the app's
+/// key, the fake checks it with the public key and issues an installation
+/// token, and the queued label comes and goes with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn labels_as_a_github_app() {
+    let world = World::with(WorldOptions {
+        capacity: 1,
+        github_app: true,
+        ..WorldOptions::default()
+    })
+    .await;
+    let svc = world.replica().await;
+    send_pr(&svc.url, "app-1", "o/r", 1, "opened").await;
+    world.wait_dispatched(1).await;
+    send_pr(&svc.url, "app-2", "o/r", 2, "opened").await;
+    let label = format!("{PIPELINE}/queued");
+    assert!(
+        world
+            .github
+            .wait_until(WAIT, |g| g.labels("o/r", 2).contains(&label))
+            .await,
+        "queued label added with the app's installation token"
+    );
+    assert_eq!(world.listener.finish_runs(1), 1);
+    world.wait_dispatched(2).await;
+    assert!(
+        world
+            .github
+            .wait_until(WAIT, |g| g.labels("o/r", 2).is_empty())
+            .await,
+        "queued label removed"
+    );
+    let exchanges = world.github.exchanges();
+    assert_eq!(
+        exchanges.len(),
+        1,
+        "one token for both calls: {exchanges:?}"
+    );
+    assert_eq!(exchanges[0].status, 201);
+    assert_eq!(exchanges[0].installation_id, INSTALLATION_ID.to_string());
+    assert!(
+        svc.logs().iter().all(|l| !l.contains("ghs_fake")),
+        "the installation token is never logged"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn listener_failures_are_retried_then_failed() {
     let world = World::new(5, Some(Duration::from_millis(50))).await;

@@ -4,6 +4,13 @@
 //! and `GET /repos/{owner}/{repo}` (any repository, with `triage` permission).
 //! It can answer rate limits the way GitHub does (primary: `X-RateLimit-*`
 //! headers; secondary: `Retry-After`).
+//!
+//! App mode ([`FakeGithub::start_app`]): `POST /app/installations/{id}/access_tokens`
+//! checks the app's JWT (RS256 signature against the app's public key, `iss`,
+//! `iat`, `exp`) and issues installation tokens with a configurable lifetime;
+//! the label endpoints then accept those tokens until they expire. The fake's
+//! clock can be moved forward ([`FakeGithub::advance_clock`]) so tests see
+//! tokens expire without sleeping.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, MutexGuard};
@@ -11,6 +18,7 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use serde_json::json;
+use time::OffsetDateTime;
 
 use crate::observed::Observed;
 use crate::server::{FakeRequest, FakeServer, json as json_response};
@@ -50,12 +58,75 @@ pub struct LabelCall {
     pub status: u16,
 }
 
+/// The GitHub App the fake trusts in app mode.
+#[derive(Debug, Clone)]
+pub struct FakeApp {
+    /// The app's id (the JWT's `iss`).
+    pub app_id: u64,
+    /// The one installation tokens are issued for.
+    pub installation_id: u64,
+    /// The app's RSA public key, DER `RSAPublicKey` (PKCS#1).
+    pub public_key: Vec<u8>,
+    /// Lifetime of issued installation tokens (GitHub: one hour).
+    pub token_lifetime: Duration,
+}
+
+impl FakeApp {
+    /// The app whose private key is `pem` (PKCS#1 `RSA PRIVATE KEY` or
+    /// PKCS#8 `PRIVATE KEY`); the fake keeps only the public half.
+    pub fn from_private_key_pem(
+        pem: &[u8],
+        app_id: u64,
+        installation_id: u64,
+    ) -> Result<Self, String> {
+        use rustls_pki_types::PrivateKeyDer;
+        use rustls_pki_types::pem::PemObject;
+        let der = PrivateKeyDer::from_pem_slice(pem).map_err(|e| e.to_string())?;
+        let pair = match &der {
+            PrivateKeyDer::Pkcs1(k) => ring::rsa::KeyPair::from_der(k.secret_pkcs1_der()),
+            PrivateKeyDer::Pkcs8(k) => ring::rsa::KeyPair::from_pkcs8(k.secret_pkcs8_der()),
+            _ => return Err("not an RSA private key".to_owned()),
+        }
+        .map_err(|e| e.to_string())?;
+        use ring::signature::KeyPair as _;
+        Ok(Self {
+            app_id,
+            installation_id,
+            public_key: pair.public_key().as_ref().to_vec(),
+            token_lifetime: Duration::from_secs(3600),
+        })
+    }
+}
+
+/// One `POST /app/installations/{id}/access_tokens`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenExchange {
+    /// The installation asked for.
+    pub installation_id: String,
+    /// Status answered (201 when a token was issued).
+    pub status: u16,
+    /// Why it was refused (the answer's message), if it was.
+    pub refused: Option<String>,
+}
+
 #[derive(Debug, Default)]
 struct State {
     labels: BTreeMap<(String, i64), BTreeSet<String>>,
     calls: Vec<LabelCall>,
     fail_next: u32,
     rate_limit: Option<(u32, RateLimit)>,
+    app: Option<FakeApp>,
+    /// Issued installation tokens and when each expires (fake clock).
+    issued: Vec<(String, OffsetDateTime)>,
+    exchanges: Vec<TokenExchange>,
+    clock_offset: Duration,
+    refuse_issued: bool,
+}
+
+impl State {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc() + self.clock_offset
+    }
 }
 
 #[derive(Debug)]
@@ -74,8 +145,22 @@ pub struct FakeGithub {
 impl FakeGithub {
     /// Starts the fake; requests must carry `Authorization: Bearer <token>`.
     pub async fn start(token: &str) -> std::io::Result<Self> {
+        Self::start_with(token, None).await
+    }
+
+    /// Starts the fake in app mode: requests must carry a token it issued
+    /// to `app` (through `POST /app/installations/{id}/access_tokens`) that
+    /// has not expired.
+    pub async fn start_app(app: FakeApp) -> std::io::Result<Self> {
+        Self::start_with("", Some(app)).await
+    }
+
+    async fn start_with(token: &str, app: Option<FakeApp>) -> std::io::Result<Self> {
         let inner = Arc::new(Inner {
-            shared: Observed::new(State::default()),
+            shared: Observed::new(State {
+                app,
+                ..State::default()
+            }),
             token: token.to_owned(),
         });
         let server = FakeServer::start_shared(Arc::clone(&inner), handle).await?;
@@ -106,6 +191,34 @@ impl FakeGithub {
     /// Every call so far.
     pub fn calls(&self) -> Vec<LabelCall> {
         self.state().calls.clone()
+    }
+
+    /// Every token exchange so far.
+    pub fn exchanges(&self) -> Vec<TokenExchange> {
+        self.state().exchanges.clone()
+    }
+
+    /// Lifetime of installation tokens issued from now on.
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        if let Some(app) = &mut self.state().app {
+            app.token_lifetime = lifetime;
+        }
+    }
+
+    /// Moves the fake's clock forward (token expiry and JWT checks).
+    pub fn advance_clock(&self, by: Duration) {
+        self.state().clock_offset += by;
+    }
+
+    /// Revokes every issued installation token (GitHub answers 401 to them).
+    pub fn revoke_tokens(&self) {
+        self.state().issued.clear();
+    }
+
+    /// Answer 401 to every installation token, also those issued later
+    /// (an app whose installation lost its access), or stop doing so.
+    pub fn refuse_issued_tokens(&self, refuse: bool) {
+        self.state().refuse_issued = refuse;
     }
 
     /// Answer the next `n` calls with 502.
@@ -151,13 +264,27 @@ fn handle(inner: &Arc<Inner>, request: &FakeRequest) -> http::Response<crate::se
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if auth != format!("Bearer {}", inner.token) {
+    let bearer = auth.strip_prefix("Bearer ").unwrap_or("");
+    let path = request.parts.uri.path().to_owned();
+    if let Some(installation) = path
+        .strip_prefix("/app/installations/")
+        .and_then(|rest| rest.strip_suffix("/access_tokens"))
+        && request.parts.method == Method::POST
+    {
+        return exchange(inner, installation, bearer);
+    }
+    let authorised = {
+        let s = inner.shared.lock();
+        let now = s.now();
+        (!inner.token.is_empty() && bearer == inner.token)
+            || (!s.refuse_issued && s.issued.iter().any(|(t, exp)| t == bearer && *exp > now))
+    };
+    if !authorised {
         return json_response(
             StatusCode::UNAUTHORIZED,
             &json!({"message": "Bad credentials"}),
         );
     }
-    let path = request.parts.uri.path().to_owned();
     let segments: Vec<String> = path
         .trim_matches('/')
         .split('/')
@@ -269,6 +396,120 @@ fn handle(inner: &Arc<Inner>, request: &FakeRequest) -> http::Response<crate::se
         ),
         _ => json_response(StatusCode::BAD_GATEWAY, &json!({"message": "Server Error"})),
     }
+}
+
+/// `POST /app/installations/{installation}/access_tokens` with the app's JWT.
+fn exchange(
+    inner: &Arc<Inner>,
+    installation: &str,
+    jwt: &str,
+) -> http::Response<crate::server::FakeBody> {
+    let mut s = inner.shared.lock();
+    let now = s.now();
+    let outcome = match &s.app {
+        None => Err((StatusCode::NOT_FOUND, "Not Found".to_owned())),
+        Some(app) => check_jwt(app, jwt, now)
+            .map_err(|m| (StatusCode::UNAUTHORIZED, m))
+            .and_then(|()| {
+                if installation == app.installation_id.to_string() {
+                    Ok(app.token_lifetime)
+                } else {
+                    Err((StatusCode::NOT_FOUND, "Not Found".to_owned()))
+                }
+            }),
+    };
+    let response = match outcome {
+        Ok(lifetime) => {
+            let token = format!("ghs_fake{:04}", s.issued.len() + 1);
+            let expires_at = now + lifetime;
+            s.issued.push((token.clone(), expires_at));
+            s.exchanges.push(TokenExchange {
+                installation_id: installation.to_owned(),
+                status: 201,
+                refused: None,
+            });
+            let expires_at = expires_at
+                .replace_nanosecond(0)
+                .unwrap_or(expires_at)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            json_response(
+                StatusCode::CREATED,
+                &json!({
+                    "token": token,
+                    "expires_at": expires_at,
+                    "permissions": {"issues": "write", "pull_requests": "write", "metadata": "read"},
+                    "repository_selection": "all"
+                }),
+            )
+        }
+        Err((status, message)) => {
+            s.exchanges.push(TokenExchange {
+                installation_id: installation.to_owned(),
+                status: status.as_u16(),
+                refused: Some(message.clone()),
+            });
+            json_response(
+                status,
+                &json!({"message": message, "documentation_url": "https://docs.github.com/rest"}),
+            )
+        }
+    };
+    drop(s);
+    inner.shared.changed();
+    response
+}
+
+/// GitHub's checks of an app JWT, with its messages.
+fn check_jwt(app: &FakeApp, jwt: &str, now: OffsetDateTime) -> Result<(), String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    const UNDECODABLE: &str = "A JSON web token could not be decoded";
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let [header, claims, signature] = parts.as_slice() else {
+        return Err(UNDECODABLE.to_owned());
+    };
+    let decode = |part: &str| {
+        URL_SAFE_NO_PAD
+            .decode(part)
+            .map_err(|_| UNDECODABLE.to_owned())
+    };
+    let header: serde_json::Value =
+        serde_json::from_slice(&decode(header)?).map_err(|_| UNDECODABLE.to_owned())?;
+    if header["alg"] != "RS256" {
+        return Err(UNDECODABLE.to_owned());
+    }
+    let signed_len = jwt.len() - signature.len() - 1;
+    ring::signature::UnparsedPublicKey::new(
+        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        &app.public_key,
+    )
+    .verify(&jwt.as_bytes()[..signed_len], &decode(signature)?)
+    .map_err(|_| "A JSON web token could not be decoded".to_owned())?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&decode(claims)?).map_err(|_| UNDECODABLE.to_owned())?;
+    let iss_ok = match &claims["iss"] {
+        serde_json::Value::Number(n) => n.as_u64() == Some(app.app_id),
+        serde_json::Value::String(s) => *s == app.app_id.to_string(),
+        _ => false,
+    };
+    if !iss_ok {
+        return Err("'Issuer' claim ('iss') must be an Integer".to_owned());
+    }
+    let now = now.unix_timestamp();
+    let (Some(iat), Some(exp)) = (claims["iat"].as_i64(), claims["exp"].as_i64()) else {
+        return Err(UNDECODABLE.to_owned());
+    };
+    if exp <= now {
+        return Err("'Expiration time' claim ('exp') must be a numeric value representing the future time at which the assertion expires".to_owned());
+    }
+    if iat > now {
+        return Err("'Issued at' claim ('iat') must be an Integer representing the time that the assertion was issued".to_owned());
+    }
+    if exp - iat > 600 {
+        return Err("'Expiration time' claim ('exp') is too far in the future".to_owned());
+    }
+    Ok(())
 }
 
 impl RateLimit {

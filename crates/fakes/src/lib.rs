@@ -8,7 +8,8 @@
 //! * [`FakeEventListener`]: a Tekton EventListener (202 + `eventID`, GitHub
 //!   signature check over the raw bytes, scripted failures, optional
 //!   PipelineRun creation in a [`FakeKube`]).
-//! * [`FakeGithub`]: the GitHub issue-labels API (with rate limits on demand).
+//! * [`FakeGithub`]: the GitHub issue-labels API (with rate limits on demand),
+//!   optionally as a GitHub App's installation ([`FakeApp`]: JWT checked, tokens issued).
 //! * [`FakeRedirect`]: answers every request with a 307 and counts the
 //!   requests that reach the redirect target.
 //!
@@ -39,7 +40,34 @@ mod observed;
 mod redirect;
 mod server;
 
-pub use github::{FakeGithub, LabelCall, RateLimit};
+pub use github::{FakeApp, FakeGithub, LabelCall, RateLimit, TokenExchange};
+
+/// Paths of the committed test-only RSA keys (`crates/fakes/fixtures`, see
+/// its README): never a real app's keys.
+pub mod fixtures {
+    use std::path::PathBuf;
+
+    fn fixture(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(name)
+    }
+
+    /// The test app's private key, PKCS#1 (`BEGIN RSA PRIVATE KEY`).
+    pub fn app_key_pkcs1() -> PathBuf {
+        fixture("test-app-key.pkcs1.pem")
+    }
+
+    /// The same key, PKCS#8 (`BEGIN PRIVATE KEY`).
+    pub fn app_key_pkcs8() -> PathBuf {
+        fixture("test-app-key.pkcs8.pem")
+    }
+
+    /// Another key: its signatures are not the test app's.
+    pub fn other_key_pkcs1() -> PathBuf {
+        fixture("test-other-key.pkcs1.pem")
+    }
+}
 pub use kube::{FakeKube, KubeRequest};
 pub use listener::{FakeEventListener, Received, TektonMode};
 pub use redirect::FakeRedirect;

@@ -15,6 +15,11 @@
 //! `X-RateLimit-Reset`; a bare 429 means one minute) is a [`NotifyError`]
 //! whose `retry_at` says when GitHub may be called again.
 //!
+//! Authentication is a token or a GitHub App ([`GithubApp`]: a JWT signed
+//! RS256 with the app's key is exchanged for installation tokens, cached
+//! and replaced when less than five minutes remain or when GitHub answers
+//! 401 to one, which is then retried once).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use dispatcher_core::domain::PullRequestRef;
@@ -27,7 +32,12 @@
 //! # Ok(()) }
 //! ```
 
+mod app;
+
 use std::time::Duration;
+
+pub use app::{AppClock, AppKey, DEFAULT_REFRESH_MARGIN, GithubApp};
+use app::{AppTokens, Auth};
 
 use dispatcher_core::domain::PullRequestRef;
 use dispatcher_core::ports::{NotifyError, PrNotifier};
@@ -46,15 +56,22 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 pub struct GithubLabels {
     http: reqwest::Client,
     api_url: String,
-    /// Shared by every clone, so a rotated token reaches the label worker.
-    token: std::sync::Arc<std::sync::RwLock<String>>,
+    /// Shared by every clone, so a rotated token (or the app's cached
+    /// token) reaches the label worker.
+    auth: Auth,
 }
 
 impl std::fmt::Debug for GithubLabels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GithubLabels")
             .field("api_url", &self.api_url)
-            .field("token", &"***")
+            .field(
+                "auth",
+                &match &self.auth {
+                    Auth::Token(_) => "token ***",
+                    Auth::App(_) => "GitHub App",
+                },
+            )
             .finish()
     }
 }
@@ -66,6 +83,31 @@ impl GithubLabels {
         token: &str,
         timeout: Duration,
     ) -> Result<Self, reqwest::Error> {
+        Self::build(
+            api_url,
+            timeout,
+            Auth::Token(std::sync::Arc::new(std::sync::RwLock::new(
+                token.to_owned(),
+            ))),
+        )
+    }
+
+    /// A client acting as a GitHub App installation (`github.app`).
+    pub fn with_app(
+        api_url: &reqwest::Url,
+        app: GithubApp,
+        timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
+        let base = api_url.as_str().trim_end_matches('/');
+        let tokens = AppTokens::new(app, base);
+        Self::build(api_url, timeout, Auth::App(std::sync::Arc::new(tokens)))
+    }
+
+    fn build(
+        api_url: &reqwest::Url,
+        timeout: Duration,
+        auth: Auth,
+    ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             // The token must never follow a redirect; a 3xx is an ordinary failure.
@@ -75,23 +117,48 @@ impl GithubLabels {
         Ok(Self {
             http,
             api_url: api_url.as_str().trim_end_matches('/').to_owned(),
-            token: std::sync::Arc::new(std::sync::RwLock::new(token.to_owned())),
+            auth,
         })
     }
 
     /// Uses `token` from the next request on, in this client and every
-    /// clone of it (a rotated `GITHUB_TOKEN` without a restart).
-    pub fn set_token(&self, token: &str) {
-        match self.token.write() {
+    /// clone of it (a rotated `GITHUB_TOKEN` without a restart). Returns
+    /// false, changing nothing, for a client acting as a GitHub App.
+    pub fn set_token(&self, token: &str) -> bool {
+        let Auth::Token(current) = &self.auth else {
+            return false;
+        };
+        match current.write() {
             Ok(mut current) => token.clone_into(&mut current),
             Err(poisoned) => token.clone_into(&mut poisoned.into_inner()),
         }
+        true
     }
 
-    fn token(&self) -> String {
-        match self.token.read() {
-            Ok(token) => token.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+    /// Sends a request built by `build` with the current token. A 401 to
+    /// an app's installation token drops it and retries once with a fresh one.
+    async fn send(
+        &self,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, NotifyError> {
+        let mut retried = false;
+        loop {
+            let token = self.auth.token(&self.http).await?;
+            let response = build()
+                .bearer_auth(&token)
+                .send()
+                .await
+                .map_err(|e| NotifyError::new(e.without_url().to_string()))?;
+            if response.status() == reqwest::StatusCode::UNAUTHORIZED
+                && !retried
+                && let Auth::App(app) = &self.auth
+            {
+                tracing::info!("GitHub refused the app's installation token; exchanging again");
+                app.invalidate(&token).await;
+                retried = true;
+                continue;
+            }
+            return Ok(response);
         }
     }
 
@@ -108,10 +175,9 @@ impl GithubLabels {
         ))
     }
 
-    fn request(&self, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
+    fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, url)
-            .bearer_auth(self.token())
             .header(reqwest::header::ACCEPT, "application/vnd.github+json")
             .header("X-GitHub-Api-Version", "2022-11-28")
     }
@@ -130,10 +196,9 @@ impl GithubLabels {
             utf8_percent_encode(repo, SEGMENT)
         );
         let response = self
-            .request(reqwest::Method::GET, url)
-            .send()
+            .send(|| self.request(reqwest::Method::GET, &url))
             .await
-            .map_err(|e| e.without_url().to_string())?;
+            .map_err(|e| e.message)?;
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
         let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
@@ -195,10 +260,10 @@ const DEFAULT_RATE_LIMIT_PAUSE: Duration = Duration::from_secs(60);
 const MAX_HEADER_PAUSE: Duration = Duration::from_secs(86_400);
 
 async fn check(
-    response: Result<reqwest::Response, reqwest::Error>,
+    response: Result<reqwest::Response, NotifyError>,
     ok_404: bool,
 ) -> Result<(), NotifyError> {
-    let response = response.map_err(|e| NotifyError::new(e.without_url().to_string()))?;
+    let response = response?;
     let status = response.status();
     if status.is_success() || (ok_404 && status == reqwest::StatusCode::NOT_FOUND) {
         return Ok(());
@@ -251,10 +316,9 @@ fn rate_limit_end(
 impl PrNotifier for GithubLabels {
     async fn add_label(&self, pr: &PullRequestRef, label: &str) -> Result<(), NotifyError> {
         let url = self.labels_url(pr)?;
+        let body = serde_json::json!({"labels": [label]});
         let response = self
-            .request(reqwest::Method::POST, url)
-            .json(&serde_json::json!({"labels": [label]}))
-            .send()
+            .send(|| self.request(reqwest::Method::POST, &url).json(&body))
             .await;
         check(response, false).await
     }
@@ -267,7 +331,8 @@ impl PrNotifier for GithubLabels {
             utf8_percent_encode(label, SEGMENT)
         );
         check(
-            self.request(reqwest::Method::DELETE, url).send().await,
+            self.send(|| self.request(reqwest::Method::DELETE, &url))
+                .await,
             true,
         )
         .await
@@ -282,7 +347,7 @@ mod tests {
     use super::*;
     use dispatcher_core::labels::{LabelPacer, LabelReport};
     use dispatcher_core::ports::{Clock, LabelStore, LabelTask, StoreError};
-    use dispatcher_fakes::{FakeGithub, FakeRedirect, RateLimit};
+    use dispatcher_fakes::{FakeApp, FakeGithub, FakeRedirect, RateLimit};
 
     fn client(url: &str, token: &str) -> GithubLabels {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -305,6 +370,184 @@ mod tests {
         github.set_token("new-token");
         worker_copy.add_label(&pr(), "p/queued").await.unwrap();
         assert!(fake.labels("o/r", 7).contains("p/queued"));
+    }
+
+    const APP_ID: u64 = 4242;
+    const INSTALLATION: u64 = 77;
+
+    /// A fake GitHub trusting the test app, and a clock both sides share.
+    async fn app_fake() -> FakeGithub {
+        let pem = std::fs::read(dispatcher_fakes::fixtures::app_key_pkcs1()).unwrap();
+        let app = FakeApp::from_private_key_pem(&pem, APP_ID, INSTALLATION).unwrap();
+        FakeGithub::start_app(app).await.unwrap()
+    }
+
+    fn app_client(fake: &FakeGithub, key: &std::path::Path, clock: AppClock) -> GithubLabels {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut app = GithubApp::from_key_file(APP_ID, INSTALLATION, key).unwrap();
+        app.clock = clock;
+        GithubLabels::with_app(&fake.url().parse().unwrap(), app, Duration::from_secs(5)).unwrap()
+    }
+
+    /// A clock at real time plus an offset the test moves.
+    fn shifted_clock() -> (AppClock, std::sync::Arc<Mutex<Duration>>) {
+        let offset = std::sync::Arc::new(Mutex::new(Duration::ZERO));
+        let read = std::sync::Arc::clone(&offset);
+        (
+            std::sync::Arc::new(move || OffsetDateTime::now_utc() + *read.lock().unwrap()),
+            offset,
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_app_labels_with_one_cached_installation_token() {
+        let fake = app_fake().await;
+        for key in [
+            dispatcher_fakes::fixtures::app_key_pkcs1(),
+            dispatcher_fakes::fixtures::app_key_pkcs8(),
+        ] {
+            let (clock, _) = shifted_clock();
+            let github = app_client(&fake, &key, clock);
+            let before = fake.exchanges().len();
+            for n in 0..5 {
+                github
+                    .add_label(&pr(), &format!("p{n}/queued"))
+                    .await
+                    .unwrap();
+            }
+            github.remove_label(&pr(), "p0/queued").await.unwrap();
+            github.clone().add_label(&pr(), "q/queued").await.unwrap();
+            assert_eq!(
+                fake.exchanges().len(),
+                before + 1,
+                "one exchange for many calls"
+            );
+            assert!(
+                fake.exchanges()
+                    .iter()
+                    .all(|e| e.status == 201 && e.installation_id == "77")
+            );
+            assert!(
+                !github.set_token("ignored"),
+                "an app's client has no static token"
+            );
+            assert!(!format!("{github:?}").contains("ghs_"));
+        }
+        assert_eq!(fake.labels("o/r", 7).len(), 5);
+        let access = app_client(
+            &fake,
+            &dispatcher_fakes::fixtures::app_key_pkcs1(),
+            shifted_clock().0,
+        )
+        .repository_access("o/r")
+        .await
+        .unwrap();
+        assert_eq!(access.full_name, "o/r");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_installation_token_is_replaced_before_it_expires() {
+        let fake = app_fake().await;
+        fake.set_token_lifetime(Duration::from_secs(20 * 60));
+        let (clock, offset) = shifted_clock();
+        let github = app_client(&fake, &dispatcher_fakes::fixtures::app_key_pkcs1(), clock);
+        github.add_label(&pr(), "a/queued").await.unwrap();
+        assert_eq!(fake.exchanges().len(), 1);
+
+        // 14 minutes later 6 remain: still more than the 5-minute margin.
+        *offset.lock().unwrap() = Duration::from_secs(14 * 60);
+        fake.advance_clock(Duration::from_secs(14 * 60));
+        github.add_label(&pr(), "b/queued").await.unwrap();
+        assert_eq!(fake.exchanges().len(), 1);
+
+        // 16 minutes after the exchange only 4 remain: a new token, while
+        // the old one still works (no failed call on the way).
+        *offset.lock().unwrap() = Duration::from_secs(16 * 60);
+        fake.advance_clock(Duration::from_secs(2 * 60));
+        github.add_label(&pr(), "c/queued").await.unwrap();
+        assert_eq!(fake.exchanges().len(), 2);
+        assert!(
+            fake.calls().iter().all(|c| c.status == 200),
+            "{:?}",
+            fake.calls()
+        );
+
+        // A token shorter-lived than the margin is exchanged for every call.
+        fake.set_token_lifetime(Duration::from_secs(60));
+        *offset.lock().unwrap() = Duration::from_secs(32 * 60);
+        fake.advance_clock(Duration::from_secs(16 * 60));
+        github.add_label(&pr(), "d/queued").await.unwrap();
+        github.add_label(&pr(), "e/queued").await.unwrap();
+        assert_eq!(fake.exchanges().len(), 4);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_refused_installation_token_is_exchanged_again_once() {
+        let fake = app_fake().await;
+        let github = app_client(
+            &fake,
+            &dispatcher_fakes::fixtures::app_key_pkcs1(),
+            shifted_clock().0,
+        );
+        github.add_label(&pr(), "a/queued").await.unwrap();
+        fake.revoke_tokens();
+        github.add_label(&pr(), "b/queued").await.unwrap();
+        assert_eq!(fake.exchanges().len(), 2);
+        assert!(fake.labels("o/r", 7).contains("b/queued"));
+
+        // A 401 to the fresh token too is an error after one retry, not a loop.
+        fake.refuse_issued_tokens(true);
+        let err = github.add_label(&pr(), "c/queued").await.unwrap_err();
+        assert!(err.message.contains("HTTP 401"), "{err}");
+        assert_eq!(fake.exchanges().len(), 3, "one re-exchange per call");
+        fake.refuse_issued_tokens(false);
+        github.add_label(&pr(), "c/queued").await.unwrap();
+        assert_eq!(fake.exchanges().len(), 3, "the last token is kept");
+
+        // An installation GitHub does not know is a clear error.
+        let fake_static = FakeGithub::start("someone-else").await.unwrap();
+        let err = app_client(
+            &fake_static,
+            &dispatcher_fakes::fixtures::app_key_pkcs1(),
+            shifted_clock().0,
+        )
+        .add_label(&pr(), "c/queued")
+        .await
+        .unwrap_err();
+        assert!(
+            err.message.contains("token exchange") && err.message.contains("404"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_fake_refuses_a_wrong_key_or_a_stale_jwt() {
+        let fake = app_fake().await;
+        let wrong = app_client(
+            &fake,
+            &dispatcher_fakes::fixtures::other_key_pkcs1(),
+            shifted_clock().0,
+        );
+        let err = wrong.add_label(&pr(), "a/queued").await.unwrap_err();
+        assert!(
+            err.message.contains("HTTP 401") && err.message.contains("could not be decoded"),
+            "{err}"
+        );
+        assert!(!err.message.contains("ey"), "no JWT in errors: {err}");
+
+        // A JWT made 10 minutes ago has expired.
+        let (clock, offset) = shifted_clock();
+        let stale = app_client(&fake, &dispatcher_fakes::fixtures::app_key_pkcs1(), clock);
+        fake.advance_clock(Duration::from_secs(10 * 60));
+        let err = stale.add_label(&pr(), "a/queued").await.unwrap_err();
+        assert!(err.message.contains("'exp'"), "{err}");
+        // With both clocks agreeing it works.
+        *offset.lock().unwrap() = Duration::from_secs(10 * 60);
+        stale.add_label(&pr(), "a/queued").await.unwrap();
+        let statuses: Vec<u16> = fake.exchanges().iter().map(|e| e.status).collect();
+        assert_eq!(statuses, [401, 401, 201]);
+        assert!(fake.calls().iter().all(|c| c.op == "add"));
+        assert_eq!(fake.calls().len(), 1, "refused exchanges reach no label");
     }
 
     #[tokio::test(flavor = "multi_thread")]

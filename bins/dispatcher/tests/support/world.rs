@@ -5,13 +5,17 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use dispatcher_fakes::{FakeEventListener, FakeGithub, FakeKube, TektonMode};
+use dispatcher_fakes::{FakeApp, FakeEventListener, FakeGithub, FakeKube, TektonMode};
 use dispatcher_testdb::TestDatabase;
 
 use super::{Service, TempDir, WAIT, install_crypto};
 
 pub const PIPELINE: &str = "pipe";
 pub const GITHUB_TOKEN: &str = "gh-e2e-token";
+/// The GitHub App of `WorldOptions::github_app`.
+pub const APP_ID: u64 = 4242;
+/// Its installation.
+pub const INSTALLATION_ID: u64 = 77;
 /// The label the fake TriggerTemplate copies the dispatch header into.
 pub const DISPATCH_LABEL: &str = "webhook-dispatcher.example.com/dispatch";
 
@@ -34,6 +38,9 @@ pub struct WorldOptions {
     pub extra_yaml: &'static str,
     /// `security.allowed_github_events`, as YAML.
     pub allowed_events: &'static str,
+    /// Label as a GitHub App (`github.app`, the fake in app mode) instead of
+    /// with `GITHUB_TOKEN`.
+    pub github_app: bool,
 }
 
 impl Default for WorldOptions {
@@ -47,6 +54,7 @@ impl Default for WorldOptions {
             original_database: false,
             extra_yaml: "",
             allowed_events: "[pull_request]",
+            github_app: false,
         }
     }
 }
@@ -85,7 +93,13 @@ impl World {
         let listener = FakeEventListener::start(Some(super::SECRET), Some(tekton))
             .await
             .unwrap();
-        let github = FakeGithub::start(GITHUB_TOKEN).await.unwrap();
+        let github = if options.github_app {
+            let pem = std::fs::read(dispatcher_fakes::fixtures::app_key_pkcs1()).unwrap();
+            let app = FakeApp::from_private_key_pem(&pem, APP_ID, INSTALLATION_ID).unwrap();
+            FakeGithub::start_app(app).await.unwrap()
+        } else {
+            FakeGithub::start(GITHUB_TOKEN).await.unwrap()
+        };
         let dir = TempDir::new("world");
         std::fs::write(dir.0.join("kubeconfig"), kube.kubeconfig("ns")).unwrap();
         World {
@@ -125,7 +139,7 @@ security:
   github_webhook_secret: "${{GITHUB_WEBHOOK_SECRET}}"
   allowed_github_events: {allowed_events}
 server: {{bind: 127.0.0.1, port: 0}}
-github: {{api_url: "{github}"}}
+github: {{api_url: "{github}"{app}}}
 dispatch:
   max_attempts: 3
   retry_backoff_base: 50ms
@@ -142,6 +156,14 @@ dispatch:
             cap = self.options.capacity,
             listener = self.listener.url(),
             github = self.github.url(),
+            app = if self.options.github_app {
+                format!(
+                    ", app: {{app_id: {APP_ID}, installation_id: {INSTALLATION_ID}, private_key_file: \"{}\"}}",
+                    dispatcher_fakes::fixtures::app_key_pkcs1().display()
+                )
+            } else {
+                String::new()
+            },
             trigger_timeout = self.options.trigger_timeout,
             failover_timeout = self.options.failover_timeout,
             extra = self.options.extra_yaml,
@@ -150,13 +172,13 @@ dispatch:
     }
 
     pub async fn replica(&self) -> Service {
-        let env = [
-            (
-                "KUBECONFIG",
-                self.dir.0.join("kubeconfig").display().to_string(),
-            ),
-            ("GITHUB_TOKEN", GITHUB_TOKEN.to_owned()),
-        ];
+        let mut env = vec![(
+            "KUBECONFIG",
+            self.dir.0.join("kubeconfig").display().to_string(),
+        )];
+        if !self.options.github_app {
+            env.push(("GITHUB_TOKEN", GITHUB_TOKEN.to_owned()));
+        }
         Service::start(&self.config(), self.db.url(), &env).await
     }
 

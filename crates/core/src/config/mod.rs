@@ -432,6 +432,7 @@ impl Settings {
                 None
             }
         };
+        validate_github_app(&raw.github, &mut errors);
         let api_tokens = named_tokens("api.tokens", "reader", &raw.api.tokens, &mut errors);
         let admin_tokens = named_tokens(
             "api.admin_tokens",
@@ -806,6 +807,45 @@ fn validate_database_tls(raw: &DatabaseSection, errors: &mut Vec<ConfigError>) {
             },
             "database.sslcert and database.sslkey go together (mutual TLS)",
         ));
+    }
+}
+
+fn validate_github_app(raw: &GithubSection, errors: &mut Vec<ConfigError>) {
+    let Some(app) = &raw.app else {
+        return;
+    };
+    if raw.token.as_ref().is_some_and(|t| !t.expose().is_empty()) {
+        errors.push(ConfigError::new(
+            "github.app",
+            "github.app and github.token (or GITHUB_TOKEN) are exclusive: set one",
+        ));
+    }
+    if app.app_id == 0 {
+        errors.push(ConfigError::new("github.app.app_id", "must be positive"));
+    }
+    if app.installation_id == 0 {
+        errors.push(ConfigError::new(
+            "github.app.installation_id",
+            "must be positive",
+        ));
+    }
+    // Read here so a missing or unreadable key stops the start; whether it
+    // is a usable RSA key is checked where it is parsed (dispatcher-github).
+    match std::fs::read(&app.private_key_file) {
+        Err(e) => errors.push(ConfigError::new(
+            "github.app.private_key_file",
+            format!("cannot read {}: {e}", app.private_key_file.display()),
+        )),
+        Ok(pem) if !pem.windows(11).any(|w| w == b"PRIVATE KEY") => {
+            errors.push(ConfigError::new(
+                "github.app.private_key_file",
+                format!(
+                    "{} holds no PEM private key (BEGIN RSA PRIVATE KEY or BEGIN PRIVATE KEY)",
+                    app.private_key_file.display()
+                ),
+            ));
+        }
+        Ok(_) => {}
     }
 }
 

@@ -251,11 +251,32 @@ impl Default for DatabaseSection {
 pub struct GithubSection {
     /// REST API base (`GITHUB_API_URL` overrides).
     pub api_url: String,
-    /// Token for labels (`GITHUB_TOKEN` overrides). Labels are skipped without one.
+    /// Token for labels (`GITHUB_TOKEN` overrides). Labels are skipped
+    /// without one (or without `app`).
     pub token: Option<Secret>,
+    /// A GitHub App to act as instead of a token (exclusive with `token`).
+    pub app: Option<GithubAppSection>,
     /// Timeout of each GitHub call.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+}
+
+impl GithubSection {
+    /// Whether labels are on: a non-empty token or an app is configured.
+    pub fn labels_enabled(&self) -> bool {
+        self.app.is_some() || self.token.as_ref().is_some_and(|t| !t.expose().is_empty())
+    }
+}
+
+/// `github.app:` a GitHub App installation whose tokens the dispatcher uses.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct GithubAppSection {
+    /// The app's id (its settings page: "App ID").
+    pub app_id: u64,
+    /// PEM file of the app's private key (PKCS#1 as GitHub issues it, or PKCS#8).
+    pub private_key_file: PathBuf,
+    /// The installation on the organisation or account of the repositories.
+    pub installation_id: u64,
 }
 
 impl Default for GithubSection {
@@ -263,6 +284,7 @@ impl Default for GithubSection {
         Self {
             api_url: "https://api.github.com".to_owned(),
             token: None,
+            app: None,
             timeout: Duration::from_secs(10),
         }
     }

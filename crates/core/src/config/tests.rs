@@ -515,3 +515,54 @@ fn retention_is_off_by_default_and_validated() {
     let errs = settings(v).expect_err("no max_age").0;
     assert!(errs[0].message.contains("max_age"), "{errs:?}");
 }
+
+#[test]
+fn a_github_app_is_validated_and_exclusive_with_a_token() {
+    let key = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fakes/fixtures/test-app-key.pkcs1.pem"
+    );
+    let app = json!({"app_id": 12, "private_key_file": key, "installation_id": 34});
+    let mut v = original_example();
+    v["github"] = json!({"app": app});
+    let s = settings(v).expect("valid");
+    let parsed = s.github.app.as_ref().expect("app");
+    assert_eq!((parsed.app_id, parsed.installation_id), (12, 34));
+    assert!(s.github.labels_enabled());
+    assert!(
+        !settings(original_example())
+            .expect("valid")
+            .github
+            .labels_enabled()
+    );
+
+    let e = single_error(|v| v["github"] = json!({"app": app, "token": "ghp_x"}));
+    assert_eq!(e.field, "github.app");
+    assert!(e.message.contains("exclusive"), "{e}");
+    // An empty token (an unset GITHUB_TOKEN expanded to "") is no token.
+    let mut v = original_example();
+    v["github"] = json!({"app": app, "token": ""});
+    settings(v).expect("valid");
+
+    let e = single_error(|v| {
+        v["github"] = json!({"app": {"app_id": 12, "private_key_file": "/nonexistent/app.pem", "installation_id": 34}});
+    });
+    assert_eq!(e.field, "github.app.private_key_file");
+    assert!(
+        e.message.contains("cannot read /nonexistent/app.pem"),
+        "{e}"
+    );
+    let e = single_error(|v| {
+        v["github"] = json!({"app": {"app_id": 12, "private_key_file": env!("CARGO_MANIFEST_PATH"), "installation_id": 34}});
+    });
+    assert_eq!(e.field, "github.app.private_key_file");
+    assert!(e.message.contains("no PEM private key"), "{e}");
+    let e = single_error(|v| {
+        v["github"] = json!({"app": {"app_id": 0, "private_key_file": key, "installation_id": 34}});
+    });
+    assert_eq!(e.field, "github.app.app_id");
+    let e = single_error(|v| {
+        v["github"] = json!({"app": {"app_id": 12, "private_key_file": key, "installation_id": 0}});
+    });
+    assert_eq!(e.field, "github.app.installation_id");
+}
