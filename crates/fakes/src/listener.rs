@@ -273,22 +273,24 @@ fn handle(inner: &Arc<Inner>, request: FakeRequest) -> http::Response<crate::ser
             json_response(StatusCode::ACCEPTED, &body),
         )
     };
-    state.received.push(Received {
+    drop(state);
+    let dispatch: Option<String> = request
+        .parts
+        .headers
+        .get("x-webhook-dispatcher-dispatch")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let received = Received {
         at,
         headers,
         body: request.body,
         signature_ok,
         status,
         event_id: event_id.clone(),
-    });
-    drop(state);
+    };
     if let (Some(t), Some(event_id)) = (&inner.tekton, event_id) {
         let name = format!("{}-run-{event_id}", t.pipeline);
-        let dispatch = request
-            .parts
-            .headers
-            .get("x-webhook-dispatcher-dispatch")
-            .and_then(|v| v.to_str().ok());
+        let dispatch = dispatch.as_deref();
         let mut labels = vec![("triggers.tekton.dev/triggers-eventid", event_id.as_str())];
         if let (Some(label), Some(dispatch)) = (&t.dispatch_label, dispatch) {
             labels.push((label.as_str(), dispatch));
@@ -322,6 +324,9 @@ fn handle(inner: &Arc<Inner>, request: FakeRequest) -> http::Response<crate::ser
             });
         }
     }
+    // Recorded only now: whoever sees an accepted trigger (a test waiting on
+    // `accepted()`, woken by another request's change) also sees its run.
+    inner.shared.lock().received.push(received);
     inner.shared.changed();
     response
 }
