@@ -73,32 +73,10 @@ impl<R: EventRepository + OperatorStore> App<R> {
 
     /// The explanation of one event (by its public id).
     pub async fn explain(&self, id: &str) -> Result<Explanation, ApiError> {
-        Ok(self.explain_with_payload(id).await?.0)
-    }
-
-    /// The explanation, and whether the event's payload is still stored
-    /// (retention may have dropped it).
-    async fn explain_with_payload(&self, id: &str) -> Result<(Explanation, bool), ApiError> {
-        let uuid: EventUuid = id.parse().map_err(|_| not_found(id))?;
-        let detail = self.repo.detail(uuid).await?.ok_or_else(|| not_found(id))?;
+        let Matching {
+            detail, matching, ..
+        } = self.matching(id).await?;
         let event = &detail.event;
-        let payload = self.repo.payload(event.id).await?;
-        let mut matching = explain_items(
-            &self.settings(),
-            &EventFacts {
-                action: &event.action,
-                repository: &event.repository_full_name,
-                payload: payload.as_deref().unwrap_or_default().as_bytes(),
-                headers: &detail.headers,
-            },
-        );
-        if payload.is_none() {
-            for verdict in &mut matching {
-                if let FilterVerdict::Error(e) = &mut verdict.filter {
-                    PAYLOAD_DROPPED.clone_into(e);
-                }
-            }
-        }
         let mut timeline = vec![TimelineEntry {
             at: event.received_at,
             dispatch: None,
@@ -139,16 +117,52 @@ impl<R: EventRepository + OperatorStore> App<R> {
                 }
             }
         }
-        Ok((
-            Explanation {
-                detail,
-                matching,
-                timeline,
-                waiting,
-            },
-            payload.is_some(),
-        ))
+        Ok(Explanation {
+            detail,
+            matching,
+            timeline,
+            waiting,
+        })
     }
+
+    /// One event (by its public id) and every configured item's verdict on
+    /// it, against the configuration running now: what explain shows and
+    /// what a replay dispatches to.
+    async fn matching(&self, id: &str) -> Result<Matching, ApiError> {
+        let uuid: EventUuid = id.parse().map_err(|_| not_found(id))?;
+        let detail = self.repo.detail(uuid).await?.ok_or_else(|| not_found(id))?;
+        let event = &detail.event;
+        let payload = self.repo.payload(event.id).await?;
+        let mut matching = explain_items(
+            &self.settings(),
+            &EventFacts {
+                action: &event.action,
+                repository: &event.repository_full_name,
+                payload: payload.as_deref().unwrap_or_default().as_bytes(),
+                headers: &detail.headers,
+            },
+        );
+        if payload.is_none() {
+            for verdict in &mut matching {
+                if let FilterVerdict::Error(e) = &mut verdict.filter {
+                    PAYLOAD_DROPPED.clone_into(e);
+                }
+            }
+        }
+        Ok(Matching {
+            detail,
+            matching,
+            has_payload: payload.is_some(),
+        })
+    }
+}
+
+/// See [`App::matching`].
+struct Matching {
+    detail: EventDetail,
+    matching: Vec<ItemVerdict>,
+    /// Retention has not dropped the payload.
+    has_payload: bool,
 }
 
 /// `GET /api/v1/events/{id}/explain`.
@@ -378,14 +392,18 @@ pub(crate) async fn replay<R: EventRepository + OperatorStore>(
             )));
         }
     };
-    let (explanation, has_payload) = app.explain_with_payload(id).await?;
-    let event = &explanation.detail.event;
+    // The matching only: a replay needs neither the timeline nor the queue.
+    let Matching {
+        detail,
+        matching,
+        has_payload,
+    } = app.matching(id).await?;
+    let event = &detail.event;
     let settings = app.settings();
     if !has_payload {
         return Err(payload_dropped(id));
     }
-    let targets: Vec<ReplayTarget> = explanation
-        .matching
+    let targets: Vec<ReplayTarget> = matching
         .iter()
         .filter(|v| v.matched())
         .filter_map(|v| {
