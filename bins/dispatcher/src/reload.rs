@@ -19,7 +19,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use dispatcher_capacity::KubeCapacity;
-use dispatcher_core::config::Settings;
+use dispatcher_core::config::{DispatchTuning, Settings};
 use dispatcher_github::GithubLabels;
 use dispatcher_http::{App, Metrics};
 use dispatcher_store::PgEvents;
@@ -232,57 +232,24 @@ async fn forward_sighup(tx: mpsc::UnboundedSender<Cause>) {
 
 /// Settings that changed but apply only at start.
 fn needs_restart(old: &Settings, new: &Settings) -> Vec<String> {
-    let mut out = Vec::new();
+    // Every `server` key is fixed once the listener is bound.
+    let mut out = changed_keys("server", &old.server, &new.server);
     let mut check = |name: &str, same: bool| {
         if !same {
             out.push(name.to_owned());
         }
     };
-    let (a, b) = (&old.server, &new.server);
-    check("server.bind", a.bind == b.bind);
-    check("server.port", a.port == b.port);
-    check(
-        "server.body_limit_bytes",
-        a.body_limit_bytes == b.body_limit_bytes,
-    );
-    check(
-        "server.max_buffered_bytes",
-        a.max_buffered_bytes == b.max_buffered_bytes,
-    );
-    check(
-        "server.max_connections",
-        a.max_connections == b.max_connections,
-    );
-    check(
-        "server.request_timeout",
-        a.request_timeout == b.request_timeout,
-    );
-    check(
-        "server.header_read_timeout",
-        a.header_read_timeout == b.header_read_timeout,
-    );
-    check(
-        "server.shutdown_delay",
-        a.shutdown_delay == b.shutdown_delay,
-    );
-    check(
-        "server.shutdown_timeout",
-        a.shutdown_timeout == b.shutdown_timeout,
-    );
+    // Serialised, secrets read `***`: the URL is compared on its own.
+    let url = |s: &Settings| s.database.url.as_ref().map(|u| u.expose().to_owned());
     check(
         "database",
-        serde_json::to_value(&old.database).ok() == serde_json::to_value(&new.database).ok()
-            && old.database.url.as_ref().map(|u| u.expose().to_owned())
-                == new.database.url.as_ref().map(|u| u.expose().to_owned()),
+        serialised(&old.database) == serialised(&new.database) && url(old) == url(new),
     );
     check(
         "logging",
         old.log_format == new.log_format && old.log_level == new.log_level,
     );
-    check(
-        "dev",
-        serde_json::to_value(&old.dev).ok() == serde_json::to_value(&new.dev).ok(),
-    );
+    check("dev", serialised(&old.dev) == serialised(&new.dev));
     check("retention", old.retention == new.retention);
     check("github.api_url", old.github_api_url == new.github_api_url);
     check("github.timeout", old.github.timeout == new.github.timeout);
@@ -292,27 +259,47 @@ fn needs_restart(old: &Settings, new: &Settings) -> Vec<String> {
     );
     // The app's client is built at start (its key read once).
     check("github.app", old.github.app == new.github.app);
-    check(
-        "dispatch.failover_timeout",
-        old.dispatch.failover_timeout == new.dispatch.failover_timeout,
-    );
-    check(
-        "dispatch.trigger_timeout (the EventListener client's timeout)",
-        old.dispatch.trigger_timeout == new.dispatch.trigger_timeout,
-    );
-    check(
-        "dispatch.capacity_resync_interval",
-        old.dispatch.capacity_resync_interval == new.dispatch.capacity_resync_interval,
-    );
-    check(
-        "dispatch.capacity_stale_after",
-        old.dispatch.capacity_stale_after == new.dispatch.capacity_stale_after,
-    );
-    check(
-        "dispatch.leader_retry_interval",
-        old.dispatch.leader_retry_interval == new.dispatch.leader_retry_interval,
-    );
+    // Timings fixed when a session, client or watch is built.
+    type Timing = fn(&DispatchTuning) -> Duration;
+    let fixed: [(&str, Timing); 5] = [
+        ("dispatch.failover_timeout", |d| d.failover_timeout),
+        (
+            "dispatch.trigger_timeout (the EventListener client's timeout)",
+            |d| d.trigger_timeout,
+        ),
+        ("dispatch.capacity_resync_interval", |d| {
+            d.capacity_resync_interval
+        }),
+        ("dispatch.capacity_stale_after", |d| d.capacity_stale_after),
+        ("dispatch.leader_retry_interval", |d| {
+            d.leader_retry_interval
+        }),
+    ];
+    for (name, field) in fixed {
+        check(name, field(&old.dispatch) == field(&new.dispatch));
+    }
     out
+}
+
+fn serialised(value: &impl serde::Serialize) -> Option<serde_json::Value> {
+    serde_json::to_value(value).ok()
+}
+
+/// `<section>.<key>` for each top-level key whose value differs.
+fn changed_keys(
+    section: &str,
+    old: &impl serde::Serialize,
+    new: &impl serde::Serialize,
+) -> Vec<String> {
+    let (Some(serde_json::Value::Object(old)), Some(serde_json::Value::Object(new))) =
+        (serialised(old), serialised(new))
+    else {
+        return vec![section.to_owned()];
+    };
+    old.iter()
+        .filter(|(key, value)| new.get(*key) != Some(value))
+        .map(|(key, _)| format!("{section}.{key}"))
+        .collect()
 }
 
 /// A short account of what the reload changes, for the log.
@@ -401,5 +388,26 @@ mod tests {
             )
             .is_empty()
         );
+    }
+
+    #[test]
+    fn each_changed_server_key_and_fixed_timing_is_named() {
+        let mut old = settings(&serde_json::json!({}));
+        let mut new = old.clone();
+        new.server.port = 5001;
+        new.server.request_timeout = Duration::from_secs(1);
+        new.dispatch.failover_timeout = Duration::from_secs(60);
+        new.dispatch.max_attempts = 9; // reloads: not named
+        assert_eq!(
+            needs_restart(&old, &new),
+            [
+                "server.port",
+                "server.request_timeout",
+                "dispatch.failover_timeout"
+            ]
+        );
+        old.server = new.server.clone();
+        old.dispatch = new.dispatch.clone();
+        assert!(needs_restart(&old, &new).is_empty());
     }
 }
