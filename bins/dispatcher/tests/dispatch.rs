@@ -51,14 +51,7 @@ async fn burst_of_30_prs_against_capacity_3() {
     );
 
     // One Metrics shared by intake and dispatcher, served on the main port.
-    let text = http()
-        .get(format!("{}/metrics", svc.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = svc.metrics().await;
     let value = |prefix: &str| -> Vec<f64> {
         text.lines()
             .filter(|l| l.starts_with(prefix))

@@ -10,7 +10,7 @@ mod support;
 
 use serde_json::Value;
 use support::world::{PIPELINE, World, WorldOptions};
-use support::{Service, WAIT, http, send_pr};
+use support::{Service, http, send_pr};
 
 const ADMIN: &str = "alice-secret";
 const READER: &str = "reader-secret";
@@ -21,31 +21,13 @@ api:
 "#;
 
 async fn get(service: &Service, path: &str) -> Value {
-    let r = http()
-        .get(format!("{}{path}", service.url))
-        .bearer_auth(READER)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "GET {path}");
-    r.json().await.unwrap()
+    let (status, body) = service.get_as(path, Some(READER)).await;
+    assert_eq!(status, 200, "GET {path}: {body}");
+    body
 }
 
-/// GETs `path` until `pred` holds (the API has no push channel to wait on).
 async fn get_until(service: &Service, path: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut every = tokio::time::interval(std::time::Duration::from_millis(20));
-    loop {
-        every.tick().await;
-        let body = get(service, path).await;
-        if pred(&body) {
-            return body;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "GET {path} never matched; last: {body}"
-        );
-    }
+    service.get_until_as(path, Some(READER), pred).await
 }
 
 async fn post(service: &Service, path: &str, token: &str) -> (u16, Value) {

@@ -9,7 +9,7 @@ mod support;
 
 use serde_json::Value;
 use support::world::{PIPELINE, World};
-use support::{SECRET, Service, WAIT, delivery_with, http, pr_payload, send_pr};
+use support::{SECRET, Service, WAIT, delivery_with, pr_payload, send_pr};
 
 /// Replaces the config file the way an editor or Kubernetes does: a new
 /// file renamed over the old one.
@@ -20,15 +20,10 @@ fn rewrite(service: &Service, text: &str) {
 }
 
 async fn metric(service: &Service, name: &str) -> f64 {
-    let text = http()
-        .get(format!("{}/metrics", service.url))
-        .send()
+    service
+        .metrics()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
 }

@@ -167,14 +167,7 @@ async fn dry_run_shows_what_goes_and_the_leader_prunes_it() {
     assert_eq!(count_events(&world).await, 0);
     let (status, _) = pruning.get(&format!("/api/v1/events/{}", ids[0])).await;
     assert_eq!(status, 404);
-    let metrics = support::http()
-        .get(format!("{}/metrics", pruning.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = pruning.metrics().await;
     assert!(
         metrics.contains("webhook_dispatcher_retention_deleted_events_total 2\n"),
         "{metrics}"

@@ -182,11 +182,16 @@ impl Service {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = http()
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap();
+        self.get_as(path, None).await
+    }
+
+    /// GET with a bearer token (a protected API).
+    pub async fn get_as(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut request = http().get(format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let r = request.send().await.unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
@@ -194,11 +199,21 @@ impl Service {
     /// GETs `path` until `pred` holds for the JSON answer and returns it (a
     /// condition with a deadline: the API has no push channel to wait on).
     pub async fn get_until(&self, path: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.get_until_as(path, None, pred).await
+    }
+
+    /// [`Service::get_until`] with a bearer token.
+    pub async fn get_until_as(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = tokio::time::Instant::now() + WAIT;
         let mut every = tokio::time::interval(Duration::from_millis(20));
         loop {
             every.tick().await;
-            let (_, body) = self.get(path).await;
+            let (_, body) = self.get_as(path, token).await;
             if pred(&body) {
                 return body;
             }
@@ -207,6 +222,18 @@ impl Service {
                 "GET {path} never matched; last: {body}"
             );
         }
+    }
+
+    /// `GET /metrics` as text (an open metrics endpoint).
+    pub async fn metrics(&self) -> String {
+        http()
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// Waits until event `id` (its UUID) matches `pred`; returns the event.
