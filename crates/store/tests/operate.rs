@@ -6,8 +6,7 @@
 use std::time::Duration;
 
 use dispatcher_core::config::PoolKey;
-use dispatcher_core::domain::{DispatchState, EventId, EventStatus, PullRequestRef, TimelineKind};
-use dispatcher_core::intake::NewEvent;
+use dispatcher_core::domain::{DispatchState, EventId, EventStatus, TimelineKind};
 use dispatcher_core::planner::{DispatchOutcome, IntakePlan, NewDispatch};
 use dispatcher_core::ports::{
     CancelOutcome, DispatchStore, EventRepository, OperatorStore, RecordOutcome, ReplayOutcome,
@@ -15,33 +14,13 @@ use dispatcher_core::ports::{
 };
 use dispatcher_store::{Database, LeaderOptions, PoolOptions};
 use dispatcher_testdb::TestDatabase;
+
+mod common;
+use common::{event, new_dispatch};
 use time::OffsetDateTime;
 
-fn event(delivery: &str, pr: i64) -> NewEvent {
-    NewEvent {
-        delivery_id: delivery.to_owned(),
-        event_type: "pull_request".to_owned(),
-        action: "opened".to_owned(),
-        repository_full_name: "o/r".to_owned(),
-        pull_request_number: pr,
-        payload: format!("{{\"d\":\"{delivery}\"}}"),
-        headers: vec![],
-    }
-}
-
 fn queued(event: EventId, pr: i64) -> NewDispatch {
-    NewDispatch {
-        event_id: event,
-        item: "ops".into(),
-        pool: PoolKey("ns/p".into()),
-        queued_label: "p/queued".into(),
-        pr: PullRequestRef {
-            repository: "o/r".into(),
-            number: pr,
-        },
-        queue_position: event.0,
-        state: DispatchState::Queued,
-    }
+    new_dispatch(event, pr, "ops", DispatchState::Queued)
 }
 
 fn replay(force: bool) -> ReplayRequest {
@@ -57,7 +36,11 @@ fn replay(force: bool) -> ReplayRequest {
 }
 
 async fn record(events: &impl EventRepository, delivery: &str, pr: i64) -> EventId {
-    match events.record(event(delivery, pr)).await.unwrap() {
+    match events
+        .record(event(delivery, pr, &format!("{{\"d\":\"{delivery}\"}}")))
+        .await
+        .unwrap()
+    {
         RecordOutcome::Created(e) => e.id,
         other => panic!("{other:?}"),
     }

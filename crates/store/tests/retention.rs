@@ -13,7 +13,6 @@ use diesel::sql_types::{BigInt, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use dispatcher_core::config::PoolKey;
 use dispatcher_core::domain::{EventId, EventStatus, EventUuid};
-use dispatcher_core::intake::NewEvent;
 use dispatcher_core::ports::{
     EventRepository, OperatorStore, RecordOutcome, ReplayOutcome, ReplayRequest, ReplayTarget,
     RetentionStore,
@@ -21,6 +20,9 @@ use dispatcher_core::ports::{
 use dispatcher_core::retention::{RetentionPolicy, run_pass};
 use dispatcher_store::{Database, PoolOptions};
 use dispatcher_testdb::TestDatabase;
+
+mod common;
+use common::event;
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -109,18 +111,6 @@ async fn count(conn: &mut AsyncPgConnection, sql: &str) -> i64 {
 
 async fn exists(conn: &mut AsyncPgConnection, id: EventId) -> bool {
     count(conn, &format!("webhook_events WHERE id = {}", id.0)).await == 1
-}
-
-fn event(delivery: &str, pr: i64, payload: &str) -> NewEvent {
-    NewEvent {
-        delivery_id: delivery.to_owned(),
-        event_type: "pull_request".to_owned(),
-        action: "opened".to_owned(),
-        repository_full_name: "o/r".to_owned(),
-        pull_request_number: pr,
-        payload: payload.to_owned(),
-        headers: vec![],
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,18 +10,19 @@ use diesel::{Connection, RunQueryDsl as _};
 use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_migrations::MigrationHarness;
-use dispatcher_core::config::PoolKey;
 use dispatcher_core::domain::{
     DispatchId, DispatchState, EventId, EventStatus, EventUuid, PullRequestRef,
 };
-use dispatcher_core::intake::NewEvent;
-use dispatcher_core::planner::{DispatchOutcome, IntakePlan, NewDispatch};
+use dispatcher_core::planner::{DispatchOutcome, IntakePlan};
 use dispatcher_core::ports::{
     DispatchStore, EventFilter, EventQuery, EventRepository, LabelStore, LabelTask, RecordOutcome,
 };
 use dispatcher_store::{ConnectionOptions, Database, LeaderOptions, MIGRATIONS, PoolOptions};
 use dispatcher_testdb::TestDatabase;
 use time::OffsetDateTime;
+
+mod common;
+use common::{event, new_dispatch};
 
 fn db(test: &TestDatabase) -> Database {
     Database::connect(
@@ -32,21 +33,6 @@ fn db(test: &TestDatabase) -> Database {
         },
     )
     .expect("pool")
-}
-
-fn event(delivery: &str, pr: i64, payload: &str) -> NewEvent {
-    NewEvent {
-        delivery_id: delivery.to_owned(),
-        event_type: "pull_request".to_owned(),
-        action: "opened".to_owned(),
-        repository_full_name: "o/r".to_owned(),
-        pull_request_number: pr,
-        payload: payload.to_owned(),
-        headers: vec![
-            ("X-GitHub-Event".to_owned(), "pull_request".to_owned()),
-            ("X-GitHub-Delivery".to_owned(), delivery.to_owned()),
-        ],
-    }
 }
 
 fn created(outcome: RecordOutcome) -> EventId {
@@ -256,21 +242,6 @@ async fn inserts_wake_the_leader() {
         .unwrap();
     let woke = tokio::time::timeout(Duration::from_secs(10), waiting).await;
     assert!(matches!(woke, Ok(Ok(Ok(_)))), "no wake-up after insert");
-}
-
-fn new_dispatch(event: EventId, pr: i64, item: &str, state: DispatchState) -> NewDispatch {
-    NewDispatch {
-        event_id: event,
-        item: item.into(),
-        pool: PoolKey("ns/p".into()),
-        queued_label: "p/queued".into(),
-        pr: PullRequestRef {
-            repository: "o/r".into(),
-            number: pr,
-        },
-        queue_position: event.0,
-        state,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

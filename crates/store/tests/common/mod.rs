@@ -1,0 +1,40 @@
+//! Builders shared by the store's test binaries.
+
+#![allow(dead_code, unreachable_pub)]
+
+use dispatcher_core::config::PoolKey;
+use dispatcher_core::domain::{DispatchState, EventId, PullRequestRef};
+use dispatcher_core::intake::NewEvent;
+use dispatcher_core::planner::NewDispatch;
+
+/// A `pull_request` `opened` delivery of `o/r#pr`.
+pub fn event(delivery: &str, pr: i64, payload: &str) -> NewEvent {
+    NewEvent {
+        delivery_id: delivery.to_owned(),
+        event_type: "pull_request".to_owned(),
+        action: "opened".to_owned(),
+        repository_full_name: "o/r".to_owned(),
+        pull_request_number: pr,
+        payload: payload.to_owned(),
+        headers: vec![
+            ("X-GitHub-Event".to_owned(), "pull_request".to_owned()),
+            ("X-GitHub-Delivery".to_owned(), delivery.to_owned()),
+        ],
+    }
+}
+
+/// A dispatch of `event` for `item` in pool `ns/p`, queued at the event's place.
+pub fn new_dispatch(event: EventId, pr: i64, item: &str, state: DispatchState) -> NewDispatch {
+    NewDispatch {
+        event_id: event,
+        item: item.into(),
+        pool: PoolKey("ns/p".into()),
+        queued_label: "p/queued".into(),
+        pr: PullRequestRef {
+            repository: "o/r".into(),
+            number: pr,
+        },
+        queue_position: event.0,
+        state,
+    }
+}
