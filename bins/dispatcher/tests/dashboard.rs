@@ -135,23 +135,12 @@ async fn screenshot(bin: &Path, url: &str, name: &str) -> PathBuf {
 
 /// Waits until the pools API shows one run and `queued` waiting.
 async fn wait_queue(service: &Service, token: Option<&str>, queued: usize) {
-    let deadline = tokio::time::Instant::now() + support::WAIT;
-    loop {
-        let mut request = http().get(format!("{}/api/v1/pools", service.url));
-        if let Some(t) = token {
-            request = request.bearer_auth(t);
-        }
-        let body: Value = request.send().await.unwrap().json().await.unwrap();
-        let pool = &body["pools"][0];
-        if pool["running"] == 1 && pool["queued"] == queued {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the queue never showed {queued}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    service
+        .get_until_as("/api/v1/pools", token, |body| {
+            let pool = &body["pools"][0];
+            pool["running"] == 1 && pool["queued"] == queued
+        })
+        .await;
 }
 
 /// Three PRs into a pool of one: PR 1 runs, PRs 2 and 3 wait. Returns the event ids.
