@@ -240,6 +240,13 @@ pub struct OpenDispatch {
     /// A dispatch for a newer event of the same PR and item exists (in any
     /// state). A queued dispatch with a newer sibling must not run.
     pub has_newer: bool,
+    /// The pull request's labels as of its newest stored event (queued
+    /// work; for `dispatcher.priority_labels`).
+    pub labels: Vec<String>,
+    /// When the most recent triggers of this PR's repository in this pool
+    /// started, newest first, at most [`crate::config::MAX_WEIGHT`] (queued
+    /// work; for `round_robin_repository` turns across passes).
+    pub recent_triggers: Vec<OffsetDateTime>,
 }
 
 /// Everything needed to POST one dispatch to its EventListener.

@@ -173,6 +173,8 @@ impl DispatchStore for MemStore {
                 trigger_started_at: None,
                 triggered_at: None,
                 has_newer: false,
+                labels: Vec::new(),
+                recent_triggers: Vec::new(),
             };
             if d.state == DispatchState::Queued {
                 created.push(d.clone());

@@ -113,6 +113,8 @@ fn queued(id: i64, event: i64, pr_number: i64, item: &str, position: i64) -> Ope
         trigger_started_at: None,
         triggered_at: None,
         has_newer: false,
+        labels: Vec::new(),
+        recent_triggers: Vec::new(),
     }
 }
 
@@ -720,6 +722,8 @@ impl Model {
                 trigger_started_at: None,
                 triggered_at: None,
                 has_newer: false,
+                labels: Vec::new(),
+                recent_triggers: Vec::new(),
             };
             self.dispatches.insert(d.id.0, d);
         }
