@@ -488,4 +488,46 @@ mod tests {
         ));
         assert_eq!(pools[0].queue[0].estimated_start, None);
     }
+
+    /// Positions follow the order the planner dispatches in: a priority PR
+    /// first (and shown with its priority), then the pool's fairness.
+    #[test]
+    fn positions_show_priorities_and_follow_the_dispatch_order() {
+        let v = serde_json::json!({
+            "dispatcher": {
+                "items": [{
+                    "name": "ops", "events": ["opened"], "full_repository_name": "o/r",
+                    "callback_url": "http://el:8080",
+                    "capacity": {"type": "ocp_tekton", "pipeline_name": "p", "max_capacity": 1, "namespace": "ns"},
+                }],
+                "priority_labels": [{"label": "urgent", "priority": 5}],
+            },
+            "security": {"verify_signatures": false},
+        });
+        let (raw, _) = parse(v).unwrap_or_else(|e| panic!("{e}"));
+        let s = Settings::from_raw(raw).unwrap_or_else(|e| panic!("{e}"));
+        let mut urgent = queued(3, NOW);
+        urgent.labels = vec!["urgent".into()];
+        let open = vec![queued(1, NOW), queued(2, NOW), urgent];
+        let pools = overview(&s, &snapshot(open.clone()), &states(state()));
+        let seen: Vec<(i64, u32, i32)> = pools[0]
+            .queue
+            .iter()
+            .map(|w| (w.dispatch.0, w.position, w.priority))
+            .collect();
+        assert_eq!(seen, [(3, 1, 5), (1, 2, 0), (2, 3, 0)]);
+        let plan = plan_dispatch(
+            &s,
+            &open,
+            &states(PoolState::Known {
+                running: 0,
+                runs: vec![],
+            }),
+            &BTreeSet::new(),
+            &HashSet::new(),
+            DispatchLimits::from(&s.dispatch),
+            NOW,
+        );
+        assert_eq!(plan.trigger, [DispatchId(3)]);
+    }
 }

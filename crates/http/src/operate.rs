@@ -243,12 +243,17 @@ pub fn explain_text(e: &Explanation, now: OffsetDateTime) -> String {
         for (pool, of, w) in &e.waiting {
             let _ = writeln!(
                 out,
-                "  dispatch {} ({}): position {} of {} in pool {}: {}{}",
+                "  dispatch {} ({}): position {} of {} in pool {}{}: {}{}",
                 w.dispatch,
                 w.item,
                 w.position,
                 of,
                 pool,
+                if w.priority == 0 {
+                    String::new()
+                } else {
+                    format!(" (priority {})", w.priority)
+                },
                 w.reason,
                 w.estimated_start.map_or_else(String::new, |t| format!(
                     "; estimated start {}",

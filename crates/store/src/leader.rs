@@ -148,6 +148,10 @@ struct OpenWithSiblings {
     dispatch: OpenRow,
     #[diesel(sql_type = diesel::sql_types::Bool)]
     has_newer: bool,
+    #[diesel(sql_type = Array<Text>)]
+    labels: Vec<String>,
+    #[diesel(sql_type = Array<Timestamptz>)]
+    recent_triggers: Vec<OffsetDateTime>,
 }
 
 #[derive(QueryableByName)]
@@ -375,6 +379,8 @@ fn open_from_row(r: OpenRow) -> OpenDispatch {
         trigger_started_at: r.trigger_started_at,
         triggered_at: r.triggered_at,
         has_newer: false,
+        labels: Vec::new(),
+        recent_triggers: Vec::new(),
     }
 }
 
@@ -935,7 +941,30 @@ pub(crate) async fn load_open(
                          WHERE n.repository_full_name = d.repository_full_name
                            AND n.pull_request_number = d.pull_request_number
                            AND n.item_name = d.item_name
-                           AND n.event_id > d.event_id) AS has_newer
+                           AND n.event_id > d.event_id) AS has_newer,
+                -- Waiting work: the PR's labels as of its newest stored event
+                -- (a later `labeled`/`unlabeled` delivery counts even when no
+                -- item matches it), for dispatcher.priority_labels ...
+                CASE WHEN d.state = $4 THEN COALESCE((
+                    SELECT ARRAY(SELECT l ->> 'name'
+                                   FROM json_array_elements(
+                                            CASE WHEN json_typeof(e.payload -> 'pull_request' -> 'labels') = 'array'
+                                                 THEN e.payload -> 'pull_request' -> 'labels'
+                                                 ELSE '[]'::json END) AS l
+                                  WHERE json_typeof(l) = 'object' AND l ->> 'name' IS NOT NULL)
+                      FROM webhook_events e
+                     WHERE e.repository_full_name = d.repository_full_name
+                       AND e.pull_request_number = d.pull_request_number
+                       AND e.payload_dropped_at IS NULL
+                     ORDER BY e.id DESC LIMIT 1), '{}') ELSE '{}' END AS labels,
+                -- ... and its repository's most recent trigger starts in this
+                -- pool, for round_robin_repository turns across passes.
+                CASE WHEN d.state = $4 THEN ARRAY(
+                    SELECT s.trigger_started_at FROM dispatches s
+                     WHERE s.pool = d.pool
+                       AND s.repository_full_name = d.repository_full_name
+                       AND s.trigger_started_at IS NOT NULL
+                     ORDER BY s.trigger_started_at DESC LIMIT $5) ELSE '{}' END AS recent_triggers
            FROM dispatches d
           WHERE d.state = ANY($2)
              OR (d.state = $3 AND d.triggered_at > $1)
@@ -947,12 +976,16 @@ pub(crate) async fn load_open(
         DbDispatchState(DispatchState::Triggering),
     ])
     .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Triggered))
+    .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Queued))
+    .bind::<Int8, _>(i64::from(dispatcher_core::config::MAX_WEIGHT))
     .load(conn)
     .await?;
     Ok(rows
         .into_iter()
         .map(|r| OpenDispatch {
             has_newer: r.has_newer,
+            labels: r.labels,
+            recent_triggers: r.recent_triggers,
             ..open_from_row(r.dispatch)
         })
         .collect())

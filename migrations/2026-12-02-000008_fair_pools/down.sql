@@ -1,0 +1,1 @@
+DROP INDEX dispatches_pool_repository_trigger_idx;
