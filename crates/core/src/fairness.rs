@@ -247,7 +247,8 @@ mod tests {
                 .iter_mut()
                 .filter(|d| d.pr.repository == done.pr.repository)
             {
-                d.recent_triggers.insert(0, T0 + time::Duration::seconds(tick));
+                d.recent_triggers
+                    .insert(0, T0 + time::Duration::seconds(tick));
             }
             dispatched.push(first);
         }
@@ -284,28 +285,26 @@ mod tests {
     }
 
     fn arb_open() -> impl Strategy<Value = Vec<OpenDispatch>> {
-        proptest::collection::vec((0usize..3, 0i64..40, 0usize..3), 0..25).prop_map(
-            |rows| {
-                rows.into_iter()
-                    .enumerate()
-                    .map(|(i, (repo, pos, label))| {
-                        let id = i64::try_from(i).unwrap_or_default() + 1;
-                        let mut d = work(id, ["o/a", "o/b", "x/c"][repo]);
-                        d.queue_position = pos;
-                        d.labels = [vec![], vec!["p1".into()], vec!["p2".into()]][label].clone();
-                        d
-                    })
-                    .map(|mut d| {
-                        d.recent_triggers = match d.pr.repository.as_str() {
-                            "o/a" => vec![T0],
-                            "o/b" => vec![T0 - time::Duration::seconds(1)],
-                            _ => vec![],
-                        };
-                        d
-                    })
-                    .collect()
-            },
-        )
+        proptest::collection::vec((0usize..3, 0i64..40, 0usize..3), 0..25).prop_map(|rows| {
+            rows.into_iter()
+                .enumerate()
+                .map(|(i, (repo, pos, label))| {
+                    let id = i64::try_from(i).unwrap_or_default() + 1;
+                    let mut d = work(id, ["o/a", "o/b", "x/c"][repo]);
+                    d.queue_position = pos;
+                    d.labels = [vec![], vec!["p1".into()], vec!["p2".into()]][label].clone();
+                    d
+                })
+                .map(|mut d| {
+                    d.recent_triggers = match d.pr.repository.as_str() {
+                        "o/a" => vec![T0],
+                        "o/b" => vec![T0 - time::Duration::seconds(1)],
+                        _ => vec![],
+                    };
+                    d
+                })
+                .collect()
+        })
     }
 
     proptest! {

@@ -34,6 +34,12 @@ pub struct WorldOptions {
     pub extra_yaml: &'static str,
     /// `security.allowed_github_events`, as YAML.
     pub allowed_events: &'static str,
+    /// `capacity.fairness` of the pool (empty: the default, fifo).
+    pub fairness: &'static str,
+    /// A second item `ops2` for this repository on the same pool.
+    pub second_repository: Option<&'static str>,
+    /// `dispatcher.priority_labels`, as YAML (empty: none).
+    pub priority_labels: &'static str,
 }
 
 impl Default for WorldOptions {
@@ -47,6 +53,9 @@ impl Default for WorldOptions {
             original_database: false,
             extra_yaml: "",
             allowed_events: "[pull_request]",
+            fairness: "",
+            second_repository: None,
+            priority_labels: "",
         }
     }
 }
@@ -107,11 +116,33 @@ impl World {
     }
 
     pub fn config(&self) -> String {
-        let label = if self.options.dispatch_label {
+        let mut label = if self.options.dispatch_label {
             format!(", dispatch_label: \"{DISPATCH_LABEL}\"")
         } else {
             String::new()
         };
+        if !self.options.fairness.is_empty() {
+            label.push_str(&format!(", fairness: {}", self.options.fairness));
+        }
+        let mut items = String::new();
+        if let Some(repo) = self.options.second_repository {
+            items.push_str(&format!(
+                r#"
+    - name: ops2
+      events: [opened, synchronize, reopened]
+      full_repository_name: {repo}
+      capacity: {{type: ocp_tekton, pipeline_name: {PIPELINE}, max_capacity: {cap}, namespace: ns{label}}}
+      callback_url: "{listener}""#,
+                cap = self.options.capacity,
+                listener = self.listener.url(),
+            ));
+        }
+        if !self.options.priority_labels.is_empty() {
+            items.push_str(&format!(
+                "\n  priority_labels: {}",
+                self.options.priority_labels
+            ));
+        }
         format!(
             r#"
 dispatcher:
@@ -120,7 +151,7 @@ dispatcher:
       events: [opened, synchronize, reopened]
       full_repository_name: o/r
       capacity: {{type: ocp_tekton, pipeline_name: {PIPELINE}, max_capacity: {cap}, namespace: ns{label}}}
-      callback_url: "{listener}"
+      callback_url: "{listener}"{items}
 security:
   github_webhook_secret: "${{GITHUB_WEBHOOK_SECRET}}"
   allowed_github_events: {allowed_events}

@@ -165,9 +165,7 @@ impl Fairness {
     pub fn weight(&self, repository: &str) -> u32 {
         match self {
             Self::Fifo => 1,
-            Self::RoundRobinRepository { weights } => {
-                weights.get(repository).copied().unwrap_or(1)
-            }
+            Self::RoundRobinRepository { weights } => weights.get(repository).copied().unwrap_or(1),
         }
     }
 }
@@ -510,7 +508,8 @@ impl Settings {
             });
         }
 
-        let priority_labels = validate_priority_labels(&raw.dispatcher.priority_labels, &mut errors);
+        let priority_labels =
+            validate_priority_labels(&raw.dispatcher.priority_labels, &mut errors);
         let security = validate_security(raw.security, &mut errors);
         validate_server(&raw.server, &mut errors);
         if raw.database.pool_size == 0 {

@@ -519,7 +519,10 @@ fn retention_is_off_by_default_and_validated() {
 #[test]
 fn fairness_defaults_to_fifo_and_round_robin_takes_weights() {
     let s = settings(original_example()).expect("valid");
-    assert_eq!(s.pools.values().next().map(|p| p.fairness.clone()), Some(Fairness::Fifo));
+    assert_eq!(
+        s.pools.values().next().map(|p| p.fairness.clone()),
+        Some(Fairness::Fifo)
+    );
     assert!(s.priority_labels.is_empty());
 
     let mut v = original_example();

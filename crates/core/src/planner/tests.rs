@@ -1061,7 +1061,10 @@ fn priorities_jump_the_queue_without_preempting() {
     assert!(plan.outcomes.is_empty(), "nothing running is touched");
     // Full: the priority PR waits like everyone else.
     let full = BTreeMap::from([(pool("shared"), known(2, &[]))]);
-    assert_eq!(plan_dispatch(&s, &open, &full, &HashSet::new(), limits(), NOW).usage[0].reserved, 1);
+    assert_eq!(
+        plan_dispatch(&s, &open, &full, &HashSet::new(), limits(), NOW).usage[0].reserved,
+        1
+    );
     let plan = plan_dispatch(&s, &open, &full, &HashSet::new(), limits(), NOW);
     assert!(plan.trigger.is_empty());
     // A priority PR waiting for a retry keeps its place but is not due yet.
