@@ -963,7 +963,7 @@ proptest! {
 
 /// Two repositories sharing pool ns/shared (capacity `cap`): items "ra"
 /// (o/a) and "rb" (o/b), with `fairness` (and weights) and priority labels.
-fn shared_settings(cap: u32, capacity_extra: serde_json::Value) -> Settings {
+fn shared_settings(cap: u32, capacity_extra: &serde_json::Value) -> Settings {
     let item = |name: &str, repo: &str| {
         let mut capacity = json!({"type": "ocp_tekton", "pipeline_name": "shared",
                                   "max_capacity": cap, "namespace": "ns"});
@@ -1029,14 +1029,14 @@ fn round_robin_shares_a_pool_between_repositories() {
         }
         order
     }
-    let rr = shared_settings(1, json!({"fairness": "round_robin_repository"}));
+    let rr = shared_settings(1, &json!({"fairness": "round_robin_repository"}));
     let got = drain(&rr);
     assert_eq!(got[..4], [1, 11, 2, 12]);
-    let fifo = shared_settings(1, json!({}));
+    let fifo = shared_settings(1, &json!({}));
     assert_eq!(drain(&fifo), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
     let weighted = shared_settings(
         1,
-        json!({"fairness": "round_robin_repository", "weights": {"o/a": 3}}),
+        &json!({"fairness": "round_robin_repository", "weights": {"o/a": 3}}),
     );
     assert_eq!(drain(&weighted)[..8], [1, 2, 3, 11, 4, 5, 6, 12]);
 }
@@ -1045,7 +1045,7 @@ fn round_robin_shares_a_pool_between_repositories() {
 /// and reserved work keeps its slots: capacity is never exceeded.
 #[test]
 fn priorities_jump_the_queue_without_preempting() {
-    let s = shared_settings(3, json!({"fairness": "round_robin_repository"}));
+    let s = shared_settings(3, &json!({"fairness": "round_robin_repository"}));
     let mut open: Vec<OpenDispatch> = (1..=4).map(|i| shared_queued(i, "o/a")).collect();
     let mut urgent = shared_queued(9, "o/b");
     urgent.labels = vec!["priority/critical".into()];
