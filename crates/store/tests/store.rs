@@ -842,3 +842,78 @@ async fn a_retry_knows_about_newer_events_and_can_be_superseded() {
         "NUL bytes are storable"
     );
 }
+
+/// Waiting work carries its PR's labels from the newest stored event (a
+/// later `labeled` delivery no item matched counts) and its repository's
+/// recent trigger starts in the pool; work in flight carries neither.
+#[tokio::test(flavor = "multi_thread")]
+async fn open_work_carries_current_labels_and_recent_triggers() {
+    let t = TestDatabase::new();
+    let database = db(&t);
+    let events = database.events();
+    let labelled = |names: &[&str]| {
+        let labels: Vec<serde_json::Value> = names
+            .iter()
+            .map(|n| serde_json::json!({"name": n, "color": "ededed"}))
+            .collect();
+        serde_json::json!({"pull_request": {"labels": labels}}).to_string()
+    };
+    let e1 = created(events.record(event("a", 1, &labelled(&[]))).await.unwrap());
+    let e2 = created(
+        events
+            .record(event("b", 2, &labelled(&["x"])))
+            .await
+            .unwrap(),
+    );
+    let e3 = created(
+        events
+            .record(event("c", 3, r#"{"pull_request": {"labels": "nonsense"}}"#))
+            .await
+            .unwrap(),
+    );
+    let e4 = created(
+        events
+            .record(NewEvent {
+                action: "labeled".into(),
+                ..event("d", 1, &labelled(&["priority/critical", "x"]))
+            })
+            .await
+            .unwrap(),
+    );
+    let mut leader = database
+        .try_lead(false, LeaderOptions::default())
+        .await
+        .unwrap()
+        .expect("leader");
+    let now = OffsetDateTime::now_utc();
+    let plan = IntakePlan {
+        planned: vec![e1, e2, e3, e4],
+        aborted: vec![e4],
+        new_dispatches: vec![
+            new_dispatch(e1, 1, "ops", DispatchState::Queued),
+            new_dispatch(e2, 2, "ops", DispatchState::Queued),
+            new_dispatch(e3, 3, "ops", DispatchState::Queued),
+        ],
+        ..IntakePlan::default()
+    };
+    let created = leader.apply_intake(&plan, now).await.unwrap();
+    let (a, b, c) = (created[0].id, created[1].id, created[2].id);
+    leader.begin_triggers(&[b], now).await.unwrap();
+    let open = leader
+        .open_dispatches(now - Duration::from_secs(60))
+        .await
+        .unwrap();
+    let find = |id| open.iter().find(|d| d.id == id).expect("open");
+    assert_eq!(find(a).labels, ["priority/critical", "x"]);
+    assert!(find(b).labels.is_empty(), "in flight: not ordered");
+    assert!(
+        find(c).labels.is_empty(),
+        "labels that are not a list count as none"
+    );
+    for id in [a, c] {
+        let recent = &find(id).recent_triggers;
+        assert_eq!(recent.len(), 1, "{recent:?}");
+        assert!((recent[0] - now).abs() < time::Duration::milliseconds(1));
+    }
+    assert!(find(b).recent_triggers.is_empty());
+}
