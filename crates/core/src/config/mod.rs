@@ -195,6 +195,11 @@ impl PriorityLabels {
         self.by_label.is_empty()
     }
 
+    /// How many labels carry a priority.
+    pub fn len(&self) -> usize {
+        self.by_label.len()
+    }
+
     /// The priority of a pull request with these labels.
     pub fn priority<S: AsRef<str>>(&self, labels: &[S]) -> i32 {
         if self.by_label.is_empty() {
