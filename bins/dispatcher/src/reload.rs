@@ -315,6 +315,12 @@ fn describe_changes(old: &Settings, new: &Settings) -> Vec<String> {
                 "pool {} capacity {} → {}",
                 pool.key, before.max_capacity, pool.max_capacity
             )),
+            Some(before) if before.fairness != pool.fairness => out.push(format!(
+                "pool {} fairness {} → {} (or its weights)",
+                pool.key,
+                before.fairness.as_str(),
+                pool.fairness.as_str()
+            )),
             Some(_) => {}
         }
     }
@@ -342,11 +348,14 @@ fn describe_changes(old: &Settings, new: &Settings) -> Vec<String> {
             new.security.webhook_secrets.len()
         ));
     }
+    if old.priority_labels != new.priority_labels {
+        out.push("priority labels changed".to_owned());
+    }
     if old.dispatch != new.dispatch {
         out.push("dispatch tuning changed".to_owned());
     }
     if out.is_empty() {
-        out.push("no change to items, pools, secrets or tuning".to_owned());
+        out.push("no change to items, pools, priorities, secrets or tuning".to_owned());
     }
     out
 }

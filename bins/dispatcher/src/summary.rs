@@ -34,13 +34,17 @@ pub(crate) fn log_start(settings: &Settings, version: &str) {
         .values()
         .map(|p| {
             format!(
-                "{} (max {}{})",
+                "{} (max {}{}{})",
                 p.key,
                 p.max_capacity,
                 if p.dispatch_label.is_some() {
                     ", dispatch label"
                 } else {
                     ""
+                },
+                match p.fairness {
+                    dispatcher_core::config::Fairness::Fifo => String::new(),
+                    ref f => format!(", {}", f.as_str()),
                 }
             )
         })
@@ -53,6 +57,7 @@ pub(crate) fn log_start(settings: &Settings, version: &str) {
         version,
         items = %items,
         pools = %pools,
+        priority_labels = settings.priority_labels.len(),
         signatures_verified = settings.security.verify_signatures,
         webhook_secrets = settings.security.webhook_secrets.len(),
         github_labels,

@@ -29,6 +29,7 @@ fn pool(selector: &[(&str, &str)], version: TektonApiVersion) -> PoolSpec {
         api_version: version,
         max_capacity: 3,
         dispatch_label: None,
+        fairness: Default::default(),
     }
 }
 

@@ -28,13 +28,14 @@ use url::Url;
 
 use crate::config::{PoolKey, Settings};
 use crate::domain::{DispatchState, EventId};
+use crate::fairness::refresh_after_intake;
 use crate::planner::{
     DispatchLimits, DispatchOutcome, MatchedEvent, MatchedItem, PoolUsage, RetryPolicy,
     orphan_candidates, plan_dispatch, plan_intake, trigger_outcome,
 };
 use crate::ports::{
-    CapacitySource, DispatchStore, PoolState, StoreError, Trigger, TriggerError, TriggerJob,
-    TriggerRequest,
+    CapacitySource, DispatchStore, OpenExtras, PoolState, StoreError, Trigger, TriggerError,
+    TriggerJob, TriggerRequest,
 };
 use crate::rules::{EventFacts, match_items, needs_payload};
 
@@ -224,8 +225,9 @@ impl Engine {
         // end of it, which every deadline tolerates).
         let now = store.database_now().await?;
         report.now = Some(now);
+        let extras = OpenExtras::for_settings(&self.settings);
         let mut open = store
-            .open_dispatches(now - self.limits.reservation_timeout)
+            .open_dispatches(now - self.limits.reservation_timeout, extras)
             .await?;
         loop {
             let events = store.unplanned_events(PLAN_BATCH).await?;
@@ -260,6 +262,7 @@ impl Engine {
             journal::intake(&plan, &events, &matched, &open, &created);
             open.retain(|d| !plan.superseded.contains(&d.id));
             open.extend(created);
+            refresh_after_intake(&mut open, &events, extras);
             if batch_len < PLAN_BATCH {
                 break;
             }

@@ -19,6 +19,9 @@ pub struct NewEvent {
     pub repository_full_name: String,
     /// Payload `pull_request.number`.
     pub pull_request_number: i64,
+    /// The names in payload `pull_request.labels` (`None` when the payload
+    /// has no such list), for `dispatcher.priority_labels`.
+    pub labels: Option<Vec<String>>,
     /// The body exactly as received (valid UTF-8 JSON).
     pub payload: String,
     /// `X-GitHub-*` / `X-Hub-*` headers, GitHub's spelling, in arrival order.
@@ -34,6 +37,10 @@ pub struct PullRequestFields {
     pub repository_full_name: String,
     /// `pull_request.number`.
     pub pull_request_number: i64,
+    /// The names in `pull_request.labels`; `None` when it is not a list.
+    /// Extracted here, where the body is parsed anyway, so the dispatch
+    /// pass never reads a payload for them.
+    pub labels: Option<Vec<String>>,
 }
 
 /// Why a payload cannot be stored; the message is shown to the sender.
@@ -65,8 +72,15 @@ struct RepoProbe {
 }
 
 #[derive(Deserialize)]
-struct PrProbe {
+struct PrProbe<'a> {
     number: Option<serde_json::Value>,
+    #[serde(borrow)]
+    labels: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct LabelProbe {
+    name: Option<serde_json::Value>,
 }
 
 /// Validates the whole payload as a JSON object and extracts the
@@ -90,7 +104,10 @@ pub fn pull_request_fields(body: &[u8]) -> Result<PullRequestFields, PayloadErro
         Some(serde_json::Value::String(s)) if !s.is_empty() => s,
         _ => return Err(PayloadError::MissingField("repository.full_name")),
     };
-    let pull_request_number = match nested::<PrProbe>(probe.pull_request).and_then(|p| p.number) {
+    let pr = probe
+        .pull_request
+        .and_then(|raw| serde_json::from_str::<PrProbe<'_>>(raw.get()).ok());
+    let pull_request_number = match pr.as_ref().and_then(|p| p.number.as_ref()) {
         Some(n) => n
             .as_i64()
             .filter(|n| *n > 0)
@@ -101,7 +118,24 @@ pub fn pull_request_fields(body: &[u8]) -> Result<PullRequestFields, PayloadErro
         action,
         repository_full_name,
         pull_request_number,
+        labels: pr.and_then(|p| label_names(p.labels)),
     })
+}
+
+/// The `name` of every label object in a `labels` list; anything that is
+/// not a list is no labels at all (`None`), odd entries are skipped.
+fn label_names(raw: Option<&RawValue>) -> Option<Vec<String>> {
+    let entries: Vec<&RawValue> = serde_json::from_str(raw?.get()).ok()?;
+    Some(
+        entries
+            .into_iter()
+            .filter_map(|l| serde_json::from_str::<LabelProbe>(l.get()).ok())
+            .filter_map(|l| match l.name {
+                Some(serde_json::Value::String(name)) => Some(name),
+                _ => None,
+            })
+            .collect(),
+    )
 }
 
 /// Reads the few fields we need from a nested object; anything that is not
@@ -150,9 +184,30 @@ mod tests {
             Ok(PullRequestFields {
                 action: "opened".into(),
                 repository_full_name: "o/r".into(),
-                pull_request_number: 7
+                pull_request_number: 7,
+                labels: None,
             })
         );
+    }
+
+    #[test]
+    fn extracts_label_names_leniently() {
+        let labels = |pr: &str| {
+            let body = format!(
+                r#"{{"action":"labeled","repository":{{"full_name":"o/r"}},"pull_request":{{"number":1{pr}}}}}"#
+            );
+            pull_request_fields(body.as_bytes()).map(|f| f.labels)
+        };
+        assert_eq!(
+            labels(
+                r#","labels":[{"name":"priority/high","color":"f00"},{"id":3},{"name":7},"x",{"name":"b"}]"#
+            ),
+            Ok(Some(vec!["priority/high".to_owned(), "b".to_owned()]))
+        );
+        assert_eq!(labels(r#","labels":[]"#), Ok(Some(Vec::new())));
+        assert_eq!(labels(""), Ok(None));
+        assert_eq!(labels(r#","labels":null"#), Ok(None));
+        assert_eq!(labels(r#","labels":{"name":"x"}"#), Ok(None));
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub mod backoff;
 pub mod config;
 pub mod domain;
 pub mod engine;
+pub mod fairness;
 pub mod intake;
 pub mod labels;
 pub mod operate;

@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 
 use crate::config::{PoolKey, PoolSpec, Settings};
 use crate::domain::{DispatchId, DispatchState, EventUuid, PullRequestRef};
+use crate::fairness::dispatch_order;
 use crate::planner::{DispatchLimits, PoolUsage, plan_dispatch};
 use crate::ports::{OpenDispatch, PoolState};
 
@@ -121,6 +122,8 @@ pub struct QueuedWork {
     pub item: String,
     /// Pull request.
     pub pr: PullRequestRef,
+    /// Its priority (`dispatcher.priority_labels` from the PR's labels; 0 without).
+    pub priority: i32,
     /// When it joined the queue.
     pub queued_at: Option<OffsetDateTime>,
     /// Why the last attempt failed (a retry).
@@ -181,12 +184,12 @@ pub fn overview(
         .filter_map(|spec| {
             let usage = usage.remove(&spec.key)?;
             let typical_run = states.get(&spec.key).and_then(typical_run);
-            let mut waiting: Vec<&OpenDispatch> = snapshot
+            let waiting: Vec<&OpenDispatch> = snapshot
                 .open
                 .iter()
                 .filter(|d| d.pool == spec.key && d.state == DispatchState::Queued && !d.has_newer)
                 .collect();
-            waiting.sort_by_key(|d| (d.queue_position, d.id));
+            let waiting = dispatch_order(spec, &settings.priority_labels, &waiting);
             let pause = snapshot.paused.get(&spec.key).cloned();
             let starts = estimate_starts(
                 spec.max_capacity,
@@ -234,6 +237,7 @@ pub fn overview(
                         event: facts.map(|f| f.event),
                         item: d.item.clone(),
                         pr: d.pr.clone(),
+                        priority: settings.priority_labels.priority(&d.labels),
                         queued_at: facts.map(|f| f.queued_at),
                         last_error: facts.and_then(|f| f.last_error.clone()),
                         reason,
@@ -369,6 +373,8 @@ mod tests {
             trigger_started_at: None,
             triggered_at: None,
             has_newer: false,
+            labels: Vec::new(),
+            recent_triggers: Vec::new(),
         }
     }
 
@@ -481,5 +487,47 @@ mod tests {
             WaitReason::KubernetesUnknown { .. }
         ));
         assert_eq!(pools[0].queue[0].estimated_start, None);
+    }
+
+    /// Positions follow the order the planner dispatches in: a priority PR
+    /// first (and shown with its priority), then the pool's fairness.
+    #[test]
+    fn positions_show_priorities_and_follow_the_dispatch_order() {
+        let v = serde_json::json!({
+            "dispatcher": {
+                "items": [{
+                    "name": "ops", "events": ["opened"], "full_repository_name": "o/r",
+                    "callback_url": "http://el:8080",
+                    "capacity": {"type": "ocp_tekton", "pipeline_name": "p", "max_capacity": 1, "namespace": "ns"},
+                }],
+                "priority_labels": [{"label": "urgent", "priority": 5}],
+            },
+            "security": {"verify_signatures": false},
+        });
+        let (raw, _) = parse(v).unwrap_or_else(|e| panic!("{e}"));
+        let s = Settings::from_raw(raw).unwrap_or_else(|e| panic!("{e}"));
+        let mut urgent = queued(3, NOW);
+        urgent.labels = vec!["urgent".into()];
+        let open = vec![queued(1, NOW), queued(2, NOW), urgent];
+        let pools = overview(&s, &snapshot(open.clone()), &states(state()));
+        let seen: Vec<(i64, u32, i32)> = pools[0]
+            .queue
+            .iter()
+            .map(|w| (w.dispatch.0, w.position, w.priority))
+            .collect();
+        assert_eq!(seen, [(3, 1, 5), (1, 2, 0), (2, 3, 0)]);
+        let plan = plan_dispatch(
+            &s,
+            &open,
+            &states(PoolState::Known {
+                running: 0,
+                runs: vec![],
+            }),
+            &BTreeSet::new(),
+            &HashSet::new(),
+            DispatchLimits::from(&s.dispatch),
+            NOW,
+        );
+        assert_eq!(plan.trigger, [DispatchId(3)]);
     }
 }

@@ -7,7 +7,8 @@
 //!   dispatch inherits the queue position of the one it replaces, so pushes to
 //!   a PR never send it to the back of the queue.
 //! * [`plan_dispatch`] picks what to trigger: per pool, free = max − running −
-//!   reserved, oldest queue position first; a pool whose Kubernetes state is
+//!   reserved, in the pool's order ([`dispatch_order`]: priorities, then
+//!   `fifo` or `round_robin_repository`); a pool whose Kubernetes state is
 //!   unknown gets nothing (fail closed). It also settles triggers whose
 //!   outcome is open: a run carrying the dispatch id (pool `dispatch_label`)
 //!   confirms its dispatch exactly; without the label an orphaned trigger is
@@ -24,6 +25,7 @@ use time::OffsetDateTime;
 use crate::backoff::retry_delay;
 use crate::config::{PoolKey, PoolSpec, Settings};
 use crate::domain::{DispatchId, DispatchState, EventId, PullRequestRef};
+use crate::fairness::dispatch_order;
 use crate::ports::{OpenDispatch, PoolState, RunView, TriggerError};
 
 /// An event with the items it matched.
@@ -271,7 +273,7 @@ pub struct PoolUsage {
 /// Decisions of one dispatch pass.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DispatchPlan {
-    /// Dispatches to trigger now, FIFO order per pool.
+    /// Dispatches to trigger now, in each pool's dispatch order.
     pub trigger: Vec<DispatchId>,
     /// Bookkeeping to record before triggering: confirmations, recoveries, failures.
     pub outcomes: Vec<DispatchOutcome>,
@@ -518,7 +520,7 @@ fn plan_pool(
         _ => HashMap::new(),
     };
     let mut reserved = 0u32;
-    let mut eligible = Vec::new();
+    let mut queued = Vec::new();
     let mut waiting = 0u32;
     let mut oldest_waiting: Option<OffsetDateTime> = None;
     for d in work {
@@ -608,16 +610,21 @@ fn plan_pool(
                         t.min(d.next_attempt_at)
                     }),
                 );
-                if d.next_attempt_at <= now {
-                    eligible.push(d);
-                } else {
+                if d.next_attempt_at > now {
                     wake(plan, d.next_attempt_at);
                 }
+                queued.push(d);
             }
             DispatchState::Confirmed | DispatchState::Cancelled | DispatchState::Failed => {}
         }
     }
     let Some(spec) = spec else { return };
+    // The pool's order (priorities, fairness) over all its waiting work, the
+    // order operators see; work waiting for a retry keeps its place.
+    let eligible: Vec<&OpenDispatch> = dispatch_order(spec, &settings.priority_labels, &queued)
+        .into_iter()
+        .filter(|d| d.next_attempt_at <= now)
+        .collect();
     let (running, blocked) = match state {
         Some(PoolState::Known { running, .. }) => (Some(*running), None),
         Some(PoolState::Unknown { reason }) => (None, Some(reason.clone())),

@@ -171,10 +171,12 @@ pub trait OperatorStore: Send + Sync + 'static {
         &self,
         event: EventId,
     ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
-    /// The open work and paused pools, read in one transaction.
+    /// The open work (with the `extras` asked for) and paused pools, read
+    /// in one transaction.
     fn queue_snapshot(
         &self,
         reservation_timeout: std::time::Duration,
+        extras: OpenExtras,
     ) -> impl Future<Output = Result<QueueSnapshot, StoreError>> + Send;
     /// Replays a finished event as a new round of dispatches (`None`: no such event).
     fn replay(
@@ -208,6 +210,38 @@ pub struct UnplannedEvent {
     pub pr: PullRequestRef,
     /// Forwardable headers.
     pub headers: Vec<(String, String)>,
+    /// The PR's labels in this payload (`None`: the payload had no list).
+    pub labels: Option<Vec<String>>,
+}
+
+/// What [`DispatchStore::open_dispatches`] reads besides the dispatches.
+/// Each extra costs a subquery per waiting dispatch, so it is read only
+/// when some pool's order needs it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenExtras {
+    /// Fill [`OpenDispatch::labels`] (some `dispatcher.priority_labels`).
+    pub labels: bool,
+    /// Fill [`OpenDispatch::recent_triggers`] (some pool is not `fifo`).
+    pub recent_triggers: bool,
+}
+
+impl OpenExtras {
+    /// The dispatches alone (every pool `fifo`, no priority labels).
+    pub const NONE: Self = Self {
+        labels: false,
+        recent_triggers: false,
+    };
+
+    /// What the pools of `settings` need to be ordered.
+    pub fn for_settings(settings: &crate::config::Settings) -> Self {
+        Self {
+            labels: !settings.priority_labels.is_empty(),
+            recent_triggers: settings
+                .pools
+                .values()
+                .any(|p| p.fairness != crate::config::Fairness::Fifo),
+        }
+    }
 }
 
 /// A dispatch that still needs the engine: queued, triggering or triggered.
@@ -240,6 +274,15 @@ pub struct OpenDispatch {
     /// A dispatch for a newer event of the same PR and item exists (in any
     /// state). A queued dispatch with a newer sibling must not run.
     pub has_newer: bool,
+    /// The pull request's labels as of its newest stored event that had a
+    /// label list (queued work, when [`OpenExtras::labels`]; for
+    /// `dispatcher.priority_labels`).
+    pub labels: Vec<String>,
+    /// When the most recent triggers of this PR's repository in this pool
+    /// started, newest first, at most [`crate::config::MAX_WEIGHT`] (queued
+    /// work, when [`OpenExtras::recent_triggers`]; for
+    /// `round_robin_repository` turns across passes).
+    pub recent_triggers: Vec<OffsetDateTime>,
 }
 
 /// Everything needed to POST one dispatch to its EventListener.
@@ -290,10 +333,12 @@ pub trait DispatchStore: Send {
         &mut self,
         ids: &[EventId],
     ) -> impl Future<Output = Result<std::collections::HashMap<EventId, String>, StoreError>> + Send;
-    /// Queued and triggering dispatches, plus triggered ones newer than `reservation_cutoff`.
+    /// Queued and triggering dispatches, plus triggered ones newer than
+    /// `reservation_cutoff`, with the `extras` asked for.
     fn open_dispatches(
         &mut self,
         reservation_cutoff: OffsetDateTime,
+        extras: OpenExtras,
     ) -> impl Future<Output = Result<Vec<OpenDispatch>, StoreError>> + Send;
     /// Applies matching results atomically: aborts, new dispatches, superseded
     /// ones. Returns the new dispatches that are queued.

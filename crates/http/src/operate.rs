@@ -18,8 +18,8 @@ use dispatcher_core::config::{PoolKey, Settings};
 use dispatcher_core::domain::{EventDetail, EventUuid, TimelineEntry, TimelineKind, rfc3339};
 use dispatcher_core::operate::{PoolOverview, QueuedWork, WaitReason, overview};
 use dispatcher_core::ports::{
-    CancelOutcome, EventRepository, OperatorStore, PoolState, ReplayOutcome, ReplayRequest,
-    ReplayTarget,
+    CancelOutcome, EventRepository, OpenExtras, OperatorStore, PoolState, ReplayOutcome,
+    ReplayRequest, ReplayTarget,
 };
 use dispatcher_core::rules::{EventFacts, FilterVerdict, ItemVerdict, explain_items};
 use dispatcher_core::timeline::{describe, fact};
@@ -61,7 +61,10 @@ impl<R: EventRepository + OperatorStore> App<R> {
         let settings = self.settings();
         let snapshot = self
             .repo
-            .queue_snapshot(settings.dispatch.reservation_timeout)
+            .queue_snapshot(
+                settings.dispatch.reservation_timeout,
+                OpenExtras::for_settings(&settings),
+            )
             .await?;
         let states: BTreeMap<PoolKey, PoolState> = settings
             .pools
@@ -257,12 +260,17 @@ pub fn explain_text(e: &Explanation, now: OffsetDateTime) -> String {
         for (pool, of, w) in &e.waiting {
             let _ = writeln!(
                 out,
-                "  dispatch {} ({}): position {} of {} in pool {}: {}{}",
+                "  dispatch {} ({}): position {} of {} in pool {}{}: {}{}",
                 w.dispatch,
                 w.item,
                 w.position,
                 of,
                 pool,
+                if w.priority == 0 {
+                    String::new()
+                } else {
+                    format!(" (priority {})", w.priority)
+                },
                 w.reason,
                 w.estimated_start.map_or_else(String::new, |t| format!(
                     "; estimated start {}",

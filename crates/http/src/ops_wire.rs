@@ -86,6 +86,8 @@ pub(crate) struct QueuedJson<'a> {
     repository: &'a str,
     pull_request_number: i64,
     pull_request_url: String,
+    /// From `dispatcher.priority_labels` and the PR's labels (0 without).
+    priority: i32,
     queued_at: Option<String>,
     wait_seconds: Option<f64>,
     /// `starting`, `pool_full`, `retry_later`, `paused`, `kubernetes_unknown`.
@@ -113,6 +115,7 @@ pub(crate) fn queued_json<'a>(
         repository: &w.pr.repository,
         pull_request_number: w.pr.number,
         pull_request_url: format!("{pr_base}/{}/pull/{}", w.pr.repository, w.pr.number),
+        priority: w.priority,
         queued_at: w.queued_at.map(rfc3339::format),
         wait_seconds: w.queued_at.map(|t| seconds(now - t)),
         reason: reason_code(&w.reason),
@@ -151,6 +154,8 @@ pub(crate) struct PoolJson<'a> {
     namespace: &'a str,
     pipeline: &'a str,
     annotation_selector: &'a std::collections::BTreeMap<String, String>,
+    /// `fifo` or `round_robin_repository`.
+    fairness: &'static str,
     capacity: u32,
     running: Option<u32>,
     reserved: u32,
@@ -176,6 +181,7 @@ pub(crate) fn pool_json<'a>(
         namespace: &p.spec.namespace,
         pipeline: &p.spec.pipeline_name,
         annotation_selector: &p.spec.annotation_selector,
+        fairness: p.spec.fairness.as_str(),
         capacity: u.max_capacity,
         running: u.running,
         reserved: u.reserved,

@@ -228,6 +228,7 @@ pub(crate) async fn receive<R: EventRepository>(
         action: fields.action,
         repository_full_name: fields.repository_full_name,
         pull_request_number: fields.pull_request_number,
+        labels: fields.labels,
         payload,
         headers: forwarded,
     };

@@ -267,6 +267,7 @@ impl Harness {
                 action: "opened".to_owned(),
                 repository_full_name: "o/r".to_owned(),
                 pull_request_number: pr,
+                labels: None,
                 payload: format!("{{\"action\":\"opened\",\"number\":{pr}}}"),
                 headers: vec![("X-GitHub-Event".to_owned(), "pull_request".to_owned())],
             })

@@ -36,6 +36,7 @@ struct NewRow<'a> {
     pull_request_number: i64,
     payload: RawJsonRef<'a>,
     headers: serde_json::Value,
+    labels: Option<&'a [String]>,
 }
 
 #[derive(Queryable, QueryableByName, Selectable)]
@@ -168,6 +169,7 @@ impl EventRepository for PgEvents {
             pull_request_number: event.pull_request_number,
             payload: RawJsonRef(&event.payload),
             headers: headers_to_json(&event.headers),
+            labels: event.labels.as_deref(),
         };
         // One autocommit statement: when it returns, the row is durable.
         // ON CONFLICT makes concurrent redeliveries wait for the first insert

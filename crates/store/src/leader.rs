@@ -25,7 +25,9 @@ use dispatcher_core::domain::{
     UNSUPPORTED_MESSAGE, rfc3339,
 };
 use dispatcher_core::planner::{DispatchOutcome, IntakePlan};
-use dispatcher_core::ports::{DispatchStore, OpenDispatch, StoreError, TriggerJob, UnplannedEvent};
+use dispatcher_core::ports::{
+    DispatchStore, OpenDispatch, OpenExtras, StoreError, TriggerJob, UnplannedEvent,
+};
 use dispatcher_core::timeline::fact;
 use futures_util::{FutureExt, StreamExt};
 use time::OffsetDateTime;
@@ -148,6 +150,10 @@ struct OpenWithSiblings {
     dispatch: OpenRow,
     #[diesel(sql_type = diesel::sql_types::Bool)]
     has_newer: bool,
+    #[diesel(sql_type = Array<Text>)]
+    labels: Vec<String>,
+    #[diesel(sql_type = Array<Timestamptz>)]
+    recent_triggers: Vec<OffsetDateTime>,
 }
 
 #[derive(QueryableByName)]
@@ -375,11 +381,20 @@ fn open_from_row(r: OpenRow) -> OpenDispatch {
         trigger_started_at: r.trigger_started_at,
         triggered_at: r.triggered_at,
         has_newer: false,
+        labels: Vec::new(),
+        recent_triggers: Vec::new(),
     }
 }
 
 /// `(id, action, repository, pull request number, headers)` of an unplanned event.
-type UnplannedRow = (i64, String, String, i64, serde_json::Value);
+type UnplannedRow = (
+    i64,
+    String,
+    String,
+    i64,
+    serde_json::Value,
+    Option<Vec<String>>,
+);
 
 impl DispatchStore for LeaderSession {
     async fn database_now(&mut self) -> Result<OffsetDateTime, StoreError> {
@@ -419,18 +434,22 @@ impl DispatchStore for LeaderSession {
                 webhook_events::repository_full_name,
                 webhook_events::pull_request_number,
                 webhook_events::headers,
+                webhook_events::labels,
             ))
             .load(&mut self.conn)
             .await;
         let rows = self.settle(started, rows).await?;
         Ok(rows
             .into_iter()
-            .map(|(id, action, repository, number, headers)| UnplannedEvent {
-                id: EventId(id),
-                action,
-                pr: PullRequestRef { repository, number },
-                headers: headers_from_json(&headers),
-            })
+            .map(
+                |(id, action, repository, number, headers, labels)| UnplannedEvent {
+                    id: EventId(id),
+                    action,
+                    pr: PullRequestRef { repository, number },
+                    headers: headers_from_json(&headers),
+                    labels,
+                },
+            )
             .collect())
     }
 
@@ -456,10 +475,11 @@ impl DispatchStore for LeaderSession {
     async fn open_dispatches(
         &mut self,
         reservation_cutoff: OffsetDateTime,
+        extras: OpenExtras,
     ) -> Result<Vec<OpenDispatch>, StoreError> {
         self.ensure_held()?;
         let started = Instant::now();
-        let rows = load_open(&mut self.conn, reservation_cutoff).await;
+        let rows = load_open(&mut self.conn, reservation_cutoff, extras).await;
         self.settle(started, rows).await
     }
 
@@ -920,11 +940,12 @@ impl DispatchStore for LeaderSession {
 }
 
 /// Queued and triggering dispatches plus triggered ones newer than
-/// `reservation_cutoff`, in pool FIFO order (the engine's hot query; the
+/// `reservation_cutoff` with the `extras` asked for, in pool FIFO order (the engine's hot query; the
 /// operators' queue view reads the same).
 pub(crate) async fn load_open(
     conn: &mut AsyncPgConnection,
     reservation_cutoff: OffsetDateTime,
+    extras: OpenExtras,
 ) -> Result<Vec<OpenDispatch>, DieselError> {
     let rows: Vec<OpenWithSiblings> = diesel::sql_query(
         "SELECT d.id, d.event_id, d.item_name, d.pool, d.repository_full_name, d.pull_request_number,
@@ -935,7 +956,26 @@ pub(crate) async fn load_open(
                          WHERE n.repository_full_name = d.repository_full_name
                            AND n.pull_request_number = d.pull_request_number
                            AND n.item_name = d.item_name
-                           AND n.event_id > d.event_id) AS has_newer
+                           AND n.event_id > d.event_id) AS has_newer,
+                -- Waiting work, only when a pool's order needs it ($5/$6 are
+                -- false otherwise and the subqueries never run): the PR's
+                -- labels as of its newest event that carried a label list
+                -- (a later `labeled` delivery counts even when no item
+                -- matches it), for dispatcher.priority_labels ...
+                CASE WHEN $5 AND d.state = $4 THEN COALESCE((
+                    SELECT e.labels FROM webhook_events e
+                     WHERE e.repository_full_name = d.repository_full_name
+                       AND e.pull_request_number = d.pull_request_number
+                       AND e.labels IS NOT NULL
+                     ORDER BY e.id DESC LIMIT 1), '{}') ELSE '{}' END AS labels,
+                -- ... and its repository's most recent trigger starts in this
+                -- pool, for round_robin_repository turns across passes.
+                CASE WHEN $6 AND d.state = $4 THEN ARRAY(
+                    SELECT s.trigger_started_at FROM dispatches s
+                     WHERE s.pool = d.pool
+                       AND s.repository_full_name = d.repository_full_name
+                       AND s.trigger_started_at IS NOT NULL
+                     ORDER BY s.trigger_started_at DESC LIMIT $7) ELSE '{}' END AS recent_triggers
            FROM dispatches d
           WHERE d.state = ANY($2)
              OR (d.state = $3 AND d.triggered_at > $1)
@@ -947,12 +987,18 @@ pub(crate) async fn load_open(
         DbDispatchState(DispatchState::Triggering),
     ])
     .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Triggered))
+    .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Queued))
+    .bind::<Bool, _>(extras.labels)
+    .bind::<Bool, _>(extras.recent_triggers)
+    .bind::<Int8, _>(i64::from(dispatcher_core::config::MAX_WEIGHT))
     .load(conn)
     .await?;
     Ok(rows
         .into_iter()
         .map(|r| OpenDispatch {
             has_newer: r.has_newer,
+            labels: r.labels,
+            recent_triggers: r.recent_triggers,
             ..open_from_row(r.dispatch)
         })
         .collect())

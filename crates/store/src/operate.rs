@@ -18,7 +18,7 @@ use dispatcher_core::domain::{
 };
 use dispatcher_core::operate::{PauseInfo, QueueSnapshot, WaitingFacts};
 use dispatcher_core::ports::{
-    CancelOutcome, OperatorStore, ReplayOutcome, ReplayRequest, StoreError,
+    CancelOutcome, OpenExtras, OperatorStore, ReplayOutcome, ReplayRequest, StoreError,
 };
 use dispatcher_core::timeline::fact;
 use time::OffsetDateTime;
@@ -69,6 +69,7 @@ impl OperatorStore for PgEvents {
     async fn queue_snapshot(
         &self,
         reservation_timeout: Duration,
+        extras: OpenExtras,
     ) -> Result<QueueSnapshot, StoreError> {
         let mut conn = self.db.conn().await?;
         let result = conn
@@ -79,7 +80,7 @@ impl OperatorStore for PgEvents {
                 let Now { now } = diesel::sql_query("SELECT now() AS now")
                     .get_result(conn)
                     .await?;
-                let open = load_open(conn, now - reservation_timeout).await?;
+                let open = load_open(conn, now - reservation_timeout, extras).await?;
                 let ids: Vec<i64> = open.iter().map(|d| d.id.0).collect();
                 let facts: Vec<(i64, uuid::Uuid, OffsetDateTime, Option<String>)> =
                     dispatches::table

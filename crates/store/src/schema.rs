@@ -48,6 +48,7 @@ diesel::table! {
         superseded_duplicate -> Bool,
         round -> Int4,
         payload_dropped_at -> Nullable<Timestamptz>,
+        labels -> Nullable<Array<Text>>,
     }
 }
 

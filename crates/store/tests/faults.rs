@@ -40,6 +40,7 @@ fn event(delivery: &str, pr: i64) -> NewEvent {
         action: "opened".to_owned(),
         repository_full_name: "o/r".to_owned(),
         pull_request_number: pr,
+        labels: None,
         payload: "{}".to_owned(),
         headers: vec![],
     }

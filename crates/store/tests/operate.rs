@@ -9,8 +9,8 @@ use dispatcher_core::config::PoolKey;
 use dispatcher_core::domain::{DispatchState, EventId, EventStatus, TimelineKind};
 use dispatcher_core::planner::{DispatchOutcome, IntakePlan, NewDispatch};
 use dispatcher_core::ports::{
-    CancelOutcome, DispatchStore, EventRepository, OperatorStore, RecordOutcome, ReplayOutcome,
-    ReplayRequest, ReplayTarget,
+    CancelOutcome, DispatchStore, EventRepository, OpenExtras, OperatorStore, RecordOutcome,
+    ReplayOutcome, ReplayRequest, ReplayTarget,
 };
 use dispatcher_store::{Database, LeaderOptions, PoolOptions};
 use dispatcher_testdb::TestDatabase;
@@ -110,7 +110,7 @@ async fn timeline_cancel_replay_and_pause_keep_newest_wins() {
 
     // The snapshot: the open work with its event's public id.
     let snapshot = events
-        .queue_snapshot(Duration::from_secs(60))
+        .queue_snapshot(Duration::from_secs(60), OpenExtras::NONE)
         .await
         .unwrap();
     let open: Vec<EventId> = snapshot.open.iter().map(|d| d.event_id).collect();
@@ -153,7 +153,7 @@ async fn timeline_cancel_replay_and_pause_keep_newest_wins() {
     );
     assert!(!detail.event.processed);
     // The forced round is not superseded by the newer event, and waits at the back.
-    let open = leader.open_dispatches(now).await.unwrap();
+    let open = leader.open_dispatches(now, OpenExtras::NONE).await.unwrap();
     let replayed = open.iter().find(|d| d.id == dispatches[0]).unwrap();
     assert!(!replayed.has_newer, "force skips newest-wins");
     assert!(replayed.queue_position >= other.0);
@@ -185,7 +185,7 @@ async fn timeline_cancel_replay_and_pause_keep_newest_wins() {
     assert!(!events.set_paused(&pool, true, "bob").await.unwrap());
     assert!(leader.paused_pools().await.unwrap().contains(&pool));
     let snapshot = events
-        .queue_snapshot(Duration::from_secs(60))
+        .queue_snapshot(Duration::from_secs(60), OpenExtras::NONE)
         .await
         .unwrap();
     assert_eq!(snapshot.paused[&pool].by, "alice");

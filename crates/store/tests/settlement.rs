@@ -23,7 +23,7 @@ use dispatcher_core::config::PoolKey;
 use dispatcher_core::domain::{DispatchId, DispatchState, EventId, EventStatus, PullRequestRef};
 use dispatcher_core::intake::NewEvent;
 use dispatcher_core::planner::{DispatchOutcome, IntakePlan, NewDispatch};
-use dispatcher_core::ports::{DispatchStore, EventRepository, RecordOutcome};
+use dispatcher_core::ports::{DispatchStore, EventRepository, OpenExtras, RecordOutcome};
 use dispatcher_store::{ConnectionOptions, Database, LeaderOptions, LeaderSession, PoolOptions};
 use dispatcher_testdb::TestDatabase;
 use time::OffsetDateTime;
@@ -91,6 +91,7 @@ impl Fixture {
                 action: "opened".to_owned(),
                 repository_full_name: "o/r".to_owned(),
                 pull_request_number: pr,
+                labels: None,
                 payload: format!("{{\"pr\":{pr}}}"),
                 headers: vec![],
             })
@@ -460,7 +461,11 @@ async fn moved_changes_the_pool_of_queued_dispatches_only() {
             ..before
         }
     );
-    let open = f.leader.open_dispatches(now).await.unwrap();
+    let open = f
+        .leader
+        .open_dispatches(now, OpenExtras::NONE)
+        .await
+        .unwrap();
     let listed = open.iter().find(|d| d.id == queued).expect("still open");
     assert_eq!(
         (listed.pool.0.as_str(), listed.state),
@@ -522,7 +527,11 @@ async fn a_delivery_older_than_an_already_dispatched_event_is_cancelled() {
         }
         assert_eq!(f.row(done).await.state, finished.as_str());
         assert!(
-            f.leader.open_dispatches(now).await.unwrap().is_empty(),
+            f.leader
+                .open_dispatches(now, OpenExtras::NONE)
+                .await
+                .unwrap()
+                .is_empty(),
             "the newer event has no open work left"
         );
 
@@ -562,7 +571,7 @@ async fn a_delivery_older_than_an_already_dispatched_event_is_cancelled() {
         // Never handed out as work later either.
         let open: Vec<DispatchId> = f
             .leader
-            .open_dispatches(now)
+            .open_dispatches(now, OpenExtras::NONE)
             .await
             .unwrap()
             .iter()

@@ -13,9 +13,11 @@ use diesel_migrations::MigrationHarness;
 use dispatcher_core::domain::{
     DispatchId, DispatchState, EventId, EventStatus, EventUuid, PullRequestRef,
 };
+use dispatcher_core::intake::NewEvent;
 use dispatcher_core::planner::{DispatchOutcome, IntakePlan};
 use dispatcher_core::ports::{
-    DispatchStore, EventFilter, EventQuery, EventRepository, LabelStore, LabelTask, RecordOutcome,
+    DispatchStore, EventFilter, EventQuery, EventRepository, LabelStore, LabelTask, OpenExtras,
+    RecordOutcome,
 };
 use dispatcher_store::{ConnectionOptions, Database, LeaderOptions, MIGRATIONS, PoolOptions};
 use dispatcher_testdb::TestDatabase;
@@ -288,7 +290,7 @@ async fn dispatch_lifecycle_updates_event_status() {
     assert_eq!(status(e2).await.event.status, EventStatus::Queued);
 
     let open = leader
-        .open_dispatches(now - Duration::from_secs(120))
+        .open_dispatches(now - Duration::from_secs(120), OpenExtras::NONE)
         .await
         .unwrap();
     assert_eq!(open.len(), 1);
@@ -354,7 +356,7 @@ async fn dispatch_lifecycle_updates_event_status() {
     assert!(detail.dispatches[0].confirmed_at.is_some());
     assert!(
         leader
-            .open_dispatches(now - Duration::from_secs(120))
+            .open_dispatches(now - Duration::from_secs(120), OpenExtras::NONE)
             .await
             .unwrap()
             .is_empty()
@@ -378,7 +380,7 @@ async fn retries_and_failures_are_recorded() {
         ..IntakePlan::default()
     };
     leader.apply_intake(&plan, now).await.unwrap();
-    let id: DispatchId = leader.open_dispatches(now).await.unwrap()[0].id;
+    let id: DispatchId = leader.open_dispatches(now, OpenExtras::NONE).await.unwrap()[0].id;
     leader.begin_triggers(&[id], now).await.unwrap();
     let later = now + Duration::from_secs(3);
     leader
@@ -393,7 +395,7 @@ async fn retries_and_failures_are_recorded() {
         )
         .await
         .unwrap();
-    let open = leader.open_dispatches(now).await.unwrap();
+    let open = leader.open_dispatches(now, OpenExtras::NONE).await.unwrap();
     assert_eq!(
         (open[0].state, open[0].attempts),
         (DispatchState::Queued, 1)
@@ -477,7 +479,7 @@ async fn label_intents_follow_the_queue() {
     );
 
     // Dispatched: the label must go.
-    let id = leader.open_dispatches(now).await.unwrap()[0].id;
+    let id = leader.open_dispatches(now, OpenExtras::NONE).await.unwrap()[0].id;
     leader.begin_triggers(&[id], now).await.unwrap();
     leader
         .record_outcomes(
@@ -792,7 +794,7 @@ async fn a_retry_knows_about_newer_events_and_can_be_superseded() {
         .await
         .unwrap();
     let open = leader
-        .open_dispatches(now - Duration::from_secs(60))
+        .open_dispatches(now - Duration::from_secs(60), OpenExtras::NONE)
         .await
         .unwrap();
     let flags: Vec<(DispatchId, bool)> = open.iter().map(|d| (d.id, d.has_newer)).collect();
@@ -812,4 +814,91 @@ async fn a_retry_knows_about_newer_events_and_can_be_superseded() {
             .contains("binary"),
         "NUL bytes are storable"
     );
+}
+
+/// Waiting work carries its PR's labels from the newest stored event (a
+/// later `labeled` delivery no item matched counts) and its repository's
+/// recent trigger starts in the pool; work in flight carries neither.
+#[tokio::test(flavor = "multi_thread")]
+async fn open_work_carries_current_labels_and_recent_triggers() {
+    let t = TestDatabase::new();
+    let database = db(&t);
+    let events = database.events();
+    let labelled = |names: &[&str]| {
+        let labels: Vec<serde_json::Value> = names
+            .iter()
+            .map(|n| serde_json::json!({"name": n, "color": "ededed"}))
+            .collect();
+        serde_json::json!({"pull_request": {"labels": labels}}).to_string()
+    };
+    let e1 = created(events.record(event("a", 1, &labelled(&[]))).await.unwrap());
+    let e2 = created(
+        events
+            .record(event("b", 2, &labelled(&["x"])))
+            .await
+            .unwrap(),
+    );
+    let e3 = created(
+        events
+            .record(event("c", 3, r#"{"pull_request": {"labels": "nonsense"}}"#))
+            .await
+            .unwrap(),
+    );
+    let e4 = created(
+        events
+            .record(NewEvent {
+                action: "labeled".into(),
+                ..event("d", 1, &labelled(&["priority/critical", "x"]))
+            })
+            .await
+            .unwrap(),
+    );
+    let mut leader = database
+        .try_lead(false, LeaderOptions::default())
+        .await
+        .unwrap()
+        .expect("leader");
+    let now = OffsetDateTime::now_utc();
+    let plan = IntakePlan {
+        planned: vec![e1, e2, e3, e4],
+        aborted: vec![e4],
+        new_dispatches: vec![
+            new_dispatch(e1, 1, "ops", DispatchState::Queued),
+            new_dispatch(e2, 2, "ops", DispatchState::Queued),
+            new_dispatch(e3, 3, "ops", DispatchState::Queued),
+        ],
+        ..IntakePlan::default()
+    };
+    let created = leader.apply_intake(&plan, now).await.unwrap();
+    let (a, b, c) = (created[0].id, created[1].id, created[2].id);
+    leader.begin_triggers(&[b], now).await.unwrap();
+    let cutoff = now - Duration::from_secs(60);
+    let plain = leader
+        .open_dispatches(cutoff, OpenExtras::NONE)
+        .await
+        .unwrap();
+    assert!(
+        plain
+            .iter()
+            .all(|d| d.labels.is_empty() && d.recent_triggers.is_empty()),
+        "extras are read only when asked for"
+    );
+    let extras = OpenExtras {
+        labels: true,
+        recent_triggers: true,
+    };
+    let open = leader.open_dispatches(cutoff, extras).await.unwrap();
+    let find = |id| open.iter().find(|d| d.id == id).expect("open");
+    assert_eq!(find(a).labels, ["priority/critical", "x"]);
+    assert!(find(b).labels.is_empty(), "in flight: not ordered");
+    assert!(
+        find(c).labels.is_empty(),
+        "labels that are not a list count as none"
+    );
+    for id in [a, c] {
+        let recent = &find(id).recent_triggers;
+        assert_eq!(recent.len(), 1, "{recent:?}");
+        assert!((recent[0] - now).abs() < time::Duration::milliseconds(1));
+    }
+    assert!(find(b).recent_triggers.is_empty());
 }

@@ -261,10 +261,22 @@ pub fn http() -> reqwest::Client {
 }
 
 pub fn pr_payload(repo: &str, number: i64, action: &str) -> String {
+    pr_payload_labelled(repo, number, action, &[])
+}
+
+/// [`pr_payload`] of a pull request carrying `labels` (GitHub's label objects).
+pub fn pr_payload_labelled(repo: &str, number: i64, action: &str, labels: &[&str]) -> String {
+    let mut pull_request = json!({"number": number, "title": format!("PR {number}"), "base": {"ref": "main"}, "head": {"sha": "abc"}});
+    if !labels.is_empty() {
+        pull_request["labels"] = labels
+            .iter()
+            .map(|l| json!({"name": l, "color": "ededed"}))
+            .collect();
+    }
     json!({
         "action": action,
         "number": number,
-        "pull_request": {"number": number, "title": format!("PR {number}"), "base": {"ref": "main"}, "head": {"sha": "abc"}},
+        "pull_request": pull_request,
         "repository": {"full_name": repo},
     })
     .to_string()

@@ -41,6 +41,12 @@ pub struct WorldOptions {
     /// Label as a GitHub App (`github.app`, the fake in app mode) instead of
     /// with `GITHUB_TOKEN`.
     pub github_app: bool,
+    /// `capacity.fairness` of the pool (empty: the default, fifo).
+    pub fairness: &'static str,
+    /// A second item `ops2` for this repository on the same pool.
+    pub second_repository: Option<&'static str>,
+    /// `dispatcher.priority_labels`, as YAML (empty: none).
+    pub priority_labels: &'static str,
 }
 
 impl Default for WorldOptions {
@@ -55,6 +61,9 @@ impl Default for WorldOptions {
             extra_yaml: "",
             allowed_events: "[pull_request]",
             github_app: false,
+            fairness: "",
+            second_repository: None,
+            priority_labels: "",
         }
     }
 }
@@ -121,11 +130,33 @@ impl World {
     }
 
     pub fn config(&self) -> String {
-        let label = if self.options.dispatch_label {
+        let mut label = if self.options.dispatch_label {
             format!(", dispatch_label: \"{DISPATCH_LABEL}\"")
         } else {
             String::new()
         };
+        if !self.options.fairness.is_empty() {
+            label.push_str(&format!(", fairness: {}", self.options.fairness));
+        }
+        let mut items = String::new();
+        if let Some(repo) = self.options.second_repository {
+            items.push_str(&format!(
+                r#"
+    - name: ops2
+      events: [opened, synchronize, reopened]
+      full_repository_name: {repo}
+      capacity: {{type: ocp_tekton, pipeline_name: {PIPELINE}, max_capacity: {cap}, namespace: ns{label}}}
+      callback_url: "{listener}""#,
+                cap = self.options.capacity,
+                listener = self.listener.url(),
+            ));
+        }
+        if !self.options.priority_labels.is_empty() {
+            items.push_str(&format!(
+                "\n  priority_labels: {}",
+                self.options.priority_labels
+            ));
+        }
         format!(
             r#"
 dispatcher:
@@ -134,7 +165,7 @@ dispatcher:
       events: [opened, synchronize, reopened]
       full_repository_name: o/r
       capacity: {{type: ocp_tekton, pipeline_name: {PIPELINE}, max_capacity: {cap}, namespace: ns{label}}}
-      callback_url: "{listener}"
+      callback_url: "{listener}"{items}
 security:
   github_webhook_secret: "${{GITHUB_WEBHOOK_SECRET}}"
   allowed_github_events: {allowed_events}

@@ -130,6 +130,88 @@ pub struct PoolSpec {
     /// PipelineRun label carrying the dispatch id (`capacity.dispatch_label`):
     /// when set, a run is matched to its dispatch exactly.
     pub dispatch_label: Option<String>,
+    /// How waiting work of several repositories shares the pool
+    /// (`capacity.fairness`, `capacity.weights`).
+    pub fairness: Fairness,
+}
+
+/// Largest `capacity.weights` value: the order looks back this many
+/// dispatches per repository (see [`crate::fairness`]).
+pub const MAX_WEIGHT: u32 = 10;
+
+/// `capacity.fairness` of a pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Fairness {
+    /// Oldest queue position first (the original's order).
+    #[default]
+    Fifo,
+    /// Repositories take turns, each with its oldest waiting work.
+    RoundRobinRepository {
+        /// `owner/name` → turns per round (absent = 1).
+        weights: BTreeMap<String, u32>,
+    },
+}
+
+impl Fairness {
+    /// The configured name: `fifo` or `round_robin_repository`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Fifo => "fifo",
+            Self::RoundRobinRepository { .. } => "round_robin_repository",
+        }
+    }
+
+    /// Turns per round of `repository` (1 unless weighted).
+    pub fn weight(&self, repository: &str) -> u32 {
+        match self {
+            Self::Fifo => 1,
+            Self::RoundRobinRepository { weights } => weights.get(repository).copied().unwrap_or(1),
+        }
+    }
+}
+
+/// `dispatcher.priority_labels`, validated: the priority of waiting work is
+/// the highest priority among its pull request's labels (0 without one).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PriorityLabels {
+    /// Lower-cased label → priority.
+    by_label: BTreeMap<String, i32>,
+}
+
+impl PriorityLabels {
+    /// From `(label, priority)` pairs (labels compared case-insensitively,
+    /// as GitHub does).
+    pub fn new<'a>(entries: impl IntoIterator<Item = (&'a str, i32)>) -> Self {
+        Self {
+            by_label: entries
+                .into_iter()
+                .map(|(l, p)| (l.trim().to_lowercase(), p))
+                .collect(),
+        }
+    }
+
+    /// No label carries a priority.
+    pub fn is_empty(&self) -> bool {
+        self.by_label.is_empty()
+    }
+
+    /// How many labels carry a priority.
+    pub fn len(&self) -> usize {
+        self.by_label.len()
+    }
+
+    /// The priority of a pull request with these labels.
+    pub fn priority<S: AsRef<str>>(&self, labels: &[S]) -> i32 {
+        if self.by_label.is_empty() {
+            return 0;
+        }
+        labels
+            .iter()
+            .filter_map(|l| self.by_label.get(&l.as_ref().trim().to_lowercase()))
+            .copied()
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 impl PoolSpec {
@@ -312,6 +394,8 @@ pub struct Settings {
     pub dev: DevSection,
     /// Retention of finished events (`retention:`); `None` = keep everything.
     pub retention: Option<crate::retention::RetentionPolicy>,
+    /// `dispatcher.priority_labels`.
+    pub priority_labels: PriorityLabels,
 }
 
 impl Settings {
@@ -396,6 +480,16 @@ impl Settings {
                         ),
                     ));
                 }
+                Some((existing, first)) if existing.fairness != pool.fairness => {
+                    errors.push(ConfigError::new(
+                        at("capacity.fairness"),
+                        format!(
+                            "pool {key} is shared with dispatcher.items[{first}] which sets fairness {} with other weights or another mode; one pool has one order (got {})",
+                            existing.fairness.as_str(),
+                            pool.fairness.as_str()
+                        ),
+                    ));
+                }
                 Some((existing, first)) if existing.dispatch_label != pool.dispatch_label => {
                     errors.push(ConfigError::new(
                         at("capacity.dispatch_label"),
@@ -419,6 +513,8 @@ impl Settings {
             });
         }
 
+        let priority_labels =
+            validate_priority_labels(&raw.dispatcher.priority_labels, &mut errors);
         let security = validate_security(raw.security, &mut errors);
         validate_server(&raw.server, &mut errors);
         if raw.database.pool_size == 0 {
@@ -475,6 +571,7 @@ impl Settings {
                 log_level: raw.logging.level,
                 dev: raw.dev,
                 retention,
+                priority_labels,
             }),
             _ => Err(ConfigErrors(errors)),
         }
@@ -625,6 +722,45 @@ fn validate_capacity(
             TektonApiVersion::V1
         }
     };
+    let fairness = match raw.fairness.as_deref().map(str::trim) {
+        None | Some("fifo") => {
+            if !raw.weights.is_empty() {
+                errors.push(ConfigError::new(
+                    at("capacity.weights"),
+                    "only with capacity.fairness: round_robin_repository",
+                ));
+            }
+            Fairness::Fifo
+        }
+        Some("round_robin_repository") => {
+            let mut weights = BTreeMap::new();
+            for (repo, w) in &raw.weights {
+                if !is_full_repo_name(repo) {
+                    errors.push(ConfigError::new(
+                        at(&format!("capacity.weights.{repo}")),
+                        format!("must name a repository as 'owner/name' (got '{repo}')"),
+                    ));
+                }
+                match u32::try_from(*w) {
+                    Ok(n) if (1..=MAX_WEIGHT).contains(&n) => {
+                        weights.insert(repo.clone(), n);
+                    }
+                    _ => errors.push(ConfigError::new(
+                        at(&format!("capacity.weights.{repo}")),
+                        format!("must be between 1 and {MAX_WEIGHT} (got {w})"),
+                    )),
+                }
+            }
+            Fairness::RoundRobinRepository { weights }
+        }
+        Some(other) => {
+            errors.push(ConfigError::new(
+                at("capacity.fairness"),
+                format!("must be 'fifo' or 'round_robin_repository' (got '{other}')"),
+            ));
+            Fairness::Fifo
+        }
+    };
     (errors.len() == before).then(|| PoolSpec {
         key: PoolSpec::key_for(&raw.namespace, &raw.pipeline_name, &raw.annotation_selector),
         namespace: raw.namespace.clone(),
@@ -633,7 +769,32 @@ fn validate_capacity(
         api_version,
         max_capacity,
         dispatch_label,
+        fairness,
     })
+}
+
+fn validate_priority_labels(
+    raw: &[RawPriorityLabel],
+    errors: &mut Vec<ConfigError>,
+) -> PriorityLabels {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, entry) in raw.iter().enumerate() {
+        let label = entry.label.trim();
+        if label.is_empty() {
+            errors.push(ConfigError::new(
+                format!("dispatcher.priority_labels[{i}].label"),
+                "must not be empty",
+            ));
+        } else if let Some(first) = seen.insert(label.to_lowercase(), i) {
+            errors.push(ConfigError::new(
+                format!("dispatcher.priority_labels[{i}].label"),
+                format!(
+                    "duplicate label '{label}' (also dispatcher.priority_labels[{first}]; GitHub labels ignore case)"
+                ),
+            ));
+        }
+    }
+    PriorityLabels::new(raw.iter().map(|e| (e.label.as_str(), e.priority)))
 }
 
 fn validate_security(raw: SecuritySection, errors: &mut Vec<ConfigError>) -> Security {

@@ -43,6 +43,18 @@ pub struct RawConfig {
 pub struct DispatcherSection {
     /// One entry per (repository, pipeline) route.
     pub items: Vec<RawItem>,
+    /// Pull-request labels that move waiting work ahead in its pool.
+    pub priority_labels: Vec<RawPriorityLabel>,
+}
+
+/// One `dispatcher.priority_labels[]` entry.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RawPriorityLabel {
+    /// The pull-request label (GitHub's names: compared case-insensitively).
+    pub label: String,
+    /// Higher is dispatched first; PRs without a listed label have 0.
+    pub priority: i32,
 }
 
 /// One `dispatcher.items[]` entry.
@@ -83,6 +95,10 @@ pub struct RawCapacity {
     /// PipelineRun label into which the pool's TriggerTemplate copies the
     /// `X-Webhook-Dispatcher-Dispatch` header (optional; see deploy/tekton).
     pub dispatch_label: Option<String>,
+    /// `fifo` (default) or `round_robin_repository`.
+    pub fairness: Option<String>,
+    /// `owner/name: N`: turns per round under `round_robin_repository`.
+    pub weights: BTreeMap<String, i64>,
 }
 
 impl Default for RawCapacity {
@@ -95,6 +111,8 @@ impl Default for RawCapacity {
             annotation_selector: BTreeMap::new(),
             api_version: "v1".to_owned(),
             dispatch_label: None,
+            fairness: None,
+            weights: BTreeMap::new(),
         }
     }
 }

@@ -566,3 +566,88 @@ fn a_github_app_is_validated_and_exclusive_with_a_token() {
     });
     assert_eq!(e.field, "github.app.installation_id");
 }
+
+#[test]
+fn fairness_defaults_to_fifo_and_round_robin_takes_weights() {
+    let s = settings(original_example()).expect("valid");
+    assert_eq!(
+        s.pools.values().next().map(|p| p.fairness.clone()),
+        Some(Fairness::Fifo)
+    );
+    assert!(s.priority_labels.is_empty());
+
+    let mut v = original_example();
+    item(&mut v)["capacity"]["fairness"] = json!("round_robin_repository");
+    item(&mut v)["capacity"]["weights"] = json!({"o/busy": 3});
+    v["dispatcher"]["priority_labels"] = json!([
+        {"label": "priority/critical", "priority": 100},
+        {"label": "priority/low", "priority": -10},
+    ]);
+    let s = settings(v).expect("valid");
+    let pool = s.pools.values().next().expect("a pool");
+    assert_eq!(pool.fairness.as_str(), "round_robin_repository");
+    assert_eq!(pool.fairness.weight("o/busy"), 3);
+    assert_eq!(pool.fairness.weight("o/other"), 1);
+    assert_eq!(s.priority_labels.priority(&["x", "Priority/Critical"]), 100);
+    assert_eq!(s.priority_labels.priority(&["priority/low"]), -10);
+    assert_eq!(s.priority_labels.priority::<&str>(&[]), 0);
+}
+
+#[test]
+fn fairness_weights_and_priority_labels_are_checked() {
+    let e = single_error(|v| item(v)["capacity"]["fairness"] = json!("lottery"));
+    assert_eq!(e.field, "dispatcher.items[0].capacity.fairness");
+    let e = single_error(|v| item(v)["capacity"]["weights"] = json!({"o/r": 2}));
+    assert_eq!(e.field, "dispatcher.items[0].capacity.weights");
+    assert!(e.message.contains("round_robin_repository"), "{e}");
+    for bad in [json!(0), json!(11), json!(-1)] {
+        let e = single_error(|v| {
+            item(v)["capacity"]["fairness"] = json!("round_robin_repository");
+            item(v)["capacity"]["weights"] = json!({"o/r": bad});
+        });
+        assert_eq!(e.field, "dispatcher.items[0].capacity.weights.o/r");
+    }
+    let e = single_error(|v| {
+        item(v)["capacity"]["fairness"] = json!("round_robin_repository");
+        item(v)["capacity"]["weights"] = json!({"not-a-repo": 2});
+    });
+    assert_eq!(e.field, "dispatcher.items[0].capacity.weights.not-a-repo");
+    let e = single_error(|v| {
+        v["dispatcher"]["priority_labels"] = json!([{"label": " ", "priority": 1}]);
+    });
+    assert_eq!(e.field, "dispatcher.priority_labels[0].label");
+    let e = single_error(|v| {
+        v["dispatcher"]["priority_labels"] =
+            json!([{"label": "p/high", "priority": 1}, {"label": "P/High", "priority": 2}]);
+    });
+    assert_eq!(e.field, "dispatcher.priority_labels[1].label");
+}
+
+#[test]
+fn items_sharing_a_pool_agree_on_fairness() {
+    let second = |v: &mut Value| {
+        let mut other = item(v).clone();
+        other["name"] = json!("second");
+        other["full_repository_name"] = json!("o/second");
+        v["dispatcher"]["items"]
+            .as_array_mut()
+            .expect("items")
+            .push(other);
+    };
+    let mut v = original_example();
+    item(&mut v)["capacity"]["fairness"] = json!("round_robin_repository");
+    second(&mut v);
+    assert!(settings(v).is_ok());
+
+    let e = single_error(|v| {
+        second(v);
+        v["dispatcher"]["items"][1]["capacity"]["fairness"] = json!("round_robin_repository");
+    });
+    assert_eq!(e.field, "dispatcher.items[1].capacity.fairness");
+    let e = single_error(|v| {
+        item(v)["capacity"]["fairness"] = json!("round_robin_repository");
+        second(v);
+        v["dispatcher"]["items"][1]["capacity"]["weights"] = json!({"o/second": 2});
+    });
+    assert_eq!(e.field, "dispatcher.items[1].capacity.fairness");
+}

@@ -58,6 +58,7 @@ impl MemStore {
                 number: pr,
             },
             headers: vec![("X-GitHub-Event".into(), "pull_request".into())],
+            labels: None,
         };
         self.payloads.insert(EventId(id), format!("{{\"n\":{id}}}"));
         self.events.push((e, false));
@@ -112,6 +113,7 @@ impl DispatchStore for MemStore {
     async fn open_dispatches(
         &mut self,
         cutoff: OffsetDateTime,
+        _extras: OpenExtras,
     ) -> Result<Vec<OpenDispatch>, StoreError> {
         let all: Vec<&OpenDispatch> = self.dispatches.values().map(|(d, _)| d).collect();
         Ok(all
@@ -173,6 +175,8 @@ impl DispatchStore for MemStore {
                 trigger_started_at: None,
                 triggered_at: None,
                 has_newer: false,
+                labels: Vec::new(),
+                recent_triggers: Vec::new(),
             };
             if d.state == DispatchState::Queued {
                 created.push(d.clone());

@@ -113,6 +113,8 @@ fn queued(id: i64, event: i64, pr_number: i64, item: &str, position: i64) -> Ope
         trigger_started_at: None,
         triggered_at: None,
         has_newer: false,
+        labels: Vec::new(),
+        recent_triggers: Vec::new(),
     }
 }
 
@@ -720,6 +722,8 @@ impl Model {
                 trigger_started_at: None,
                 triggered_at: None,
                 has_newer: false,
+                labels: Vec::new(),
+                recent_triggers: Vec::new(),
             };
             self.dispatches.insert(d.id.0, d);
         }
@@ -955,4 +959,116 @@ proptest! {
             "over capacity: {} new, {running} running, {reserved} reserved, cap {cap}", plan.trigger.len()
         );
     }
+}
+
+/// Two repositories sharing pool ns/shared (capacity `cap`): items "ra"
+/// (o/a) and "rb" (o/b), with `fairness` (and weights) and priority labels.
+fn shared_settings(cap: u32, capacity_extra: &serde_json::Value) -> Settings {
+    let item = |name: &str, repo: &str| {
+        let mut capacity = json!({"type": "ocp_tekton", "pipeline_name": "shared",
+                                  "max_capacity": cap, "namespace": "ns"});
+        if let (Some(c), Some(extra)) = (capacity.as_object_mut(), capacity_extra.as_object()) {
+            c.extend(extra.clone());
+        }
+        json!({
+            "name": name, "events": ["opened"], "full_repository_name": repo,
+            "callback_url": "http://el:8080", "capacity": capacity,
+        })
+    };
+    let v = json!({
+        "dispatcher": {
+            "items": [item("ra", "o/a"), item("rb", "o/b")],
+            "priority_labels": [{"label": "priority/critical", "priority": 100}],
+        },
+        "security": {"verify_signatures": false},
+    });
+    let (raw, _) = parse(v).expect("parses");
+    Settings::from_raw(raw).expect("valid")
+}
+
+fn shared_queued(id: i64, repo: &str) -> OpenDispatch {
+    let item = if repo == "o/a" { "ra" } else { "rb" };
+    OpenDispatch {
+        pool: pool("shared"),
+        pr: PullRequestRef {
+            repository: repo.into(),
+            number: id,
+        },
+        ..queued(id, id, id, item, id)
+    }
+}
+
+/// Repository A has 10 PRs queued before B's 2: with capacity 1 draining one
+/// by one, round robin serves B second and fourth; FIFO only after A's ten.
+#[test]
+fn round_robin_shares_a_pool_between_repositories() {
+    fn drain(s: &Settings) -> Vec<i64> {
+        let mut open: Vec<OpenDispatch> = (1..=10)
+            .map(|i| shared_queued(i, "o/a"))
+            .chain([shared_queued(11, "o/b"), shared_queued(12, "o/b")])
+            .collect();
+        let mut order = Vec::new();
+        let mut clock = NOW;
+        while !open.is_empty() {
+            let states = BTreeMap::from([(pool("shared"), known(0, &[]))]);
+            let plan = plan_dispatch(s, &open, &states, &HashSet::new(), limits(), clock);
+            assert_eq!(plan.trigger.len(), 1, "capacity 1");
+            let id = plan.trigger[0];
+            // Triggered, run, finished: it leaves the open work; its start is
+            // what the store reports as the repository's latest trigger.
+            let i = open.iter().position(|d| d.id == id).expect("open");
+            let done = open.remove(i);
+            for d in open
+                .iter_mut()
+                .filter(|d| d.pr.repository == done.pr.repository)
+            {
+                d.recent_triggers.insert(0, clock);
+            }
+            clock += Duration::from_secs(60);
+            order.push(id.0);
+        }
+        order
+    }
+    let rr = shared_settings(1, &json!({"fairness": "round_robin_repository"}));
+    let got = drain(&rr);
+    assert_eq!(got[..4], [1, 11, 2, 12]);
+    let fifo = shared_settings(1, &json!({}));
+    assert_eq!(drain(&fifo), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+    let weighted = shared_settings(
+        1,
+        &json!({"fairness": "round_robin_repository", "weights": {"o/a": 3}}),
+    );
+    assert_eq!(drain(&weighted)[..8], [1, 2, 3, 11, 4, 5, 6, 12]);
+}
+
+/// A PR labelled with a priority goes first among the waiting, but running
+/// and reserved work keeps its slots: capacity is never exceeded.
+#[test]
+fn priorities_jump_the_queue_without_preempting() {
+    let s = shared_settings(3, &json!({"fairness": "round_robin_repository"}));
+    let mut open: Vec<OpenDispatch> = (1..=4).map(|i| shared_queued(i, "o/a")).collect();
+    let mut urgent = shared_queued(9, "o/b");
+    urgent.labels = vec!["priority/critical".into()];
+    open.push(urgent);
+    // One triggered (reserved), one running: one slot left.
+    let mut reserved = shared_queued(20, "o/a");
+    reserved.state = DispatchState::Triggered;
+    reserved.triggered_at = Some(NOW);
+    open.push(reserved);
+    let states = BTreeMap::from([(pool("shared"), known(1, &[]))]);
+    let plan = plan_dispatch(&s, &open, &states, &HashSet::new(), limits(), NOW);
+    assert_eq!(plan.trigger, [DispatchId(9)]);
+    assert!(plan.outcomes.is_empty(), "nothing running is touched");
+    // Full: the priority PR waits like everyone else.
+    let full = BTreeMap::from([(pool("shared"), known(2, &[]))]);
+    assert_eq!(
+        plan_dispatch(&s, &open, &full, &HashSet::new(), limits(), NOW).usage[0].reserved,
+        1
+    );
+    let plan = plan_dispatch(&s, &open, &full, &HashSet::new(), limits(), NOW);
+    assert!(plan.trigger.is_empty());
+    // A priority PR waiting for a retry keeps its place but is not due yet.
+    open[4].next_attempt_at = NOW + Duration::from_secs(30);
+    let plan = plan_dispatch(&s, &open, &states, &HashSet::new(), limits(), NOW);
+    assert_eq!(plan.trigger, [DispatchId(1)]);
 }

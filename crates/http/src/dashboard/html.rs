@@ -549,6 +549,7 @@ mod tests {
                 api_version: TektonApiVersion::V1,
                 max_capacity: capacity,
                 dispatch_label: None,
+                fairness: Default::default(),
             },
             usage: PoolUsage {
                 pool: key,
@@ -577,6 +578,7 @@ mod tests {
                 repository: repository.to_owned(),
                 number,
             },
+            priority: 0,
             queued_at: Some(NOW - time::Duration::seconds(125)),
             last_error: None,
             reason: WaitReason::PoolFull {

@@ -57,7 +57,11 @@ impl OperatorStore for MemRepo {
             .filter(|p| p != "null"))
     }
 
-    async fn queue_snapshot(&self, _reservation: Duration) -> Result<QueueSnapshot, StoreError> {
+    async fn queue_snapshot(
+        &self,
+        _reservation: Duration,
+        _extras: dispatcher_core::ports::OpenExtras,
+    ) -> Result<QueueSnapshot, StoreError> {
         Ok(QueueSnapshot {
             now: time::OffsetDateTime::now_utc(),
             open: Vec::new(),

@@ -15,12 +15,26 @@ pub fn event(delivery: &str, pr: i64, payload: &str) -> NewEvent {
         action: "opened".to_owned(),
         repository_full_name: "o/r".to_owned(),
         pull_request_number: pr,
+        labels: payload_labels(payload),
         payload: payload.to_owned(),
         headers: vec![
             ("X-GitHub-Event".to_owned(), "pull_request".to_owned()),
             ("X-GitHub-Delivery".to_owned(), delivery.to_owned()),
         ],
     }
+}
+
+/// The label names of a payload's `pull_request.labels` list, as intake
+/// extracts them (payloads here are fragments, not whole deliveries).
+fn payload_labels(payload: &str) -> Option<Vec<String>> {
+    let value: serde_json::Value = serde_json::from_str(payload).ok()?;
+    let labels = value.get("pull_request")?.get("labels")?.as_array()?;
+    Some(
+        labels
+            .iter()
+            .filter_map(|l| l.get("name")?.as_str().map(str::to_owned))
+            .collect(),
+    )
 }
 
 /// A dispatch of `event` for `item` in pool `ns/p`, queued at the event's place.

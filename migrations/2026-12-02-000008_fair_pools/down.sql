@@ -1,0 +1,2 @@
+DROP INDEX dispatches_pool_repository_trigger_idx;
+ALTER TABLE webhook_events DROP COLUMN labels;
