@@ -1,7 +1,6 @@
 //! [`EventRepository`] on PostgreSQL: idempotent intake, listing, detail.
 
 use diesel::prelude::*;
-use diesel::sql_types::{Bool, Text};
 use diesel_async::RunQueryDsl;
 use dispatcher_core::domain::{
     DispatchId, DispatchRecord, DispatchState, EventDetail, EventId, EventRecord, EventRef,
@@ -27,7 +26,7 @@ pub struct PgEvents {
 
 #[derive(Insertable)]
 #[diesel(table_name = webhook_events)]
-struct NewRow<'a> {
+pub(crate) struct NewRow<'a> {
     uuid: uuid::Uuid,
     delivery_id: &'a str,
     event_type: &'a str,
@@ -39,12 +38,30 @@ struct NewRow<'a> {
     labels: Option<&'a [String]>,
 }
 
-#[derive(Queryable, QueryableByName, Selectable)]
+impl<'a> NewRow<'a> {
+    pub(crate) fn from_event(event: &'a NewEvent) -> Self {
+        Self {
+            // Generated here (OS random source) rather than by the column's
+            // default, which exists for older rows and older binaries.
+            uuid: uuid::Uuid::new_v4(),
+            delivery_id: &event.delivery_id,
+            event_type: &event.event_type,
+            action: &event.action,
+            repository_full_name: &event.repository_full_name,
+            pull_request_number: event.pull_request_number,
+            payload: RawJsonRef(&event.payload),
+            headers: headers_to_json(&event.headers),
+            labels: event.labels.as_deref(),
+        }
+    }
+}
+
+#[derive(Clone, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = webhook_events)]
-struct EventRow {
+pub(crate) struct EventRow {
     id: i64,
     uuid: uuid::Uuid,
-    delivery_id: String,
+    pub(crate) delivery_id: String,
     action: String,
     repository_full_name: String,
     pull_request_number: i64,
@@ -147,66 +164,11 @@ fn filtered<'a>(filter: &'a EventFilter) -> webhook_events::BoxedQuery<'a, diese
     q
 }
 
-#[derive(QueryableByName)]
-struct Existing {
-    #[diesel(embed)]
-    event: EventRow,
-    #[diesel(sql_type = Bool)]
-    same_payload: bool,
-}
-
 impl EventRepository for PgEvents {
     async fn record(&self, event: NewEvent) -> Result<RecordOutcome, StoreError> {
-        let mut conn = self.db.conn().await?;
-        let row = NewRow {
-            // Generated here (OS random source) rather than by the column's
-            // default, which exists for older rows and older binaries.
-            uuid: uuid::Uuid::new_v4(),
-            delivery_id: &event.delivery_id,
-            event_type: &event.event_type,
-            action: &event.action,
-            repository_full_name: &event.repository_full_name,
-            pull_request_number: event.pull_request_number,
-            payload: RawJsonRef(&event.payload),
-            headers: headers_to_json(&event.headers),
-            labels: event.labels.as_deref(),
-        };
-        // One autocommit statement: when it returns, the row is durable.
-        // ON CONFLICT makes concurrent redeliveries wait for the first insert
-        // and then do nothing, so there is never a second row.
-        let inserted: Option<EventRow> = diesel::insert_into(webhook_events::table)
-            .values(&row)
-            // The unique index is partial (older duplicates adopted from the
-            // original's database are outside it): name the same predicate.
-            .on_conflict(webhook_events::delivery_id)
-            .filter_target(diesel::dsl::not(webhook_events::superseded_duplicate))
-            .do_nothing()
-            .returning(EventRow::as_returning())
-            .get_result(&mut conn)
-            .await
-            .optional()
-            .map_err(error::query)?;
-        if let Some(row) = inserted {
-            self.db.wake_dispatcher();
-            return Ok(RecordOutcome::Created(row.into()));
-        }
-        // A payload dropped by retention cannot be compared: the redelivery
-        // gets the stored event, as for the same body.
-        let existing: Existing = diesel::sql_query(
-            "SELECT id, uuid, delivery_id, action, repository_full_name, pull_request_number, processed,
-                    processing_error, received_at, processed_at, status, (payload::text = $2 OR payload_dropped_at IS NOT NULL) AS same_payload
-               FROM webhook_events WHERE delivery_id = $1 AND NOT superseded_duplicate",
-        )
-        .bind::<Text, _>(&event.delivery_id)
-        .bind::<Text, _>(&event.payload)
-        .get_result(&mut conn)
-        .await
-        .map_err(error::query)?;
-        Ok(if existing.same_payload {
-            RecordOutcome::AlreadyStored(existing.event.into())
-        } else {
-            RecordOutcome::Conflict(existing.event.into())
-        })
+        // Grouped with concurrent deliveries into one insert (crate::intake);
+        // answered only after its row committed.
+        self.db.record_event(event).await
     }
 
     async fn list(&self, query: &EventQuery) -> Result<EventPage, StoreError> {

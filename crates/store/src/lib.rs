@@ -36,6 +36,7 @@ mod connect;
 mod election;
 mod error;
 mod events;
+mod intake;
 mod labels;
 mod leader;
 mod lease;

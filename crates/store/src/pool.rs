@@ -9,11 +9,13 @@ use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
-use dispatcher_core::ports::StoreError;
+use dispatcher_core::intake::NewEvent;
+use dispatcher_core::ports::{RecordOutcome, StoreError};
 use futures_util::FutureExt;
 
 use crate::connect::{self, ConnectionOptions};
 use crate::error;
+use crate::intake::IntakeBatches;
 use crate::leader::LeaderOptions;
 use crate::wakeup::Wakeups;
 use crate::{LeaderSession, PgEvents, PgLabels, PgRetention};
@@ -55,6 +57,7 @@ pub struct PoolStatus {
 pub struct Database {
     pool: Pool<AsyncPgConnection>,
     wakeups: Wakeups,
+    intake: IntakeBatches,
     /// Parsed URL with the connection options and TLS applied (holds the
     /// password: never logged).
     config: Arc<connect::Target>,
@@ -106,9 +109,11 @@ impl Database {
             .build()
             .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         let wakeups = Wakeups::start(pool.clone());
+        let intake = IntakeBatches::start(pool.clone(), wakeups.clone());
         Ok(Self {
             pool,
             wakeups,
+            intake,
             config,
             connect_timeout,
         })
@@ -161,6 +166,11 @@ impl Database {
     /// Wakes the active dispatcher (after a delivery committed).
     pub(crate) fn wake_dispatcher(&self) {
         self.wakeups.wake();
+    }
+
+    /// Stores one delivery, grouped with concurrent ones.
+    pub(crate) async fn record_event(&self, event: NewEvent) -> Result<RecordOutcome, StoreError> {
+        self.intake.record(event, &self.pool, &self.wakeups).await
     }
 
     pub(crate) async fn conn(&self) -> Result<Object<AsyncPgConnection>, StoreError> {
