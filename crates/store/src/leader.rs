@@ -12,6 +12,7 @@
 //! whether that may already have happened.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
@@ -41,6 +42,7 @@ use crate::schema::{dispatches, pool_controls, sql_types, webhook_events};
 use crate::status;
 use crate::timeline::{self, Note};
 use crate::vocab::{DbDispatchState, DbEventStatus};
+use crate::wakeup::LocalLeader;
 use crate::wakeup::WAKEUP_CHANNEL;
 
 /// Advisory lock key of the active dispatcher ("dispatch").
@@ -88,6 +90,8 @@ impl LeaderOptions {
 /// [`StoreError::LostLeadership`] without touching the database.
 pub struct LeaderSession {
     conn: AsyncPgConnection,
+    /// In-process wake-ups from this process's intake (see crate::wakeup).
+    local: Arc<LocalLeader>,
     labels_enabled: bool,
     options: LeaderOptions,
     lease: Lease,
@@ -176,6 +180,7 @@ impl LeaderSession {
         connect_timeout: Duration,
         labels_enabled: bool,
         options: LeaderOptions,
+        local: Arc<LocalLeader>,
     ) -> Result<Option<Self>, StoreError> {
         let mut conn = connect::open(config, connect_timeout).await?;
         // Limits first: from the moment the lock is held, a leader that stops
@@ -232,11 +237,14 @@ impl LeaderSession {
             idle_session_timeout = ?options.idle_session_timeout,
             "holding the dispatcher lock"
         );
+        let lease = Lease::new(started, lease_duration);
+        local.holding(lease.clone());
         Ok(Some(Self {
             conn,
+            local,
             labels_enabled,
             options,
-            lease: Lease::new(started, lease_duration),
+            lease,
             backend_pid: setup.backend_pid,
         }))
     }
@@ -286,9 +294,15 @@ impl LeaderSession {
     /// trip: call [`heartbeat`](Self::heartbeat) meanwhile.
     pub async fn wait_for_wakeup(&mut self) -> Result<(), StoreError> {
         self.ensure_held()?;
+        let local = Arc::clone(&self.local);
         let lost = {
             let mut stream = std::pin::pin!(self.conn.notifications_stream());
-            match stream.next().await {
+            let next = tokio::select! {
+                next = stream.next() => next,
+                // A delivery stored by this process: no NOTIFY was sent.
+                () = local.woken() => return Ok(()),
+            };
+            match next {
                 Some(Ok(_)) => {
                     let mut lost = false;
                     while let Some(Some(item)) = stream.next().now_or_never() {

@@ -146,8 +146,14 @@ impl Database {
         labels_enabled: bool,
         options: LeaderOptions,
     ) -> Result<Option<LeaderSession>, StoreError> {
-        LeaderSession::try_acquire(&self.config, self.connect_timeout, labels_enabled, options)
-            .await
+        LeaderSession::try_acquire(
+            &self.config,
+            self.connect_timeout,
+            labels_enabled,
+            options,
+            self.wakeups.local(),
+        )
+        .await
     }
 
     /// The pool's connections right now (cheap: no I/O). The leader session's
