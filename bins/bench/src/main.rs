@@ -54,9 +54,10 @@ enum Command {
         /// Seconds per measurement.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
-        /// Concurrent requests.
-        #[arg(long, default_value_t = 32)]
-        concurrency: usize,
+        /// Concurrent requests; each level is measured in turn (32 for
+        /// throughput, 1 for a lone request's latency).
+        #[arg(long, value_delimiter = ',', default_values_t = [32, 1])]
+        concurrency: Vec<usize>,
         /// Payload size in KiB.
         #[arg(long, default_value_t = 25)]
         payload_kib: usize,
@@ -116,7 +117,7 @@ fn main() -> anyhow::Result<()> {
         Command::All => vec![
             Command::Intake {
                 seconds: 10,
-                concurrency: 32,
+                concurrency: vec![32, 1],
                 payload_kib: 25,
             },
             Command::Latency { events: 500 },
@@ -144,14 +145,20 @@ fn main() -> anyhow::Result<()> {
                     concurrency,
                     payload_kib,
                 } => {
-                    intake::run(
-                        &cli.dispatcher,
-                        &cli.database_url,
-                        Duration::from_secs(seconds),
-                        concurrency,
-                        payload_kib * 1024,
-                    )
-                    .await?
+                    let mut reports = Vec::new();
+                    for level in concurrency {
+                        reports.push(
+                            intake::run(
+                                &cli.dispatcher,
+                                &cli.database_url,
+                                Duration::from_secs(seconds),
+                                level,
+                                payload_kib * 1024,
+                            )
+                            .await?,
+                        );
+                    }
+                    reports.join("\n")
                 }
                 Command::Latency { events } => {
                     pipeline::latency(&cli.dispatcher, &cli.database_url, events).await?

@@ -530,6 +530,15 @@ impl DispatchStore for LeaderSession {
         let result = self
             .conn
             .transaction::<_, diesel::result::Error, _>(async |conn| {
+                // Nothing outside the database acts on this commit alone:
+                // every trigger is sent only after `begin_triggers` commits
+                // synchronously, which flushes the WAL up to and including
+                // this transaction. Lost in a crash, it is planned again from
+                // the same events with the same outcome; so it need not wait
+                // for its own WAL flush (one fsync less per pass).
+                diesel::sql_query("SET LOCAL synchronous_commit = off")
+                    .execute(conn)
+                    .await?;
                 // One statement marks every event planned and the unmatched ones aborted.
                 diesel::sql_query(
                     "UPDATE webhook_events
