@@ -902,3 +902,28 @@ async fn open_work_carries_current_labels_and_recent_triggers() {
     }
     assert!(find(b).recent_triggers.is_empty());
 }
+
+/// Payloads are TOAST-compressed with lz4 where the server offers it
+/// (Debian's PostgreSQL does; migration 000012).
+#[test]
+fn payloads_are_compressed_with_lz4_where_the_server_has_it() {
+    #[derive(diesel::QueryableByName)]
+    struct Compression {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        offered: bool,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        method: String,
+    }
+    let t = TestDatabase::new();
+    let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(t.url()).unwrap();
+    let c: Compression = diesel::sql_query(
+        "SELECT EXISTS (SELECT 1 FROM pg_settings
+                         WHERE name = 'default_toast_compression' AND 'lz4' = ANY (enumvals)) AS offered,
+                attcompression::text AS method
+           FROM pg_attribute
+          WHERE attrelid = 'webhook_events'::regclass AND attname = 'payload'",
+    )
+    .get_result(&mut conn)
+    .unwrap();
+    assert_eq!(c.method, if c.offered { "l" } else { "" });
+}
