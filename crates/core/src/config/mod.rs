@@ -312,6 +312,8 @@ pub struct Settings {
     pub dev: DevSection,
     /// Retention of finished events (`retention:`); `None` = keep everything.
     pub retention: Option<crate::retention::RetentionPolicy>,
+    /// Catch-up of missed deliveries (`github.catch_up`); `None` = off.
+    pub catch_up: Option<crate::catch_up::CatchUpPolicy>,
 }
 
 impl Settings {
@@ -446,6 +448,9 @@ impl Settings {
             .retention
             .as_ref()
             .map(|r| crate::retention::validate(r, &mut errors));
+        let catch_up = raw.github.catch_up.as_ref().map(|c| {
+            crate::catch_up::validate(c, &raw.github, &security, retention.as_ref(), &mut errors)
+        });
         let log_format = match raw.logging.format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -475,6 +480,7 @@ impl Settings {
                 log_level: raw.logging.level,
                 dev: raw.dev,
                 retention,
+                catch_up,
             }),
             _ => Err(ConfigErrors(errors)),
         }
@@ -486,7 +492,7 @@ impl Settings {
     }
 }
 
-fn is_full_repo_name(s: &str) -> bool {
+pub(crate) fn is_full_repo_name(s: &str) -> bool {
     let mut parts = s.split('/');
     let ok = |p: Option<&str>| {
         p.is_some_and(|p| {
