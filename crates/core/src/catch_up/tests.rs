@@ -349,6 +349,7 @@ fn a_failed_request_is_asked_again_and_a_rate_limit_stops_the_pass() {
     );
 }
 
+#[allow(clippy::needless_pass_by_value)] // test inputs built inline
 fn settings(catch_up: serde_json::Value, extra: serde_json::Value) -> Result<Settings, String> {
     let mut file = serde_json::json!({
         "security": {"verify_signatures": false},
