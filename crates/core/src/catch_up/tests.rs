@@ -403,11 +403,9 @@ fn the_section_is_validated() {
     let err = settings(serde_json::json!({"hooks": []}), serde_json::json!({"github": {"catch_up": {"hooks": [{"repository": "o/r", "hook_id": 1}]}}}))
         .unwrap_err();
     assert!(err.contains("needs github.token"), "{err}");
-    assert!(
-        settings(
-            serde_json::json!({"hooks": [], "extra": 1}),
-            serde_json::json!({})
-        )
-        .is_err()
-    );
+    let err = settings(serde_json::json!({"hooks": []}), serde_json::json!({})).unwrap_err();
+    assert!(err.contains("at least one hook"), "{err}");
+    // Without the section nothing changes.
+    let off = settings(serde_json::json!(null), serde_json::json!({})).unwrap();
+    assert_eq!(off.catch_up, None);
 }

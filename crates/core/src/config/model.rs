@@ -462,7 +462,6 @@ impl RetentionSection {
 /// deliveries of these hooks that failed (non-2xx) and that the database
 /// does not hold. Absent = off.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
 pub struct CatchUpSection {
     /// The webhooks whose deliveries are looked at.
     pub hooks: Vec<CatchUpHookSection>,
@@ -496,7 +495,6 @@ impl CatchUpSection {
 /// One entry of `github.catch_up.hooks`: a repository's or an
 /// organisation's webhook (exactly one of the two).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
 pub struct CatchUpHookSection {
     /// `owner/name` of a repository webhook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
