@@ -251,6 +251,20 @@ mod fake_tests {
         assert_eq!(orgs.deliveries[0].guid, "o1");
         assert_eq!(orgs.deliveries[0].status_code, 202);
 
+        // One delivery, with its request (the fake's `get`).
+        let one: serde_json::Value = reqwest::Client::new()
+            .get(format!("{}/orgs/o/hooks/3/deliveries/{id}", fake.url()))
+            .bearer_auth("tok")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(one["guid"], "o1");
+        assert_eq!(one["request"]["headers"]["X-GitHub-Event"], "pull_request");
+        assert_eq!(one["request"]["payload"], serde_json::json!({}));
+
         let err = github.redeliver(&org, 9999).await.unwrap_err();
         assert!(err.message.contains("404"), "{err}");
         fake.rate_limit_next(

@@ -1,7 +1,8 @@
 //! Hook deliveries of the fake GitHub (the catch-up of missed deliveries):
 //! `GET /repos/{owner}/{repo}/hooks/{id}/deliveries` and
 //! `GET /orgs/{org}/hooks/{id}/deliveries` (newest first, `per_page`,
-//! `cursor` and a `Link: <…>; rel="next"` header), and
+//! `cursor` and a `Link: <…>; rel="next"` header), `GET …/deliveries/{id}`
+//! (one, with its request's headers and payload), and
 //! `POST …/deliveries/{delivery_id}/attempts` (202), which records the
 //! request and redelivers: the stored payload is POSTed, signed
 //! (`X-Hub-Signature-256`) with the target's secret and carrying the
@@ -176,6 +177,7 @@ pub(super) fn route(
     }
     Some(match (&request.parts.method, rest) {
         (&Method::GET, []) => list(inner, request, &hook),
+        (&Method::GET, [id]) => get(inner, &hook, id),
         (&Method::POST, [id, "attempts"]) => match id.parse::<i64>() {
             Ok(id) => attempt(inner, &hook, id),
             Err(_) => json_response(StatusCode::NOT_FOUND, &json!({"message": "Not Found"})),
@@ -211,29 +213,7 @@ fn list(inner: &Arc<Inner>, request: &FakeRequest, hook: &str) -> http::Response
     all.sort_by_key(|d| std::cmp::Reverse(d.id));
     let more = all.len() > per_page;
     all.truncate(per_page);
-    let body: Vec<serde_json::Value> = all
-        .iter()
-        .map(|d| {
-            json!({
-                "id": d.id,
-                "guid": d.delivery.guid,
-                "delivered_at": d.delivered_at
-                    .replace_nanosecond(0)
-                    .unwrap_or(d.delivered_at)
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default(),
-                "redelivery": d.delivery.redelivery,
-                "duration": 0.05,
-                "status": status_text(d.delivery.status_code),
-                "status_code": d.delivery.status_code,
-                "event": d.delivery.event,
-                "action": d.delivery.action,
-                "installation_id": null,
-                "repository_id": 1,
-                "throttled_at": null,
-            })
-        })
-        .collect();
+    let body: Vec<serde_json::Value> = all.iter().map(|d| summary(d)).collect();
     let next = more.then(|| all.last().map(|d| d.id)).flatten();
     drop(s);
     inner.shared.changed();
@@ -254,6 +234,55 @@ fn list(inner: &Arc<Inner>, request: &FakeRequest, hook: &str) -> http::Response
         }
     }
     response
+}
+
+/// `GET …/deliveries/{id}`: one delivery with its request (headers and payload).
+fn get(inner: &Arc<Inner>, hook: &str, id: &str) -> http::Response<FakeBody> {
+    let s = inner.shared.lock();
+    let found = id.parse::<i64>().ok().and_then(|id| {
+        s.deliveries
+            .hooks
+            .get(hook)
+            .and_then(|v| v.iter().find(|d| d.id == id))
+    });
+    let Some(d) = found else {
+        return json_response(StatusCode::NOT_FOUND, &json!({"message": "Not Found"}));
+    };
+    let mut headers = serde_json::Map::new();
+    headers.insert("X-GitHub-Event".to_owned(), json!(d.delivery.event));
+    headers.insert("X-GitHub-Delivery".to_owned(), json!(d.delivery.guid));
+    for (name, value) in &d.delivery.headers {
+        headers.insert(name.clone(), json!(value));
+    }
+    let mut body = summary(d);
+    body["request"] = json!({
+        "headers": headers,
+        "payload": serde_json::from_str::<serde_json::Value>(&d.delivery.payload).unwrap_or_default(),
+    });
+    body["response"] = json!({"headers": {}, "payload": null});
+    json_response(StatusCode::OK, &body)
+}
+
+/// A delivery as the list shows it.
+fn summary(d: &Stored) -> serde_json::Value {
+    json!({
+        "id": d.id,
+        "guid": d.delivery.guid,
+        "delivered_at": d.delivered_at
+            .replace_nanosecond(0)
+            .unwrap_or(d.delivered_at)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        "redelivery": d.delivery.redelivery,
+        "duration": 0.05,
+        "status": status_text(d.delivery.status_code),
+        "status_code": d.delivery.status_code,
+        "event": d.delivery.event,
+        "action": d.delivery.action,
+        "installation_id": null,
+        "repository_id": 1,
+        "throttled_at": null,
+    })
 }
 
 fn status_text(code: u16) -> &'static str {
