@@ -97,6 +97,9 @@ pub(super) struct Deliveries {
     /// Indexes into `requests` waiting for a target.
     held: Vec<usize>,
     listings: u32,
+    /// Answer every deliveries request with this status (a token without
+    /// access to the hooks gets 404 from GitHub).
+    fail_with: Option<u16>,
 }
 
 impl FakeGithub {
@@ -126,6 +129,12 @@ impl FakeGithub {
     /// Every redelivery request so far.
     pub fn redelivery_requests(&self) -> Vec<RedeliveryRequest> {
         self.state().deliveries.requests.clone()
+    }
+
+    /// Answers every deliveries request with `status` from now on (`None`:
+    /// normally again).
+    pub fn fail_deliveries_with(&self, status: impl Into<Option<u16>>) {
+        self.state().deliveries.fail_with = status.into();
     }
 
     /// How many deliveries listings (pages) were answered.
@@ -173,6 +182,13 @@ pub(super) fn route(
         if let Some((n, limit)) = s.rate_limit {
             s.rate_limit = (n > 1).then_some((n - 1, limit));
             return Some(limit.response());
+        }
+        if let Some(status) = s.deliveries.fail_with {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::NOT_FOUND);
+            return Some(json_response(
+                status,
+                &json!({"message": status.canonical_reason().unwrap_or("Error")}),
+            ));
         }
     }
     Some(match (&request.parts.method, rest) {
