@@ -163,6 +163,14 @@ async fn an_outage_is_caught_up_exactly_once() {
         5.0
     );
     let logs = after.logs();
+    let started = logs
+        .iter()
+        .find(|l| l.contains("starting the webhook dispatcher"))
+        .unwrap();
+    assert!(
+        started.contains("\"catch_up\":\"1 hooks, every 10s, at most 50 per pass"),
+        "{started}"
+    );
     let lines: Vec<&String> = logs
         .iter()
         .filter(|l| l.contains("asked GitHub to redeliver"))
