@@ -4,8 +4,8 @@
 //! had stored although GitHub saw it fail. After the restart the active
 //! replica asks GitHub (the fake) to redeliver exactly the five, once each;
 //! they pass the normal signed intake, are stored and dispatched once each.
-//! A restart (a new first pass, reading the stored cursor and requests)
-//! asks for nothing more; metrics and logs tell what was redelivered.
+//! The next pass, and a restart's first pass (reading the stored cursor
+//! and requests), ask for nothing more; metrics and logs tell what was redelivered.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -182,6 +182,22 @@ async fn an_outage_is_caught_up_exactly_once() {
     assert!(
         !logs.iter().any(|l| l.contains(GITHUB_TOKEN)),
         "no token in logs"
+    );
+    // The next pass of the same term (interval 10s) asks for nothing: the
+    // redeliveries are listed now, held, and the cursor moved on.
+    let listings = world.github.delivery_listings();
+    let text = metrics_until(&after, |t| {
+        sample(t, "webhook_dispatcher_catch_up_passes_total ") >= 2.0
+    })
+    .await;
+    assert!(world.github.delivery_listings() > listings);
+    assert_eq!(world.github.redelivery_requests().len(), 5);
+    assert_eq!(
+        sample(
+            &text,
+            &format!("webhook_dispatcher_catch_up_redelivered_total{{hook=\"{HOOK}\"}} ")
+        ),
+        5.0
     );
     assert!(after.terminate().await.success());
 
