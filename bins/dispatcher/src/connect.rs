@@ -195,4 +195,16 @@ async fn github(settings: &Settings, report: &mut Report) {
             Err(e) => report.fail(&format!("github {repository}: {e}")),
         }
     }
+    // The catch-up lists each hook's deliveries: one delivery, read only.
+    for hook in settings.catch_up.iter().flat_map(|c| &c.hooks) {
+        use dispatcher_core::catch_up::HookDeliveries as _;
+        match bounded(client.list_deliveries(hook, 1, None)).await {
+            Ok(_) => report.ok(&format!(
+                "github hook {hook}: deliveries readable (github.catch_up)"
+            )),
+            Err(e) => report.fail(&format!(
+                "github hook {hook}: cannot list deliveries (github.catch_up): {e}"
+            )),
+        }
+    }
 }

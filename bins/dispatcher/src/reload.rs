@@ -9,7 +9,7 @@
 //! an item to its new pool), webhook secrets and signature settings, API
 //! tokens, the GitHub token and the dispatch tuning. What needs a restart
 //! (reported, not applied): the listener (`server.*`), the database, logging,
-//! `dev`, `retention`, `github.api_url`/`timeout`/`app`, and the dispatch timings fixed when a
+//! `dev`, `retention`, `github.api_url`/`timeout`/`app`/`catch_up`, and the dispatch timings fixed when a
 //! client or session is built (`failover_timeout`, `trigger_timeout`,
 //! `capacity_resync_interval`, `capacity_stale_after`,
 //! `leader_retry_interval`); docs/CONFIGURATION.md marks each key.
@@ -259,6 +259,8 @@ fn needs_restart(old: &Settings, new: &Settings) -> Vec<String> {
     );
     // The app's client is built at start (its key read once).
     check("github.app", old.github.app == new.github.app);
+    // The catch-up worker is built at start with its hooks and timings.
+    check("github.catch_up", old.catch_up == new.catch_up);
     // Timings fixed when a session, client or watch is built.
     type Timing = fn(&DispatchTuning) -> Duration;
     let fixed: [(&str, Timing); 5] = [
@@ -390,6 +392,12 @@ mod tests {
             needs_restart(&settings(&serde_json::json!({})), &settings(&app(1))),
             ["github.token (labels were off at start)", "github.app"]
         );
+        let hooks = |id: u64| serde_json::json!({"token": "a", "catch_up": {"hooks": [{"repository": "o/r", "hook_id": id}]}});
+        assert_eq!(
+            needs_restart(&settings(&hooks(1)), &settings(&hooks(2))),
+            ["github.catch_up"]
+        );
+        assert!(needs_restart(&settings(&hooks(1)), &settings(&hooks(1))).is_empty());
         assert!(
             needs_restart(
                 &settings(&serde_json::json!({"token": "a"})),

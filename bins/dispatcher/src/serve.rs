@@ -64,6 +64,10 @@ pub(crate) async fn serve(
     if let Some(github) = &github {
         runtime = runtime.with_labels(db.labels(), github.clone());
     }
+    // Validation requires a token or an app with github.catch_up.
+    if let (Some(policy), Some(github)) = (settings.catch_up.clone(), &github) {
+        runtime = runtime.with_catch_up(github.clone(), db.catch_up(), policy);
+    }
     if let Some(policy) = settings.retention {
         runtime = runtime.with_retention(db.retention(), policy);
     }

@@ -86,6 +86,16 @@ pub(crate) fn log_start(settings: &Settings, version: &str) {
                 dispatcher_core::retention::format_age(r.interval)
             )
         ),
+        catch_up = %settings.catch_up.as_ref().map_or_else(
+            || "off".to_owned(),
+            |c| format!(
+                "{} hooks, every {}, at most {} per pass, first look back {}",
+                c.hooks.len(),
+                dispatcher_core::retention::format_age(c.interval),
+                c.max_per_pass,
+                dispatcher_core::retention::format_age(c.max_age)
+            )
+        ),
         "starting the webhook dispatcher"
     );
 }

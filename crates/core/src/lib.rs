@@ -36,6 +36,7 @@
 //! ```
 
 pub mod backoff;
+pub mod catch_up;
 pub mod config;
 pub mod domain;
 pub mod engine;

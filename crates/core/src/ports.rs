@@ -628,3 +628,5 @@ pub trait RetentionStore: Send + Sync {
         policy: &crate::retention::RetentionPolicy,
     ) -> impl Future<Output = Result<crate::retention::RetentionPreview, StoreError>> + Send;
 }
+
+pub use crate::catch_up::{CatchUpStore, HookDeliveries};

@@ -11,6 +11,9 @@
 //! the label endpoints then accept those tokens until they expire. The fake's
 //! clock can be moved forward ([`FakeGithub::advance_clock`]) so tests see
 //! tokens expire without sleeping.
+//!
+//! Hook deliveries (`github/deliveries.rs`): listing, redelivery requests,
+//! and the redeliveries themselves, signed, to a target URL.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, MutexGuard};
@@ -19,6 +22,10 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use serde_json::json;
 use time::OffsetDateTime;
+
+mod deliveries;
+
+pub use deliveries::{FakeDelivery, RedeliveryRequest};
 
 use crate::observed::Observed;
 use crate::server::{FakeRequest, FakeServer, json as json_response};
@@ -121,6 +128,8 @@ struct State {
     exchanges: Vec<TokenExchange>,
     clock_offset: Duration,
     refuse_issued: bool,
+    /// Hook deliveries (`deliveries.rs`).
+    deliveries: deliveries::Deliveries,
 }
 
 impl State {
@@ -290,6 +299,13 @@ fn handle(inner: &Arc<Inner>, request: &FakeRequest) -> http::Response<crate::se
         .split('/')
         .map(percent_decode)
         .collect();
+    if let Some(response) = deliveries::route(
+        inner,
+        request,
+        &segments.iter().map(String::as_str).collect::<Vec<_>>(),
+    ) {
+        return response;
+    }
     let parsed = match segments
         .iter()
         .map(String::as_str)

@@ -40,7 +40,9 @@ mod observed;
 mod redirect;
 mod server;
 
-pub use github::{FakeApp, FakeGithub, LabelCall, RateLimit, TokenExchange};
+pub use github::{
+    FakeApp, FakeDelivery, FakeGithub, LabelCall, RateLimit, RedeliveryRequest, TokenExchange,
+};
 
 /// Paths of the committed test-only RSA keys (`crates/fakes/fixtures`, see
 /// its README): never a real app's keys.

@@ -1,6 +1,8 @@
 //! # dispatcher-github
 //!
-//! Pull-request feedback on GitHub: the `<pipeline>/queued` label.
+//! Pull-request feedback on GitHub: the `<pipeline>/queued` label; and the
+//! webhook deliveries API for the catch-up of missed deliveries
+//! (`deliveries.rs`, implementing the `HookDeliveries` port).
 //!
 //! **Owns:** the GitHub REST calls to add and remove issue labels
 //! ([`GithubLabels`], implementing the `PrNotifier` port).
@@ -33,6 +35,7 @@
 //! ```
 
 mod app;
+mod deliveries;
 
 use std::time::Duration;
 

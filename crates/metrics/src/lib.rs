@@ -35,6 +35,9 @@
 //! | `webhook_dispatcher_retention_deleted_events_total` | | each retention pass (runtime, active replica): finished events deleted |
 //! | `webhook_dispatcher_retention_dropped_payloads_total` | | each retention pass: payloads of finished events dropped |
 //! | `webhook_dispatcher_retention_last_run_timestamp_seconds` | | end of the last retention pass that completed (Unix time); 0 until one did |
+//! | `webhook_dispatcher_catch_up_redelivered_total` | `hook` | each catch-up pass (runtime, active replica): redeliveries asked of GitHub |
+//! | `webhook_dispatcher_catch_up_errors_total` | `hook` | each catch-up pass: failed listings or redelivery requests (rate limits included) |
+//! | `webhook_dispatcher_catch_up_passes_total` | | each catch-up pass that ran |
 //! | `webhook_dispatcher_build_info` | `version` | always 1 |
 //!
 //! ```
@@ -255,6 +258,7 @@ pub struct Metrics {
     retention_deleted_events: Counter,
     retention_dropped_payloads: Counter,
     retention_last_run: Gauge,
+    catch_up: CatchUpMetrics,
 }
 
 impl Metrics {
@@ -382,6 +386,7 @@ impl Metrics {
             "Unix time at which the last completed retention pass of this replica ended",
             retention_last_run.clone(),
         );
+        let catch_up = CatchUpMetrics::register(&mut registry);
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -415,6 +420,7 @@ impl Metrics {
             retention_deleted_events,
             retention_dropped_payloads,
             retention_last_run,
+            catch_up,
         }
     }
 
@@ -570,6 +576,74 @@ impl Default for Metrics {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HookLabels {
+    hook: String,
+}
+
+/// The catch-up of missed deliveries (`github.catch_up`).
+#[derive(Debug)]
+struct CatchUpMetrics {
+    redelivered: Family<HookLabels, Counter>,
+    errors: Family<HookLabels, Counter>,
+    passes: Counter,
+}
+
+impl CatchUpMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let redelivered = Family::<HookLabels, Counter>::default();
+        registry.register(
+            "webhook_dispatcher_catch_up_redelivered",
+            "Redeliveries of missed webhook deliveries this replica asked GitHub for",
+            redelivered.clone(),
+        );
+        let errors = Family::<HookLabels, Counter>::default();
+        registry.register(
+            "webhook_dispatcher_catch_up_errors",
+            "Failed catch-up calls to GitHub (listing or redelivery request) or to the database",
+            errors.clone(),
+        );
+        let passes = Counter::default();
+        registry.register(
+            "webhook_dispatcher_catch_up_passes",
+            "Catch-up passes run by this replica",
+            passes.clone(),
+        );
+        Self {
+            redelivered,
+            errors,
+            passes,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one redelivery asked for `hook` (`repos/o/r/hooks/1`).
+    pub fn catch_up_redelivered(&self, hook: &str) {
+        self.catch_up
+            .redelivered
+            .get_or_create(&HookLabels {
+                hook: hook.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one failure of the catch-up for `hook`.
+    pub fn catch_up_error(&self, hook: &str) {
+        self.catch_up
+            .errors
+            .get_or_create(&HookLabels {
+                hook: hook.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one catch-up pass.
+    pub fn catch_up_pass(&self) {
+        self.catch_up.passes.inc();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::panic)]
@@ -721,6 +795,34 @@ mod tests {
                 "webhook_dispatcher_retention_last_run_timestamp_seconds "
             ),
             1_800_000_000.0
+        );
+    }
+
+    #[test]
+    fn catch_up_counts_per_hook() {
+        let m = Metrics::new("0.0.0");
+        m.catch_up_redelivered("repos/o/r/hooks/1");
+        m.catch_up_redelivered("repos/o/r/hooks/1");
+        m.catch_up_error("orgs/o/hooks/2");
+        m.catch_up_pass();
+        let text = m.encode();
+        assert_eq!(
+            sample(
+                &text,
+                "webhook_dispatcher_catch_up_redelivered_total{hook=\"repos/o/r/hooks/1\"} "
+            ),
+            2.0
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "webhook_dispatcher_catch_up_errors_total{hook=\"orgs/o/hooks/2\"} "
+            ),
+            1.0
+        );
+        assert_eq!(
+            sample(&text, "webhook_dispatcher_catch_up_passes_total "),
+            1.0
         );
     }
 }

@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use crate::status::{Role, until};
 use crate::triggers::Triggers;
-use crate::{LabelWorkerFactory, RetentionWorkerFactory, Runtime};
+use crate::{CatchUpWorkerFactory, LabelWorkerFactory, RetentionWorkerFactory, Runtime};
 use dispatcher_metrics::{FinishStatus, PoolGauges};
 
 /// Pause after a pass failed for a reason other than losing the database.
@@ -53,6 +53,7 @@ where
         trigger,
         labels,
         retention,
+        catch_up,
         preparation,
         status,
         metrics,
@@ -75,6 +76,7 @@ where
         trigger: Arc::new(trigger),
         labels,
         retention,
+        catch_up,
         status: Arc::clone(&status),
         metrics: Arc::clone(&metrics),
         passes: AtomicU64::new(0),
@@ -180,6 +182,7 @@ struct Parts<C, T> {
     trigger: Arc<T>,
     labels: Option<LabelWorkerFactory>,
     retention: Option<RetentionWorkerFactory>,
+    catch_up: Option<CatchUpWorkerFactory>,
     status: Arc<crate::DispatcherStatus>,
     metrics: Arc<dispatcher_metrics::Metrics>,
     /// Passes started by this process, for the `dispatch_pass` span.
@@ -214,6 +217,10 @@ where
         });
         let _retention_worker = self
             .retention
+            .as_ref()
+            .map(|start| AbortOnDrop(tokio::spawn(start(Arc::clone(&self.metrics)))));
+        let _catch_up_worker = self
+            .catch_up
             .as_ref()
             .map(|start| AbortOnDrop(tokio::spawn(start(Arc::clone(&self.metrics)))));
         let mut heartbeat = tokio::time::interval(heartbeat_every);

@@ -8,7 +8,7 @@
 //! changes, deadlines and a slow safety timer; a heartbeat while idle; a
 //! timeout on every pass), trigger tasks in a [`tokio::task::JoinSet`] whose
 //! outcomes survive a lost session and are recorded in the next term, the
-//! label worker, the retention worker, shutdown that records POSTs already sent, and the status
+//! label worker, the retention worker, the catch-up worker, shutdown that records POSTs already sent, and the status
 //! snapshot behind readiness and liveness.
 //!
 //! **Must not:** depend on a concrete adapter (PostgreSQL, Kubernetes,
@@ -35,6 +35,7 @@
 //! `examples/embedded.rs` runs the intake HTTP service and the dispatcher
 //! with the production adapters inside another program.
 
+mod catch_up;
 mod labels;
 mod leader;
 mod retention;
@@ -65,6 +66,9 @@ type LabelWorkerFactory = Arc<
 type RetentionWorkerFactory =
     Arc<dyn Fn(Arc<Metrics>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
+/// Starts the catch-up worker for one leadership term.
+type CatchUpWorkerFactory = RetentionWorkerFactory;
+
 /// A start-up step retried until it succeeds (see [`Runtime::with_preparation`]).
 pub(crate) type Preparation =
     Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
@@ -79,6 +83,7 @@ pub struct Runtime<L, C, T> {
     trigger: T,
     labels: Option<LabelWorkerFactory>,
     retention: Option<RetentionWorkerFactory>,
+    catch_up: Option<CatchUpWorkerFactory>,
     preparation: Option<(String, Preparation)>,
     status: Arc<DispatcherStatus>,
     metrics: Arc<Metrics>,
@@ -112,6 +117,7 @@ where
             trigger,
             labels: None,
             retention: None,
+            catch_up: None,
             preparation: None,
             status,
             metrics: Arc::new(Metrics::default()),
@@ -181,6 +187,31 @@ where
     {
         self.retention = Some(Arc::new(move |metrics| {
             Box::pin(retention::retention_worker(store.clone(), policy, metrics))
+        }));
+        self
+    }
+
+    /// Asks GitHub to redeliver missed webhook deliveries while leading
+    /// (`github.catch_up`): a pass right after each term starts, then every
+    /// `policy.interval`.
+    #[must_use]
+    pub fn with_catch_up<G, S>(
+        mut self,
+        github: G,
+        store: S,
+        policy: dispatcher_core::catch_up::CatchUpPolicy,
+    ) -> Self
+    where
+        G: dispatcher_core::catch_up::HookDeliveries + Clone + 'static,
+        S: dispatcher_core::catch_up::CatchUpStore + Clone + 'static,
+    {
+        self.catch_up = Some(Arc::new(move |metrics| {
+            Box::pin(catch_up::catch_up_worker(
+                github.clone(),
+                store.clone(),
+                policy.clone(),
+                metrics,
+            ))
         }));
         self
     }

@@ -6,7 +6,8 @@
 //! embedded here and applied under an advisory lock), the connection pool,
 //! the implementations of the storage ports ([`PgEvents`] for every replica,
 //! [`LeaderSession`] for the one active dispatcher, [`PgLabels`] for label
-//! intents, [`PgRetention`] for deleting old finished events), the leader
+//! intents, [`PgRetention`] for deleting old finished events, [`PgCatchUp`] for
+//! the catch-up's cursors and redelivery requests), the leader
 //! lock and its lease, `NOTIFY` wake-ups, and how every
 //! connection is opened ([`connect()`]: keepalives and timeouts in one place).
 //!
@@ -32,6 +33,7 @@
 //! # Ok(()) }
 //! ```
 
+mod catch_up;
 mod connect;
 mod election;
 mod error;
@@ -54,6 +56,7 @@ mod tls;
 mod vocab;
 mod wakeup;
 
+pub use catch_up::PgCatchUp;
 pub use connect::{ConnectionOptions, connect};
 pub use election::PgLeaderElection;
 pub use events::PgEvents;

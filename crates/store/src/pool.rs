@@ -18,7 +18,7 @@ use crate::error;
 use crate::intake::IntakeBatches;
 use crate::leader::LeaderOptions;
 use crate::wakeup::Wakeups;
-use crate::{LeaderSession, PgEvents, PgLabels, PgRetention};
+use crate::{LeaderSession, PgCatchUp, PgEvents, PgLabels, PgRetention};
 
 /// Pool sizing and timeouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +132,11 @@ impl Database {
     /// Retention of finished events (deletes in short batches).
     pub fn retention(&self) -> PgRetention {
         PgRetention::new(self.clone())
+    }
+
+    /// Cursors and redelivery requests of the catch-up of missed deliveries.
+    pub fn catch_up(&self) -> PgCatchUp {
+        PgCatchUp::new(self.clone())
     }
 
     /// Tries to become the active dispatcher: `Some` while this replica holds

@@ -115,6 +115,24 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    catch_up_cursors (hook) {
+        hook -> Text,
+        last_delivery_id -> Int8,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    catch_up_requests (delivery_guid) {
+        delivery_guid -> Text,
+        hook -> Text,
+        hook_delivery_id -> Int8,
+        event_type -> Text,
+        requested_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(dispatches -> webhook_events (event_id));
 diesel::joinable!(event_timeline -> webhook_events (event_id));
 diesel::allow_tables_to_appear_in_same_query!(

@@ -127,6 +127,8 @@ async fn the_originals_database_is_adopted_keeping_every_row() {
         tables,
         [
             "__diesel_schema_migrations",
+            "catch_up_cursors",
+            "catch_up_requests",
             "dispatches",
             "event_timeline",
             "pool_controls",

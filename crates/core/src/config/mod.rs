@@ -396,6 +396,8 @@ pub struct Settings {
     pub retention: Option<crate::retention::RetentionPolicy>,
     /// `dispatcher.priority_labels`.
     pub priority_labels: PriorityLabels,
+    /// Catch-up of missed deliveries (`github.catch_up`); `None` = off.
+    pub catch_up: Option<crate::catch_up::CatchUpPolicy>,
 }
 
 impl Settings {
@@ -542,6 +544,9 @@ impl Settings {
             .retention
             .as_ref()
             .map(|r| crate::retention::validate(r, &mut errors));
+        let catch_up = raw.github.catch_up.as_ref().map(|c| {
+            crate::catch_up::validate(c, &raw.github, &security, retention.as_ref(), &mut errors)
+        });
         let log_format = match raw.logging.format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -572,6 +577,7 @@ impl Settings {
                 dev: raw.dev,
                 retention,
                 priority_labels,
+                catch_up,
             }),
             _ => Err(ConfigErrors(errors)),
         }
@@ -583,7 +589,7 @@ impl Settings {
     }
 }
 
-fn is_full_repo_name(s: &str) -> bool {
+pub(crate) fn is_full_repo_name(s: &str) -> bool {
     let mut parts = s.split('/');
     let ok = |p: Option<&str>| {
         p.is_some_and(|p| {

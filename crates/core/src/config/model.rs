@@ -277,6 +277,9 @@ pub struct GithubSection {
     /// Timeout of each GitHub call.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Redelivering deliveries GitHub failed to make (`github.catch_up`); absent = off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up: Option<CatchUpSection>,
 }
 
 impl GithubSection {
@@ -304,6 +307,7 @@ impl Default for GithubSection {
             token: None,
             app: None,
             timeout: Duration::from_secs(10),
+            catch_up: None,
         }
     }
 }
@@ -470,4 +474,52 @@ impl RetentionSection {
     fn default_batch_size() -> u32 {
         1000
     }
+}
+
+/// `github.catch_up:` the active replica asks GitHub to redeliver the
+/// deliveries of these hooks that failed (non-2xx) and that the database
+/// does not hold. Absent = off.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct CatchUpSection {
+    /// The webhooks whose deliveries are looked at.
+    pub hooks: Vec<CatchUpHookSection>,
+    /// Time between passes on the active replica (default `5m`, at least `10s`).
+    #[serde(default = "CatchUpSection::default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Redeliveries asked per pass, over all hooks (default 50, 1 to 1000).
+    #[serde(default = "CatchUpSection::default_max_per_pass")]
+    pub max_per_pass: u32,
+    /// How far back a hook without a stored cursor is looked at, and the
+    /// oldest delivery ever asked for again (default `24h`, at most `72h`:
+    /// GitHub redelivers only deliveries of the last three days).
+    #[serde(default = "CatchUpSection::default_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl CatchUpSection {
+    fn default_interval() -> Duration {
+        Duration::from_secs(300)
+    }
+
+    fn default_max_per_pass() -> u32 {
+        50
+    }
+
+    fn default_max_age() -> Duration {
+        Duration::from_secs(24 * 3600)
+    }
+}
+
+/// One entry of `github.catch_up.hooks`: a repository's or an
+/// organisation's webhook (exactly one of the two).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct CatchUpHookSection {
+    /// `owner/name` of a repository webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// Login of an organisation webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization: Option<String>,
+    /// The webhook's id (its settings page URL ends with it).
+    pub hook_id: u64,
 }

@@ -1,0 +1,2 @@
+DROP TABLE catch_up_requests;
+DROP TABLE catch_up_cursors;
