@@ -64,6 +64,8 @@ pub struct PassReport {
     pub confirmed: usize,
     /// Label intents changed.
     pub labels_changed: u64,
+    /// Queue statuses changed (`github.queue_status`).
+    pub statuses_changed: u64,
     /// Pool usage at planning time.
     pub usage: Vec<PoolUsage>,
     /// When to run again if nothing else wakes the engine.
@@ -322,7 +324,32 @@ impl Engine {
             journal::triggering(&self.settings, job);
         }
         report.labels_changed = store.reconcile_labels(now).await?;
+        report.statuses_changed = self
+            .reconcile_queue_status(store, &pools, &paused, now)
+            .await?;
         Ok((report, jobs))
+    }
+
+    /// With `github.queue_status: check_run | commit_status` (and GitHub
+    /// credentials): the queue as it stands after this pass's triggers, in
+    /// the explain API's positions and estimates, becomes the wanted statuses.
+    async fn reconcile_queue_status<S: DispatchStore>(
+        &self,
+        store: &mut S,
+        pools: &BTreeMap<PoolKey, PoolState>,
+        paused: &std::collections::BTreeSet<PoolKey>,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let github = &self.settings.github;
+        if !github.queue_status.posts_status() || !github.labels_enabled() {
+            return Ok(0);
+        }
+        let open = store
+            .open_dispatches(now - self.limits.reservation_timeout)
+            .await?;
+        let wanted =
+            crate::queue_status::wanted_statuses(&self.settings, &open, pools, paused, now);
+        store.reconcile_queue_status(&wanted, now).await
     }
 
     async fn record_unrecorded<S: DispatchStore>(

@@ -259,6 +259,39 @@ pub struct GithubSection {
     /// Timeout of each GitHub call.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// How a waiting pull request shows its place in the queue (default `label`).
+    pub queue_status: QueueStatusMode,
+    /// Shortest time between two position updates of one pull request's
+    /// status per pipeline (the final "Started"/"Cancelled" goes at once).
+    #[serde(with = "humantime_serde")]
+    pub queue_status_interval: Duration,
+}
+
+/// `github.queue_status`: what a waiting pull request carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueStatusMode {
+    /// A check run per pipeline (needs `github.app`) plus the label.
+    CheckRun,
+    /// A commit status per pipeline on the head SHA plus the label.
+    CommitStatus,
+    /// The `<pipeline>/queued` label only (the original behaviour).
+    #[default]
+    Label,
+    /// Neither label nor status.
+    Off,
+}
+
+impl QueueStatusMode {
+    /// Whether the `<pipeline>/queued` label is kept.
+    pub fn labels(self) -> bool {
+        self != Self::Off
+    }
+
+    /// Whether a check run or commit status shows the position.
+    pub fn posts_status(self) -> bool {
+        matches!(self, Self::CheckRun | Self::CommitStatus)
+    }
 }
 
 impl GithubSection {
@@ -286,6 +319,8 @@ impl Default for GithubSection {
             token: None,
             app: None,
             timeout: Duration::from_secs(10),
+            queue_status: QueueStatusMode::default(),
+            queue_status_interval: Duration::from_secs(30),
         }
     }
 }
