@@ -259,6 +259,15 @@ fn needs_restart(old: &Settings, new: &Settings) -> Vec<String> {
     );
     // The app's client is built at start (its key read once).
     check("github.app", old.github.app == new.github.app);
+    // The label and status workers are chosen at start.
+    check(
+        "github.queue_status",
+        old.github.queue_status == new.github.queue_status,
+    );
+    check(
+        "github.queue_status_interval",
+        old.github.queue_status_interval == new.github.queue_status_interval,
+    );
     // Timings fixed when a session, client or watch is built.
     type Timing = fn(&DispatchTuning) -> Duration;
     let fixed: [(&str, Timing); 5] = [

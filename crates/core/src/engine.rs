@@ -138,6 +138,10 @@ pub struct Engine {
     unrecorded: Vec<DispatchOutcome>,
     /// Consecutive passes that failed to record `unrecorded`.
     unrecorded_failures: u32,
+    /// Whether passes write queue statuses (`github.queue_status` with
+    /// GitHub credentials); fixed at start like the status worker, so a
+    /// reload never leaves statuses nobody completes.
+    queue_status: bool,
 }
 
 impl Engine {
@@ -151,11 +155,13 @@ impl Engine {
             backoff_max: d.retry_backoff_max,
         };
         Self {
-            settings,
             limits,
             retry,
             unrecorded: Vec::new(),
             unrecorded_failures: 0,
+            queue_status: settings.github.queue_status.posts_status()
+                && settings.github.labels_enabled(),
+            settings,
         }
     }
 
@@ -172,7 +178,9 @@ impl Engine {
     pub fn reload(&mut self, settings: Arc<Settings>) {
         let kept = std::mem::take(&mut self.unrecorded);
         let failures = self.unrecorded_failures;
+        let queue_status = self.queue_status;
         *self = Self::new(settings);
+        self.queue_status = queue_status;
         self.unrecorded = kept;
         self.unrecorded_failures = failures;
     }
@@ -340,8 +348,7 @@ impl Engine {
         paused: &std::collections::BTreeSet<PoolKey>,
         now: OffsetDateTime,
     ) -> Result<u64, StoreError> {
-        let github = &self.settings.github;
-        if !github.queue_status.posts_status() || !github.labels_enabled() {
+        if !self.queue_status {
             return Ok(0);
         }
         let open = store

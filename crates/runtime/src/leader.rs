@@ -52,6 +52,7 @@ where
         capacity,
         trigger,
         labels,
+        statuses,
         retention,
         preparation,
         status,
@@ -74,6 +75,7 @@ where
         capacity,
         trigger: Arc::new(trigger),
         labels,
+        statuses,
         retention,
         status: Arc::clone(&status),
         metrics: Arc::clone(&metrics),
@@ -179,6 +181,8 @@ struct Parts<C, T> {
     capacity: Arc<C>,
     trigger: Arc<T>,
     labels: Option<LabelWorkerFactory>,
+    /// The queue status worker (`github.queue_status`), started like the label worker.
+    statuses: Option<LabelWorkerFactory>,
     retention: Option<RetentionWorkerFactory>,
     status: Arc<crate::DispatcherStatus>,
     metrics: Arc<dispatcher_metrics::Metrics>,
@@ -209,6 +213,13 @@ where
         let _label_worker = self.labels.as_ref().map(|start| {
             AbortOnDrop(tokio::spawn(start(
                 Arc::clone(&label_wake),
+                Arc::clone(&self.metrics),
+            )))
+        });
+        let status_wake = Arc::new(Notify::new());
+        let _status_worker = self.statuses.as_ref().map(|start| {
+            AbortOnDrop(tokio::spawn(start(
+                Arc::clone(&status_wake),
                 Arc::clone(&self.metrics),
             )))
         });
@@ -251,7 +262,7 @@ where
                     return TermEnd::Lost;
                 }
                 Ok(Ok((report, jobs))) => {
-                    span.in_scope(|| self.after_pass(&report, &label_wake));
+                    span.in_scope(|| self.after_pass(&report, &label_wake, &status_wake));
                     for job in jobs {
                         let url = engine.callback_url(&job).cloned();
                         triggers.spawn(&self.trigger, url, job, lease.clone(), report.now);
@@ -410,7 +421,7 @@ where
         tracing::info_span!("dispatch_pass", pass)
     }
 
-    fn after_pass(&self, report: &PassReport, label_wake: &Notify) {
+    fn after_pass(&self, report: &PassReport, label_wake: &Notify, status_wake: &Notify) {
         // Metrics first: whoever sees the pass in the status sees its gauges too.
         let now = OffsetDateTime::now_utc();
         for u in &report.usage {
@@ -445,6 +456,9 @@ where
         self.status.pass_done(waiting);
         if report.labels_changed > 0 {
             label_wake.notify_one();
+        }
+        if report.statuses_changed > 0 {
+            status_wake.notify_one();
         }
         let busy =
             report.planned + report.triggered + report.retried + report.failed + report.confirmed
