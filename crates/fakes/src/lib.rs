@@ -40,6 +40,7 @@ mod observed;
 mod redirect;
 mod server;
 
+pub use github::StatusUpdate;
 pub use github::{FakeApp, FakeGithub, LabelCall, RateLimit, TokenExchange};
 
 /// Paths of the committed test-only RSA keys (`crates/fakes/fixtures`, see

@@ -41,6 +41,8 @@ pub struct WorldOptions {
     /// Label as a GitHub App (`github.app`, the fake in app mode) instead of
     /// with `GITHUB_TOKEN`.
     pub github_app: bool,
+    /// More keys of the `github:` flow mapping, e.g. `", queue_status: check_run"`.
+    pub github_yaml: &'static str,
 }
 
 impl Default for WorldOptions {
@@ -55,6 +57,7 @@ impl Default for WorldOptions {
             extra_yaml: "",
             allowed_events: "[pull_request]",
             github_app: false,
+            github_yaml: "",
         }
     }
 }
@@ -139,7 +142,7 @@ security:
   github_webhook_secret: "${{GITHUB_WEBHOOK_SECRET}}"
   allowed_github_events: {allowed_events}
 server: {{bind: 127.0.0.1, port: 0}}
-github: {{api_url: "{github}"{app}}}
+github: {{api_url: "{github}"{app}{github_yaml}}}
 dispatch:
   max_attempts: 3
   retry_backoff_base: 50ms
@@ -167,6 +170,7 @@ dispatch:
             trigger_timeout = self.options.trigger_timeout,
             failover_timeout = self.options.failover_timeout,
             extra = self.options.extra_yaml,
+            github_yaml = self.options.github_yaml,
             allowed_events = self.options.allowed_events,
         )
     }
