@@ -11,6 +11,13 @@
 //! the label endpoints then accept those tokens until they expire. The fake's
 //! clock can be moved forward ([`FakeGithub::advance_clock`]) so tests see
 //! tokens expire without sleeping.
+//!
+//! Queue statuses: `POST /repos/{o}/{r}/check-runs` (answers the new run's
+//! `id`), `PATCH /repos/{o}/{r}/check-runs/{id}` and
+//! `POST /repos/{o}/{r}/statuses/{sha}` (state and the 140-character
+//! description limit checked) are recorded in order
+//! ([`FakeGithub::status_updates`], [`FakeGithub::latest_status`]). Unlike
+//! GitHub, check runs are accepted from any authorised token.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, MutexGuard};
