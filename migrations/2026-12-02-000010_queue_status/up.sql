@@ -19,6 +19,9 @@ CREATE TABLE pr_queue_status (
     dispatch_id          BIGINT      NOT NULL,
     phase                TEXT        NOT NULL CHECK (phase IN ('queued', 'started', 'cancelled')),
     description          TEXT        NOT NULL,
+    -- The part of `description` whose change is sent (everything but the
+    -- estimate's minutes): a ticking estimate alone updates nothing.
+    significant          TEXT        NOT NULL DEFAULT '',
     applied_phase        TEXT        CHECK (applied_phase IN ('queued', 'started', 'cancelled')),
     applied_description  TEXT,
     check_run_id         BIGINT,

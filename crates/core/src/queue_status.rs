@@ -50,6 +50,10 @@ pub struct WantedStatus {
     pub pr: PullRequestRef,
     /// "Queued: 3rd of 7 for …".
     pub description: String,
+    /// The part of `description` whose change is worth a GitHub update:
+    /// everything but the estimate's minutes, so a position change (which
+    /// refreshes the estimate) is sent and a ticking estimate alone is not.
+    pub significant: String,
 }
 
 /// `1st`, `2nd`, `3rd`, `4th`, `11th`, `12th`, `13th`, `21st`, `112th`, ….
@@ -80,6 +84,18 @@ pub fn queued_text(
     estimated_start: Option<OffsetDateTime>,
     now: OffsetDateTime,
 ) -> String {
+    queued_texts(position, total, pipeline, reason, estimated_start, now).0
+}
+
+/// [`queued_text`] and its significant part (see [`WantedStatus::significant`]).
+fn queued_texts(
+    position: u32,
+    total: u32,
+    pipeline: &str,
+    reason: &WaitReason,
+    estimated_start: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> (String, String) {
     let when = match (reason, estimated_start) {
         (WaitReason::Paused { .. }, _) => "pipeline paused".to_owned(),
         (WaitReason::KubernetesUnknown { .. }, _) => "no estimate yet".to_owned(),
@@ -91,11 +107,16 @@ pub fn queued_text(
         ),
         (_, None) => "no estimate yet".to_owned(),
     };
-    let text = format!(
-        "Queued: {} of {total} for {pipeline}, {when}",
-        ordinal(position)
-    );
-    truncate(&text)
+    let place = format!("Queued: {} of {total} for {pipeline}", ordinal(position));
+    let kind = if when.starts_with("estimated start") {
+        "estimated start"
+    } else {
+        when.as_str()
+    };
+    (
+        truncate(&format!("{place}, {when}")),
+        format!("{place}, {kind}"),
+    )
 }
 
 /// "Cancelled: superseded by <sha>", or "Cancelled" when no newer commit took its place.
@@ -135,19 +156,21 @@ pub fn wanted_from(overviews: &[PoolOverview], now: OffsetDateTime) -> Vec<Wante
             if !seen.insert((pr.clone(), pool.spec.key.clone())) {
                 continue;
             }
+            let (description, significant) = queued_texts(
+                *position,
+                total,
+                &pool.spec.pipeline_name,
+                reason,
+                *estimated_start,
+                now,
+            );
             out.push(WantedStatus {
                 dispatch: *dispatch,
                 pool: pool.spec.key.clone(),
                 pipeline: pool.spec.pipeline_name.clone(),
                 pr: pr.clone(),
-                description: queued_text(
-                    *position,
-                    total,
-                    &pool.spec.pipeline_name,
-                    reason,
-                    *estimated_start,
-                    now,
-                ),
+                description,
+                significant,
             });
         }
     }
@@ -406,6 +429,28 @@ mod tests {
             queued_text(1, 1, &long, &full, None, NOW).chars().count(),
             MAX_DESCRIPTION
         );
+    }
+
+    #[test]
+    fn a_ticking_estimate_alone_is_not_significant() {
+        let full = WaitReason::PoolFull {
+            running: 1,
+            reserved: 0,
+            capacity: 1,
+        };
+        let at = |m: i64| Some(NOW + time::Duration::minutes(m));
+        let (a, key_a) = queued_texts(3, 7, "p", &full, at(12), NOW);
+        let (b, key_b) = queued_texts(3, 7, "p", &full, at(11), NOW);
+        assert_ne!(a, b);
+        assert_eq!(key_a, key_b);
+        assert_eq!(key_a, "Queued: 3rd of 7 for p, estimated start");
+        let (_, moved) = queued_texts(2, 7, "p", &full, at(11), NOW);
+        assert_ne!(moved, key_a);
+        let (_, unknown) = queued_texts(3, 7, "p", &full, None, NOW);
+        assert_ne!(unknown, key_a, "an estimate appearing is sent");
+        let (_, paused) =
+            queued_texts(3, 7, "p", &WaitReason::Paused { by: "a".into() }, None, NOW);
+        assert_eq!(paused, "Queued: 3rd of 7 for p, pipeline paused");
     }
 
     #[test]

@@ -39,22 +39,25 @@ pub(crate) async fn reconcile(
     let pools: Vec<String> = wanted.iter().map(|w| w.pool.0.clone()).collect();
     let pipelines: Vec<String> = wanted.iter().map(|w| w.pipeline.clone()).collect();
     let texts: Vec<String> = wanted.iter().map(|w| w.description.clone()).collect();
+    let keys: Vec<String> = wanted.iter().map(|w| w.significant.clone()).collect();
     let upserted = diesel::sql_query(
         "INSERT INTO pr_queue_status AS s (repository_full_name, pull_request_number, pool, head_sha,
-                 pipeline, dispatch_id, phase, description, next_attempt_at, updated_at)
+                 pipeline, dispatch_id, phase, description, significant, next_attempt_at, updated_at)
          SELECT d.repository_full_name, d.pull_request_number, w.pool,
-                e.payload->'pull_request'->'head'->>'sha', w.pipeline, d.id, 'queued', w.description, $1, $1
-           FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[]) AS w(dispatch_id, pool, pipeline, description)
+                e.payload->'pull_request'->'head'->>'sha', w.pipeline, d.id, 'queued', w.description, w.significant, $1, $1
+           FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[])
+                AS w(dispatch_id, pool, pipeline, description, significant)
            JOIN dispatches d ON d.id = w.dispatch_id
            JOIN webhook_events e ON e.id = d.event_id
           WHERE e.payload->'pull_request'->'head'->>'sha' IS NOT NULL
          ON CONFLICT (repository_full_name, pull_request_number, pool, head_sha) DO UPDATE
             SET dispatch_id = EXCLUDED.dispatch_id, pipeline = EXCLUDED.pipeline, phase = 'queued',
-                description = EXCLUDED.description, updated_at = $1,
+                description = EXCLUDED.description, significant = EXCLUDED.significant, updated_at = $1,
                 -- A finished row waiting again starts a fresh schedule.
                 attempts = CASE WHEN s.phase = 'queued' THEN s.attempts ELSE 0 END,
                 next_attempt_at = CASE WHEN s.phase = 'queued' THEN s.next_attempt_at ELSE $1 END
-          WHERE s.phase <> 'queued' OR s.description <> EXCLUDED.description
+          -- A ticking estimate alone changes nothing (see `significant`).
+          WHERE s.phase <> 'queued' OR s.significant <> EXCLUDED.significant
              OR s.dispatch_id <> EXCLUDED.dispatch_id",
     )
     .bind::<Timestamptz, _>(now)
@@ -62,6 +65,7 @@ pub(crate) async fn reconcile(
     .bind::<Array<Text>, _>(&pools)
     .bind::<Array<Text>, _>(&pipelines)
     .bind::<Array<Text>, _>(&texts)
+    .bind::<Array<Text>, _>(&keys)
     .execute(conn)
     .await?;
 
@@ -114,6 +118,7 @@ pub(crate) async fn reconcile(
         )
         .set((
             pr_queue_status::phase.eq(phase.as_str()),
+            pr_queue_status::significant.eq(text.clone()),
             pr_queue_status::description.eq(text),
             pr_queue_status::attempts.eq(0),
             pr_queue_status::next_attempt_at.eq(now),

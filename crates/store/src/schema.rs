@@ -124,6 +124,7 @@ diesel::table! {
         dispatch_id -> Int8,
         phase -> Text,
         description -> Text,
+        significant -> Text,
         applied_phase -> Nullable<Text>,
         applied_description -> Nullable<Text>,
         check_run_id -> Nullable<Int8>,

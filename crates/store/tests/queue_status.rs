@@ -42,6 +42,7 @@ fn wanted(dispatch: DispatchId, pr: i64, text: &str) -> WantedStatus {
             number: pr,
         },
         description: text.into(),
+        significant: text.into(),
     }
 }
 
@@ -92,6 +93,13 @@ async fn statuses_are_written_coalesced_and_settled() {
         leader.reconcile_queue_status(&first, now).await.unwrap(),
         0,
         "idempotent"
+    );
+    let mut ticking = first.clone();
+    ticking[0].description = "Queued: 1st of 2, estimated start in about 3 min".into();
+    assert_eq!(
+        leader.reconcile_queue_status(&ticking, now).await.unwrap(),
+        0,
+        "a ticking estimate alone is not worth an update"
     );
     let due = statuses.due_status_tasks(now, WINDOW, 10).await.unwrap();
     assert_eq!(
