@@ -292,6 +292,16 @@ impl QueueStatusMode {
     pub fn posts_status(self) -> bool {
         matches!(self, Self::CheckRun | Self::CommitStatus)
     }
+
+    /// The configuration's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CheckRun => "check_run",
+            Self::CommitStatus => "commit_status",
+            Self::Label => "label",
+            Self::Off => "off",
+        }
+    }
 }
 
 impl GithubSection {

@@ -586,6 +586,7 @@ fn queue_status_defaults_to_the_label_and_is_validated() {
         v["github"] = json!({"queue_status": text, "queue_status_interval": "200ms"});
         let s = settings(v).expect("valid");
         assert_eq!(s.github.queue_status, mode);
+        assert_eq!(mode.as_str(), text);
         assert_eq!(
             (mode.labels(), mode.posts_status()),
             (labels, posts),
