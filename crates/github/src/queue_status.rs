@@ -136,3 +136,136 @@ impl StatusNotifier for GithubQueueStatus {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use std::time::Duration;
+
+    use dispatcher_core::domain::PullRequestRef;
+    use dispatcher_fakes::FakeGithub;
+
+    use super::*;
+
+    fn client(fake: &FakeGithub, kind: StatusKind) -> GithubQueueStatus {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let github =
+            GithubLabels::new(&fake.url().parse().unwrap(), "t", Duration::from_secs(5)).unwrap();
+        GithubQueueStatus::new(github, kind)
+    }
+
+    fn task(phase: StatusPhase, text: &str) -> StatusTask {
+        StatusTask {
+            pr: PullRequestRef {
+                repository: "o/r".into(),
+                number: 7,
+            },
+            pool: "ns/p".into(),
+            pipeline: "p".into(),
+            head_sha: "abc123".into(),
+            phase,
+            description: text.into(),
+            applied_phase: None,
+            check_run_id: None,
+            attempts: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_check_run_is_created_then_updated_and_completed_neutral() {
+        let fake = FakeGithub::start("t").await.unwrap();
+        let github = client(&fake, StatusKind::CheckRun);
+        let id = github
+            .publish_status(&task(
+                StatusPhase::Queued,
+                "Queued: 2nd of 2 for p, no estimate yet",
+            ))
+            .await
+            .unwrap()
+            .expect("created");
+        let mut next = task(StatusPhase::Queued, "Queued: 1st of 1 for p, starting now");
+        next.applied_phase = Some(StatusPhase::Queued);
+        next.check_run_id = Some(id);
+        assert_eq!(github.publish_status(&next).await.unwrap(), None, "patched");
+        next.phase = StatusPhase::Started;
+        next.description = "Started".into();
+        assert_eq!(github.publish_status(&next).await.unwrap(), None);
+        let seen: Vec<(String, String, Option<i64>)> = fake
+            .status_updates()
+            .into_iter()
+            .map(|u| {
+                assert_eq!(
+                    (u.kind, u.sha.as_str(), u.name.as_str()),
+                    ("check_run", "abc123", "webhook-dispatcher/p")
+                );
+                (u.state, u.text, u.check_run)
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (
+                    "queued".into(),
+                    "Queued: 2nd of 2 for p, no estimate yet".into(),
+                    Some(id)
+                ),
+                (
+                    "queued".into(),
+                    "Queued: 1st of 1 for p, starting now".into(),
+                    Some(id)
+                ),
+                ("completed/neutral".into(), "Started".into(), Some(id)),
+            ]
+        );
+        // A run completed before cannot wait again: a new one is created.
+        let mut again = task(StatusPhase::Queued, "Queued: 1st of 1 for p, starting now");
+        again.applied_phase = Some(StatusPhase::Started);
+        again.check_run_id = Some(id);
+        let new_id = github.publish_status(&again).await.unwrap();
+        assert!(new_id.is_some_and(|n| n != id));
+    }
+
+    #[tokio::test]
+    async fn commit_statuses_map_phases_to_states() {
+        let fake = FakeGithub::start("t").await.unwrap();
+        let github = client(&fake, StatusKind::CommitStatus);
+        for (phase, text) in [
+            (StatusPhase::Queued, "Queued: 1st of 1 for p, starting now"),
+            (StatusPhase::Started, "Started"),
+            (StatusPhase::Cancelled, "Cancelled: superseded by def"),
+        ] {
+            assert_eq!(
+                github.publish_status(&task(phase, text)).await.unwrap(),
+                None
+            );
+        }
+        let states: Vec<(String, String)> = fake
+            .status_updates()
+            .into_iter()
+            .map(|u| (u.state, u.text))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                (
+                    "pending".into(),
+                    "Queued: 1st of 1 for p, starting now".into()
+                ),
+                ("success".into(), "Started".into()),
+                ("error".into(), "Cancelled: superseded by def".into()),
+            ]
+        );
+        // GitHub's refusal is an ordinary error (retried with backoff).
+        let refused = client(&fake, StatusKind::CommitStatus);
+        let long = "x".repeat(141);
+        let err = refused
+            .publish_status(&task(StatusPhase::Queued, &long))
+            .await
+            .unwrap_err();
+        assert!(
+            err.message.contains("422") && err.retry_at.is_none(),
+            "{err}"
+        );
+    }
+}
