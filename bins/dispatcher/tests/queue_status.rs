@@ -94,6 +94,26 @@ async fn check_runs_count_down_as_the_pool_drains_and_complete_when_superseded_o
     })
     .await;
     assert_eq!(latest(&world, "s100"), None, "a PR that never waited");
+    // The pools API (and explain) tell the same places.
+    let (status, pool) = svc
+        .get_as(
+            &format!("/api/v1/pools/ns/{PIPELINE}"),
+            Some("reader-secret"),
+        )
+        .await;
+    assert_eq!(status, 200, "{pool}");
+    let places: Vec<(i64, u64)> = pool["pool"]["queue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| {
+            (
+                q["pull_request_number"].as_i64().unwrap(),
+                q["position"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(places, (1..=10).map(|i| (i, i as u64)).collect::<Vec<_>>());
 
     // A push to PR 5 supersedes its waiting commit; the new one keeps the place.
     send(&svc.url, "pr5-b", 5, "s5-b", "synchronize").await;
@@ -212,4 +232,25 @@ async fn commit_statuses_go_pending_then_success() {
             .iter()
             .all(|u| u.kind == "commit_status" && u.name == NAME)
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn off_shows_neither_label_nor_status() {
+    let world = World::with(WorldOptions {
+        capacity: 1,
+        github_yaml: ", queue_status: off",
+        ..WorldOptions::default()
+    })
+    .await;
+    let svc = world.replica().await;
+    send(&svc.url, "pr1", 1, "o1", "opened").await;
+    world.wait_dispatched(1).await;
+    let waiting = send(&svc.url, "pr2", 2, "o2", "opened").await;
+    let id = waiting["id"].as_str().unwrap();
+    svc.wait_event(id, |e| e["status"] == "queued").await;
+    assert_eq!(world.listener.finish_runs(1), 1);
+    world.wait_dispatched(2).await;
+    svc.wait_event(id, |e| e["status"] == "processed").await;
+    assert_eq!(world.github.calls(), [], "no label");
+    assert_eq!(world.github.status_updates(), [], "no status");
 }
