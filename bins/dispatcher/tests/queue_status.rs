@@ -154,6 +154,8 @@ async fn check_runs_count_down_as_the_pool_drains_and_complete_when_superseded_o
 
     // The pool drains one run at a time: each PR starts, the rest move up.
     for (k, sha) in order.iter().enumerate() {
+        // "Started" is shown once the trigger is committed: wait for its run.
+        world.wait_dispatched(1 + k).await;
         assert_eq!(world.listener.finish_runs(1), 1);
         wait_for(&world, &format!("{sha} started, the rest moved up"), |w| {
             shows(w, sha, "completed/neutral", "Started")
