@@ -81,6 +81,14 @@ async fn check_runs_count_down_as_the_pool_drains_and_complete_when_superseded_o
     })
     .await;
     let svc = world.replica().await;
+    // Tests use the fake with a token; GitHub itself would refuse: a warning says so.
+    assert!(
+        svc.logs()
+            .iter()
+            .any(|l| l.contains("github.queue_status is check_run without github.app")),
+        "{:?}",
+        svc.logs()
+    );
 
     // PR 100 takes the one slot at once: it never waits, so it gets no check run.
     send(&svc.url, "pr100", 100, "s100", "opened").await;
