@@ -40,6 +40,28 @@ pub(crate) async fn reconcile(
     let pipelines: Vec<String> = wanted.iter().map(|w| w.pipeline.clone()).collect();
     let texts: Vec<String> = wanted.iter().map(|w| w.description.clone()).collect();
     let keys: Vec<String> = wanted.iter().map(|w| w.significant.clone()).collect();
+    // Rows already showing the dispatch: a new text only when its
+    // significant part changed (no payload is read for them).
+    let updated = diesel::sql_query(
+        "UPDATE pr_queue_status s
+            SET description = w.description, significant = w.significant,
+                pipeline = w.pipeline, updated_at = $1
+           FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[])
+                AS w(dispatch_id, pool, pipeline, description, significant)
+          WHERE s.dispatch_id = w.dispatch_id AND s.pool = w.pool AND s.phase = 'queued'
+            -- A ticking estimate alone changes nothing (see `significant`).
+            AND s.significant <> w.significant",
+    )
+    .bind::<Timestamptz, _>(now)
+    .bind::<Array<Int8>, _>(&ids)
+    .bind::<Array<Text>, _>(&pools)
+    .bind::<Array<Text>, _>(&pipelines)
+    .bind::<Array<Text>, _>(&texts)
+    .bind::<Array<Text>, _>(&keys)
+    .execute(conn)
+    .await?;
+    // Dispatches without such a row: their head SHA is read from the
+    // payload once, and the row for (PR, pool, SHA) is created or taken over.
     let upserted = diesel::sql_query(
         "INSERT INTO pr_queue_status AS s (repository_full_name, pull_request_number, pool, head_sha,
                  pipeline, dispatch_id, phase, description, significant, next_attempt_at, updated_at)
@@ -49,14 +71,15 @@ pub(crate) async fn reconcile(
                 AS w(dispatch_id, pool, pipeline, description, significant)
            JOIN dispatches d ON d.id = w.dispatch_id
            JOIN webhook_events e ON e.id = d.event_id
-          WHERE e.payload->'pull_request'->'head'->>'sha' IS NOT NULL
+          WHERE NOT EXISTS (SELECT 1 FROM pr_queue_status k
+                             WHERE k.dispatch_id = w.dispatch_id AND k.pool = w.pool AND k.phase = 'queued')
+            AND e.payload->'pull_request'->'head'->>'sha' IS NOT NULL
          ON CONFLICT (repository_full_name, pull_request_number, pool, head_sha) DO UPDATE
             SET dispatch_id = EXCLUDED.dispatch_id, pipeline = EXCLUDED.pipeline, phase = 'queued',
                 description = EXCLUDED.description, significant = EXCLUDED.significant, updated_at = $1,
                 -- A finished row waiting again starts a fresh schedule.
                 attempts = CASE WHEN s.phase = 'queued' THEN s.attempts ELSE 0 END,
                 next_attempt_at = CASE WHEN s.phase = 'queued' THEN s.next_attempt_at ELSE $1 END
-          -- A ticking estimate alone changes nothing (see `significant`).
           WHERE s.phase <> 'queued' OR s.significant <> EXCLUDED.significant
              OR s.dispatch_id <> EXCLUDED.dispatch_id",
     )
@@ -102,7 +125,7 @@ pub(crate) async fn reconcile(
     .bind::<Array<Int8>, _>(&ids)
     .load(conn)
     .await?;
-    let mut changed = upserted;
+    let mut changed = updated + upserted;
     for g in gone {
         let state = g
             .newest_state
