@@ -432,6 +432,85 @@ mod tests {
     }
 
     #[test]
+    fn wanted_statuses_follow_the_explained_queue() {
+        use crate::config::parse;
+        use crate::domain::EventId;
+        use crate::ports::RunView;
+        let v = serde_json::json!({
+            "dispatcher": {"items": [{
+                "name": "ops", "events": ["opened"], "full_repository_name": "o/r",
+                "callback_url": "http://el:8080",
+                "capacity": {"type": "ocp_tekton", "pipeline_name": "p", "max_capacity": 1, "namespace": "ns"},
+            }]},
+            "security": {"verify_signatures": false},
+        });
+        let settings = Settings::from_raw(parse(v).unwrap().0).unwrap();
+        let pool = PoolKey("ns/p".into());
+        let dispatch = |id: i64, state: DispatchState, has_newer: bool| OpenDispatch {
+            id: DispatchId(id),
+            event_id: EventId(id),
+            item: "ops".into(),
+            pool: pool.clone(),
+            pr: PullRequestRef {
+                repository: "o/r".into(),
+                number: id,
+            },
+            state,
+            queue_position: id,
+            attempts: 0,
+            next_attempt_at: NOW,
+            listener_event_id: None,
+            trigger_started_at: None,
+            triggered_at: None,
+            has_newer,
+        };
+        let open = vec![
+            dispatch(1, DispatchState::Triggering, false),
+            dispatch(2, DispatchState::Queued, false),
+            dispatch(3, DispatchState::Queued, true),
+            dispatch(4, DispatchState::Queued, false),
+        ];
+        // One run of 10 minutes finished; the one running started 4 minutes ago.
+        let state = PoolState::Known {
+            running: 1,
+            runs: vec![
+                RunView {
+                    created_at: Some(NOW - time::Duration::minutes(4)),
+                    ..RunView::default()
+                },
+                RunView {
+                    created_at: Some(NOW - time::Duration::minutes(30)),
+                    finished: true,
+                    finished_at: Some(NOW - time::Duration::minutes(20)),
+                    ..RunView::default()
+                },
+            ],
+        };
+        let pools = [(pool.clone(), state)].into();
+        let wanted = wanted_statuses(&settings, &open, &pools, &BTreeSet::new(), NOW);
+        let texts: Vec<(i64, &str)> = wanted
+            .iter()
+            .map(|w| (w.dispatch.0, w.description.as_str()))
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                // The explain API's estimate: the trigger in flight counts as
+                // just started (10 min), after the running run (6 min left).
+                (2, "Queued: 1st of 2 for p, estimated start in about 10 min"),
+                (4, "Queued: 2nd of 2 for p, estimated start in about 20 min"),
+            ],
+            "in flight and superseded work shows nothing"
+        );
+        let paused = wanted_statuses(&settings, &open, &pools, &[pool].into(), NOW);
+        assert_eq!(
+            paused[0].description,
+            "Queued: 1st of 2 for p, pipeline paused"
+        );
+        assert!(wanted_statuses(&settings, &open[..1], &pools, &BTreeSet::new(), NOW).is_empty());
+    }
+
+    #[test]
     fn a_ticking_estimate_alone_is_not_significant() {
         let full = WaitReason::PoolFull {
             running: 1,
