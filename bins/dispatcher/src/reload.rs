@@ -9,7 +9,7 @@
 //! an item to its new pool), webhook secrets and signature settings, API
 //! tokens, the GitHub token and the dispatch tuning. What needs a restart
 //! (reported, not applied): the listener (`server.*`), the database, logging,
-//! `dev`, `retention`, `github.api_url`/`timeout`/`app`/`catch_up`, and the dispatch timings fixed when a
+//! `dev`, `retention`, `github.api_url`/`timeout`/`app`/`catch_up`/`queue_status`/`queue_status_interval`, and the dispatch timings fixed when a
 //! client or session is built (`failover_timeout`, `trigger_timeout`,
 //! `capacity_resync_interval`, `capacity_stale_after`,
 //! `leader_retry_interval`); docs/CONFIGURATION.md marks each key.
@@ -261,6 +261,15 @@ fn needs_restart(old: &Settings, new: &Settings) -> Vec<String> {
     check("github.app", old.github.app == new.github.app);
     // The catch-up worker is built at start with its hooks and timings.
     check("github.catch_up", old.catch_up == new.catch_up);
+    // The label and status workers are chosen at start.
+    check(
+        "github.queue_status",
+        old.github.queue_status == new.github.queue_status,
+    );
+    check(
+        "github.queue_status_interval",
+        old.github.queue_status_interval == new.github.queue_status_interval,
+    );
     // Timings fixed when a session, client or watch is built.
     type Timing = fn(&DispatchTuning) -> Duration;
     let fixed: [(&str, Timing); 5] = [
@@ -404,6 +413,20 @@ mod tests {
                 &settings(&serde_json::json!({"token": "b"}))
             )
             .is_empty()
+        );
+    }
+
+    #[test]
+    fn the_queue_status_mode_needs_a_restart() {
+        let mode = |m: &str| settings(&serde_json::json!({"token": "a", "queue_status": m}));
+        assert_eq!(
+            needs_restart(&mode("label"), &mode("check_run")),
+            ["github.queue_status"]
+        );
+        let every = |i: &str| settings(&serde_json::json!({"queue_status_interval": i}));
+        assert_eq!(
+            needs_restart(&every("30s"), &every("5s")),
+            ["github.queue_status_interval"]
         );
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use dispatcher_capacity::{CapacityOptions, EventListenerClient, KubeCapacity, kube_client};
-use dispatcher_core::config::Settings;
+use dispatcher_core::config::{QueueStatusMode, Settings};
 use dispatcher_core::ports::CapacitySource;
 use dispatcher_github::GithubLabels;
 use dispatcher_http::{App, DispatcherReport, Liveness, Metrics};
@@ -47,11 +47,9 @@ pub(crate) async fn serve(
     let github = github_labels(&settings)?;
     // Reloaded settings reach the dispatcher through this channel.
     let (settings_tx, settings_rx) = watch::channel(Arc::clone(&settings));
-    let election = PgLeaderElection::new(
-        db.clone(),
-        github.is_some(),
-        crate::options::leader(&settings),
-    );
+    // `github.queue_status: off` turns the `<pipeline>/queued` label off too.
+    let labels = github.is_some() && settings.github.queue_status.labels();
+    let election = PgLeaderElection::new(db.clone(), labels, crate::options::leader(&settings));
     let metrics = Arc::new(Metrics::new(env!("CARGO_PKG_VERSION")));
     let mut runtime = Runtime::new(
         Arc::clone(&settings),
@@ -62,7 +60,16 @@ pub(crate) async fn serve(
     .with_metrics(Arc::clone(&metrics))
     .with_settings_updates(settings_rx.clone());
     if let Some(github) = &github {
-        runtime = runtime.with_labels(db.labels(), github.clone());
+        if labels {
+            runtime = runtime.with_labels(db.labels(), github.clone());
+        }
+        if let Some(kind) = status_kind(settings.github.queue_status) {
+            runtime = runtime.with_queue_status(
+                db.queue_statuses(),
+                dispatcher_github::GithubQueueStatus::new(github.clone(), kind),
+                settings.github.queue_status_interval,
+            );
+        }
     }
     // Validation requires a token or an app with github.catch_up.
     if let (Some(policy), Some(github)) = (settings.catch_up.clone(), &github) {
@@ -224,7 +231,27 @@ pub(crate) fn github_client(
     }
 }
 
+/// The kind of GitHub status `github.queue_status` publishes, if any.
+fn status_kind(mode: QueueStatusMode) -> Option<dispatcher_github::StatusKind> {
+    match mode {
+        QueueStatusMode::CheckRun => Some(dispatcher_github::StatusKind::CheckRun),
+        QueueStatusMode::CommitStatus => Some(dispatcher_github::StatusKind::CommitStatus),
+        QueueStatusMode::Label | QueueStatusMode::Off => None,
+    }
+}
+
 fn warn_about(settings: &Settings) {
+    let github = &settings.github;
+    if github.queue_status == QueueStatusMode::CheckRun && github.app.is_none() {
+        tracing::warn!(
+            "github.queue_status is check_run without github.app: GitHub accepts check runs only from a GitHub App, so a token's check runs will fail (use commit_status with a token)"
+        );
+    }
+    if github.queue_status.posts_status() && !github.labels_enabled() {
+        tracing::warn!(
+            "github.queue_status needs GitHub credentials (github.token, GITHUB_TOKEN or github.app): no queue status is shown"
+        );
+    }
     if !settings.security.verify_signatures {
         tracing::warn!(
             "security.verify_signatures is off: any request that looks like a GitHub webhook is accepted"

@@ -50,7 +50,8 @@ pub(crate) fn log_start(settings: &Settings, version: &str) {
         })
         .collect::<Vec<_>>()
         .join("; ");
-    let github_labels = settings.github.labels_enabled();
+    let github_labels = settings.github.labels_enabled() && settings.github.queue_status.labels();
+    let queue_status = settings.github.queue_status.as_str();
     let github_app = settings.github.app.is_some();
     let d = &settings.dispatch;
     tracing::info!(
@@ -62,6 +63,7 @@ pub(crate) fn log_start(settings: &Settings, version: &str) {
         webhook_secrets = settings.security.webhook_secrets.len(),
         github_labels,
         github_app,
+        queue_status,
         metrics_token = settings.metrics_token.is_some(),
         api_tokens = settings.api_tokens.len(),
         database_pool_size = settings.database.pool_size,

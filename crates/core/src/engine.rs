@@ -65,6 +65,8 @@ pub struct PassReport {
     pub confirmed: usize,
     /// Label intents changed.
     pub labels_changed: u64,
+    /// Queue statuses changed (`github.queue_status`).
+    pub statuses_changed: u64,
     /// Pool usage at planning time.
     pub usage: Vec<PoolUsage>,
     /// When to run again if nothing else wakes the engine.
@@ -137,6 +139,10 @@ pub struct Engine {
     unrecorded: Vec<DispatchOutcome>,
     /// Consecutive passes that failed to record `unrecorded`.
     unrecorded_failures: u32,
+    /// Whether passes write queue statuses (`github.queue_status` with
+    /// GitHub credentials); fixed at start like the status worker, so a
+    /// reload never leaves statuses nobody completes.
+    queue_status: bool,
 }
 
 impl Engine {
@@ -150,11 +156,13 @@ impl Engine {
             backoff_max: d.retry_backoff_max,
         };
         Self {
-            settings,
             limits,
             retry,
             unrecorded: Vec::new(),
             unrecorded_failures: 0,
+            queue_status: settings.github.queue_status.posts_status()
+                && settings.github.labels_enabled(),
+            settings,
         }
     }
 
@@ -171,7 +179,9 @@ impl Engine {
     pub fn reload(&mut self, settings: Arc<Settings>) {
         let kept = std::mem::take(&mut self.unrecorded);
         let failures = self.unrecorded_failures;
+        let queue_status = self.queue_status;
         *self = Self::new(settings);
+        self.queue_status = queue_status;
         self.unrecorded = kept;
         self.unrecorded_failures = failures;
     }
@@ -325,7 +335,35 @@ impl Engine {
             journal::triggering(&self.settings, job);
         }
         report.labels_changed = store.reconcile_labels(now).await?;
+        report.statuses_changed = self
+            .reconcile_queue_status(store, &pools, &paused, now)
+            .await?;
         Ok((report, jobs))
+    }
+
+    /// With `github.queue_status: check_run | commit_status` (and GitHub
+    /// credentials): the queue as it stands after this pass's triggers, in
+    /// the explain API's positions and estimates, becomes the wanted statuses.
+    async fn reconcile_queue_status<S: DispatchStore>(
+        &self,
+        store: &mut S,
+        pools: &BTreeMap<PoolKey, PoolState>,
+        paused: &std::collections::BTreeSet<PoolKey>,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        if !self.queue_status {
+            return Ok(0);
+        }
+        // The pool order may need labels and trigger history (fairness).
+        let open = store
+            .open_dispatches(
+                now - self.limits.reservation_timeout,
+                OpenExtras::for_settings(&self.settings),
+            )
+            .await?;
+        let wanted =
+            crate::queue_status::wanted_statuses(&self.settings, &open, pools, paused, now);
+        store.reconcile_queue_status(&wanted, now).await
     }
 
     async fn record_unrecorded<S: DispatchStore>(

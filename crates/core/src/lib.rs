@@ -46,6 +46,7 @@ pub mod labels;
 pub mod operate;
 pub mod planner;
 pub mod ports;
+pub mod queue_status;
 pub mod retention;
 pub mod rules;
 pub mod status;

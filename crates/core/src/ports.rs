@@ -368,6 +368,19 @@ pub trait DispatchStore: Send {
         &mut self,
         now: OffsetDateTime,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Brings the wanted queue statuses (`github.queue_status`) in line with
+    /// `wanted` (every waiting dispatch's text): new and changed ones are
+    /// stored, and statuses whose dispatch no longer waits become "Started"
+    /// or "Cancelled". Returns how many changed. Stores without queue
+    /// statuses keep the default, which changes nothing.
+    fn reconcile_queue_status(
+        &mut self,
+        wanted: &[crate::queue_status::WantedStatus],
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        let _ = (wanted, now);
+        async { Ok(0) }
+    }
 }
 
 /// One PipelineRun of a pool, reduced to what matching it to a dispatch
@@ -630,3 +643,103 @@ pub trait RetentionStore: Send + Sync {
 }
 
 pub use crate::catch_up::{CatchUpStore, HookDeliveries};
+/// Where a pull request's queue status stands (`github.queue_status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusPhase {
+    /// Waiting; the description holds its position and estimate.
+    Queued,
+    /// Dispatched: "Started".
+    Started,
+    /// Will not run from this place: superseded, closed or cancelled.
+    Cancelled,
+}
+
+impl StatusPhase {
+    /// Stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Started => "started",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// From the stored spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "queued" => Some(Self::Queued),
+            "started" => Some(Self::Started),
+            "cancelled" => Some(Self::Cancelled),
+            _ => None,
+        }
+    }
+
+    /// Started or cancelled: the status is complete.
+    pub fn is_final(self) -> bool {
+        self != Self::Queued
+    }
+}
+
+/// One queue status GitHub should show but does not yet (or not in this
+/// wording): a check run or commit status per (pull request, pipeline, head SHA).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusTask {
+    /// Pull request.
+    pub pr: PullRequestRef,
+    /// Capacity pool (part of the stored key).
+    pub pool: String,
+    /// Its pipeline name (the check's name and the status context).
+    pub pipeline: String,
+    /// The pull request's head commit the status is on.
+    pub head_sha: String,
+    /// Wanted phase.
+    pub phase: StatusPhase,
+    /// Wanted text ("Queued: 3rd of 7 for …", "Started", "Cancelled: …").
+    pub description: String,
+    /// What GitHub shows now (`None`: nothing was sent yet).
+    pub applied_phase: Option<StatusPhase>,
+    /// The check run created for it (check runs only).
+    pub check_run_id: Option<i64>,
+    /// Failed attempts so far.
+    pub attempts: u32,
+}
+
+/// What pushing one status did: `Ok(check run id)` (when one was created)
+/// or the error and when to retry.
+pub type StatusOutcome = Result<Option<i64>, (String, OffsetDateTime)>;
+
+/// Storage of wanted queue statuses (written by the leader's pass).
+pub trait QueueStatusStore: Send {
+    /// Statuses whose GitHub update is due: changed, not waiting for a
+    /// retry, and for a position change not sent within `interval`
+    /// (coalescing); final ones are due at once.
+    fn due_status_tasks(
+        &mut self,
+        now: OffsetDateTime,
+        interval: std::time::Duration,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<StatusTask>, StoreError>> + Send;
+    /// Records what GitHub now shows (`Ok(check run id)`) or a failure to
+    /// retry at the given time.
+    fn finish_status_task(
+        &mut self,
+        task: &StatusTask,
+        result: StatusOutcome,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// When the next status becomes due (a retry or the end of a coalescing window).
+    fn next_status_due(
+        &mut self,
+        interval: std::time::Duration,
+    ) -> impl Future<Output = Result<Option<OffsetDateTime>, StoreError>> + Send;
+}
+
+/// Shows queue statuses on GitHub (a check run or a commit status).
+pub trait StatusNotifier: Send + Sync {
+    /// Creates or updates the status of `task`; returns the check run's id
+    /// when one was created (`None` for commit statuses or an update).
+    fn publish_status(
+        &self,
+        task: &StatusTask,
+    ) -> impl Future<Output = Result<Option<i64>, NotifyError>> + Send;
+}

@@ -14,6 +14,12 @@
 //!
 //! Hook deliveries (`github/deliveries.rs`): listing, redelivery requests,
 //! and the redeliveries themselves, signed, to a target URL.
+//! Queue statuses: `POST /repos/{o}/{r}/check-runs` (answers the new run's
+//! `id`), `PATCH /repos/{o}/{r}/check-runs/{id}` and
+//! `POST /repos/{o}/{r}/statuses/{sha}` (state and the 140-character
+//! description limit checked) are recorded in order
+//! ([`FakeGithub::status_updates`], [`FakeGithub::latest_status`]). Unlike
+//! GitHub, check runs are accepted from any authorised token.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, MutexGuard};
@@ -130,6 +136,8 @@ struct State {
     refuse_issued: bool,
     /// Hook deliveries (`deliveries.rs`).
     deliveries: deliveries::Deliveries,
+    /// Check runs and commit statuses (queue status).
+    statuses: QueueStatuses,
 }
 
 impl State {
@@ -305,6 +313,9 @@ fn handle(inner: &Arc<Inner>, request: &FakeRequest) -> http::Response<crate::se
         &segments.iter().map(String::as_str).collect::<Vec<_>>(),
     ) {
         return response;
+    }
+    if let Some(answer) = queue_status_route(inner, request, &segments) {
+        return answer;
     }
     let parsed = match segments
         .iter()
@@ -571,4 +582,149 @@ fn percent_decode(s: &str) -> String {
         .next()
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default()
+}
+
+// ---- Queue status: check runs and commit statuses ----
+
+/// One accepted check run or commit status write, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusUpdate {
+    /// `check_run` or `commit_status`.
+    pub kind: &'static str,
+    /// `owner/repo`.
+    pub repo: String,
+    /// The commit.
+    pub sha: String,
+    /// Check run name or status context.
+    pub name: String,
+    /// Commit status `state`, or the check run's `status` (`queued`,
+    /// `in_progress`) or `completed/<conclusion>`.
+    pub state: String,
+    /// Commit status `description`, or the check run's `output.title`.
+    pub text: String,
+    /// The check run's id (check runs only).
+    pub check_run: Option<i64>,
+}
+
+#[derive(Debug, Default)]
+struct QueueStatuses {
+    updates: Vec<StatusUpdate>,
+    /// Check run id → (repo, sha, name).
+    runs: BTreeMap<i64, (String, String, String)>,
+}
+
+impl FakeGithub {
+    /// Every accepted check run and commit status write, in order.
+    pub fn status_updates(&self) -> Vec<StatusUpdate> {
+        self.state().statuses.updates.clone()
+    }
+
+    /// The latest check run or commit status named `name` on `sha`.
+    pub fn latest_status(&self, repo: &str, sha: &str, name: &str) -> Option<StatusUpdate> {
+        self.state()
+            .statuses
+            .updates
+            .iter()
+            .rev()
+            .find(|u| u.repo == repo && u.sha == sha && u.name == name)
+            .cloned()
+    }
+}
+
+/// `POST /repos/{o}/{r}/statuses/{sha}`, `POST /repos/{o}/{r}/check-runs`,
+/// `PATCH /repos/{o}/{r}/check-runs/{id}`; `None` for any other route.
+fn queue_status_route(
+    inner: &Arc<Inner>,
+    request: &FakeRequest,
+    segments: &[String],
+) -> Option<http::Response<crate::server::FakeBody>> {
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let method = &request.parts.method;
+    let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let check_state = |b: &serde_json::Value| match b["status"].as_str() {
+        Some("completed") => format!("completed/{}", b["conclusion"].as_str().unwrap_or("")),
+        Some(other) => other.to_owned(),
+        None => "queued".to_owned(),
+    };
+    let bad = |m: &str| {
+        Some(json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({"message": m}),
+        ))
+    };
+    let answer = match (method, segs.as_slice()) {
+        (&Method::POST, ["repos", owner, repo, "statuses", sha]) => {
+            let state = text(&body["state"]);
+            let description = text(&body["description"]);
+            if !["pending", "success", "error", "failure"].contains(&state.as_str()) {
+                return bad("state is not one of pending, success, error, failure");
+            }
+            if description.chars().count() > 140 {
+                return bad("description is too long (maximum is 140 characters)");
+            }
+            let update = StatusUpdate {
+                kind: "commit_status",
+                repo: format!("{owner}/{repo}"),
+                sha: (*sha).to_owned(),
+                name: text(&body["context"]),
+                state,
+                text: description,
+                check_run: None,
+            };
+            inner.shared.lock().statuses.updates.push(update);
+            json_response(StatusCode::CREATED, &json!({"state": body["state"]}))
+        }
+        (&Method::POST, ["repos", owner, repo, "check-runs"]) => {
+            let (name, sha) = (text(&body["name"]), text(&body["head_sha"]));
+            if name.is_empty() || sha.is_empty() {
+                return bad("name and head_sha are required");
+            }
+            let mut s = inner.shared.lock();
+            let id = i64::try_from(s.statuses.runs.len()).unwrap_or_default() + 1;
+            let repo = format!("{owner}/{repo}");
+            s.statuses
+                .runs
+                .insert(id, (repo.clone(), sha.clone(), name.clone()));
+            s.statuses.updates.push(StatusUpdate {
+                kind: "check_run",
+                repo,
+                sha,
+                name,
+                state: check_state(&body),
+                text: text(&body["output"]["title"]),
+                check_run: Some(id),
+            });
+            json_response(StatusCode::CREATED, &json!({"id": id}))
+        }
+        (&Method::PATCH, ["repos", owner, repo, "check-runs", id]) => {
+            let mut s = inner.shared.lock();
+            let known = id.parse::<i64>().ok().and_then(|id| {
+                s.statuses
+                    .runs
+                    .get(&id)
+                    .filter(|(r, _, _)| *r == format!("{owner}/{repo}"))
+                    .map(|run| (id, run.clone()))
+            });
+            let Some((id, (repo, sha, name))) = known else {
+                return Some(json_response(
+                    StatusCode::NOT_FOUND,
+                    &json!({"message": "Not Found"}),
+                ));
+            };
+            s.statuses.updates.push(StatusUpdate {
+                kind: "check_run",
+                repo,
+                sha,
+                name,
+                state: check_state(&body),
+                text: text(&body["output"]["title"]),
+                check_run: Some(id),
+            });
+            json_response(StatusCode::OK, &json!({"id": id}))
+        }
+        _ => return None,
+    };
+    inner.shared.changed();
+    Some(answer)
 }

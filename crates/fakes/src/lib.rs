@@ -41,7 +41,8 @@ mod redirect;
 mod server;
 
 pub use github::{
-    FakeApp, FakeDelivery, FakeGithub, LabelCall, RateLimit, RedeliveryRequest, TokenExchange,
+    FakeApp, FakeDelivery, FakeGithub, LabelCall, RateLimit, RedeliveryRequest, StatusUpdate,
+    TokenExchange,
 };
 
 /// Paths of the committed test-only RSA keys (`crates/fakes/fixtures`, see

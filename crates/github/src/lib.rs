@@ -36,11 +36,13 @@
 
 mod app;
 mod deliveries;
+mod queue_status;
 
 use std::time::Duration;
 
 pub use app::{AppClock, AppKey, DEFAULT_REFRESH_MARGIN, GithubApp};
 use app::{AppTokens, Auth};
+pub use queue_status::{GithubQueueStatus, StatusKind, context};
 
 use dispatcher_core::domain::PullRequestRef;
 use dispatcher_core::ports::{NotifyError, PrNotifier};

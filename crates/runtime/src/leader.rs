@@ -52,6 +52,7 @@ where
         capacity,
         trigger,
         labels,
+        statuses,
         retention,
         catch_up,
         preparation,
@@ -75,6 +76,7 @@ where
         capacity,
         trigger: Arc::new(trigger),
         labels,
+        statuses,
         retention,
         catch_up,
         status: Arc::clone(&status),
@@ -181,6 +183,8 @@ struct Parts<C, T> {
     capacity: Arc<C>,
     trigger: Arc<T>,
     labels: Option<LabelWorkerFactory>,
+    /// The queue status worker (`github.queue_status`), started like the label worker.
+    statuses: Option<LabelWorkerFactory>,
     retention: Option<RetentionWorkerFactory>,
     catch_up: Option<CatchUpWorkerFactory>,
     status: Arc<crate::DispatcherStatus>,
@@ -212,6 +216,13 @@ where
         let _label_worker = self.labels.as_ref().map(|start| {
             AbortOnDrop(tokio::spawn(start(
                 Arc::clone(&label_wake),
+                Arc::clone(&self.metrics),
+            )))
+        });
+        let status_wake = Arc::new(Notify::new());
+        let _status_worker = self.statuses.as_ref().map(|start| {
+            AbortOnDrop(tokio::spawn(start(
+                Arc::clone(&status_wake),
                 Arc::clone(&self.metrics),
             )))
         });
@@ -258,7 +269,7 @@ where
                     return TermEnd::Lost;
                 }
                 Ok(Ok((report, jobs))) => {
-                    span.in_scope(|| self.after_pass(&report, &label_wake));
+                    span.in_scope(|| self.after_pass(&report, &label_wake, &status_wake));
                     for job in jobs {
                         let url = engine.callback_url(&job).cloned();
                         triggers.spawn(&self.trigger, url, job, lease.clone(), report.now);
@@ -417,7 +428,7 @@ where
         tracing::info_span!("dispatch_pass", pass)
     }
 
-    fn after_pass(&self, report: &PassReport, label_wake: &Notify) {
+    fn after_pass(&self, report: &PassReport, label_wake: &Notify, status_wake: &Notify) {
         // Metrics first: whoever sees the pass in the status sees its gauges too.
         let now = OffsetDateTime::now_utc();
         for u in &report.usage {
@@ -452,6 +463,9 @@ where
         self.status.pass_done(waiting);
         if report.labels_changed > 0 {
             label_wake.notify_one();
+        }
+        if report.statuses_changed > 0 {
+            status_wake.notify_one();
         }
         let busy =
             report.planned + report.triggered + report.retried + report.failed + report.confirmed

@@ -38,6 +38,7 @@
 mod catch_up;
 mod labels;
 mod leader;
+mod queue_status;
 mod retention;
 mod status;
 mod triggers;
@@ -45,10 +46,12 @@ mod triggers;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use dispatcher_core::config::Settings;
 use dispatcher_core::ports::{
-    CapacitySource, LabelStore, LeaderElection, PrNotifier, RetentionStore, Trigger,
+    CapacitySource, LabelStore, LeaderElection, PrNotifier, QueueStatusStore, RetentionStore,
+    StatusNotifier, Trigger,
 };
 use dispatcher_core::retention::RetentionPolicy;
 use dispatcher_metrics::Metrics;
@@ -82,6 +85,7 @@ pub struct Runtime<L, C, T> {
     capacity: Arc<C>,
     trigger: T,
     labels: Option<LabelWorkerFactory>,
+    statuses: Option<LabelWorkerFactory>,
     retention: Option<RetentionWorkerFactory>,
     catch_up: Option<CatchUpWorkerFactory>,
     preparation: Option<(String, Preparation)>,
@@ -116,6 +120,7 @@ where
             capacity,
             trigger,
             labels: None,
+            statuses: None,
             retention: None,
             catch_up: None,
             preparation: None,
@@ -174,6 +179,30 @@ where
                 metrics,
             };
             Box::pin(labels::label_worker(store.clone(), notifier, wake))
+        }));
+        self
+    }
+
+    /// Shows each waiting pull request's queue position and estimated start
+    /// as a check run or commit status while leading (`github.queue_status`),
+    /// one position update per `interval` at most.
+    #[must_use]
+    pub fn with_queue_status<S, N>(mut self, store: S, notifier: N, interval: Duration) -> Self
+    where
+        S: QueueStatusStore + Clone + Sync + 'static,
+        N: StatusNotifier + Clone + 'static,
+    {
+        self.statuses = Some(Arc::new(move |wake, metrics| {
+            let notifier = queue_status::Counted {
+                inner: notifier.clone(),
+                metrics,
+            };
+            Box::pin(queue_status::status_worker(
+                store.clone(),
+                notifier,
+                wake,
+                interval,
+            ))
         }));
         self
     }

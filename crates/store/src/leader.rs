@@ -960,6 +960,22 @@ impl DispatchStore for LeaderSession {
         let result = self.settle(started, result).await?;
         Ok(u64::try_from(result.changed).unwrap_or_default())
     }
+
+    async fn reconcile_queue_status(
+        &mut self,
+        wanted: &[dispatcher_core::queue_status::WantedStatus],
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        self.ensure_held()?;
+        let started = Instant::now();
+        let result = self
+            .conn
+            .transaction::<_, DieselError, _>(async |conn| {
+                crate::queue_status::reconcile(conn, wanted, now).await
+            })
+            .await;
+        self.settle(started, result).await
+    }
 }
 
 /// Queued and triggering dispatches plus triggered ones newer than

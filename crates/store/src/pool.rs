@@ -129,6 +129,11 @@ impl Database {
         PgLabels::new(self.clone())
     }
 
+    /// Queue statuses (`github.queue_status`), for the status worker.
+    pub fn queue_statuses(&self) -> crate::PgQueueStatus {
+        crate::PgQueueStatus::new(self.clone())
+    }
+
     /// Retention of finished events (deletes in short batches).
     pub fn retention(&self) -> PgRetention {
         PgRetention::new(self.clone())

@@ -124,6 +124,28 @@ diesel::table! {
 }
 
 diesel::table! {
+    pr_queue_status (repository_full_name, pull_request_number, pool, head_sha) {
+        repository_full_name -> Text,
+        pull_request_number -> Int8,
+        pool -> Text,
+        head_sha -> Text,
+        pipeline -> Text,
+        dispatch_id -> Int8,
+        phase -> Text,
+        description -> Text,
+        significant -> Text,
+        applied_phase -> Nullable<Text>,
+        applied_description -> Nullable<Text>,
+        check_run_id -> Nullable<Int8>,
+        pushed_at -> Nullable<Timestamptz>,
+        attempts -> Int4,
+        next_attempt_at -> Timestamptz,
+        last_error -> Nullable<Text>,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     catch_up_requests (delivery_guid) {
         delivery_guid -> Text,
         hook -> Text,
@@ -140,5 +162,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     dispatches,
     pr_labels,
     event_timeline,
-    pool_controls
+    pool_controls,
+    pr_queue_status
 );

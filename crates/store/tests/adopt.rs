@@ -133,6 +133,7 @@ async fn the_originals_database_is_adopted_keeping_every_row() {
             "event_timeline",
             "pool_controls",
             "pr_labels",
+            "pr_queue_status",
             "webhook_events"
         ],
         "the original's table is dropped"

@@ -47,6 +47,8 @@ pub struct WorldOptions {
     pub second_repository: Option<&'static str>,
     /// `dispatcher.priority_labels`, as YAML (empty: none).
     pub priority_labels: &'static str,
+    /// More keys of the `github:` flow mapping, e.g. `", queue_status: check_run"`.
+    pub github_yaml: &'static str,
 }
 
 impl Default for WorldOptions {
@@ -64,6 +66,7 @@ impl Default for WorldOptions {
             fairness: "",
             second_repository: None,
             priority_labels: "",
+            github_yaml: "",
         }
     }
 }
@@ -170,7 +173,7 @@ security:
   github_webhook_secret: "${{GITHUB_WEBHOOK_SECRET}}"
   allowed_github_events: {allowed_events}
 server: {{bind: 127.0.0.1, port: 0}}
-github: {{api_url: "{github}"{app}}}
+github: {{api_url: "{github}"{app}{github_yaml}}}
 dispatch:
   max_attempts: 3
   retry_backoff_base: 50ms
@@ -198,6 +201,7 @@ dispatch:
             trigger_timeout = self.options.trigger_timeout,
             failover_timeout = self.options.failover_timeout,
             extra = self.options.extra_yaml,
+            github_yaml = self.options.github_yaml,
             allowed_events = self.options.allowed_events,
         )
     }

@@ -531,6 +531,7 @@ impl Settings {
             }
         };
         validate_github_app(&raw.github, &mut errors);
+        validate_queue_status(&raw.github, &mut errors);
         let api_tokens = named_tokens("api.tokens", "reader", &raw.api.tokens, &mut errors);
         let admin_tokens = named_tokens(
             "api.admin_tokens",
@@ -973,6 +974,15 @@ fn validate_database_tls(raw: &DatabaseSection, errors: &mut Vec<ConfigError>) {
                 "database.sslcert"
             },
             "database.sslcert and database.sslkey go together (mutual TLS)",
+        ));
+    }
+}
+
+fn validate_queue_status(raw: &GithubSection, errors: &mut Vec<ConfigError>) {
+    if raw.queue_status_interval.is_zero() {
+        errors.push(ConfigError::new(
+            "github.queue_status_interval",
+            "must be positive",
         ));
     }
 }

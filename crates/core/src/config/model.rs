@@ -280,6 +280,49 @@ pub struct GithubSection {
     /// Redelivering deliveries GitHub failed to make (`github.catch_up`); absent = off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catch_up: Option<CatchUpSection>,
+    /// How a waiting pull request shows its place in the queue (default `label`).
+    pub queue_status: QueueStatusMode,
+    /// Shortest time between two position updates of one pull request's
+    /// status per pipeline (the final "Started"/"Cancelled" goes at once).
+    #[serde(with = "humantime_serde")]
+    pub queue_status_interval: Duration,
+}
+
+/// `github.queue_status`: what a waiting pull request carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueStatusMode {
+    /// A check run per pipeline (needs `github.app`) plus the label.
+    CheckRun,
+    /// A commit status per pipeline on the head SHA plus the label.
+    CommitStatus,
+    /// The `<pipeline>/queued` label only (the original behaviour).
+    #[default]
+    Label,
+    /// Neither label nor status.
+    Off,
+}
+
+impl QueueStatusMode {
+    /// Whether the `<pipeline>/queued` label is kept.
+    pub fn labels(self) -> bool {
+        self != Self::Off
+    }
+
+    /// Whether a check run or commit status shows the position.
+    pub fn posts_status(self) -> bool {
+        matches!(self, Self::CheckRun | Self::CommitStatus)
+    }
+
+    /// The configuration's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CheckRun => "check_run",
+            Self::CommitStatus => "commit_status",
+            Self::Label => "label",
+            Self::Off => "off",
+        }
+    }
 }
 
 impl GithubSection {
@@ -308,6 +351,8 @@ impl Default for GithubSection {
             app: None,
             timeout: Duration::from_secs(10),
             catch_up: None,
+            queue_status: QueueStatusMode::default(),
+            queue_status_interval: Duration::from_secs(30),
         }
     }
 }

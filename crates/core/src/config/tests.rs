@@ -651,3 +651,40 @@ fn items_sharing_a_pool_agree_on_fairness() {
     });
     assert_eq!(e.field, "dispatcher.items[1].capacity.fairness");
 }
+
+#[test]
+fn queue_status_defaults_to_the_label_and_is_validated() {
+    let s = settings(original_example()).expect("valid");
+    assert_eq!(s.github.queue_status, QueueStatusMode::Label);
+    assert!(s.github.queue_status.labels() && !s.github.queue_status.posts_status());
+    assert_eq!(
+        s.github.queue_status_interval,
+        std::time::Duration::from_secs(30)
+    );
+    for (text, mode, labels, posts) in [
+        ("check_run", QueueStatusMode::CheckRun, true, true),
+        ("commit_status", QueueStatusMode::CommitStatus, true, true),
+        ("label", QueueStatusMode::Label, true, false),
+        ("off", QueueStatusMode::Off, false, false),
+    ] {
+        let mut v = original_example();
+        v["github"] = json!({"queue_status": text, "queue_status_interval": "200ms"});
+        let s = settings(v).expect("valid");
+        assert_eq!(s.github.queue_status, mode);
+        assert_eq!(mode.as_str(), text);
+        assert_eq!(
+            (mode.labels(), mode.posts_status()),
+            (labels, posts),
+            "{text}"
+        );
+        assert_eq!(
+            s.github.queue_status_interval,
+            std::time::Duration::from_millis(200)
+        );
+    }
+    let mut v = original_example();
+    v["github"] = json!({"queue_status": "comment"});
+    assert!(settings(v).is_err(), "unknown mode");
+    let e = single_error(|v| v["github"] = json!({"queue_status_interval": "0s"}));
+    assert_eq!(e.field, "github.queue_status_interval");
+}

@@ -1,0 +1,1 @@
+DROP TABLE pr_queue_status;
