@@ -36,6 +36,7 @@
 //! ```
 
 pub mod backoff;
+pub mod cancel;
 pub mod config;
 pub mod domain;
 pub mod engine;

@@ -41,6 +41,8 @@ pub mod fact {
     pub const DELIVERY_ID: &str = "delivery_id";
     /// `action` of the payload.
     pub const ACTION: &str = "action";
+    /// Why a run is cancelled: `superseded` or `closed`.
+    pub const REASON: &str = "reason";
 }
 
 fn text<'a>(detail: &'a Value, key: &str) -> &'a str {
@@ -128,6 +130,32 @@ pub fn describe(entry: &TimelineEntry) -> String {
         TimelineKind::PoolPaused => format!("pool {} paused by {by}", text(d, POOL)),
         TimelineKind::PoolResumed => format!("pool {} resumed by {by}", text(d, POOL)),
         TimelineKind::Finished => format!("finished: {}", text(d, STATUS)),
+        TimelineKind::RunCancelRequested => match d.get(REASON).and_then(Value::as_str) {
+            Some("closed") => format!(
+                "cancelled: the pull request was closed (event {}); its PipelineRun is being cancelled",
+                text(d, BY_EVENT)
+            ),
+            _ => format!(
+                "cancelled because of newer event {} of the same pull request; its PipelineRun is being cancelled",
+                text(d, BY_EVENT)
+            ),
+        },
+        TimelineKind::RunCancelled => match d.get(RUN).and_then(Value::as_str) {
+            Some(run) => format!("PipelineRun {run} cancelled"),
+            None => "no running PipelineRun left to cancel".to_owned(),
+        },
+        TimelineKind::RunCancelFailed => match d.get(NEXT_ATTEMPT_AT).and_then(Value::as_str) {
+            Some(next) => format!(
+                "cancelling the PipelineRun failed (attempt {}): {}; next attempt at {next}",
+                number(d, ATTEMPT),
+                text(d, ERROR)
+            ),
+            None => format!(
+                "gave up cancelling the PipelineRun after attempt {}: {}",
+                number(d, ATTEMPT),
+                text(d, ERROR)
+            ),
+        },
     }
 }
 

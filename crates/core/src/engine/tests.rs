@@ -269,6 +269,10 @@ impl DispatchStore for MemStore {
                 DispatchOutcome::Superseded { .. } => d.state = DispatchState::Cancelled,
                 DispatchOutcome::Unanswered { error, .. } => *err = Some(error.clone()),
                 DispatchOutcome::Moved { pool, .. } => d.pool = pool.clone(),
+                DispatchOutcome::CancelRun { .. } if d.state == DispatchState::Queued => {
+                    d.state = DispatchState::Cancelled;
+                }
+                DispatchOutcome::CancelRun { .. } => {}
             }
         }
         Ok(())
