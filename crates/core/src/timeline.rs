@@ -43,6 +43,8 @@ pub mod fact {
     pub const ACTION: &str = "action";
     /// Why a run is cancelled: `superseded` or `closed`.
     pub const REASON: &str = "reason";
+    /// The cancelled dispatch was still waiting (no run to cancel).
+    pub const QUEUED: &str = "queued";
 }
 
 fn text<'a>(detail: &'a Value, key: &str) -> &'a str {
@@ -130,16 +132,19 @@ pub fn describe(entry: &TimelineEntry) -> String {
         TimelineKind::PoolPaused => format!("pool {} paused by {by}", text(d, POOL)),
         TimelineKind::PoolResumed => format!("pool {} resumed by {by}", text(d, POOL)),
         TimelineKind::Finished => format!("finished: {}", text(d, STATUS)),
-        TimelineKind::RunCancelRequested => match d.get(REASON).and_then(Value::as_str) {
-            Some("closed") => format!(
-                "cancelled: the pull request was closed (event {}); its PipelineRun is being cancelled",
-                text(d, BY_EVENT)
-            ),
-            _ => format!(
-                "cancelled because of newer event {} of the same pull request; its PipelineRun is being cancelled",
-                text(d, BY_EVENT)
-            ),
-        },
+        TimelineKind::RunCancelRequested => {
+            let why = match d.get(REASON).and_then(Value::as_str) {
+                Some("closed") => {
+                    format!("the pull request was closed (event {})", text(d, BY_EVENT))
+                }
+                _ => format!("newer event {} of the same pull request", text(d, BY_EVENT)),
+            };
+            if d.get(QUEUED).and_then(Value::as_bool) == Some(true) {
+                format!("cancelled while waiting: {why}")
+            } else {
+                format!("cancelled because of {why}; its PipelineRun is being cancelled")
+            }
+        }
         TimelineKind::RunCancelled => match d.get(RUN).and_then(Value::as_str) {
             Some(run) => format!("PipelineRun {run} cancelled"),
             None => "no running PipelineRun left to cancel".to_owned(),

@@ -32,6 +32,7 @@
 //! # Ok(()) }
 //! ```
 
+mod cancels;
 mod connect;
 mod election;
 mod error;
@@ -53,6 +54,7 @@ mod tls;
 mod vocab;
 mod wakeup;
 
+pub use cancels::PgRunCancels;
 pub use connect::{ConnectionOptions, connect};
 pub use election::PgLeaderElection;
 pub use events::PgEvents;
