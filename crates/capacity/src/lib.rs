@@ -35,11 +35,13 @@
 //! # Ok(()) }
 //! ```
 
+mod cancel;
 mod check;
 mod pipelinerun;
 mod trigger;
 mod watch;
 
+pub use cancel::{KubeRunCanceller, cancel_status};
 pub use check::{PIPELINERUN_VERBS, VerbAccess, pipelinerun_access, probe_event_listener};
 pub use pipelinerun::{EVENT_ID_LABEL, PIPELINE_LABEL, RunInfo};
 pub use trigger::EventListenerClient;
