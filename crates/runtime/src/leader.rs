@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use crate::status::{Role, until};
 use crate::triggers::Triggers;
-use crate::{LabelWorkerFactory, RetentionWorkerFactory, Runtime};
+use crate::{CancelWorkerFactory, LabelWorkerFactory, RetentionWorkerFactory, Runtime};
 use dispatcher_metrics::{FinishStatus, PoolGauges};
 
 /// Pause after a pass failed for a reason other than losing the database.
@@ -53,6 +53,7 @@ where
         trigger,
         labels,
         retention,
+        run_cancels,
         preparation,
         status,
         metrics,
@@ -75,6 +76,7 @@ where
         trigger: Arc::new(trigger),
         labels,
         retention,
+        run_cancels,
         status: Arc::clone(&status),
         metrics: Arc::clone(&metrics),
         passes: AtomicU64::new(0),
@@ -180,6 +182,7 @@ struct Parts<C, T> {
     trigger: Arc<T>,
     labels: Option<LabelWorkerFactory>,
     retention: Option<RetentionWorkerFactory>,
+    run_cancels: Option<CancelWorkerFactory>,
     status: Arc<crate::DispatcherStatus>,
     metrics: Arc<dispatcher_metrics::Metrics>,
     /// Passes started by this process, for the `dispatch_pass` span.
@@ -216,6 +219,10 @@ where
             .retention
             .as_ref()
             .map(|start| AbortOnDrop(tokio::spawn(start(Arc::clone(&self.metrics)))));
+        let _cancel_worker = self
+            .run_cancels
+            .as_ref()
+            .map(|start| AbortOnDrop(tokio::spawn(start())));
         let mut heartbeat = tokio::time::interval(heartbeat_every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_pass = tokio::time::Instant::now() - self.current().dispatch.min_pass_interval;

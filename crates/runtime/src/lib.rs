@@ -35,6 +35,7 @@
 //! `examples/embedded.rs` runs the intake HTTP service and the dispatcher
 //! with the production adapters inside another program.
 
+mod cancels;
 mod labels;
 mod leader;
 mod retention;
@@ -47,7 +48,8 @@ use std::sync::Arc;
 
 use dispatcher_core::config::Settings;
 use dispatcher_core::ports::{
-    CapacitySource, LabelStore, LeaderElection, PrNotifier, RetentionStore, Trigger,
+    CapacitySource, LabelStore, LeaderElection, PrNotifier, RetentionStore, RunCancelStore,
+    RunCanceller, Trigger,
 };
 use dispatcher_core::retention::RetentionPolicy;
 use dispatcher_metrics::Metrics;
@@ -65,6 +67,9 @@ type LabelWorkerFactory = Arc<
 type RetentionWorkerFactory =
     Arc<dyn Fn(Arc<Metrics>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
+/// Starts the run-cancel worker for one leadership term.
+type CancelWorkerFactory = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
 /// A start-up step retried until it succeeds (see [`Runtime::with_preparation`]).
 pub(crate) type Preparation =
     Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
@@ -79,6 +84,7 @@ pub struct Runtime<L, C, T> {
     trigger: T,
     labels: Option<LabelWorkerFactory>,
     retention: Option<RetentionWorkerFactory>,
+    run_cancels: Option<CancelWorkerFactory>,
     preparation: Option<(String, Preparation)>,
     status: Arc<DispatcherStatus>,
     metrics: Arc<Metrics>,
@@ -112,6 +118,7 @@ where
             trigger,
             labels: None,
             retention: None,
+            run_cancels: None,
             preparation: None,
             status,
             metrics: Arc::new(Metrics::default()),
@@ -181,6 +188,24 @@ where
     {
         self.retention = Some(Arc::new(move |metrics| {
             Box::pin(retention::retention_worker(store.clone(), policy, metrics))
+        }));
+        self
+    }
+
+    /// Cancels the PipelineRuns of work cancelled by `cancel_superseded` or
+    /// `cancel_on_close` while leading: pending cancellations are retried
+    /// with backoff beside the engine, never blocking dispatching.
+    #[must_use]
+    pub fn with_run_cancels<S, K>(mut self, store: S, canceller: Arc<K>) -> Self
+    where
+        S: RunCancelStore + Clone + Sync + 'static,
+        K: RunCanceller + 'static,
+    {
+        self.run_cancels = Some(Arc::new(move || {
+            Box::pin(cancels::cancel_worker(
+                store.clone(),
+                Arc::clone(&canceller),
+            ))
         }));
         self
     }
