@@ -131,6 +131,7 @@ async fn the_originals_database_is_adopted_keeping_every_row() {
             "event_timeline",
             "pool_controls",
             "pr_labels",
+            "run_cancellations",
             "webhook_events"
         ],
         "the original's table is dropped"
