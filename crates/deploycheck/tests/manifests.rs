@@ -600,8 +600,15 @@ fn pool_cancel_grants_patch_of_pipelineruns_only() {
         serde_json::json!([{"apiGroups": ["tekton.dev"], "resources": ["pipelineruns"], "verbs": ["patch"]}])
     );
     assert_eq!(role["metadata"]["namespace"], "operator-pipeline-prod");
-    let binding = one(&objects, "RoleBinding", "webhook-dispatcher-pipelineruns-cancel");
-    assert_eq!(binding["roleRef"]["name"], "webhook-dispatcher-pipelineruns-cancel");
+    let binding = one(
+        &objects,
+        "RoleBinding",
+        "webhook-dispatcher-pipelineruns-cancel",
+    );
+    assert_eq!(
+        binding["roleRef"]["name"],
+        "webhook-dispatcher-pipelineruns-cancel"
+    );
     assert_eq!(
         binding["subjects"],
         serde_json::json!([{"kind": "ServiceAccount", "name": "webhook-dispatcher", "namespace": "webhook-dispatcher"}])
