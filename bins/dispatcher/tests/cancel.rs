@@ -196,3 +196,50 @@ async fn closing_a_pr_clears_its_queue_and_cancels_its_run_with_retries() {
         "{told:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_while_the_trigger_is_in_flight_keeps_its_slot_until_its_run_is_cancelled() {
+    let world = World::with(WorldOptions {
+        capacity: 1,
+        extra_yaml: API,
+        dispatch_label: true,
+        trigger_timeout: "20s",
+        ..WorldOptions::default()
+    })
+    .await;
+    world.kube.set_cancel_delay(Duration::from_millis(700));
+    let svc = replica(&world).await;
+    // The listener holds the POST: the dispatch stays `triggering`, no run yet.
+    world.listener.hang(true);
+    let (_, first) = send_pr(&svc.url, "f1-a", "o/r", 1, "opened").await;
+    let first = id(&first);
+    assert!(world.listener.wait_until(WAIT, |l| l.arrived() == 1).await);
+    let (_, newer) = send_pr(&svc.url, "f1-b", "o/r", 1, "synchronize").await;
+    let newer = id(&newer);
+    let told = timeline_with(&svc, &first, "run_cancel_requested").await;
+    assert!(told.iter().any(|(_, m)| m.contains(&newer)), "{told:?}");
+    // Still in flight, holding the slot: the newer event waits.
+    let held = event(&svc, &first, |e| {
+        e["dispatches"][0]["state"] == "triggering"
+    })
+    .await;
+    assert_eq!(held["status"], "queued", "{held}");
+    event(&svc, &newer, |e| e["status"] == "queued").await;
+    assert_eq!(world.listener.arrived(), 1);
+
+    // The answer comes, its run appears: it is cancelled, then the newer one runs.
+    world.listener.hang(false);
+    event(&svc, &first, |e| e["dispatches"][0]["state"] == "cancelled").await;
+    assert!(
+        world
+            .kube
+            .wait_until(WAIT, |k| k.patches().iter().any(|p| p.3 == 200))
+            .await
+    );
+    world.wait_dispatched(2).await;
+    event(&svc, &newer, |e| e["status"] == "processed").await;
+    world.assert_within_capacity();
+    assert_eq!(world.dispatched_prs(), [1, 1]);
+    assert_eq!(world.listener.accepted()[1].json()["action"], "synchronize");
+    timeline_with(&svc, &first, "run_cancelled").await;
+}
