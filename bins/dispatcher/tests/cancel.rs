@@ -81,6 +81,22 @@ async fn timeline_with(svc: &Service, id: &str, kind: &str) -> Vec<(String, Stri
         .collect()
 }
 
+/// Polls `/metrics` (the worker counts right after recording) until every line shows.
+async fn metrics_with(svc: &Service, lines: &[&str]) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = svc.metrics().await;
+        if lines.iter().all(|l| text.contains(l)) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{lines:?} not in {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn id(body: &Value) -> String {
     body["id"].as_str().unwrap().to_owned()
 }
@@ -130,6 +146,11 @@ async fn a_push_cancels_the_running_run_and_the_new_one_starts_when_its_slot_fre
     );
     let done = told.iter().find(|(k, _)| k == "run_cancelled").unwrap();
     assert!(done.1.contains(&running[0]), "{told:?}");
+    metrics_with(
+        &svc,
+        &["webhook_dispatcher_runs_cancelled_total{pool=\"ns/pipe\",reason=\"superseded\"} 1\n"],
+    )
+    .await;
 
     // The newer run finishes normally; nothing else runs.
     world.listener.finish_runs(1);
@@ -195,6 +216,14 @@ async fn closing_a_pr_clears_its_queue_and_cancels_its_run_with_retries() {
         told.iter().any(|(k, _)| k == "run_cancel_failed"),
         "{told:?}"
     );
+    metrics_with(
+        &svc,
+        &[
+            "webhook_dispatcher_runs_cancelled_total{pool=\"ns/pipe\",reason=\"closed\"} 1\n",
+            "webhook_dispatcher_run_cancel_failures_total{pool=\"ns/pipe\"} 2\n",
+        ],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

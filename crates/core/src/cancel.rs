@@ -11,7 +11,9 @@
 use std::time::Duration;
 
 use crate::backoff::retry_delay;
+use crate::config::PoolKey;
 use crate::domain::DispatchState;
+use crate::planner::CancelReason;
 use crate::ports::{
     CancelRunOutcome, RunCancelResult, RunCancelStore, RunCancelTask, RunCanceller, StoreError,
 };
@@ -36,6 +38,10 @@ pub struct CancelPassReport {
     pub retried: usize,
     /// Cancellations given up.
     pub given_up: usize,
+    /// Runs patched per (pool, reason).
+    pub cancelled: Vec<(PoolKey, CancelReason, usize)>,
+    /// Failed attempts per pool (retried or given up).
+    pub failures: Vec<PoolKey>,
 }
 
 impl CancelPassReport {
@@ -108,6 +114,11 @@ where
             RunCancelResult::Done { runs } => {
                 report.done += 1;
                 report.runs_cancelled += runs.len();
+                if !runs.is_empty() {
+                    report
+                        .cancelled
+                        .push((task.pool.clone(), task.reason, runs.len()));
+                }
                 if runs.is_empty() {
                     tracing::info!(dispatch = %task.dispatch, event = %task.event_id, "run cancellation done: nothing left running");
                 } else {
@@ -116,6 +127,7 @@ where
             }
             RunCancelResult::Retry { error, retry_in } => {
                 report.retried += 1;
+                report.failures.push(task.pool.clone());
                 tracing::warn!(
                     dispatch = %task.dispatch, event = %task.event_id, attempt = task.attempts + 1,
                     error = %error, retry_in_ms = u64::try_from(retry_in.as_millis()).unwrap_or(u64::MAX),
@@ -124,6 +136,7 @@ where
             }
             RunCancelResult::GaveUp { error } => {
                 report.given_up += 1;
+                report.failures.push(task.pool.clone());
                 tracing::error!(
                     dispatch = %task.dispatch, event = %task.event_id, attempt = task.attempts + 1,
                     error = %error, "gave up cancelling the PipelineRun"
@@ -146,6 +159,8 @@ mod tests {
         RunCancelTask {
             dispatch: DispatchId(7),
             event_id: EventId(3),
+            pool: crate::config::PoolKey("ns/p".to_owned()),
+            reason: CancelReason::Superseded,
             target: RunTarget {
                 namespace: "ns".to_owned(),
                 api_version: TektonApiVersion::V1,

@@ -650,6 +650,10 @@ pub struct RunCancelTask {
     pub dispatch: DispatchId,
     /// Its event (for the timeline).
     pub event_id: EventId,
+    /// Its pool (for metrics and logs).
+    pub pool: PoolKey,
+    /// Why its run is cancelled.
+    pub reason: crate::planner::CancelReason,
     /// Where its run is.
     pub target: RunTarget,
     /// The dispatch's current state.

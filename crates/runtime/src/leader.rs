@@ -222,7 +222,7 @@ where
         let _cancel_worker = self
             .run_cancels
             .as_ref()
-            .map(|start| AbortOnDrop(tokio::spawn(start())));
+            .map(|start| AbortOnDrop(tokio::spawn(start(Arc::clone(&self.metrics)))));
         let mut heartbeat = tokio::time::interval(heartbeat_every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_pass = tokio::time::Instant::now() - self.current().dispatch.min_pass_interval;

@@ -68,7 +68,8 @@ type RetentionWorkerFactory =
     Arc<dyn Fn(Arc<Metrics>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// Starts the run-cancel worker for one leadership term.
-type CancelWorkerFactory = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+type CancelWorkerFactory =
+    Arc<dyn Fn(Arc<Metrics>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// A start-up step retried until it succeeds (see [`Runtime::with_preparation`]).
 pub(crate) type Preparation =
@@ -201,10 +202,11 @@ where
         S: RunCancelStore + Clone + Sync + 'static,
         K: RunCanceller + 'static,
     {
-        self.run_cancels = Some(Arc::new(move || {
+        self.run_cancels = Some(Arc::new(move |metrics| {
             Box::pin(cancels::cancel_worker(
                 store.clone(),
                 Arc::clone(&canceller),
+                metrics,
             ))
         }));
         self

@@ -244,6 +244,10 @@ struct DueRow {
     #[diesel(sql_type = Int8)]
     event_id: i64,
     #[diesel(sql_type = Text)]
+    pool: String,
+    #[diesel(sql_type = Text)]
+    reason: String,
+    #[diesel(sql_type = Text)]
     namespace: String,
     #[diesel(sql_type = Text)]
     api_version: String,
@@ -269,7 +273,7 @@ impl RunCancelStore for PgRunCancels {
     async fn due_run_cancels(&mut self, limit: usize) -> Result<Vec<RunCancelTask>, StoreError> {
         let mut conn = self.db.conn().await?;
         let rows: Vec<DueRow> = diesel::sql_query(
-            "SELECT c.dispatch_id, d.event_id, c.namespace, c.api_version, c.dispatch_label,
+            "SELECT c.dispatch_id, d.event_id, d.pool, c.reason, c.namespace, c.api_version, c.dispatch_label,
                     d.state, d.confirmed_at IS NOT NULL AS run_seen, d.listener_event_id, c.attempts
                FROM run_cancellations c JOIN dispatches d ON d.id = c.dispatch_id
               WHERE c.done_at IS NULL AND c.next_attempt_at <= now()
@@ -285,6 +289,12 @@ impl RunCancelStore for PgRunCancels {
             .map(|r| RunCancelTask {
                 dispatch: DispatchId(r.dispatch_id),
                 event_id: EventId(r.event_id),
+                pool: PoolKey(r.pool),
+                reason: if r.reason == CancelReason::Closed.as_str() {
+                    CancelReason::Closed
+                } else {
+                    CancelReason::Superseded
+                },
                 target: RunTarget {
                     namespace: r.namespace,
                     api_version: if r.api_version == TektonApiVersion::V1Beta1.as_str() {
