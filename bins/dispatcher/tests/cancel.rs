@@ -21,14 +21,20 @@ api:
   tokens: ["reader-secret"]
 "#;
 
-/// The world's replica with both flags on its one item.
-async fn replica(world: &World) -> Service {
+/// The world's config with both flags on its one item.
+fn cancelling_config(world: &World) -> String {
     let config = world.config().replacen(
         "      callback_url:",
         "      cancel_superseded: true\n      cancel_on_close: true\n      callback_url:",
         1,
     );
     assert!(config.contains("cancel_on_close"), "{config}");
+    config
+}
+
+/// The world's replica with both flags on its one item.
+async fn replica(world: &World) -> Service {
+    let config = cancelling_config(world);
     let env = vec![
         (
             "KUBECONFIG",
@@ -271,4 +277,50 @@ async fn a_push_while_the_trigger_is_in_flight_keeps_its_slot_until_its_run_is_c
     assert_eq!(world.dispatched_prs(), [1, 1]);
     assert_eq!(world.listener.accepted()[1].json()["action"], "synchronize");
     timeline_with(&svc, &first, "run_cancelled").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_config_connect_asks_for_patch_only_when_cancelling() {
+    let world = world(1).await;
+    let config = world.dir.0.join("check.yaml");
+    std::fs::write(&config, cancelling_config(&world)).unwrap();
+    let run = || async {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_dispatcher"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("WEBHOOK_DISPATCHER_CONFIG", &config)
+            .env("DATABASE_URL", world.db.url())
+            .env("GITHUB_WEBHOOK_SECRET", SECRET)
+            .env("GITHUB_TOKEN", GITHUB_TOKEN)
+            .env("KUBECONFIG", world.dir.0.join("kubeconfig"))
+            .args(["check-config", "--connect"])
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, stdout) = run().await;
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains("✓ kubernetes ns: can patch pipelineruns"),
+        "{stdout}"
+    );
+    let mut verbs: Vec<String> = world
+        .kube
+        .access_reviews()
+        .into_iter()
+        .map(|r| r.1)
+        .collect();
+    verbs.sort();
+    assert_eq!(verbs, ["list", "patch", "watch"]);
+    world.kube.forbid_namespace("ns", true);
+    let (code, stdout) = run().await;
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.contains("✗ kubernetes ns: cannot patch pipelineruns"),
+        "{stdout}"
+    );
 }

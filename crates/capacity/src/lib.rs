@@ -42,7 +42,10 @@ mod trigger;
 mod watch;
 
 pub use cancel::{KubeRunCanceller, cancel_status};
-pub use check::{PIPELINERUN_VERBS, VerbAccess, pipelinerun_access, probe_event_listener};
+pub use check::{
+    CANCEL_VERB, PIPELINERUN_VERBS, VerbAccess, pipelinerun_access, pipelinerun_verbs_access,
+    probe_event_listener,
+};
 pub use pipelinerun::{EVENT_ID_LABEL, PIPELINE_LABEL, RunInfo};
 pub use trigger::EventListenerClient;
 pub use watch::{CapacityOptions, KubeCapacity};
