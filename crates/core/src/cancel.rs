@@ -40,7 +40,8 @@ pub struct CancelPassReport {
     pub given_up: usize,
     /// Runs patched per (pool, reason).
     pub cancelled: Vec<(PoolKey, CancelReason, usize)>,
-    /// Failed attempts per pool (retried or given up).
+    /// Failed attempts per pool (retried or given up; waiting for the run of
+    /// a trigger in flight to appear is not one).
     pub failures: Vec<PoolKey>,
 }
 
@@ -98,6 +99,8 @@ where
     for task in store.due_run_cancels(CANCEL_BATCH).await? {
         // A dispatch that never had a run (its trigger was retried and then
         // cancelled or failed) has nothing to cancel.
+        // Waiting for the run of a trigger in flight to appear is no failure.
+        let mut waiting = false;
         let result = if !task.run_seen && !run_may_appear(&task) {
             RunCancelResult::Done { runs: Vec::new() }
         } else {
@@ -108,6 +111,7 @@ where
                     task.listener_event_id.as_deref(),
                 )
                 .await;
+            waiting = outcome == Ok(CancelRunOutcome::NotFound);
             cancel_result(&task, outcome)
         };
         match &result {
@@ -127,7 +131,9 @@ where
             }
             RunCancelResult::Retry { error, retry_in } => {
                 report.retried += 1;
-                report.failures.push(task.pool.clone());
+                if !waiting {
+                    report.failures.push(task.pool.clone());
+                }
                 tracing::warn!(
                     dispatch = %task.dispatch, event = %task.event_id, attempt = task.attempts + 1,
                     error = %error, retry_in_ms = u64::try_from(retry_in.as_millis()).unwrap_or(u64::MAX),
@@ -203,6 +209,90 @@ mod tests {
                 error: "HTTP 409".to_owned()
             }
         );
+    }
+
+    struct Store {
+        due: Vec<RunCancelTask>,
+        finished: Vec<(DispatchId, RunCancelResult)>,
+    }
+
+    impl RunCancelStore for Store {
+        async fn due_run_cancels(&mut self, _: usize) -> Result<Vec<RunCancelTask>, StoreError> {
+            Ok(std::mem::take(&mut self.due))
+        }
+        async fn finish_run_cancel(
+            &mut self,
+            task: &RunCancelTask,
+            result: &RunCancelResult,
+        ) -> Result<(), StoreError> {
+            self.finished.push((task.dispatch, result.clone()));
+            Ok(())
+        }
+        async fn next_run_cancel(&mut self) -> Result<Option<Duration>, StoreError> {
+            Ok(None)
+        }
+    }
+
+    /// Answers by dispatch id: 1 cancelled, 2 not found, 3 forbidden.
+    struct Canceller(std::sync::Mutex<Vec<DispatchId>>);
+
+    impl RunCanceller for Canceller {
+        async fn cancel_run(
+            &self,
+            _: &RunTarget,
+            dispatch: DispatchId,
+            _: Option<&str>,
+        ) -> Result<CancelRunOutcome, String> {
+            if let Ok(mut calls) = self.0.lock() {
+                calls.push(dispatch);
+            }
+            match dispatch.0 {
+                1 => Ok(CancelRunOutcome::Cancelled(vec!["run-1".to_owned()])),
+                2 => Ok(CancelRunOutcome::NotFound),
+                _ => Err("HTTP 403".to_owned()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_pass_patches_counts_and_skips_dispatches_that_never_had_a_run() {
+        let with = |id: i64, state: DispatchState, run_seen: bool| RunCancelTask {
+            dispatch: DispatchId(id),
+            run_seen,
+            ..task(state, 0)
+        };
+        let mut store = Store {
+            due: vec![
+                with(1, DispatchState::Cancelled, true),
+                with(2, DispatchState::Triggered, false),
+                with(3, DispatchState::Cancelled, true),
+                // Retried, then cancelled while queued: never had a run.
+                with(4, DispatchState::Cancelled, false),
+            ],
+            finished: Vec::new(),
+        };
+        let canceller = Canceller(std::sync::Mutex::new(Vec::new()));
+        let report = futures_executor::block_on(run_cancel_pass(&mut store, &canceller))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            canceller.0.lock().map(|c| c.clone()).unwrap_or_default(),
+            [DispatchId(1), DispatchId(2), DispatchId(3)]
+        );
+        assert_eq!(
+            (report.done, report.retried, report.runs_cancelled),
+            (2, 2, 1)
+        );
+        assert_eq!(
+            report.cancelled,
+            [(
+                crate::config::PoolKey("ns/p".to_owned()),
+                CancelReason::Superseded,
+                1
+            )]
+        );
+        // Waiting for an in-flight trigger's run is not a failure; a 403 is.
+        assert_eq!(report.failures, [crate::config::PoolKey("ns/p".to_owned())]);
+        assert_eq!(store.finished.len(), 4);
     }
 
     #[test]
