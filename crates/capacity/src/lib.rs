@@ -11,7 +11,8 @@
 //! (redirects are not followed).
 //!
 //! **Must not:** know PostgreSQL, GitHub or HTTP serving. It implements the
-//! `CapacitySource` and `Trigger` ports of `dispatcher-core`.
+//! `CapacitySource`, `Trigger` and `RunCanceller` ports of `dispatcher-core`
+//! (the last cancels PipelineRuns by patching `spec.status`).
 //!
 //! ```no_run
 //! # async fn demo(pools: Vec<dispatcher_core::config::PoolSpec>) -> Result<(), Box<dyn std::error::Error>> {

@@ -4,7 +4,10 @@
 //! everything) and bring it back, drop open watches, make watches expire
 //! (410 Gone), read the requests served and the highest number of runs that
 //! were ever unfinished at once. It also answers SelfSubjectAccessReviews
-//! (allowed unless a namespace is forbidden) for `check-config --connect`.
+//! (allowed unless a namespace is forbidden) for `check-config --connect`,
+//! and merge-patches of a PipelineRun: a cancel (`spec.status`) finishes the
+//! run a moment later (`Succeeded=False`, reason `Cancelled`), as Tekton
+//! does; patches can be refused on demand (403, 404, 409).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, MutexGuard};
