@@ -967,3 +967,39 @@ fn without_the_flags_nothing_is_cancelled() {
         ]
     );
 }
+
+#[test]
+fn a_closed_event_an_item_matches_is_planned_as_usual() {
+    let v = json!({
+        "dispatcher": {"items": [
+            {
+                "name": "ops", "events": ["opened"], "full_repository_name": "o/r",
+                "callback_url": "http://el:8080/",
+                "capacity": {"type": "ocp_tekton", "pipeline_name": "p", "max_capacity": 0, "namespace": "ns"},
+                "cancel_on_close": true,
+            },
+            {
+                "name": "release", "events": ["closed"], "full_repository_name": "o/r",
+                "callback_url": "http://el:8081/",
+                "capacity": {"type": "ocp_tekton", "pipeline_name": "rel", "max_capacity": 1, "namespace": "ns"},
+                "cancel_on_close": true,
+            },
+        ]},
+        "security": {"verify_signatures": false},
+    });
+    let (raw, _) = parse(v).expect("parses");
+    let mut engine = Engine::new(Arc::new(Settings::from_raw(raw).expect("valid")));
+    let mut store = MemStore::default();
+    let trigger = ScriptedTrigger::default();
+    // ops is paused (capacity 0): PR 10's dispatch waits.
+    store.add_event(1, 10, "opened");
+    block_on(pass(&mut engine, &mut store, &running(0, &[]), &trigger)).expect("pass");
+    store.add_event(2, 10, "closed");
+    let report = block_on(pass(&mut engine, &mut store, &running(0, &[]), &trigger)).expect("pass");
+    // The waiting ops dispatch is cancelled; the release runs.
+    assert_eq!((report.run_cancels, report.triggered), (1, 1));
+    assert_eq!(
+        store.states(),
+        [(1, DispatchState::Cancelled), (2, DispatchState::Triggered)]
+    );
+}
