@@ -131,6 +131,38 @@ async fn kubernetes(settings: &Settings, report: &mut Report) {
                 "kubernetes {namespace}: access review failed ({e})"
             )),
         }
+        // Items that cancel runs also patch them there.
+        let cancels = settings.items.iter().any(|i| {
+            (i.cancel_superseded || i.cancel_on_close)
+                && settings
+                    .pools
+                    .get(&i.pool)
+                    .is_some_and(|p| p.namespace == namespace)
+        });
+        if cancels {
+            let verbs = [dispatcher_capacity::CANCEL_VERB];
+            match bounded(dispatcher_capacity::pipelinerun_verbs_access(
+                &client, namespace, &verbs,
+            ))
+            .await
+            {
+                Ok(answers) if answers.iter().all(|a| a.allowed) => report.ok(&format!(
+                    "kubernetes {namespace}: can patch pipelineruns (cancel_superseded / cancel_on_close)"
+                )),
+                Ok(answers) => {
+                    let reason = answers
+                        .iter()
+                        .find_map(|a| a.reason.clone())
+                        .map_or_else(|| "forbidden".to_owned(), |r| format!("forbidden: {r}"));
+                    report.fail(&format!(
+                        "kubernetes {namespace}: cannot patch pipelineruns, which cancel_superseded / cancel_on_close need ({reason}; deploy/kustomize/pool-cancel)"
+                    ));
+                }
+                Err(e) => report.fail(&format!(
+                    "kubernetes {namespace}: access review failed ({e})"
+                )),
+            }
+        }
     }
 }
 

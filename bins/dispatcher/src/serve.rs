@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use dispatcher_capacity::{CapacityOptions, EventListenerClient, KubeCapacity, kube_client};
+use dispatcher_capacity::{
+    CapacityOptions, EventListenerClient, KubeCapacity, KubeRunCanceller, kube_client,
+};
 use dispatcher_core::config::{QueueStatusMode, Settings};
 use dispatcher_core::ports::CapacitySource;
 use dispatcher_github::GithubLabels;
@@ -78,6 +80,13 @@ pub(crate) async fn serve(
     if let Some(policy) = settings.retention {
         runtime = runtime.with_retention(db.retention(), policy);
     }
+    // Cancels runs of work superseded or closed (items' `cancel_superseded`,
+    // `cancel_on_close`); idle while no item asks for it.
+    let canceller = Arc::new(match &simulation {
+        Some(simulation) => simulation.canceller(),
+        None => KubeRunCanceller::new(kube_client),
+    });
+    runtime = runtime.with_run_cancels(db.run_cancels(), canceller);
     let status = runtime.status();
 
     let (stop_tx, stop_rx) = watch::channel(false);

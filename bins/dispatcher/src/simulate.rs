@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
-use dispatcher_capacity::{CapacityOptions, KubeCapacity, kube_client_at};
+use dispatcher_capacity::{CapacityOptions, KubeCapacity, KubeRunCanceller, kube_client_at};
 use dispatcher_core::config::{PoolKey, Settings};
 use dispatcher_fakes::{FakeEventListener, FakeKube, TektonMode};
 
@@ -123,6 +123,15 @@ impl Simulation {
     }
 
     /// The capacity watcher, following the simulated Kubernetes API.
+    /// Cancels runs in the simulated Tekton (`cancel_superseded`, `cancel_on_close`).
+    pub(crate) fn canceller(&self) -> KubeRunCanceller {
+        let url = self.kube.url();
+        KubeRunCanceller::new(move || {
+            let url = url.clone();
+            async move { kube_client_at(&url) }
+        })
+    }
+
     pub(crate) fn capacity(
         &self,
         settings: &Settings,

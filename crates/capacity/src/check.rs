@@ -23,15 +23,27 @@ pub struct VerbAccess {
     pub reason: Option<String>,
 }
 
+/// The verb cancelling a run needs (`cancel_superseded`, `cancel_on_close`).
+pub const CANCEL_VERB: &str = "patch";
+
 /// Asks the API server (a SelfSubjectAccessReview per verb) whether this
 /// client may list and watch `tekton.dev` PipelineRuns in `namespace`.
 pub async fn pipelinerun_access(
     client: &kube::Client,
     namespace: &str,
 ) -> Result<Vec<VerbAccess>, kube::Error> {
+    pipelinerun_verbs_access(client, namespace, &PIPELINERUN_VERBS).await
+}
+
+/// Like [`pipelinerun_access`], for the given `verbs` (e.g. [`CANCEL_VERB`]).
+pub async fn pipelinerun_verbs_access(
+    client: &kube::Client,
+    namespace: &str,
+    verbs: &[&'static str],
+) -> Result<Vec<VerbAccess>, kube::Error> {
     let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
     let mut answers = Vec::new();
-    for verb in PIPELINERUN_VERBS {
+    for &verb in verbs {
         let review = SelfSubjectAccessReview {
             spec: SelfSubjectAccessReviewSpec {
                 resource_attributes: Some(ResourceAttributes {

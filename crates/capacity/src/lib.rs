@@ -11,7 +11,8 @@
 //! (redirects are not followed).
 //!
 //! **Must not:** know PostgreSQL, GitHub or HTTP serving. It implements the
-//! `CapacitySource` and `Trigger` ports of `dispatcher-core`.
+//! `CapacitySource`, `Trigger` and `RunCanceller` ports of `dispatcher-core`
+//! (the last cancels PipelineRuns by patching `spec.status`).
 //!
 //! ```no_run
 //! # async fn demo(pools: Vec<dispatcher_core::config::PoolSpec>) -> Result<(), Box<dyn std::error::Error>> {
@@ -35,12 +36,17 @@
 //! # Ok(()) }
 //! ```
 
+mod cancel;
 mod check;
 mod pipelinerun;
 mod trigger;
 mod watch;
 
-pub use check::{PIPELINERUN_VERBS, VerbAccess, pipelinerun_access, probe_event_listener};
+pub use cancel::{KubeRunCanceller, cancel_status};
+pub use check::{
+    CANCEL_VERB, PIPELINERUN_VERBS, VerbAccess, pipelinerun_access, pipelinerun_verbs_access,
+    probe_event_listener,
+};
 pub use pipelinerun::{EVENT_ID_LABEL, PIPELINE_LABEL, RunInfo};
 pub use trigger::EventListenerClient;
 pub use watch::{CapacityOptions, KubeCapacity};

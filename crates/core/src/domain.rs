@@ -238,6 +238,14 @@ vocabulary! {
         PoolResumed => "pool_resumed",
         /// The event reached a final status (rendered from the event row).
         Finished => "finished",
+        /// The dispatch's PipelineRun is to be cancelled (`cancel_superseded`
+        /// or `cancel_on_close`): `reason` (`superseded` or `closed`), `by_event`.
+        RunCancelRequested => "run_cancel_requested",
+        /// The dispatch's PipelineRun was cancelled (`spec.status` patched): `run`.
+        RunCancelled => "run_cancelled",
+        /// Cancelling the PipelineRun failed: `attempt`, `error`, and
+        /// `next_attempt_at` unless it was given up.
+        RunCancelFailed => "run_cancel_failed",
     }
 }
 

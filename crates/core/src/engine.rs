@@ -31,7 +31,7 @@ use crate::domain::{DispatchState, EventId};
 use crate::fairness::refresh_after_intake;
 use crate::planner::{
     DispatchLimits, DispatchOutcome, MatchedEvent, MatchedItem, PoolUsage, RetryPolicy,
-    orphan_candidates, plan_dispatch, plan_intake, trigger_outcome,
+    cancel_query, orphan_candidates, plan_dispatch, plan_intake, plan_run_cancels, trigger_outcome,
 };
 use crate::ports::{
     CapacitySource, DispatchStore, OpenExtras, PoolState, StoreError, Trigger, TriggerError,
@@ -67,6 +67,9 @@ pub struct PassReport {
     pub labels_changed: u64,
     /// Queue statuses changed (`github.queue_status`).
     pub statuses_changed: u64,
+    /// Dispatches whose work was cancelled by their item's `cancel_superseded`
+    /// or `cancel_on_close` (queued ones, and runs to cancel).
+    pub run_cancels: usize,
     /// Pool usage at planning time.
     pub usage: Vec<PoolUsage>,
     /// When to run again if nothing else wakes the engine.
@@ -285,6 +288,25 @@ impl Engine {
             .values()
             .map(|p| (p.key.clone(), capacity.pool_state(p)))
             .collect();
+        // Opt-in cancellation of superseded and closed work, before planning:
+        // a cancelled queued dispatch is not triggered; one in flight or
+        // running keeps its slot until its run is seen finished.
+        if let Some(query) = cancel_query(&self.settings, &pools) {
+            let candidates = store.cancel_candidates(&query).await?;
+            let cancels = plan_run_cancels(&self.settings, &candidates);
+            if !cancels.is_empty() {
+                journal::cancels(&cancels, &candidates);
+                store.record_outcomes(&cancels, now).await?;
+                report.run_cancels += cancels.len();
+                let queued: HashSet<crate::domain::DispatchId> = candidates
+                    .iter()
+                    .filter(|c| c.state == DispatchState::Queued)
+                    .map(|c| c.id)
+                    .filter(|id| cancels.iter().any(|o| o.id() == *id))
+                    .collect();
+                open.retain(|d| !queued.contains(&d.id));
+            }
+        }
         let candidates = orphan_candidates(&self.settings, &open, &pools, self.limits, now);
         let claimed = if candidates.is_empty() {
             HashSet::new()
@@ -308,6 +330,7 @@ impl Engine {
                 DispatchOutcome::Retry { .. } => report.retried += 1,
                 DispatchOutcome::Superseded { .. } => report.superseded += 1,
                 DispatchOutcome::Moved { .. }
+                | DispatchOutcome::CancelRun { .. }
                 | DispatchOutcome::Triggered { .. }
                 | DispatchOutcome::Unanswered { .. } => {}
             }
@@ -456,7 +479,8 @@ impl Engine {
             }
             DispatchOutcome::Confirmed { .. }
             | DispatchOutcome::Superseded { .. }
-            | DispatchOutcome::Moved { .. } => {}
+            | DispatchOutcome::Moved { .. }
+            | DispatchOutcome::CancelRun { .. } => {}
         }
         // Logged when decided: an outcome carried over to a later term is not logged again.
         journal::answered(&self.settings, job, &outcome);

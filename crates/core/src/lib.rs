@@ -36,6 +36,7 @@
 //! ```
 
 pub mod backoff;
+pub mod cancel;
 pub mod catch_up;
 pub mod config;
 pub mod domain;

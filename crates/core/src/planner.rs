@@ -26,7 +26,9 @@ use crate::backoff::retry_delay;
 use crate::config::{PoolKey, PoolSpec, Settings};
 use crate::domain::{DispatchId, DispatchState, EventId, PullRequestRef};
 use crate::fairness::dispatch_order;
-use crate::ports::{OpenDispatch, PoolState, RunView, TriggerError};
+use crate::ports::{
+    CancelCandidate, CancelQuery, OpenDispatch, PoolState, RunTarget, RunView, TriggerError,
+};
 
 /// An event with the items it matched.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,6 +233,41 @@ pub enum DispatchOutcome {
         /// Dispatch.
         id: DispatchId,
     },
+    /// Its item cancels superseded or closed work (`cancel_superseded`,
+    /// `cancel_on_close`): a queued dispatch becomes `cancelled`; one with a
+    /// trigger in flight or a running PipelineRun gets a pending run
+    /// cancellation (the cancel worker patches the run) and becomes
+    /// `cancelled` once its run is seen, so its slot is counted until the run
+    /// finishes.
+    CancelRun {
+        /// Dispatch.
+        id: DispatchId,
+        /// Why.
+        reason: CancelReason,
+        /// The newer event, or the `closed` event.
+        by_event: EventId,
+        /// Where its run is.
+        target: RunTarget,
+    },
+}
+
+/// Why a dispatch's work is cancelled by its item's opt-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelReason {
+    /// A newer event of the same PR and item was planned (`cancel_superseded`).
+    Superseded,
+    /// The pull request was closed (`cancel_on_close`).
+    Closed,
+}
+
+impl CancelReason {
+    /// The stored spelling (timeline facts, run cancellations).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Superseded => "superseded",
+            Self::Closed => "closed",
+        }
+    }
 }
 
 impl DispatchOutcome {
@@ -243,7 +280,8 @@ impl DispatchOutcome {
             | Self::Confirmed { id, .. }
             | Self::Unanswered { id, .. }
             | Self::Moved { id, .. }
-            | Self::Superseded { id } => *id,
+            | Self::Superseded { id }
+            | Self::CancelRun { id, .. } => *id,
         }
     }
 }
@@ -698,6 +736,94 @@ pub fn trigger_outcome(
             }
         }
     }
+}
+
+/// What the store must be asked for run cancellations this pass, or `None`
+/// when no item cancels anything (the default: nothing is asked). Runs are
+/// taken from pools whose state is known only: a confirmed dispatch counts as
+/// running while its run is unfinished there.
+pub fn cancel_query(
+    settings: &Settings,
+    pools: &BTreeMap<PoolKey, PoolState>,
+) -> Option<CancelQuery> {
+    let superseded_items: Vec<String> = settings
+        .items
+        .iter()
+        .filter(|i| i.cancel_superseded)
+        .map(|i| i.name.clone())
+        .collect();
+    let close_items: Vec<String> = settings
+        .items
+        .iter()
+        .filter(|i| i.cancel_on_close)
+        .map(|i| i.name.clone())
+        .collect();
+    if superseded_items.is_empty() && close_items.is_empty() {
+        return None;
+    }
+    let mut query = CancelQuery {
+        superseded_items,
+        close_items,
+        ..CancelQuery::default()
+    };
+    for state in pools.values() {
+        let PoolState::Known { runs, .. } = state else {
+            continue;
+        };
+        for run in runs.iter().filter(|r| !r.finished) {
+            query.running_event_ids.extend(run.event_id.clone());
+            query.running_dispatch_ids.extend(
+                run.dispatch_id
+                    .as_deref()
+                    .and_then(|d| d.parse::<i64>().ok()),
+            );
+        }
+    }
+    query.running_event_ids.sort_unstable();
+    query.running_event_ids.dedup();
+    query.running_dispatch_ids.sort_unstable();
+    query.running_dispatch_ids.dedup();
+    Some(query)
+}
+
+/// Decides which candidates' work is cancelled: a newer event wins for
+/// items with `cancel_superseded` (a queued dispatch is left to newest-wins,
+/// which already cancels it), a newer `closed` event of the PR for items
+/// with `cancel_on_close`. Candidates whose item or pool is no longer
+/// configured are left alone.
+pub fn plan_run_cancels(
+    settings: &Settings,
+    candidates: &[CancelCandidate],
+) -> Vec<DispatchOutcome> {
+    let mut out = Vec::new();
+    for c in candidates {
+        let Some(item) = settings.item(&c.item) else {
+            continue;
+        };
+        let Some(pool) = settings.pools.get(&c.pool) else {
+            continue;
+        };
+        let superseded = item.cancel_superseded
+            && c.state != DispatchState::Queued
+            && c.newer_event.is_some_and(|n| n > c.event_id);
+        let closed = item.cancel_on_close && c.closed_by.is_some_and(|n| n > c.event_id);
+        let (reason, by_event) = match (superseded, closed, c.newer_event, c.closed_by) {
+            (true, _, Some(newer), _) => (CancelReason::Superseded, newer),
+            (_, true, _, Some(close)) => (CancelReason::Closed, close),
+            _ => continue,
+        };
+        out.push(DispatchOutcome::CancelRun {
+            id: c.id,
+            reason,
+            by_event,
+            target: RunTarget {
+                namespace: pool.namespace.clone(),
+                api_version: pool.api_version,
+                dispatch_label: pool.dispatch_label.clone(),
+            },
+        });
+    }
+    out
 }
 
 #[cfg(test)]

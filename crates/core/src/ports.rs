@@ -381,6 +381,17 @@ pub trait DispatchStore: Send {
         let _ = (wanted, now);
         async { Ok(0) }
     }
+    /// Work whose run may have to be cancelled: dispatches of `query`'s items
+    /// with a newer event (superseded items: in flight, or confirmed with a
+    /// running run) or a newer `closed` event of their PR (close items: also
+    /// queued ones), and no run cancellation yet. The default finds nothing.
+    fn cancel_candidates(
+        &mut self,
+        query: &CancelQuery,
+    ) -> impl Future<Output = Result<Vec<CancelCandidate>, StoreError>> + Send {
+        let _ = query;
+        async { Ok(Vec::new()) }
+    }
 }
 
 /// One PipelineRun of a pool, reduced to what matching it to a dispatch
@@ -704,6 +715,77 @@ pub struct StatusTask {
     pub attempts: u32,
 }
 
+/// Where a dispatch's PipelineRun lives and how it is found: stored with a
+/// pending cancellation, so a config change cannot lose it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunTarget {
+    /// Namespace of the pool's PipelineRuns.
+    pub namespace: String,
+    /// Tekton API version of the pool.
+    pub api_version: crate::config::TektonApiVersion,
+    /// The pool's `dispatch_label` (a run carries the dispatch id in it).
+    pub dispatch_label: Option<String>,
+}
+
+/// A dispatch whose PipelineRun may have to be cancelled (`cancel_superseded`,
+/// `cancel_on_close`): one that is queued, in flight, or confirmed with its
+/// run still running, and has no cancellation yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelCandidate {
+    /// Dispatch id.
+    pub id: DispatchId,
+    /// Its event.
+    pub event_id: EventId,
+    /// Config item name.
+    pub item: String,
+    /// Its pool.
+    pub pool: PoolKey,
+    /// Queued, Triggering, Triggered or Confirmed.
+    pub state: DispatchState,
+    /// The newest newer event of the same PR with a dispatch of the same item
+    /// (`None` for a forced replay).
+    pub newer_event: Option<EventId>,
+    /// The newest `closed` event of the PR newer than this dispatch's event
+    /// (`None` for a forced replay).
+    pub closed_by: Option<EventId>,
+}
+
+/// What the engine asks the store for when some item cancels runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CancelQuery {
+    /// Items with `cancel_superseded`.
+    pub superseded_items: Vec<String>,
+    /// Items with `cancel_on_close`.
+    pub close_items: Vec<String>,
+    /// `triggers-eventid`s of unfinished runs in pools whose state is known.
+    pub running_event_ids: Vec<String>,
+    /// Dispatch ids (the `dispatch_label` value) of those runs.
+    pub running_dispatch_ids: Vec<i64>,
+}
+
+/// One pending run cancellation, due now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunCancelTask {
+    /// The dispatch whose run is cancelled.
+    pub dispatch: DispatchId,
+    /// Its event (for the timeline).
+    pub event_id: EventId,
+    /// Its pool (for metrics and logs).
+    pub pool: PoolKey,
+    /// Why its run is cancelled.
+    pub reason: crate::planner::CancelReason,
+    /// Where its run is.
+    pub target: RunTarget,
+    /// The dispatch's current state.
+    pub state: DispatchState,
+    /// Whether its run was ever seen (`confirmed_at` is set).
+    pub run_seen: bool,
+    /// Its EventListener `eventID`, when known.
+    pub listener_event_id: Option<String>,
+    /// Failed attempts so far.
+    pub attempts: u32,
+}
+
 /// What pushing one status did: `Ok(check run id)` (when one was created)
 /// or the error and when to retry.
 pub type StatusOutcome = Result<Option<i64>, (String, OffsetDateTime)>;
@@ -742,4 +824,70 @@ pub trait StatusNotifier: Send + Sync {
         &self,
         task: &StatusTask,
     ) -> impl Future<Output = Result<Option<i64>, NotifyError>> + Send;
+}
+
+/// How one run cancellation ended, to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunCancelResult {
+    /// Done: `runs` were cancelled (empty: nothing was left running).
+    Done {
+        /// Names of the patched PipelineRuns.
+        runs: Vec<String>,
+    },
+    /// Try again after `retry_in`.
+    Retry {
+        /// Why it failed.
+        error: String,
+        /// Delay before the next attempt (on the database clock).
+        retry_in: std::time::Duration,
+    },
+    /// Given up after too many attempts.
+    GaveUp {
+        /// The last error.
+        error: String,
+    },
+}
+
+/// Storage of pending run cancellations (the active replica's cancel worker).
+pub trait RunCancelStore: Send {
+    /// Cancellations whose next attempt is due (database clock).
+    fn due_run_cancels(
+        &mut self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<RunCancelTask>, StoreError>> + Send;
+    /// Records one attempt's result (and its timeline entry).
+    fn finish_run_cancel(
+        &mut self,
+        task: &RunCancelTask,
+        result: &RunCancelResult,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Time until the earliest pending cancellation is due (`None`: none pending).
+    fn next_run_cancel(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<std::time::Duration>, StoreError>> + Send;
+}
+
+/// What cancelling one dispatch's run found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelRunOutcome {
+    /// These unfinished runs were patched to cancel.
+    Cancelled(Vec<String>),
+    /// Its runs exist but are all finished (or already being cancelled).
+    NothingRunning,
+    /// No run carries its eventID or dispatch label.
+    NotFound,
+}
+
+/// Cancels PipelineRuns (`spec.status: CancelledRunFinally`, or
+/// `PipelineRunCancelled` on `v1beta1`).
+pub trait RunCanceller: Send + Sync {
+    /// Cancels the runs in `target` labelled with `listener_event_id`
+    /// (`triggers.tekton.dev/triggers-eventid`) or, with a `dispatch_label`,
+    /// with `dispatch`.
+    fn cancel_run(
+        &self,
+        target: &RunTarget,
+        dispatch: DispatchId,
+        listener_event_id: Option<&str>,
+    ) -> impl Future<Output = Result<CancelRunOutcome, String>> + Send;
 }

@@ -41,6 +41,10 @@ pub mod fact {
     pub const DELIVERY_ID: &str = "delivery_id";
     /// `action` of the payload.
     pub const ACTION: &str = "action";
+    /// Why a run is cancelled: `superseded` or `closed`.
+    pub const REASON: &str = "reason";
+    /// The cancelled dispatch was still waiting (no run to cancel).
+    pub const QUEUED: &str = "queued";
 }
 
 fn text<'a>(detail: &'a Value, key: &str) -> &'a str {
@@ -128,6 +132,35 @@ pub fn describe(entry: &TimelineEntry) -> String {
         TimelineKind::PoolPaused => format!("pool {} paused by {by}", text(d, POOL)),
         TimelineKind::PoolResumed => format!("pool {} resumed by {by}", text(d, POOL)),
         TimelineKind::Finished => format!("finished: {}", text(d, STATUS)),
+        TimelineKind::RunCancelRequested => {
+            let why = match d.get(REASON).and_then(Value::as_str) {
+                Some("closed") => {
+                    format!("the pull request was closed (event {})", text(d, BY_EVENT))
+                }
+                _ => format!("newer event {} of the same pull request", text(d, BY_EVENT)),
+            };
+            if d.get(QUEUED).and_then(Value::as_bool) == Some(true) {
+                format!("cancelled while waiting: {why}")
+            } else {
+                format!("cancelled because of {why}; its PipelineRun is being cancelled")
+            }
+        }
+        TimelineKind::RunCancelled => match d.get(RUN).and_then(Value::as_str) {
+            Some(run) => format!("PipelineRun {run} cancelled"),
+            None => "no running PipelineRun left to cancel".to_owned(),
+        },
+        TimelineKind::RunCancelFailed => match d.get(NEXT_ATTEMPT_AT).and_then(Value::as_str) {
+            Some(next) => format!(
+                "cancelling the PipelineRun failed (attempt {}): {}; next attempt at {next}",
+                number(d, ATTEMPT),
+                text(d, ERROR)
+            ),
+            None => format!(
+                "gave up cancelling the PipelineRun after attempt {}: {}",
+                number(d, ATTEMPT),
+                text(d, ERROR)
+            ),
+        },
     }
 }
 

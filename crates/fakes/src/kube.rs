@@ -4,7 +4,10 @@
 //! everything) and bring it back, drop open watches, make watches expire
 //! (410 Gone), read the requests served and the highest number of runs that
 //! were ever unfinished at once. It also answers SelfSubjectAccessReviews
-//! (allowed unless a namespace is forbidden) for `check-config --connect`.
+//! (allowed unless a namespace is forbidden) for `check-config --connect`,
+//! and merge-patches of a PipelineRun: a cancel (`spec.status`) finishes the
+//! run a moment later (`Succeeded=False`, reason `Cancelled`), as Tekton
+//! does; patches can be refused on demand (403, 404, 409).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, MutexGuard};
@@ -62,6 +65,12 @@ struct State {
     forbidden: std::collections::BTreeSet<String>,
     /// SelfSubjectAccessReviews answered: (namespace, verb, allowed).
     access_reviews: Vec<(String, String, bool)>,
+    /// PATCHes of PipelineRuns answered: (namespace, name, merge patch, status).
+    patches: Vec<(String, String, Value, u16)>,
+    /// PATCHes still to refuse with this status (403, 404, 409...).
+    refuse_patches: Vec<u16>,
+    /// How long a cancelled run takes to finish (Tekton runs `finally` first).
+    cancel_delay: Option<Duration>,
 }
 
 /// Notified on every change (new resourceVersion, or the API going up or down).
@@ -145,40 +154,25 @@ impl FakeKube {
     }
 
     fn record(&self, state: &mut State, kind: &'static str, namespace: &str, object: Value) {
-        state.rv += 1;
-        let rv = state.rv;
-        let mut object = object;
-        object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let name = object["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        if kind == "DELETED" {
-            state.objects.remove(&(namespace.to_owned(), name));
-        } else {
-            state
-                .objects
-                .insert((namespace.to_owned(), name), object.clone());
-        }
-        state.history.push(Change {
-            rv,
-            kind,
-            namespace: namespace.to_owned(),
-            object,
-        });
-        let mut per_pipeline: HashMap<String, usize> = HashMap::new();
-        for obj in state.objects.values().filter(|o| !is_finished(o)) {
-            let p = obj
-                .pointer("/metadata/labels/tekton.dev~1pipeline")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            *per_pipeline.entry(p.to_owned()).or_default() += 1;
-        }
-        for (p, n) in per_pipeline {
-            let max = state.max_unfinished.entry(p).or_default();
-            *max = (*max).max(n);
-        }
-        self.inner.changed();
+        record(&self.inner, state, kind, namespace, object);
+    }
+
+    /// PATCHes of PipelineRuns answered so far: (namespace, name, merge
+    /// patch, HTTP status).
+    pub fn patches(&self) -> Vec<(String, String, Value, u16)> {
+        self.state().patches.clone()
+    }
+
+    /// Refuses the next PATCHes of PipelineRuns, one per status given (403,
+    /// 404, 409...), before patching again.
+    pub fn refuse_patches(&self, statuses: &[u16]) {
+        self.state().refuse_patches.extend_from_slice(statuses);
+    }
+
+    /// How long a run whose `spec.status` is patched to a cancel value takes
+    /// to finish (`Succeeded=False`, reason `Cancelled`); default 200 ms.
+    pub fn set_cancel_delay(&self, delay: Duration) {
+        self.state().cancel_delay = Some(delay);
     }
 
     /// SelfSubjectAccessReviews for `namespace` answer `allowed: false`
@@ -399,6 +393,43 @@ impl FakeKube {
     }
 }
 
+fn record(inner: &Inner, state: &mut State, kind: &'static str, namespace: &str, object: Value) {
+    state.rv += 1;
+    let rv = state.rv;
+    let mut object = object;
+    object["metadata"]["resourceVersion"] = json!(rv.to_string());
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    if kind == "DELETED" {
+        state.objects.remove(&(namespace.to_owned(), name));
+    } else {
+        state
+            .objects
+            .insert((namespace.to_owned(), name), object.clone());
+    }
+    state.history.push(Change {
+        rv,
+        kind,
+        namespace: namespace.to_owned(),
+        object,
+    });
+    let mut per_pipeline: HashMap<String, usize> = HashMap::new();
+    for obj in state.objects.values().filter(|o| !is_finished(o)) {
+        let p = obj
+            .pointer("/metadata/labels/tekton.dev~1pipeline")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        *per_pipeline.entry(p.to_owned()).or_default() += 1;
+    }
+    for (p, n) in per_pipeline {
+        let max = state.max_unfinished.entry(p).or_default();
+        *max = (*max).max(n);
+    }
+    inner.changed();
+}
+
 fn status_error(code: StatusCode, reason: &str, message: &str) -> Response<FakeBody> {
     json_response(
         code,
@@ -453,6 +484,18 @@ fn handle(inner: &Arc<Inner>, request: &FakeRequest) -> Response<FakeBody> {
         ]
     {
         return access_review(inner, request);
+    }
+    if let [
+        "apis",
+        "tekton.dev",
+        version,
+        "namespaces",
+        ns,
+        "pipelineruns",
+        name,
+    ] = segments.as_slice()
+    {
+        return patch_run(inner, request, version, ns, name);
     }
     // /apis/tekton.dev/{version}/namespaces/{ns}/pipelineruns
     let (version, namespace) = match segments.as_slice() {
@@ -548,6 +591,142 @@ fn handle(inner: &Arc<Inner>, request: &FakeRequest) -> Response<FakeBody> {
         StatusCode::OK,
         &json!({"apiVersion": api_version, "kind": "PipelineRunList", "metadata": {"resourceVersion": state.rv.to_string()}, "items": items}),
     )
+}
+
+/// The cancel values of `spec.status` (Tekton `v1` and `v1beta1`).
+const CANCEL_STATUSES: [&str; 3] = ["Cancelled", "CancelledRunFinally", "PipelineRunCancelled"];
+
+/// `PATCH .../pipelineruns/{name}` with a JSON merge patch, as a real API
+/// server takes it for a custom resource (strategic merge is refused). A
+/// cancel (`spec.status`) finishes the run a moment later with
+/// `Succeeded=False`, reason `Cancelled`, as Tekton does.
+fn patch_run(
+    inner: &Arc<Inner>,
+    request: &FakeRequest,
+    version: &str,
+    namespace: &str,
+    name: &str,
+) -> Response<FakeBody> {
+    if request.parts.method != Method::PATCH {
+        return status_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "only PATCH is served on a PipelineRun",
+        );
+    }
+    let content_type = request
+        .parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if content_type != "application/merge-patch+json"
+        && content_type != "application/json-patch+json"
+    {
+        return status_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            &format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json (got {content_type})"
+            ),
+        );
+    }
+    let Ok(patch) = serde_json::from_slice::<Value>(&request.body) else {
+        return status_error(StatusCode::BAD_REQUEST, "BadRequest", "invalid JSON");
+    };
+    let mut state = inner.lock();
+    let refused = if state.down {
+        Some(503)
+    } else if state.refuse_patches.is_empty() {
+        None
+    } else {
+        Some(state.refuse_patches.remove(0))
+    };
+    if let Some(code) = refused {
+        state
+            .patches
+            .push((namespace.to_owned(), name.to_owned(), patch, code));
+        drop(state);
+        inner.changed();
+        let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return status_error(
+            code,
+            code.canonical_reason().unwrap_or("Error"),
+            "refused by the test",
+        );
+    }
+    let key = (namespace.to_owned(), name.to_owned());
+    let Some(mut object) = state.objects.get(&key).cloned() else {
+        state
+            .patches
+            .push((namespace.to_owned(), name.to_owned(), patch, 404));
+        drop(state);
+        inner.changed();
+        return status_error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("pipelineruns.tekton.dev \"{name}\" not found"),
+        );
+    };
+    if content_type == "application/json-patch+json" {
+        return status_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            "the fake applies merge patches only",
+        );
+    }
+    merge(&mut object, &patch);
+    state
+        .patches
+        .push((namespace.to_owned(), name.to_owned(), patch, 200));
+    let cancelled = object
+        .pointer("/spec/status")
+        .and_then(Value::as_str)
+        .is_some_and(|s| CANCEL_STATUSES.contains(&s))
+        && !is_finished(&object);
+    let delay = state.cancel_delay.unwrap_or(Duration::from_millis(200));
+    record(inner, &mut state, "MODIFIED", namespace, object.clone());
+    drop(state);
+    if cancelled {
+        let inner = Arc::clone(inner);
+        let (namespace, name) = key;
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let mut state = inner.lock();
+            let Some(mut object) = state.objects.get(&(namespace.clone(), name)).cloned() else {
+                return;
+            };
+            if is_finished(&object) {
+                return;
+            }
+            object["status"] = json!({"conditions": [{"type": "Succeeded", "status": "False", "reason": "Cancelled",
+                "message": "PipelineRun was cancelled"}]});
+            record(&inner, &mut state, "MODIFIED", &namespace, object);
+        });
+    }
+    let mut answer = object;
+    answer["apiVersion"] = json!(format!("tekton.dev/{version}"));
+    json_response(StatusCode::OK, &answer)
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge(target: &mut Value, patch: &Value) {
+    let Value::Object(fields) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    for (k, v) in fields {
+        if v.is_null() {
+            if let Some(map) = target.as_object_mut() {
+                map.remove(k);
+            }
+        } else {
+            merge(&mut target[k.as_str()], v);
+        }
+    }
 }
 
 /// A watch answered with one `ERROR` event carrying `410 Gone`, then closed.

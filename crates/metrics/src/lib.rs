@@ -39,6 +39,8 @@
 //! | `webhook_dispatcher_catch_up_errors_total` | `hook` | each catch-up pass: failed listings or redelivery requests (rate limits included) |
 //! | `webhook_dispatcher_catch_up_passes_total` | | each catch-up pass that ran |
 //! | `webhook_dispatcher_build_info` | `version` | always 1 |
+//! | `webhook_dispatcher_runs_cancelled_total` | `pool`, `reason` (`superseded`, `closed`) | run-cancel worker (runtime, active replica): PipelineRuns patched to cancel (`cancel_superseded`, `cancel_on_close`) |
+//! | `webhook_dispatcher_run_cancel_failures_total` | `pool` | run-cancel worker: failed cancel attempts (retried with backoff, or given up) |
 //!
 //! ```
 //! use dispatcher_metrics::{DeliveryOutcome, Metrics};
@@ -194,6 +196,12 @@ struct PoolLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RunCancelLabels {
+    pool: String,
+    reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct TriggerLabels {
     pool: String,
     result: TriggerOutcome,
@@ -259,6 +267,8 @@ pub struct Metrics {
     retention_dropped_payloads: Counter,
     retention_last_run: Gauge,
     catch_up: CatchUpMetrics,
+    runs_cancelled: Family<RunCancelLabels, Counter>,
+    run_cancel_failures: Family<PoolLabels, Counter>,
 }
 
 impl Metrics {
@@ -387,6 +397,18 @@ impl Metrics {
             retention_last_run.clone(),
         );
         let catch_up = CatchUpMetrics::register(&mut registry);
+        let runs_cancelled = Family::<RunCancelLabels, Counter>::default();
+        registry.register(
+            "webhook_dispatcher_runs_cancelled",
+            "PipelineRuns cancelled because a newer event superseded them or their pull request closed",
+            runs_cancelled.clone(),
+        );
+        let run_cancel_failures = Family::<PoolLabels, Counter>::default();
+        registry.register(
+            "webhook_dispatcher_run_cancel_failures",
+            "Failed attempts to cancel a PipelineRun (retried with backoff)",
+            run_cancel_failures.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -421,7 +443,28 @@ impl Metrics {
             retention_dropped_payloads,
             retention_last_run,
             catch_up,
+            runs_cancelled,
+            run_cancel_failures,
         }
+    }
+
+    /// Counts `runs` PipelineRuns of `pool` cancelled for `reason`.
+    pub fn runs_cancelled(&self, pool: &str, reason: &str, runs: u64) {
+        self.runs_cancelled
+            .get_or_create(&RunCancelLabels {
+                pool: pool.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc_by(runs);
+    }
+
+    /// Counts one failed attempt to cancel a run of `pool`.
+    pub fn run_cancel_failed(&self, pool: &str) {
+        self.run_cancel_failures
+            .get_or_create(&PoolLabels {
+                pool: pool.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts what a retention pass deleted and dropped (also the part a

@@ -24,7 +24,9 @@ use tracing::Instrument;
 
 use crate::status::{Role, until};
 use crate::triggers::Triggers;
-use crate::{CatchUpWorkerFactory, LabelWorkerFactory, RetentionWorkerFactory, Runtime};
+use crate::{
+    CancelWorkerFactory, CatchUpWorkerFactory, LabelWorkerFactory, RetentionWorkerFactory, Runtime,
+};
 use dispatcher_metrics::{FinishStatus, PoolGauges};
 
 /// Pause after a pass failed for a reason other than losing the database.
@@ -55,6 +57,7 @@ where
         statuses,
         retention,
         catch_up,
+        run_cancels,
         preparation,
         status,
         metrics,
@@ -79,6 +82,7 @@ where
         statuses,
         retention,
         catch_up,
+        run_cancels,
         status: Arc::clone(&status),
         metrics: Arc::clone(&metrics),
         passes: AtomicU64::new(0),
@@ -187,6 +191,7 @@ struct Parts<C, T> {
     statuses: Option<LabelWorkerFactory>,
     retention: Option<RetentionWorkerFactory>,
     catch_up: Option<CatchUpWorkerFactory>,
+    run_cancels: Option<CancelWorkerFactory>,
     status: Arc<crate::DispatcherStatus>,
     metrics: Arc<dispatcher_metrics::Metrics>,
     /// Passes started by this process, for the `dispatch_pass` span.
@@ -232,6 +237,10 @@ where
             .map(|start| AbortOnDrop(tokio::spawn(start(Arc::clone(&self.metrics)))));
         let _catch_up_worker = self
             .catch_up
+            .as_ref()
+            .map(|start| AbortOnDrop(tokio::spawn(start(Arc::clone(&self.metrics)))));
+        let _cancel_worker = self
+            .run_cancels
             .as_ref()
             .map(|start| AbortOnDrop(tokio::spawn(start(Arc::clone(&self.metrics)))));
         let mut heartbeat = tokio::time::interval(heartbeat_every);

@@ -35,6 +35,7 @@
 //! `examples/embedded.rs` runs the intake HTTP service and the dispatcher
 //! with the production adapters inside another program.
 
+mod cancels;
 mod catch_up;
 mod labels;
 mod leader;
@@ -51,7 +52,7 @@ use std::time::Duration;
 use dispatcher_core::config::Settings;
 use dispatcher_core::ports::{
     CapacitySource, LabelStore, LeaderElection, PrNotifier, QueueStatusStore, RetentionStore,
-    StatusNotifier, Trigger,
+    RunCancelStore, RunCanceller, StatusNotifier, Trigger,
 };
 use dispatcher_core::retention::RetentionPolicy;
 use dispatcher_metrics::Metrics;
@@ -71,6 +72,9 @@ type RetentionWorkerFactory =
 
 /// Starts the catch-up worker for one leadership term.
 type CatchUpWorkerFactory = RetentionWorkerFactory;
+/// Starts the run-cancel worker for one leadership term.
+type CancelWorkerFactory =
+    Arc<dyn Fn(Arc<Metrics>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// A start-up step retried until it succeeds (see [`Runtime::with_preparation`]).
 pub(crate) type Preparation =
@@ -88,6 +92,7 @@ pub struct Runtime<L, C, T> {
     statuses: Option<LabelWorkerFactory>,
     retention: Option<RetentionWorkerFactory>,
     catch_up: Option<CatchUpWorkerFactory>,
+    run_cancels: Option<CancelWorkerFactory>,
     preparation: Option<(String, Preparation)>,
     status: Arc<DispatcherStatus>,
     metrics: Arc<Metrics>,
@@ -123,6 +128,7 @@ where
             statuses: None,
             retention: None,
             catch_up: None,
+            run_cancels: None,
             preparation: None,
             status,
             metrics: Arc::new(Metrics::default()),
@@ -239,6 +245,25 @@ where
                 github.clone(),
                 store.clone(),
                 policy.clone(),
+                metrics,
+            ))
+        }));
+        self
+    }
+
+    /// Cancels the PipelineRuns of work cancelled by `cancel_superseded` or
+    /// `cancel_on_close` while leading: pending cancellations are retried
+    /// with backoff beside the engine, never blocking dispatching.
+    #[must_use]
+    pub fn with_run_cancels<S, K>(mut self, store: S, canceller: Arc<K>) -> Self
+    where
+        S: RunCancelStore + Clone + Sync + 'static,
+        K: RunCanceller + 'static,
+    {
+        self.run_cancels = Some(Arc::new(move |metrics| {
+            Box::pin(cancels::cancel_worker(
+                store.clone(),
+                Arc::clone(&canceller),
                 metrics,
             ))
         }));

@@ -27,12 +27,14 @@ use dispatcher_core::domain::{
 };
 use dispatcher_core::planner::{DispatchOutcome, IntakePlan};
 use dispatcher_core::ports::{
-    DispatchStore, OpenDispatch, OpenExtras, StoreError, TriggerJob, UnplannedEvent,
+    CancelCandidate, CancelQuery, DispatchStore, OpenDispatch, OpenExtras, StoreError, TriggerJob,
+    UnplannedEvent,
 };
 use dispatcher_core::timeline::fact;
 use futures_util::{FutureExt, StreamExt};
 use time::OffsetDateTime;
 
+use crate::cancels;
 use crate::connect;
 use crate::error;
 use crate::events::headers_from_json;
@@ -835,6 +837,11 @@ impl DispatchStore for LeaderSession {
                                     .execute(conn)
                                     .await?;
                             }
+                            // Its run was to be cancelled while it was in flight:
+                            // now that the run is visible (and counted), it is.
+                            if changed.is_some() {
+                                cancels::cancel_if_requested(conn, outcome.id().0, now).await?;
+                            }
                             changed
                         }
                         DispatchOutcome::Unanswered { attempt, error, .. } => {
@@ -884,6 +891,19 @@ impl DispatchStore for LeaderSession {
                             .get_result(conn)
                             .await
                             .optional()?
+                        }
+                        DispatchOutcome::CancelRun {
+                            reason,
+                            by_event,
+                            target,
+                            ..
+                        } => {
+                            // Writes its own timeline entry (naming the event).
+                            let changed =
+                                cancels::apply(conn, outcome.id(), *reason, *by_event, target, now)
+                                    .await?;
+                            touched.extend(changed);
+                            None
                         }
                     };
                     if let Some(event_id) = changed {
@@ -974,6 +994,16 @@ impl DispatchStore for LeaderSession {
                 crate::queue_status::reconcile(conn, wanted, now).await
             })
             .await;
+        self.settle(started, result).await
+    }
+
+    async fn cancel_candidates(
+        &mut self,
+        query: &CancelQuery,
+    ) -> Result<Vec<CancelCandidate>, StoreError> {
+        self.ensure_held()?;
+        let started = Instant::now();
+        let result = cancels::load_candidates(&mut self.conn, query).await;
         self.settle(started, result).await
     }
 }
@@ -1137,6 +1167,10 @@ fn outcome_note(outcome: &DispatchOutcome, event_id: i64) -> Note {
             serde_json::json!({ fact::POOL: pool.0 }),
         ),
         DispatchOutcome::Superseded { .. } => (TimelineKind::Superseded, serde_json::json!({})),
+        DispatchOutcome::CancelRun { reason, .. } => (
+            TimelineKind::RunCancelRequested,
+            serde_json::json!({ fact::REASON: reason.as_str() }),
+        ),
     };
     Note::dispatch(event_id, outcome.id().0, kind, detail)
 }

@@ -33,6 +33,7 @@
 //! # Ok(()) }
 //! ```
 
+mod cancels;
 mod catch_up;
 mod connect;
 mod election;
@@ -57,6 +58,7 @@ mod tls;
 mod vocab;
 mod wakeup;
 
+pub use cancels::PgRunCancels;
 pub use catch_up::PgCatchUp;
 pub use connect::{ConnectionOptions, connect};
 pub use election::PgLeaderElection;

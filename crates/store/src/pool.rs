@@ -144,6 +144,11 @@ impl Database {
         PgCatchUp::new(self.clone())
     }
 
+    /// Pending PipelineRun cancellations, for the cancel worker.
+    pub fn run_cancels(&self) -> crate::cancels::PgRunCancels {
+        crate::cancels::PgRunCancels::new(self.clone())
+    }
+
     /// Tries to become the active dispatcher: `Some` while this replica holds
     /// the lock (it is released when the session is dropped, its connection
     /// dies, or PostgreSQL ends the session after `options.idle_session_timeout`

@@ -155,7 +155,25 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    run_cancellations (dispatch_id) {
+        dispatch_id -> Int8,
+        reason -> Text,
+        by_event_id -> Int8,
+        namespace -> Text,
+        api_version -> Text,
+        dispatch_label -> Nullable<Text>,
+        attempts -> Int4,
+        next_attempt_at -> Timestamptz,
+        last_error -> Nullable<Text>,
+        requested_at -> Timestamptz,
+        done_at -> Nullable<Timestamptz>,
+        runs -> Nullable<Text>,
+    }
+}
+
 diesel::joinable!(dispatches -> webhook_events (event_id));
+diesel::joinable!(run_cancellations -> dispatches (dispatch_id));
 diesel::joinable!(event_timeline -> webhook_events (event_id));
 diesel::allow_tables_to_appear_in_same_query!(
     webhook_events,
@@ -163,5 +181,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     pr_labels,
     event_timeline,
     pool_controls,
-    pr_queue_status
+    pr_queue_status,
+    run_cancellations
 );

@@ -134,6 +134,7 @@ async fn the_originals_database_is_adopted_keeping_every_row() {
             "pool_controls",
             "pr_labels",
             "pr_queue_status",
+            "run_cancellations",
             "webhook_events"
         ],
         "the original's table is dropped"

@@ -718,7 +718,7 @@ fn schema_matches_migrations() {
         }
         let cols: Vec<Col> = diesel::sql_query(
             "SELECT table_name::text, column_name::text FROM information_schema.columns
-              WHERE table_schema = 'public' AND table_name IN ('webhook_events', 'dispatches', 'pr_labels', 'event_timeline', 'pool_controls', 'pr_queue_status')
+              WHERE table_schema = 'public' AND table_name IN ('webhook_events', 'dispatches', 'pr_labels', 'event_timeline', 'pool_controls', 'pr_queue_status', 'run_cancellations')
               ORDER BY table_name, ordinal_position",
         )
         .load(&mut conn)
@@ -737,11 +737,12 @@ fn schema_matches_migrations() {
                 "event_timeline" => debug_query::<Pg, _>(&event_timeline::table.select(event_timeline::all_columns)).to_string(),
                 "pool_controls" => debug_query::<Pg, _>(&pool_controls::table.select(pool_controls::all_columns)).to_string(),
                 "pr_queue_status" => debug_query::<Pg, _>(&pr_queue_status::table.select(pr_queue_status::all_columns)).to_string(),
+                "run_cancellations" => debug_query::<Pg, _>(&run_cancellations::table.select(run_cancellations::all_columns)).to_string(),
                 _ => debug_query::<Pg, _>(&pr_labels::table.select(pr_labels::all_columns)).to_string(),
             };
             names(&sql, table)
         };
-        for table in ["webhook_events", "dispatches", "pr_labels", "event_timeline", "pool_controls", "pr_queue_status"] {
+        for table in ["webhook_events", "dispatches", "pr_labels", "event_timeline", "pool_controls", "pr_queue_status", "run_cancellations"] {
             let actual: Vec<String> = cols.iter().filter(|c| c.table_name == table).map(|c| c.column_name.clone()).collect();
             let mut expected = declared(table);
             let mut sorted_actual = actual.clone();

@@ -252,6 +252,10 @@ pub struct Item {
     pub pool: PoolKey,
     /// Optional CEL filter, compiled.
     pub filter: Option<CelFilter>,
+    /// Cancel the run of an older event of the same PR when a newer one is planned.
+    pub cancel_superseded: bool,
+    /// Cancel waiting and running work of a PR when it is closed.
+    pub cancel_on_close: bool,
 }
 
 /// Validated security settings.
@@ -512,6 +516,8 @@ impl Settings {
                 callback_url,
                 pool: key,
                 filter,
+                cancel_superseded: raw_item.cancel_superseded,
+                cancel_on_close: raw_item.cancel_on_close,
             });
         }
 

@@ -73,6 +73,12 @@ pub struct RawItem {
     pub capacity: RawCapacity,
     /// Optional CEL filter.
     pub filter: Option<RawFilter>,
+    /// Cancel the PipelineRun of an older event of the same pull request
+    /// when a newer one is planned for this item (off by default).
+    pub cancel_superseded: bool,
+    /// Cancel this item's waiting and running work of a pull request when it
+    /// is closed, merged or not (off by default).
+    pub cancel_on_close: bool,
 }
 
 /// `capacity:` of an item.

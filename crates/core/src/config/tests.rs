@@ -688,3 +688,23 @@ fn queue_status_defaults_to_the_label_and_is_validated() {
     let e = single_error(|v| v["github"] = json!({"queue_status_interval": "0s"}));
     assert_eq!(e.field, "github.queue_status_interval");
 }
+
+#[test]
+fn cancel_flags_are_off_by_default_and_per_item() {
+    let s = settings(original_example()).expect("valid");
+    assert!(
+        s.items
+            .iter()
+            .all(|i| !i.cancel_superseded && !i.cancel_on_close)
+    );
+    let mut v = original_example();
+    v["dispatcher"]["items"][0]["cancel_superseded"] = json!(true);
+    v["dispatcher"]["items"][0]["cancel_on_close"] = json!(true);
+    let (_, unknown) = parse(v.clone()).expect("parses");
+    assert!(unknown.is_empty(), "{unknown:?}");
+    let s = settings(v).expect("valid");
+    assert!(s.items[0].cancel_superseded && s.items[0].cancel_on_close);
+    let mut v = original_example();
+    v["dispatcher"]["items"][0]["cancel_on_close"] = json!("yes");
+    assert!(settings(v).is_err(), "cancel_on_close is a bool");
+}

@@ -124,8 +124,42 @@ pub(super) fn planned(outcome: &DispatchOutcome, open: &[OpenDispatch]) {
             %event, %dispatch, %pool, to = %to, %item, %repo, pr,
             reason = "its config item now belongs to another pool", "dispatch moved"
         ),
-        // Decided from trigger answers only (see `answered`).
-        DispatchOutcome::Triggered { .. } | DispatchOutcome::Unanswered { .. } => {}
+        // Decided from trigger answers only (see `answered`); cancellations
+        // are logged by `cancels`.
+        DispatchOutcome::Triggered { .. }
+        | DispatchOutcome::Unanswered { .. }
+        | DispatchOutcome::CancelRun { .. } => {}
+    }
+}
+
+/// Logs the cancellations decided for items with `cancel_superseded` or
+/// `cancel_on_close`.
+pub(super) fn cancels(outcomes: &[DispatchOutcome], candidates: &[crate::ports::CancelCandidate]) {
+    for outcome in outcomes {
+        let DispatchOutcome::CancelRun {
+            id,
+            reason,
+            by_event,
+            ..
+        } = outcome
+        else {
+            continue;
+        };
+        let Some(c) = candidates.iter().find(|c| c.id == *id) else {
+            continue;
+        };
+        let (event, dispatch, pool, item) = (c.event_id, c.id, &c.pool, &c.item);
+        if c.state == DispatchState::Queued {
+            tracing::info!(
+                %event, %dispatch, %pool, %item, by_event = %by_event, reason = reason.as_str(),
+                "dispatch cancelled: its pull request was closed"
+            );
+        } else {
+            tracing::info!(
+                %event, %dispatch, %pool, %item, state = %c.state, by_event = %by_event,
+                reason = reason.as_str(), "dispatch cancelled; cancelling its PipelineRun"
+            );
+        }
     }
 }
 
@@ -175,7 +209,8 @@ pub(super) fn answered(settings: &Settings, job: &TriggerJob, outcome: &Dispatch
         // Decided by the planner only (see `planned`).
         DispatchOutcome::Confirmed { .. }
         | DispatchOutcome::Superseded { .. }
-        | DispatchOutcome::Moved { .. } => {}
+        | DispatchOutcome::Moved { .. }
+        | DispatchOutcome::CancelRun { .. } => {}
     }
 }
 

@@ -46,6 +46,8 @@ struct MemStore {
     fail_record: bool,
     reject_record: bool,
     clock: ManualClock,
+    /// Dispatches with a run cancellation (`CancelRun` of a non-queued one).
+    run_cancels: Vec<i64>,
 }
 
 impl MemStore {
@@ -273,6 +275,10 @@ impl DispatchStore for MemStore {
                 DispatchOutcome::Superseded { .. } => d.state = DispatchState::Cancelled,
                 DispatchOutcome::Unanswered { error, .. } => *err = Some(error.clone()),
                 DispatchOutcome::Moved { pool, .. } => d.pool = pool.clone(),
+                DispatchOutcome::CancelRun { .. } if d.state == DispatchState::Queued => {
+                    d.state = DispatchState::Cancelled;
+                }
+                DispatchOutcome::CancelRun { id, .. } => self.run_cancels.push(id.0),
             }
         }
         Ok(())
@@ -286,6 +292,53 @@ impl DispatchStore for MemStore {
 
     async fn reconcile_labels(&mut self, _now: OffsetDateTime) -> Result<u64, StoreError> {
         Ok(0)
+    }
+
+    async fn cancel_candidates(
+        &mut self,
+        query: &crate::ports::CancelQuery,
+    ) -> Result<Vec<crate::ports::CancelCandidate>, StoreError> {
+        let all: Vec<&OpenDispatch> = self.dispatches.values().map(|(d, _)| d).collect();
+        let closes: Vec<(&PullRequestRef, EventId)> = self
+            .events
+            .iter()
+            .filter(|(e, planned)| *planned && e.action == "closed")
+            .map(|(e, _)| (&e.pr, e.id))
+            .collect();
+        Ok(all
+            .iter()
+            .filter(|d| match d.state {
+                DispatchState::Queued => true,
+                DispatchState::Triggering | DispatchState::Triggered => {
+                    !self.run_cancels.contains(&d.id.0)
+                }
+                DispatchState::Confirmed => {
+                    !self.run_cancels.contains(&d.id.0)
+                        && d.listener_event_id
+                            .as_ref()
+                            .is_some_and(|e| query.running_event_ids.contains(e))
+                }
+                _ => false,
+            })
+            .map(|d| crate::ports::CancelCandidate {
+                id: d.id,
+                event_id: d.event_id,
+                item: d.item.clone(),
+                pool: d.pool.clone(),
+                state: d.state,
+                newer_event: all
+                    .iter()
+                    .filter(|o| o.pr == d.pr && o.item == d.item && o.event_id > d.event_id)
+                    .map(|o| o.event_id)
+                    .max(),
+                closed_by: closes
+                    .iter()
+                    .filter(|(pr, id)| **pr == d.pr && *id > d.event_id)
+                    .map(|(_, id)| *id)
+                    .max(),
+            })
+            .filter(|c| c.newer_event.is_some() || c.closed_by.is_some())
+            .collect())
     }
 }
 
@@ -821,4 +874,136 @@ fn every_state_change_is_logged_once_with_its_reason_and_fields() {
             assert!(l["dispatch"].is_string(), "{l}");
         }
     }
+}
+
+fn settings_cancelling(cap: u32) -> Arc<Settings> {
+    let v = json!({
+        "dispatcher": {"items": [{
+            "name": "ops", "events": ["opened", "synchronize"], "full_repository_name": "o/r",
+            "callback_url": "http://el:8080/",
+            "capacity": {"type": "ocp_tekton", "pipeline_name": "p", "max_capacity": cap, "namespace": "ns"},
+            "cancel_superseded": true, "cancel_on_close": true,
+        }]},
+        "security": {"verify_signatures": false},
+    });
+    let (raw, _) = parse(v).expect("parses");
+    Arc::new(Settings::from_raw(raw).expect("valid"))
+}
+
+#[test]
+fn closing_clears_the_queue_and_a_push_cancels_the_running_run_keeping_its_slot() {
+    let mut engine = Engine::new(settings_cancelling(1));
+    let mut store = MemStore::default();
+    let trigger = ScriptedTrigger::default();
+    store.add_event(1, 10, "opened");
+    store.add_event(2, 11, "opened");
+    let report = block_on(pass(&mut engine, &mut store, &running(0, &[]), &trigger)).expect("pass");
+    assert_eq!(report.triggered, 1);
+    // PR 11 is closed (no item matches `closed`): its queued dispatch is cancelled.
+    store.add_event(3, 11, "closed");
+    let report = block_on(pass(
+        &mut engine,
+        &mut store,
+        &running(1, &["ev-1"]),
+        &trigger,
+    ))
+    .expect("pass");
+    assert_eq!((report.aborted, report.run_cancels), (1, 1));
+    assert_eq!(
+        store.states(),
+        [(1, DispatchState::Confirmed), (2, DispatchState::Cancelled)]
+    );
+    // A push to PR 10 while its run is running: the run is to be cancelled
+    // (the store marks the dispatch `cancelled`; this one only records the
+    // request), its run keeps the slot (capacity 1 is full), the newer one waits.
+    store.add_event(4, 10, "synchronize");
+    let report = block_on(pass(
+        &mut engine,
+        &mut store,
+        &running(1, &["ev-1"]),
+        &trigger,
+    ))
+    .expect("pass");
+    assert_eq!((report.run_cancels, report.triggered), (1, 0));
+    assert_eq!(store.run_cancels, [1]);
+    assert_eq!(
+        store.states(),
+        [
+            (1, DispatchState::Confirmed),
+            (2, DispatchState::Cancelled),
+            (4, DispatchState::Queued)
+        ]
+    );
+    // Decided once.
+    let report = block_on(pass(
+        &mut engine,
+        &mut store,
+        &running(1, &["ev-1"]),
+        &trigger,
+    ))
+    .expect("pass");
+    assert_eq!((report.run_cancels, report.triggered), (0, 0));
+    // Its run finished: the newer one starts.
+    let report = block_on(pass(&mut engine, &mut store, &running(0, &[]), &trigger)).expect("pass");
+    assert_eq!(report.triggered, 1);
+    assert_eq!(trigger.calls.lock().map(|c| c.len()).unwrap_or(0), 2);
+}
+
+#[test]
+fn without_the_flags_nothing_is_cancelled() {
+    let mut engine = Engine::new(settings(1, 5));
+    let mut store = MemStore::default();
+    let trigger = ScriptedTrigger::default();
+    store.add_event(1, 10, "opened");
+    store.add_event(2, 11, "opened");
+    store.add_event(3, 11, "closed");
+    store.add_event(4, 10, "synchronize");
+    let report = block_on(pass(&mut engine, &mut store, &running(0, &[]), &trigger)).expect("pass");
+    assert_eq!(report.run_cancels, 0);
+    assert!(store.run_cancels.is_empty());
+    // Newest-wins as always (4 takes 1's place); the close cancels nothing.
+    assert_eq!(
+        store.states(),
+        [
+            (1, DispatchState::Cancelled),
+            (2, DispatchState::Queued),
+            (4, DispatchState::Triggered)
+        ]
+    );
+}
+
+#[test]
+fn a_closed_event_an_item_matches_is_planned_as_usual() {
+    let v = json!({
+        "dispatcher": {"items": [
+            {
+                "name": "ops", "events": ["opened"], "full_repository_name": "o/r",
+                "callback_url": "http://el:8080/",
+                "capacity": {"type": "ocp_tekton", "pipeline_name": "p", "max_capacity": 0, "namespace": "ns"},
+                "cancel_on_close": true,
+            },
+            {
+                "name": "release", "events": ["closed"], "full_repository_name": "o/r",
+                "callback_url": "http://el:8081/",
+                "capacity": {"type": "ocp_tekton", "pipeline_name": "rel", "max_capacity": 1, "namespace": "ns"},
+                "cancel_on_close": true,
+            },
+        ]},
+        "security": {"verify_signatures": false},
+    });
+    let (raw, _) = parse(v).expect("parses");
+    let mut engine = Engine::new(Arc::new(Settings::from_raw(raw).expect("valid")));
+    let mut store = MemStore::default();
+    let trigger = ScriptedTrigger::default();
+    // ops is paused (capacity 0): PR 10's dispatch waits.
+    store.add_event(1, 10, "opened");
+    block_on(pass(&mut engine, &mut store, &running(0, &[]), &trigger)).expect("pass");
+    store.add_event(2, 10, "closed");
+    let report = block_on(pass(&mut engine, &mut store, &running(0, &[]), &trigger)).expect("pass");
+    // The waiting ops dispatch is cancelled; the release runs.
+    assert_eq!((report.run_cancels, report.triggered), (1, 1));
+    assert_eq!(
+        store.states(),
+        [(1, DispatchState::Cancelled), (2, DispatchState::Triggered)]
+    );
 }

@@ -1072,3 +1072,140 @@ fn priorities_jump_the_queue_without_preempting() {
     let plan = plan_dispatch(&s, &open, &states, &HashSet::new(), limits(), NOW);
     assert_eq!(plan.trigger, [DispatchId(1)]);
 }
+
+/// Item "a" cancels superseded runs, item "b" cancels on close; "c" neither.
+fn settings_cancelling() -> Settings {
+    let item = |name: &str, pipeline: &str, extra: serde_json::Value| {
+        let mut v = json!({
+            "name": name, "events": ["opened", "synchronize"], "full_repository_name": "o/r",
+            "callback_url": "http://el:8080",
+            "capacity": {"type": "ocp_tekton", "pipeline_name": pipeline, "max_capacity": 1,
+                         "namespace": "ns", "dispatch_label": "example.com/dispatch"},
+        });
+        for (k, x) in extra.as_object().into_iter().flatten() {
+            v[k] = x.clone();
+        }
+        v
+    };
+    let v = json!({
+        "dispatcher": {"items": [
+            item("a", "pa", json!({"cancel_superseded": true})),
+            item("b", "pb", json!({"cancel_on_close": true})),
+            item("c", "pc", json!({})),
+        ]},
+        "security": {"verify_signatures": false},
+    });
+    let (raw, unknown) = parse(v).expect("parses");
+    assert!(unknown.is_empty(), "{unknown:?}");
+    Settings::from_raw(raw).expect("valid")
+}
+
+fn candidate(
+    id: i64,
+    item: &str,
+    state: DispatchState,
+    newer: Option<i64>,
+    closed: Option<i64>,
+) -> CancelCandidate {
+    CancelCandidate {
+        id: DispatchId(id),
+        event_id: EventId(id),
+        item: item.to_owned(),
+        pool: pool(&format!("p{item}")),
+        state,
+        newer_event: newer.map(EventId),
+        closed_by: closed.map(EventId),
+    }
+}
+
+#[test]
+fn no_cancel_query_without_opt_in() {
+    let pools = BTreeMap::new();
+    assert_eq!(cancel_query(&settings(1), &pools), None);
+    let s = settings_cancelling();
+    let mut pools = BTreeMap::new();
+    pools.insert(
+        pool("pa"),
+        Known {
+            running: 1,
+            runs: vec![
+                RunView {
+                    event_id: Some("ev-1".to_owned()),
+                    dispatch_id: Some("11".to_owned()),
+                    ..RunView::default()
+                },
+                RunView {
+                    event_id: Some("ev-0".to_owned()),
+                    finished: true,
+                    ..RunView::default()
+                },
+            ],
+        },
+    );
+    pools.insert(
+        pool("pb"),
+        PoolState::Unknown {
+            reason: "down".to_owned(),
+        },
+    );
+    let q = cancel_query(&s, &pools).expect("opted in");
+    assert_eq!(q.superseded_items, vec!["a".to_owned()]);
+    assert_eq!(q.close_items, vec!["b".to_owned()]);
+    assert_eq!(q.running_event_ids, vec!["ev-1".to_owned()]);
+    assert_eq!(q.running_dispatch_ids, vec![11]);
+}
+
+#[test]
+fn run_cancels_follow_each_items_opt_in() {
+    use DispatchState::{Confirmed, Queued, Triggered, Triggering};
+    let s = settings_cancelling();
+    let out = plan_run_cancels(
+        &s,
+        &[
+            // cancel_superseded: in flight and running work, not queued (newest-wins does that).
+            candidate(1, "a", Confirmed, Some(5), None),
+            candidate(2, "a", Triggering, Some(5), None),
+            candidate(3, "a", Queued, Some(5), None),
+            // ... and not on close.
+            candidate(4, "a", Triggered, None, Some(9)),
+            // cancel_on_close: queued and running, not superseded.
+            candidate(6, "b", Queued, None, Some(9)),
+            candidate(7, "b", Confirmed, None, Some(9)),
+            candidate(8, "b", Confirmed, Some(12), None),
+            // A close before the event (a reopened PR) cancels nothing.
+            candidate(10, "b", Queued, None, Some(9)),
+            // Neither flag.
+            candidate(11, "c", Confirmed, Some(12), Some(13)),
+            // Unknown item.
+            candidate(12, "gone", Confirmed, Some(13), Some(13)),
+        ],
+    );
+    let got: Vec<(i64, CancelReason, i64)> = out
+        .iter()
+        .map(|o| match o {
+            DispatchOutcome::CancelRun {
+                id,
+                reason,
+                by_event,
+                target,
+            } => {
+                assert_eq!(target.namespace, "ns");
+                assert_eq!(
+                    target.dispatch_label.as_deref(),
+                    Some("example.com/dispatch")
+                );
+                (id.0, *reason, by_event.0)
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, CancelReason::Superseded, 5),
+            (2, CancelReason::Superseded, 5),
+            (6, CancelReason::Closed, 9),
+            (7, CancelReason::Closed, 9),
+        ]
+    );
+}

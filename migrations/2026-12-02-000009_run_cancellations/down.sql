@@ -1,0 +1,2 @@
+DROP INDEX webhook_events_closed_idx;
+DROP TABLE run_cancellations;
