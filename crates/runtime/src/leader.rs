@@ -22,6 +22,7 @@ use time::OffsetDateTime;
 use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
+use crate::pacing::PassPacer;
 use crate::status::{Role, until};
 use crate::triggers::Triggers;
 use crate::{
@@ -245,7 +246,7 @@ where
             .map(|start| AbortOnDrop(tokio::spawn(start(Arc::clone(&self.metrics)))));
         let mut heartbeat = tokio::time::interval(heartbeat_every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_pass = tokio::time::Instant::now() - self.current().dispatch.min_pass_interval;
+        let mut pacer = PassPacer::new(tokio::time::Instant::now());
         let mut answers: Vec<TriggerResult> = Vec::new();
         loop {
             if *shutdown.borrow() {
@@ -259,8 +260,10 @@ where
             }
             let d = &settings.dispatch;
             // Batch a flood of wake-ups into fewer passes (dispatch.min_pass_interval).
-            tokio::time::sleep_until(last_pass + d.min_pass_interval).await;
-            last_pass = tokio::time::Instant::now();
+            let wait = pacer.delay(tokio::time::Instant::now(), d.min_pass_interval);
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
             answers.extend(triggers.finished());
             let span = self.pass_span();
             let pass = tokio::time::timeout(

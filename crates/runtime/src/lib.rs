@@ -39,6 +39,7 @@ mod cancels;
 mod catch_up;
 mod labels;
 mod leader;
+mod pacing;
 mod queue_status;
 mod retention;
 mod status;

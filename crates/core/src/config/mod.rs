@@ -290,7 +290,7 @@ pub struct DispatchTuning {
     pub capacity_stale_after: Duration,
     /// Standby's leadership poll interval.
     pub leader_retry_interval: Duration,
-    /// Shortest time between the starts of two passes.
+    /// Pacing of passes: after a short burst, at most one starts per interval.
     pub min_pass_interval: Duration,
     /// Longest takeover time after the active replica stops answering.
     pub failover_timeout: Duration,
