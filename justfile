@@ -44,5 +44,16 @@ bench *ARGS:
     cargo build --release --locked -p dispatcher -p dispatcher-bench
     scripts/with-postgres target/release/dispatcher-bench --dispatcher target/release/dispatcher {{ARGS}}
 
+# Supply chain (deny.toml): licenses, banned crates, sources; advisories
+# only when the RustSec database is on disk (scripts/deny says which).
+deny:
+    scripts/deny
+
+# Every cargo-fuzz target (fuzz/, nightly + cargo-fuzz) for RUNS executions
+# each from the committed seed corpus: 5 targets x 250000 = 1.25 million by
+# default (docs/FUZZING.md). `just fuzz 10000 cel` runs one target.
+fuzz RUNS="250000" *TARGETS:
+    nice -n 10 scripts/fuzz {{RUNS}} {{TARGETS}}
+
 # Everything CI runs.
-ci: lint check-layers test
+ci: lint check-layers deny test

@@ -93,8 +93,12 @@ pub fn pull_request_fields(body: &[u8]) -> Result<PullRequestFields, PayloadErro
             .map_err(|e| PayloadError::NotJson(e.to_string()))?;
         return Err(PayloadError::NotAnObject);
     }
+    // serde_json checks UTF-8 only in the strings it reads, not in the keys
+    // and values it skips (found by the fuzz targets): check the whole body.
+    let text =
+        std::str::from_utf8(body).map_err(|e| PayloadError::NotJson(format!("not UTF-8: {e}")))?;
     let probe: Probe<'_> =
-        serde_json::from_slice(body).map_err(|e| PayloadError::NotJson(e.to_string()))?;
+        serde_json::from_str(text).map_err(|e| PayloadError::NotJson(e.to_string()))?;
     if let Some(depth) = too_deep(body) {
         // Each nested parse below starts its own depth count, so a payload
         // deeper than serde_json's limit would pass here and then fail every
@@ -325,6 +329,19 @@ mod tests {
             pull_request_fields(deeper.as_bytes()),
             Err(PayloadError::NotJson(e)) if e.contains("nested more than")
         ));
+    }
+
+    /// Found by the fuzz targets: invalid UTF-8 in a key or value the probe
+    /// skips was accepted.
+    #[test]
+    fn rejects_invalid_utf8_anywhere() {
+        let body = b"{\"action\":\"opened\",\"repository\":{\"full_name\":\"o/r\"},\"pull_request\":{\"number\":7},\"sender\":{\"log\x81n\":\"octocat\",\"x\":\"\xff\"}}";
+        assert!(matches!(
+            pull_request_fields(body),
+            Err(PayloadError::NotJson(e)) if e.contains("not UTF-8")
+        ));
+        let fine = String::from_utf8_lossy(body);
+        assert!(pull_request_fields(fine.as_bytes()).is_ok());
     }
 
     #[test]
