@@ -150,25 +150,19 @@ pub fn config(data: &[u8]) {
         }
         return;
     };
-    config_tree(&mut tree);
+    let _ = config_tree(&mut tree);
 }
 
-/// [`config`] on a parsed tree.
-pub fn config_tree(tree: &mut Value) {
-    if config::expand_env(tree, &fuzz_env).is_err() {
-        return;
+/// [`config`] on a parsed tree: the [`Settings`] when the tree is valid.
+pub fn config_tree(tree: &mut Value) -> Option<Settings> {
+    config::expand_env(tree, &fuzz_env).ok()?;
+    config::apply_env_overrides(tree, &fuzz_env).ok()?;
+    let (raw, _unknown) = config::parse(tree.clone()).ok()?;
+    let settings = Settings::from_raw(raw).ok()?;
+    for item in &settings.items {
+        assert!(settings.pools.contains_key(&item.pool), "{}", item.name);
     }
-    if config::apply_env_overrides(tree, &fuzz_env).is_err() {
-        return;
-    }
-    let Ok((raw, _unknown)) = config::parse(tree.clone()) else {
-        return;
-    };
-    if let Ok(settings) = Settings::from_raw(raw) {
-        for item in &settings.items {
-            assert!(settings.pools.contains_key(&item.pool), "{}", item.name);
-        }
-    }
+    Some(settings)
 }
 
 /// The payload the CEL target evaluates with when its bytes carry none

@@ -35,6 +35,19 @@ fn every_seed_passes_its_target() {
     }
 }
 
+/// The recorded configs reach validation, so the fuzzer starts from valid
+/// settings rather than from errors.
+#[test]
+fn the_config_seeds_are_valid_settings() {
+    for name in ["dev.json", "dispatcher_config.example.json"] {
+        let path = fuzz_dir().join("corpus/config").join(name);
+        let text = std::fs::read(&path).unwrap_or_default();
+        let mut tree = serde_json::from_slice(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let settings = targets::config_tree(&mut tree);
+        assert!(settings.is_some_and(|s| !s.items.is_empty()), "{name}");
+    }
+}
+
 #[test]
 fn the_fuzz_crate_has_every_target() {
     let manifest = std::fs::read_to_string(fuzz_dir().join("Cargo.toml")).unwrap_or_default();
