@@ -44,5 +44,16 @@ bench *ARGS:
     cargo build --release --locked -p dispatcher -p dispatcher-bench
     scripts/with-postgres target/release/dispatcher-bench --dispatcher target/release/dispatcher {{ARGS}}
 
+# Advisories only when the RustSec database is on disk (scripts/deny says which).
+# Supply chain (cargo-deny, deny.toml): licenses, banned crates, sources.
+deny:
+    scripts/deny
+
+# From the committed seed corpus; 5 targets x 250000 = 1.25 million by default;
+# `just fuzz 10000 cel` runs one target (docs/FUZZING.md).
+# Every cargo-fuzz target (fuzz/, nightly + cargo-fuzz), RUNS executions each.
+fuzz RUNS="250000" *TARGETS:
+    nice -n 10 scripts/fuzz {{RUNS}} {{TARGETS}}
+
 # Everything CI runs.
-ci: lint check-layers test
+ci: lint check-layers deny test

@@ -93,8 +93,20 @@ pub fn pull_request_fields(body: &[u8]) -> Result<PullRequestFields, PayloadErro
             .map_err(|e| PayloadError::NotJson(e.to_string()))?;
         return Err(PayloadError::NotAnObject);
     }
+    // serde_json checks UTF-8 only in the strings it reads, not in the keys
+    // and values it skips (found by the fuzz targets): check the whole body.
+    let text =
+        std::str::from_utf8(body).map_err(|e| PayloadError::NotJson(format!("not UTF-8: {e}")))?;
     let probe: Probe<'_> =
-        serde_json::from_slice(body).map_err(|e| PayloadError::NotJson(e.to_string()))?;
+        serde_json::from_str(text).map_err(|e| PayloadError::NotJson(e.to_string()))?;
+    if let Some(depth) = too_deep(body) {
+        // Each nested parse below starts its own depth count, so a payload
+        // deeper than serde_json's limit would pass here and then fail every
+        // CEL filter, which reads it whole (found by the fuzz targets).
+        return Err(PayloadError::NotJson(format!(
+            "nested more than {depth} levels deep, at most {MAX_JSON_DEPTH} are allowed"
+        )));
+    }
     let action = match probe.action {
         Some(serde_json::Value::String(s)) if !s.is_empty() => s,
         _ => return Err(PayloadError::MissingField("action")),
@@ -120,6 +132,43 @@ pub fn pull_request_fields(body: &[u8]) -> Result<PullRequestFields, PayloadErro
         pull_request_number,
         labels: pr.and_then(|p| label_names(p.labels)),
     })
+}
+
+/// The deepest nesting of arrays and objects a payload may have: what
+/// `serde_json` reads into a `Value` (its recursion limit of 128), as the
+/// rules do for CEL filters.
+pub const MAX_JSON_DEPTH: usize = 127;
+
+/// Whether valid JSON `body` nests arrays and objects deeper than
+/// [`MAX_JSON_DEPTH`]: returns the depth reached when it does. One pass
+/// over the bytes, skipping strings.
+fn too_deep(body: &[u8]) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in body {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Some(depth);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The `name` of every label object in a `labels` list; anything that is
@@ -256,6 +305,43 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    /// Found by the fuzz targets: a payload nested deeper than serde_json
+    /// reads into a `Value` was accepted (each nested probe counts its own
+    /// depth) and then failed every CEL filter.
+    #[test]
+    fn payloads_nest_only_as_deep_as_the_rules_read() {
+        let body = |depth: usize| {
+            format!(
+                r#"{{"action":"opened","repository":{{"full_name":"o/r"}},"pull_request":{{"number":1,"labels":{}1{},"t":"[[[{{"}}}}"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            )
+        };
+        // The object and pull_request are two levels.
+        let deepest = body(MAX_JSON_DEPTH - 2);
+        assert!(pull_request_fields(deepest.as_bytes()).is_ok());
+        assert!(serde_json::from_str::<serde_json::Value>(&deepest).is_ok());
+        let deeper = body(MAX_JSON_DEPTH - 1);
+        assert!(serde_json::from_str::<serde_json::Value>(&deeper).is_err());
+        assert!(matches!(
+            pull_request_fields(deeper.as_bytes()),
+            Err(PayloadError::NotJson(e)) if e.contains("nested more than")
+        ));
+    }
+
+    /// Found by the fuzz targets: invalid UTF-8 in a key or value the probe
+    /// skips was accepted.
+    #[test]
+    fn rejects_invalid_utf8_anywhere() {
+        let body = b"{\"action\":\"opened\",\"repository\":{\"full_name\":\"o/r\"},\"pull_request\":{\"number\":7},\"sender\":{\"log\x81n\":\"octocat\",\"x\":\"\xff\"}}";
+        assert!(matches!(
+            pull_request_fields(body),
+            Err(PayloadError::NotJson(e)) if e.contains("not UTF-8")
+        ));
+        let fine = String::from_utf8_lossy(body);
+        assert!(pull_request_fields(fine.as_bytes()).is_ok());
     }
 
     #[test]

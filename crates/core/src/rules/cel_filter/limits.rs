@@ -29,6 +29,17 @@ pub(super) const MAX_NESTING: u16 = 32;
 /// of a tokio worker or a test thread.
 pub(super) const MAX_AST_DEPTH: usize = 48;
 
+/// The most comprehensions (`all`, `exists`, `map`, `filter`, ...) nested
+/// inside the loop of one another: each level multiplies the work, so
+/// `[1,2,3,4,5,6,7,8].map(a, [...].map(b, ...))` nested a dozen times would
+/// never end (found by the fuzz targets, docs/FUZZING.md).
+pub(super) const MAX_COMPREHENSION_NESTING: usize = 2;
+
+/// The most elements all list literals of an expression may have together:
+/// with [`MAX_COMPREHENSION_NESTING`] this bounds the loops over literals
+/// (at most 512 × 512 iterations).
+pub(super) const MAX_LIST_LITERAL_ELEMENTS: usize = 1024;
+
 /// The stack of the thread expressions are parsed on. Only the pages the
 /// parser touches are committed.
 pub(super) const COMPILE_STACK_SIZE: usize = 64 * 1024 * 1024;
@@ -122,5 +133,87 @@ fn entry_depth(entry: &EntryExpr) -> usize {
     match entry {
         EntryExpr::StructField(field) => ast_depth(&field.value),
         EntryExpr::MapEntry(entry) => ast_depth(&entry.key).max(ast_depth(&entry.value)),
+    }
+}
+
+/// Why evaluating `expr` could take too long, if it could: comprehensions
+/// nested more than [`MAX_COMPREHENSION_NESTING`] deep, or list literals with
+/// more than [`MAX_LIST_LITERAL_ELEMENTS`] elements in all.
+pub(super) fn too_costly(expr: &IdedExpr) -> Option<String> {
+    let mut cost = Cost::default();
+    cost.visit(expr, 0);
+    if cost.nesting > MAX_COMPREHENSION_NESTING {
+        return Some(format!(
+            "comprehensions are nested {} deep, at most {MAX_COMPREHENSION_NESTING} levels are allowed",
+            cost.nesting
+        ));
+    }
+    (cost.list_elements > MAX_LIST_LITERAL_ELEMENTS).then(|| {
+        format!(
+            "its list literals have {} elements, at most {MAX_LIST_LITERAL_ELEMENTS} are allowed",
+            cost.list_elements
+        )
+    })
+}
+
+/// What [`too_costly`] counts. The tree is at most [`MAX_AST_DEPTH`] deep
+/// when it is visited, so the recursion is bounded.
+#[derive(Default)]
+struct Cost {
+    /// The deepest nesting of comprehension loops.
+    nesting: usize,
+    /// Elements of all list literals.
+    list_elements: usize,
+}
+
+impl Cost {
+    fn visit(&mut self, expr: &IdedExpr, depth: usize) {
+        match &expr.expr {
+            Expr::Unspecified | Expr::Literal(_) | Expr::Ident(_) => {}
+            Expr::Call(call) => {
+                for e in call.target.iter().map(|t| &**t).chain(&call.args) {
+                    self.visit(e, depth);
+                }
+            }
+            Expr::Comprehension(c) => {
+                // The range, the initial value and the result are evaluated
+                // once; the condition and the step once per element.
+                let inner = depth.saturating_add(1);
+                self.nesting = self.nesting.max(inner);
+                for e in [&c.iter_range, &c.accu_init, &c.result] {
+                    self.visit(e, depth);
+                }
+                for e in [&c.loop_cond, &c.loop_step] {
+                    self.visit(e, inner);
+                }
+            }
+            Expr::List(list) => {
+                self.list_elements = self.list_elements.saturating_add(list.elements.len());
+                for e in &list.elements {
+                    self.visit(e, depth);
+                }
+            }
+            Expr::Map(map) => {
+                for entry in &map.entries {
+                    self.visit_entry(&entry.expr, depth);
+                }
+            }
+            Expr::Struct(structure) => {
+                for entry in &structure.entries {
+                    self.visit_entry(&entry.expr, depth);
+                }
+            }
+            Expr::Select(select) => self.visit(&select.operand, depth),
+        }
+    }
+
+    fn visit_entry(&mut self, entry: &EntryExpr, depth: usize) {
+        match entry {
+            EntryExpr::StructField(field) => self.visit(&field.value, depth),
+            EntryExpr::MapEntry(entry) => {
+                self.visit(&entry.key, depth);
+                self.visit(&entry.value, depth);
+            }
+        }
     }
 }

@@ -36,8 +36,9 @@
 //! ...), the strings extension (`lowerAscii`, `upperAscii`, `split`,
 //! `replace`, `trim`, `join`, `indexOf`, `substring`, ...) is available.
 //!
-//! An expression must be at most 16 KiB long, nest brackets at most 32 deep
-//! and have a syntax tree at most 48 levels deep ([`limits`]).
+//! An expression must be at most 16 KiB long, nest brackets at most 32 deep,
+//! have a syntax tree at most 48 levels deep, nest comprehensions at most 2
+//! deep and have at most 1024 list literal elements in all ([`limits`]).
 //!
 //! The other modules: [`variables`] finds what an expression refers to, and
 //! the tests are in `tests.rs`.
@@ -164,7 +165,8 @@ impl CelFilter {
                 },
             )?;
 
-        if let Some(reason) = limits::tree_too_deep(&parsed) {
+        if let Some(reason) = limits::tree_too_deep(&parsed).or_else(|| limits::too_costly(&parsed))
+        {
             return Err(CelCompileError::TooComplex {
                 expression: expression.to_owned(),
                 reason,

@@ -426,14 +426,24 @@ fn nesting_that_would_overflow_the_stack_is_rejected() {
         error.to_string().contains("syntax tree is 49 levels deep"),
         "{error}"
     );
-    let exists = format!(
-        "{}true{}",
-        (0..23)
-            .map(|i| format!("body.commits.exists(c{i}, "))
-            .collect::<String>(),
-        ")".repeat(23)
+    // Comprehensions nest at most 2 deep: each level multiplies the work.
+    let exists = |levels: usize| {
+        format!(
+            "{}true{}",
+            (0..levels)
+                .map(|i| format!("body.commits.exists(c{i}, "))
+                .collect::<String>(),
+            ")".repeat(levels)
+        )
+    };
+    assert!(eval(&exists(2)).unwrap());
+    let error = CelFilter::compile(&exists(23)).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("comprehensions are nested 23 deep"),
+        "{error}"
     );
-    assert!(eval(&exists).unwrap());
 
     let long = format!("body{} == 1", ".a".repeat(10_000));
     let error = CelFilter::compile(&long).unwrap_err();
@@ -443,6 +453,43 @@ fn nesting_that_would_overflow_the_stack_is_rejected() {
         CelFilter::compile(&chain),
         Err(CelCompileError::TooComplex { .. })
     ));
+}
+
+/// Found by the property tests of the fuzz targets (docs/FUZZING.md):
+/// nested comprehensions over list literals multiply (8^13 elements here at
+/// a dozen levels, which never ended), so their nesting and the elements of
+/// list literals are limited.
+#[test]
+fn evaluation_cost_is_bounded() {
+    let mut nested = "[1,2,3,4,5,6,7,8]".to_owned();
+    for i in 0..6 {
+        nested = format!("[1,2,3,4,5,6,7,8].map(y{i}, {nested})");
+    }
+    let error = CelFilter::compile(&format!("size({nested}) > 0")).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("comprehensions are nested 6 deep"),
+        "{error}"
+    );
+    // Two levels are allowed; the range of a comprehension is not a level.
+    assert!(eval("size([1,2].map(a, [3,4].map(b, a * b)).map(c, c)) == 2").unwrap());
+
+    let ones = vec!["1"; 1025].join(",");
+    let error = CelFilter::compile(&format!("[{ones}].exists(x, x == 2)")).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("list literals have 1025 elements"),
+        "{error}"
+    );
+    let ones = vec!["1"; 512].join(",");
+    assert!(
+        !eval(&format!(
+            "[{ones}].exists(x, [{ones}].exists(y, x + y == 3))"
+        ))
+        .unwrap()
+    );
 }
 
 #[test]
