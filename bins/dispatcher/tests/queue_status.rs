@@ -264,3 +264,62 @@ async fn off_shows_neither_label_nor_status() {
     assert_eq!(world.github.calls(), [], "no label");
     assert_eq!(world.github.status_updates(), [], "no status");
 }
+
+/// With `cancel_on_close` on the item, closing a waiting pull request
+/// clears its queue, completes its status "Cancelled" and takes its label
+/// off; it never runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn closing_a_pr_clears_its_queue_and_its_status() {
+    let world = World::with(WorldOptions {
+        capacity: 1,
+        github_yaml: ", queue_status: commit_status, queue_status_interval: 100ms",
+        ..WorldOptions::default()
+    })
+    .await;
+    let config = world.config().replacen(
+        "      callback_url:",
+        "      cancel_on_close: true\n      callback_url:",
+        1,
+    );
+    assert!(config.contains("cancel_on_close"), "{config}");
+    let env = vec![
+        (
+            "KUBECONFIG",
+            world.dir.0.join("kubeconfig").display().to_string(),
+        ),
+        ("GITHUB_TOKEN", support::world::GITHUB_TOKEN.to_owned()),
+    ];
+    let svc = support::Service::start(&config, world.db.url(), &env).await;
+    send(&svc.url, "pr1", 1, "c1", "opened").await;
+    world.wait_dispatched(1).await;
+    send(&svc.url, "pr2", 2, "c2", "opened").await;
+    wait_for(&world, "PR 2 waits", |w| {
+        shows(w, "c2", "pending", &queued(1, 1))
+    })
+    .await;
+
+    // No item matches `closed`: the event is aborted, PR 2's work cancelled.
+    send(&svc.url, "pr2-closed", 2, "c2", "closed").await;
+    wait_for(&world, "PR 2's status completed", |w| {
+        shows(w, "c2", "error", "Cancelled")
+    })
+    .await;
+    let label = format!("{PIPELINE}/queued");
+    assert!(
+        world
+            .github
+            .wait_until(WAIT, |g| g
+                .calls()
+                .iter()
+                .any(|c| c.op == "remove" && c.number == 2 && c.label == label))
+            .await,
+        "{:?}",
+        world.github.calls()
+    );
+    // PR 1's run finishing frees the slot; nothing of PR 2 takes it.
+    assert_eq!(world.listener.finish_runs(1), 1);
+    send(&svc.url, "pr3", 3, "c3", "opened").await;
+    world.wait_dispatched(2).await;
+    assert_eq!(world.dispatched_prs(), [1, 3]);
+    world.assert_within_capacity();
+}
