@@ -34,15 +34,7 @@ fn cancelling_config(world: &World) -> String {
 
 /// The world's replica with both flags on its one item.
 async fn replica(world: &World) -> Service {
-    let config = cancelling_config(world);
-    let env = vec![
-        (
-            "KUBECONFIG",
-            world.dir.0.join("kubeconfig").display().to_string(),
-        ),
-        ("GITHUB_TOKEN", GITHUB_TOKEN.to_owned()),
-    ];
-    Service::start(&config, world.db.url(), &env).await
+    world.replica_with(&cancelling_config(world)).await
 }
 
 async fn world(capacity: u32) -> World {
@@ -284,24 +276,7 @@ async fn check_config_connect_asks_for_patch_only_when_cancelling() {
     let world = world(1).await;
     let config = world.dir.0.join("check.yaml");
     std::fs::write(&config, cancelling_config(&world)).unwrap();
-    let run = || async {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_dispatcher"))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("WEBHOOK_DISPATCHER_CONFIG", &config)
-            .env("DATABASE_URL", world.db.url())
-            .env("GITHUB_WEBHOOK_SECRET", SECRET)
-            .env("GITHUB_TOKEN", GITHUB_TOKEN)
-            .env("KUBECONFIG", world.dir.0.join("kubeconfig"))
-            .args(["check-config", "--connect"])
-            .output()
-            .await
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    };
+    let run = || world.check_connect(&config);
     let (code, stdout) = run().await;
     assert_eq!(code, 0, "{stdout}");
     assert!(

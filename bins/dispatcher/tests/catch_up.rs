@@ -239,21 +239,7 @@ async fn check_connect_reads_each_hooks_deliveries() {
     let world = World::new(2, None).await;
     let path = world.dir.0.join("check.yaml");
     std::fs::write(&path, catch_up_config(&world)).unwrap();
-    let run = || async {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_dispatcher"))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("WEBHOOK_DISPATCHER_CONFIG", &path)
-            .env("DATABASE_URL", world.db.url())
-            .env("GITHUB_WEBHOOK_SECRET", SECRET)
-            .env("GITHUB_TOKEN", GITHUB_TOKEN)
-            .env("KUBECONFIG", world.dir.0.join("kubeconfig"))
-            .args(["check-config", "--connect"])
-            .output()
-            .await
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let run = || async { world.check_connect(&path).await.1 };
     let stdout = run().await;
     assert!(
         stdout.contains(&format!("✓ github hook {HOOK}: deliveries readable")),

@@ -282,14 +282,7 @@ async fn closing_a_pr_clears_its_queue_and_its_status() {
         1,
     );
     assert!(config.contains("cancel_on_close"), "{config}");
-    let env = vec![
-        (
-            "KUBECONFIG",
-            world.dir.0.join("kubeconfig").display().to_string(),
-        ),
-        ("GITHUB_TOKEN", support::world::GITHUB_TOKEN.to_owned()),
-    ];
-    let svc = support::Service::start(&config, world.db.url(), &env).await;
+    let svc = world.replica_with(&config).await;
     send(&svc.url, "pr1", 1, "c1", "opened").await;
     world.wait_dispatched(1).await;
     send(&svc.url, "pr2", 2, "c2", "opened").await;

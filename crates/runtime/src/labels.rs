@@ -4,7 +4,6 @@
 //! until GitHub's reset time.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use dispatcher_core::domain::PullRequestRef;
 use dispatcher_core::labels::{LABEL_BATCH, LabelPacer};
@@ -12,12 +11,7 @@ use dispatcher_core::ports::{LabelStore, NotifyError, PrNotifier, SystemClock};
 use dispatcher_metrics::{GithubResult, Metrics};
 use tokio::sync::Notify;
 
-use crate::status::until;
-
-/// Sleep when nothing is scheduled (a wake-up comes with every new intent).
-const IDLE_WAIT: Duration = Duration::from_secs(300);
-/// Pause after the label store itself failed.
-const STORE_ERROR_WAIT: Duration = Duration::from_secs(5);
+use crate::worker::{PassOutcome, rest};
 
 pub(crate) async fn label_worker<S, N>(mut store: S, notifier: N, wake: Arc<Notify>)
 where
@@ -27,21 +21,14 @@ where
     // The pacer keeps a GitHub rate limit's pause across wake-ups.
     let mut pacer = LabelPacer::new();
     loop {
-        let wait = match pacer.run_pass(&mut store, &notifier, &SystemClock).await {
-            Ok(report) if report.applied + report.failed >= LABEL_BATCH => Duration::ZERO,
-            Ok(report) => report.next_retry.map_or(IDLE_WAIT, until),
-            Err(e) => {
-                tracing::warn!(error = %e, "label pass failed");
-                STORE_ERROR_WAIT
-            }
-        };
-        if wait.is_zero() {
-            continue;
-        }
-        tokio::select! {
-            () = wake.notified() => {}
-            () = tokio::time::sleep(wait) => {}
-        }
+        let outcome = pacer
+            .run_pass(&mut store, &notifier, &SystemClock)
+            .await
+            .map(|report| PassOutcome {
+                full: report.applied + report.failed >= LABEL_BATCH,
+                next_due: report.next_retry,
+            });
+        rest("labels", &wake, outcome).await;
     }
 }
 

@@ -44,6 +44,7 @@ mod queue_status;
 mod retention;
 mod status;
 mod triggers;
+mod worker;
 
 use std::future::Future;
 use std::pin::Pin;

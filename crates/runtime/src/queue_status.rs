@@ -13,12 +13,7 @@ use dispatcher_core::queue_status::{STATUS_BATCH, StatusPacer};
 use dispatcher_metrics::{GithubResult, Metrics};
 use tokio::sync::Notify;
 
-use crate::status::until;
-
-/// Sleep when nothing is scheduled (a wake-up comes with every change).
-const IDLE_WAIT: Duration = Duration::from_secs(300);
-/// Pause after the store itself failed.
-const STORE_ERROR_WAIT: Duration = Duration::from_secs(5);
+use crate::worker::{PassOutcome, rest};
 
 pub(crate) async fn status_worker<S, N>(
     mut store: S,
@@ -31,21 +26,14 @@ pub(crate) async fn status_worker<S, N>(
 {
     let mut pacer = StatusPacer::new(interval);
     loop {
-        let wait = match pacer.run_pass(&mut store, &notifier, &SystemClock).await {
-            Ok(report) if report.applied + report.failed >= STATUS_BATCH => Duration::ZERO,
-            Ok(report) => report.next_due.map_or(IDLE_WAIT, until),
-            Err(e) => {
-                tracing::warn!(error = %e, "queue status pass failed");
-                STORE_ERROR_WAIT
-            }
-        };
-        if wait.is_zero() {
-            continue;
-        }
-        tokio::select! {
-            () = wake.notified() => {}
-            () = tokio::time::sleep(wait) => {}
-        }
+        let outcome = pacer
+            .run_pass(&mut store, &notifier, &SystemClock)
+            .await
+            .map(|report| PassOutcome {
+                full: report.applied + report.failed >= STATUS_BATCH,
+                next_due: report.next_due,
+            });
+        rest("queue statuses", &wake, outcome).await;
     }
 }
 

@@ -207,6 +207,32 @@ dispatch:
     }
 
     pub async fn replica(&self) -> Service {
+        self.replica_with(&self.config()).await
+    }
+
+    /// `dispatcher check-config --connect` on the config file at `path`
+    /// against this world: its exit code and standard output.
+    pub async fn check_connect(&self, path: &std::path::Path) -> (i32, String) {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_dispatcher"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("WEBHOOK_DISPATCHER_CONFIG", path)
+            .env("DATABASE_URL", self.db.url())
+            .env("GITHUB_WEBHOOK_SECRET", super::SECRET)
+            .env("GITHUB_TOKEN", GITHUB_TOKEN)
+            .env("KUBECONFIG", self.dir.0.join("kubeconfig"))
+            .args(["check-config", "--connect"])
+            .output()
+            .await
+            .expect("check-config runs");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// A replica running `config` (usually [`World::config`] changed) in this world.
+    pub async fn replica_with(&self, config: &str) -> Service {
         let mut env = vec![(
             "KUBECONFIG",
             self.dir.0.join("kubeconfig").display().to_string(),
@@ -214,7 +240,7 @@ dispatch:
         if !self.options.github_app {
             env.push(("GITHUB_TOKEN", GITHUB_TOKEN.to_owned()));
         }
-        Service::start(&self.config(), self.db.url(), &env).await
+        Service::start(config, self.db.url(), &env).await
     }
 
     /// PR number of every accepted trigger, in arrival order.
