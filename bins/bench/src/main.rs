@@ -15,6 +15,10 @@
 //! * `flood`: 40 clients uploading 25 MiB bodies with well-formed but wrong
 //!   signatures while 4 clients send signed webhooks, versus the same 4
 //!   clients alone: share accepted, p50/p99, the dispatcher's peak RSS.
+//! * `plan`: the dispatch pass with 1,000 full pools and 100,000 waiting
+//!   dispatches (an idle pass, the passes after a run finishes, intake rate,
+//!   peak RSS), versus the same world with an empty queue. Not part of the
+//!   default run (it takes minutes); `just bench plan`.
 //!
 //! Needs `DATABASE_URL` (a server where it may create databases) and the
 //! `dispatcher` binary; `just bench` provides both.
@@ -24,6 +28,7 @@ mod flood;
 mod harness;
 mod intake;
 mod pipeline;
+mod plan;
 mod rawhttp;
 mod stats;
 
@@ -79,6 +84,18 @@ enum Command {
         /// Duration of each fake PipelineRun in milliseconds.
         #[arg(long, default_value_t = 200)]
         run_ms: u64,
+    },
+    /// The dispatch pass with many full pools and a deep queue.
+    Plan {
+        /// Repositories (each with `items` pools).
+        #[arg(long, default_value_t = 200)]
+        repos: usize,
+        /// Items (pools) per repository.
+        #[arg(long, default_value_t = 5)]
+        items: usize,
+        /// Pull requests waiting, each in every pool of its repository.
+        #[arg(long, default_value_t = 20_000)]
+        prs: usize,
     },
     /// Standby takeover after the active replica freezes.
     Failover {
@@ -179,6 +196,14 @@ fn main() -> anyhow::Result<()> {
                 }
                 Command::Failover { rounds } => {
                     failover::run(&cli.dispatcher, &cli.database_url, rounds).await?
+                }
+                Command::Plan { repos, items, prs } => {
+                    plan::run(
+                        &cli.dispatcher,
+                        &cli.database_url,
+                        plan::Shape { repos, items, prs },
+                    )
+                    .await?
                 }
                 Command::Flood {
                     seconds,

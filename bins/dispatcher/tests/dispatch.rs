@@ -89,6 +89,9 @@ async fn burst_of_30_prs_against_capacity_3() {
         value("webhook_dispatcher_queue_wait_seconds_bucket{le=\"+Inf\",pool=\"ns/pipe\"}"),
         accepted
     );
+    // Every pass is timed: 30 triggers took at least a few passes.
+    let passes = value("webhook_dispatcher_dispatch_pass_duration_seconds_count ");
+    assert!(passes.len() == 1 && passes[0] >= 3.0, "{text}");
     // Pool gauges, read at scrape time: this scrape's own request holds no
     // connection, intake and the listing opened at least one (default pool of 10).
     let size = value("webhook_dispatcher_db_pool_size ");

@@ -26,6 +26,7 @@
 //! | `webhook_dispatcher_triggers_total` | `pool`, `result` ([`TriggerOutcome`]) | trigger results (runtime) |
 //! | `webhook_dispatcher_trigger_duration_seconds` | `pool` | trigger results (histogram) |
 //! | `webhook_dispatcher_queue_wait_seconds` | `pool` | each accepted trigger (histogram): from the delivery's acceptance (`received_at`) to the EventListener's 202, retries and waiting for capacity included |
+//! | `webhook_dispatcher_dispatch_pass_duration_seconds` | | each dispatch pass of the active replica (runtime, histogram) |
 //! | `webhook_dispatcher_db_pool_size` | | at scrape time: open connections of the database pool (leader session not included) |
 //! | `webhook_dispatcher_db_pool_in_use` | | at scrape time: of those, checked out by a request or task |
 //! | `webhook_dispatcher_events_finished_total` | `status` ([`FinishStatus`]) | after each pass and trigger recording (runtime): dispatch-level finishes the engine decided in this replica |
@@ -259,6 +260,7 @@ pub struct Metrics {
     triggers: Family<TriggerLabels, Counter>,
     trigger_duration: HistogramFamily<PoolLabels>,
     queue_wait: HistogramFamily<PoolLabels>,
+    pass_duration: Histogram,
     db_pool_size: Gauge,
     db_pool_in_use: Gauge,
     github_requests: Family<GithubLabels, Counter>,
@@ -354,6 +356,14 @@ impl Metrics {
             "Time from a delivery's acceptance to the EventListener's 202 for its dispatch",
             queue_wait.clone(),
         );
+        // 0.5 ms … 8 s: an idle pass takes a few ms, a pass over a deep
+        // queue tens to hundreds.
+        let pass_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 15));
+        registry.register(
+            "webhook_dispatcher_dispatch_pass_duration_seconds",
+            "Time of one dispatch pass of the active replica (recording answers, planning, committing)",
+            pass_duration.clone(),
+        );
         let db_pool_size = Gauge::default();
         registry.register(
             "webhook_dispatcher_db_pool_size",
@@ -435,6 +445,7 @@ impl Metrics {
             triggers,
             trigger_duration,
             queue_wait,
+            pass_duration,
             db_pool_size,
             db_pool_in_use,
             github_requests,
@@ -553,6 +564,11 @@ impl Metrics {
                 })
                 .observe(took.as_secs_f64());
         }
+    }
+
+    /// Observes one dispatch pass's duration.
+    pub fn pass_finished(&self, took: Duration) {
+        self.pass_duration.observe(took.as_secs_f64());
     }
 
     /// Observes how long a delivery waited, from its acceptance to the 202 of

@@ -266,12 +266,14 @@ where
             }
             answers.extend(triggers.finished());
             let span = self.pass_span();
+            let started = std::time::Instant::now();
             let pass = tokio::time::timeout(
                 d.pass_timeout(),
                 self.pass(engine, &mut session, std::mem::take(&mut answers)),
             )
             .instrument(span.clone())
             .await;
+            self.metrics.pass_finished(started.elapsed());
             let next_wakeup = match pass {
                 Err(_) => {
                     tracing::error!(

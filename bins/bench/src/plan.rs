@@ -1,0 +1,403 @@
+//! The dispatch pass at scale (`plan`): many pools, every one full, and a
+//! deep queue. `repos` repositories × `items` items (one pool each, capacity
+//! 1, one running PipelineRun in each); `prs` pull requests, each waiting in
+//! the `items` pools of its repository, stored directly in the database
+//! before the dispatcher starts (1,000 pools and 100,000 waiting dispatches
+//! of 20,000 PRs by default). Measured from the dispatcher's own
+//! `webhook_dispatcher_dispatch_pass_duration_seconds`:
+//!
+//! * an idle pass: a delivery for an unknown repository (aborted), nothing
+//!   to dispatch;
+//! * the passes after one run finishes: the one that triggers the freed
+//!   pool's first PR and the one that records the EventListener's answer;
+//! * intake rate while the queue is that deep;
+//!
+//! each against the same world with an empty queue, measured just before.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use dispatcher_fakes::{FakeEventListener, FakeKube};
+
+use crate::harness::{BenchDb, Dispatcher, SECRET, connect};
+use crate::stats::{mib, ms};
+
+const NAMESPACE: &str = "bench";
+const WAIT: Duration = Duration::from_secs(120);
+
+/// The shape of the load.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shape {
+    pub(crate) repos: usize,
+    pub(crate) items: usize,
+    pub(crate) prs: usize,
+}
+
+impl Shape {
+    fn pools(self) -> usize {
+        self.repos * self.items
+    }
+}
+
+struct World {
+    kube: FakeKube,
+    listener: FakeEventListener,
+    db: BenchDb,
+    service: Dispatcher,
+    client: reqwest::Client,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn pipeline(repo: usize, item: usize) -> String {
+    format!("p-{repo}-{item}")
+}
+
+fn config(shape: Shape, callback: &str) -> String {
+    let mut items = String::new();
+    for r in 0..shape.repos {
+        for k in 0..shape.items {
+            let _ = writeln!(
+                items,
+                "    - {{name: item-{r}-{k}, events: [opened], full_repository_name: bench/repo-{r}, callback_url: \"{callback}\", \
+                 capacity: {{type: ocp_tekton, pipeline_name: {}, max_capacity: 1, namespace: {NAMESPACE}}}}}",
+                pipeline(r, k)
+            );
+        }
+    }
+    format!(
+        "dispatcher:\n  items:\n{items}security: {{github_webhook_secret: \"${{GITHUB_WEBHOOK_SECRET}}\"}}\nserver: {{bind: 127.0.0.1, port: 0, shutdown_delay: 0s}}\n"
+    )
+}
+
+/// `prs` queued events, each with a queued dispatch in every pool of its
+/// repository, as the engine would have left them.
+async fn fill_queue(url: &str, shape: Shape) -> anyhow::Result<()> {
+    let db = connect(url).await?;
+    db.execute(
+        "INSERT INTO webhook_events (delivery_id, event_type, action, repository_full_name,
+                                     pull_request_number, payload, headers, status, planned_at)
+         SELECT 'seed-' || g, 'pull_request', 'opened', 'bench/repo-' || (g % $1), g,
+                '{\"action\":\"opened\"}'::json, '[]'::jsonb, 'queued', now()
+           FROM generate_series(1, $2::bigint) AS g",
+        &[&(shape.repos as i64), &(shape.prs as i64)],
+    )
+    .await?;
+    db.execute(
+        "INSERT INTO dispatches (event_id, item_name, pool, queued_label, repository_full_name,
+                                 pull_request_number, state, queue_position)
+         SELECT e.id, 'item-' || (e.pull_request_number % $1) || '-' || k,
+                'bench/p-' || (e.pull_request_number % $1) || '-' || k,
+                'p-' || (e.pull_request_number % $1) || '-' || k || '/queued',
+                e.repository_full_name, e.pull_request_number, 'queued', e.id
+           FROM webhook_events e CROSS JOIN generate_series(0, $2::bigint - 1) AS k",
+        &[&(shape.repos as i64), &(shape.items as i64)],
+    )
+    .await?;
+    db.batch_execute("ANALYZE").await?;
+    Ok(())
+}
+
+async fn world(
+    dispatcher: &Path,
+    server_url: &str,
+    tag: &str,
+    shape: Shape,
+    queued: bool,
+) -> anyhow::Result<World> {
+    let kube = FakeKube::start().await?;
+    for r in 0..shape.repos {
+        for k in 0..shape.items {
+            let p = pipeline(r, k);
+            kube.create_run(NAMESPACE, &format!("run-{p}"), &p, None, &[]);
+        }
+    }
+    // Accepts every trigger (202; the seeded events carry no signature to
+    // check); no PipelineRun follows, the dispatch keeps its reservation.
+    let listener = FakeEventListener::start(None, None).await?;
+    let dir = TempDir(
+        std::env::temp_dir().join(format!("dispatcher-bench-{tag}-{}", std::process::id())),
+    );
+    std::fs::create_dir_all(&dir.0)?;
+    let kubeconfig = dir.0.join("kubeconfig");
+    std::fs::write(&kubeconfig, kube.kubeconfig(NAMESPACE))?;
+    let db = BenchDb::create(server_url, tag, dispatcher).await?;
+    if queued {
+        fill_queue(&db.url, shape).await?;
+    }
+    let service = Dispatcher::start(
+        dispatcher,
+        &config(shape, &listener.url()),
+        &db.url,
+        &[("KUBECONFIG", kubeconfig.display().to_string())],
+    )
+    .await?;
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + WAIT;
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        every.tick().await;
+        let r: serde_json::Value = client
+            .get(format!("{}/api/v1/status/ready", service.url))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let pools = r["dispatcher"]["pools"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if r["dispatcher"]["role"] == "leader"
+            && pools.len() == shape.pools()
+            && pools.iter().all(|p| p["state"] == "known")
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("dispatcher never became ready: {r}");
+        }
+    }
+    Ok(World {
+        kube,
+        listener,
+        db,
+        service,
+        client,
+        _dir: dir,
+    })
+}
+
+impl World {
+    /// `(count, sum)` of the pass duration histogram.
+    async fn passes(&self) -> anyhow::Result<(f64, f64)> {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.service.url))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        Ok((
+            value("webhook_dispatcher_dispatch_pass_duration_seconds_count"),
+            value("webhook_dispatcher_dispatch_pass_duration_seconds_sum"),
+        ))
+    }
+
+    /// Waits until the pass count reaches `count`.
+    async fn wait_passes(&self, count: f64) -> anyhow::Result<()> {
+        let deadline = Instant::now() + WAIT;
+        while self.passes().await?.0 < count {
+            if Instant::now() > deadline {
+                bail!("no pass finished");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
+    /// Mean duration of the passes since `before`.
+    async fn mean_since(&self, before: (f64, f64)) -> anyhow::Result<Duration> {
+        let after = self.passes().await?;
+        let count = (after.0 - before.0).max(1.0);
+        Ok(Duration::from_secs_f64(
+            (after.1 - before.1).max(0.0) / count,
+        ))
+    }
+
+    /// A delivery no item matches: one idle pass.
+    async fn send_unknown(&self, i: usize) -> anyhow::Result<()> {
+        let n = i + 1; // PR numbers start at 1
+        let payload = serde_json::json!({
+            "action": "opened", "number": n,
+            "pull_request": {"number": n}, "repository": {"full_name": "bench/unknown"},
+        })
+        .to_string();
+        let r = self
+            .client
+            .post(format!(
+                "{}/api/v1/webhooks/github-pipeline",
+                self.service.url
+            ))
+            .header("User-Agent", "GitHub-Hookshot/bench")
+            .header("X-GitHub-Event", "pull_request")
+            .header(
+                "X-GitHub-Delivery",
+                format!("unknown-{n}-{}", std::process::id()),
+            )
+            .header("Content-Type", "application/json")
+            .header(
+                "X-Hub-Signature-256",
+                dispatcher_sig::sign(SECRET.as_bytes(), payload.as_bytes()),
+            )
+            .body(payload)
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            let status = r.status();
+            bail!(
+                "webhook answered {status}: {}",
+                r.text().await.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// Mean pass time of `n` idle passes, one at a time.
+    async fn idle_passes(&self, n: usize) -> anyhow::Result<Duration> {
+        // Let start-up passes settle first.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = self.passes().await?;
+        for i in 0..n {
+            let count = self.passes().await?.0;
+            self.send_unknown(i).await?;
+            self.wait_passes(count + 1.0).await?;
+        }
+        self.mean_since(before).await
+    }
+
+    /// Mean pass time around finishing `n` runs, one at a time, each
+    /// followed by its pool's next trigger and the pass recording its answer
+    /// (when the queue is deep).
+    async fn run_finished_passes(
+        &self,
+        shape: Shape,
+        n: usize,
+        queued: bool,
+    ) -> anyhow::Result<Duration> {
+        let before = self.passes().await?;
+        for i in 0..n {
+            let (r, k) = (i % shape.repos, (i / shape.repos) % shape.items);
+            let p = pipeline(r, k);
+            let accepted = self.listener.accepted().len();
+            let count = self.passes().await?.0;
+            self.kube
+                .set_succeeded(NAMESPACE, &format!("run-{p}"), "True", "Succeeded");
+            if queued {
+                let deadline = Instant::now() + WAIT;
+                while self.listener.accepted().len() <= accepted {
+                    if Instant::now() > deadline {
+                        bail!("no trigger after a run finished");
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                self.wait_passes(count + 2.0).await?;
+            } else {
+                self.wait_passes(count + 1.0).await?;
+            }
+        }
+        self.mean_since(before).await
+    }
+
+    /// Deliveries no item matches, `clients` at a time for `duration`: accepted per second.
+    async fn intake_rate(&self, clients: usize, duration: Duration) -> anyhow::Result<f64> {
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..clients {
+            let client = self.client.clone();
+            let url = self.service.url.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut ok = 0u64;
+                let mut n = 0usize;
+                while started.elapsed() < duration {
+                    n += 1;
+                    let payload = serde_json::json!({
+                        "action": "opened", "number": n,
+                        "pull_request": {"number": n}, "repository": {"full_name": format!("bench/other-{c}")},
+                    })
+                    .to_string();
+                    let r = client
+                        .post(format!("{url}/api/v1/webhooks/github-pipeline"))
+                        .header("User-Agent", "GitHub-Hookshot/bench")
+                        .header("X-GitHub-Event", "pull_request")
+                        .header("X-GitHub-Delivery", format!("rate-{c}-{n}"))
+                        .header("Content-Type", "application/json")
+                        .header(
+                            "X-Hub-Signature-256",
+                            dispatcher_sig::sign(SECRET.as_bytes(), payload.as_bytes()),
+                        )
+                        .body(payload)
+                        .send()
+                        .await;
+                    if r.is_ok_and(|r| r.status().is_success()) {
+                        ok += 1;
+                    }
+                }
+                ok
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            ok += t.await.context("intake client")?;
+        }
+        Ok(ok as f64 / started.elapsed().as_secs_f64())
+    }
+}
+
+pub(crate) async fn run(
+    dispatcher: &Path,
+    server_url: &str,
+    shape: Shape,
+) -> anyhow::Result<String> {
+    let mut out = String::new();
+    writeln!(
+        out,
+        "plan: {} pools ({} repositories x {} items, capacity 1, all full), {} PRs waiting = {} queued dispatches",
+        shape.pools(),
+        shape.repos,
+        shape.items,
+        shape.prs,
+        shape.prs * shape.items
+    )?;
+    let mut rows = Vec::new();
+    for (tag, queued) in [("plan_empty", false), ("plan_deep", true)] {
+        let started = Instant::now();
+        let w = world(dispatcher, server_url, tag, shape, queued).await?;
+        let ready_after = started.elapsed();
+        eprintln!("plan: {tag} ready after {}", ms(ready_after));
+        let idle = w.idle_passes(20).await?;
+        eprintln!("plan: {tag} idle passes {}", ms(idle));
+        let finished = w.run_finished_passes(shape, 10, queued).await?;
+        eprintln!("plan: {tag} passes after a run finished {}", ms(finished));
+        let rate = w.intake_rate(16, Duration::from_secs(5)).await?;
+        let rss = w.service.peak_rss();
+        rows.push((tag, ready_after, idle, finished, rate, rss));
+        w.service.stop().await?;
+        w.db.drop_now().await?;
+        drop(w.kube);
+    }
+    for (tag, ready, idle, finished, rate, rss) in &rows {
+        writeln!(
+            out,
+            "  {:<11} ready after {:>8}  idle pass {:>9}  pass after a run finished {:>9}  intake {:>6.0}/s  peak RSS {}",
+            tag.trim_start_matches("plan_"),
+            ms(*ready),
+            ms(*idle),
+            ms(*finished),
+            rate,
+            mib(*rss)
+        )?;
+    }
+    let (empty, deep) = (&rows[0], &rows[1]);
+    writeln!(
+        out,
+        "  deep queue: pass after a run finished {} (target < 50 ms), peak RSS {} (target < 128 MiB), intake {:.2} of the empty-queue rate (target >= 0.90)",
+        ms(deep.3),
+        mib(deep.5),
+        deep.4 / empty.4
+    )?;
+    Ok(out)
+}
