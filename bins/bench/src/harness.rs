@@ -126,6 +126,15 @@ impl Dispatcher {
         if let Ok(workers) = std::env::var("BENCH_DISPATCHER_WORKERS") {
             cmd.env("TOKIO_WORKER_THREADS", workers);
         }
+        // `BENCH_DISPATCHER_LOG=/path LOG=filter`: the dispatcher's log at
+        // that level is kept in the file, to see where the time goes.
+        let log_file = std::env::var_os("BENCH_DISPATCHER_LOG");
+        if log_file.is_some() {
+            cmd.env(
+                "LOG_LEVEL",
+                std::env::var("BENCH_DISPATCHER_LOG_LEVEL").unwrap_or_else(|_| "debug".into()),
+            );
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -144,7 +153,18 @@ impl Dispatcher {
             }
         };
         // Keep draining the log so the process never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let mut keep = match log_file {
+            Some(path) => Some(std::fs::File::create(path)?),
+            None => None,
+        };
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(file) = keep.as_mut() {
+                    use std::io::Write as _;
+                    let _ = writeln!(file, "{line}");
+                }
+            }
+        });
         Ok(Self {
             child,
             url: format!("http://{address}"),
