@@ -23,6 +23,7 @@ use time::OffsetDateTime;
 
 use crate::error;
 use crate::pool::Database;
+use crate::prepared::Prepared;
 use crate::schema::sql_types;
 use crate::vocab::DbDispatchState;
 
@@ -209,15 +210,17 @@ pub(crate) async fn cancel_if_requested(
     dispatch: i64,
     now: OffsetDateTime,
 ) -> QueryResult<bool> {
-    let n = diesel::sql_query(
-        "UPDATE dispatches d SET state = $2, finished_at = $3
+    let n = Prepared(
+        diesel::sql_query(
+            "UPDATE dispatches d SET state = $2, finished_at = $3
           WHERE d.id = $1 AND d.state = $4
             AND EXISTS (SELECT 1 FROM run_cancellations c WHERE c.dispatch_id = d.id)",
+        )
+        .bind::<Int8, _>(dispatch)
+        .bind::<sql_types::DispatchState, _>(db(DispatchState::Cancelled))
+        .bind::<Timestamptz, _>(now)
+        .bind::<sql_types::DispatchState, _>(db(DispatchState::Confirmed)),
     )
-    .bind::<Int8, _>(dispatch)
-    .bind::<sql_types::DispatchState, _>(db(DispatchState::Cancelled))
-    .bind::<Timestamptz, _>(now)
-    .bind::<sql_types::DispatchState, _>(db(DispatchState::Confirmed))
     .execute(conn)
     .await?;
     Ok(n > 0)

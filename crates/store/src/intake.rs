@@ -30,6 +30,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::error;
 use crate::events::{EventRow, NewRow};
+use crate::prepared::Prepared;
 use crate::schema::webhook_events;
 use crate::wakeup::Wakeups;
 
@@ -284,13 +285,13 @@ async fn existing(
     conn: &mut AsyncPgConnection,
     delivery_ids: &[&str],
 ) -> Result<HashMap<String, Existing>, StoreError> {
-    let rows: Vec<Existing> = diesel::sql_query(
+    let rows: Vec<Existing> = Prepared(diesel::sql_query(
         "SELECT id, uuid, delivery_id, action, repository_full_name, pull_request_number, processed,
                 processing_error, received_at, processed_at, status,
                 payload::text AS payload_text, payload_dropped_at IS NOT NULL AS payload_dropped
            FROM webhook_events WHERE delivery_id = ANY($1) AND NOT superseded_duplicate",
     )
-    .bind::<Array<Text>, _>(delivery_ids)
+    .bind::<Array<Text>, _>(delivery_ids))
     .load(conn)
     .await
     .map_err(error::query)?;

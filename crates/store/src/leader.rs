@@ -39,6 +39,7 @@ use crate::connect;
 use crate::error;
 use crate::events::headers_from_json;
 use crate::lease::Lease;
+use crate::prepared::Prepared;
 use crate::raw_json::RawJson;
 use crate::schema::{dispatches, pool_controls, sql_types, webhook_events};
 use crate::status;
@@ -416,10 +417,16 @@ impl DispatchStore for LeaderSession {
     async fn database_now(&mut self) -> Result<OffsetDateTime, StoreError> {
         self.ensure_held()?;
         let started = Instant::now();
-        let result = diesel::select(diesel::dsl::sql::<Timestamptz>("clock_timestamp()"))
-            .get_result(&mut self.conn)
-            .await;
-        self.settle(started, result).await
+        #[derive(QueryableByName)]
+        struct Clock {
+            #[diesel(sql_type = Timestamptz)]
+            now: OffsetDateTime,
+        }
+        let result: Result<Clock, _> =
+            Prepared(diesel::sql_query("SELECT clock_timestamp() AS now"))
+                .get_result(&mut self.conn)
+                .await;
+        self.settle(started, result).await.map(|c| c.now)
     }
 
     async fn claimed_listener_event_ids(
@@ -538,11 +545,11 @@ impl DispatchStore for LeaderSession {
                 // this transaction. Lost in a crash, it is planned again from
                 // the same events with the same outcome; so it need not wait
                 // for its own WAL flush (one fsync less per pass).
-                diesel::sql_query("SET LOCAL synchronous_commit = off")
+                Prepared(diesel::sql_query("SET LOCAL synchronous_commit = off"))
                     .execute(conn)
                     .await?;
                 // One statement marks every event planned and the unmatched ones aborted.
-                diesel::sql_query(
+                Prepared(diesel::sql_query(
                     "UPDATE webhook_events
                         SET planned_at = $1,
                             status = CASE WHEN id = ANY($3) THEN $5 ELSE status END,
@@ -555,7 +562,7 @@ impl DispatchStore for LeaderSession {
                 .bind::<Array<Int8>, _>(&planned)
                 .bind::<Array<Int8>, _>(&aborted)
                 .bind::<Text, _>(UNSUPPORTED_MESSAGE)
-                .bind::<sql_types::EventStatus, _>(DbEventStatus(EventStatus::Aborted))
+                .bind::<sql_types::EventStatus, _>(DbEventStatus(EventStatus::Aborted)))
                 .execute(conn)
                 .await?;
                 let cancelled: Vec<(i64, i64)> = if superseded.is_empty() {
@@ -948,7 +955,7 @@ impl DispatchStore for LeaderSession {
             changed: i64,
         }
         let started = Instant::now();
-        let result: Result<Changed, _> = diesel::sql_query(
+        let result: Result<Changed, _> = Prepared(diesel::sql_query(
             "WITH wanted AS (
                  SELECT DISTINCT repository_full_name, pull_request_number, queued_label AS label
                    FROM dispatches
@@ -974,7 +981,7 @@ impl DispatchStore for LeaderSession {
         )
         .bind::<Timestamptz, _>(now)
         .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Queued))
-        .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Triggering))
+        .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Triggering)))
         .get_result(&mut self.conn)
         .await;
         let result = self.settle(started, result).await?;
@@ -1016,7 +1023,7 @@ pub(crate) async fn load_open(
     reservation_cutoff: OffsetDateTime,
     extras: OpenExtras,
 ) -> Result<Vec<OpenDispatch>, DieselError> {
-    let rows: Vec<OpenWithSiblings> = diesel::sql_query(
+    let rows: Vec<OpenWithSiblings> = Prepared(diesel::sql_query(
         "SELECT d.id, d.event_id, d.item_name, d.pool, d.repository_full_name, d.pull_request_number,
                 d.state, d.queue_position, d.attempts, d.next_attempt_at, d.listener_event_id,
                 d.trigger_started_at, d.triggered_at,
@@ -1059,7 +1066,7 @@ pub(crate) async fn load_open(
     .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Queued))
     .bind::<Bool, _>(extras.labels)
     .bind::<Bool, _>(extras.recent_triggers)
-    .bind::<Int8, _>(i64::from(dispatcher_core::config::MAX_WEIGHT))
+    .bind::<Int8, _>(i64::from(dispatcher_core::config::MAX_WEIGHT)))
     .load(conn)
     .await?;
     Ok(rows
@@ -1095,8 +1102,9 @@ async fn cancel_stale(
         #[diesel(sql_type = Int8)]
         id: i64,
     }
-    let stale: Vec<Id> = diesel::sql_query(
-        "UPDATE dispatches d SET state = $2, finished_at = $3
+    let stale: Vec<Id> = Prepared(
+        diesel::sql_query(
+            "UPDATE dispatches d SET state = $2, finished_at = $3
           WHERE d.id = ANY($1) AND d.state = $4
             AND EXISTS (SELECT 1 FROM dispatches n
                          WHERE n.repository_full_name = d.repository_full_name
@@ -1104,11 +1112,12 @@ async fn cancel_stale(
                            AND n.item_name = d.item_name
                            AND n.event_id > d.event_id)
           RETURNING d.id",
+        )
+        .bind::<Array<Int8>, _>(&queued)
+        .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Cancelled))
+        .bind::<Timestamptz, _>(now)
+        .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Queued)),
     )
-    .bind::<Array<Int8>, _>(&queued)
-    .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Cancelled))
-    .bind::<Timestamptz, _>(now)
-    .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Queued))
     .load(conn)
     .await?;
     if !stale.is_empty() {

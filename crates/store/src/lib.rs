@@ -46,6 +46,7 @@ mod lease;
 mod migrate;
 mod operate;
 mod pool;
+mod prepared;
 mod probe;
 mod queue_status;
 mod raw_json;

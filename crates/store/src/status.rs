@@ -9,6 +9,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use dispatcher_core::status::{DispatchSummary, derive_event_status};
 use time::OffsetDateTime;
 
+use crate::prepared::Prepared;
 use crate::schema::{dispatches, sql_types, webhook_events};
 use crate::vocab::{DbDispatchState, DbEventStatus};
 
@@ -55,19 +56,21 @@ pub(crate) async fn refresh(
         errors.push(derived.error);
         finals.push(derived.is_final);
     }
-    diesel::sql_query(
-        "UPDATE webhook_events e
+    Prepared(
+        diesel::sql_query(
+            "UPDATE webhook_events e
             SET status = v.status, processed = v.processed, processing_error = v.error,
                 processed_at = CASE WHEN v.final THEN COALESCE(e.processed_at, $6) ELSE NULL END
            FROM unnest($1, $2, $3, $4, $5) AS v(id, status, processed, error, final)
           WHERE e.id = v.id",
+        )
+        .bind::<Array<Int8>, _>(ids)
+        .bind::<Array<sql_types::EventStatus>, _>(statuses)
+        .bind::<Array<Bool>, _>(processed)
+        .bind::<Array<Nullable<Text>>, _>(errors)
+        .bind::<Array<Bool>, _>(finals)
+        .bind::<Timestamptz, _>(now),
     )
-    .bind::<Array<Int8>, _>(ids)
-    .bind::<Array<sql_types::EventStatus>, _>(statuses)
-    .bind::<Array<Bool>, _>(processed)
-    .bind::<Array<Nullable<Text>>, _>(errors)
-    .bind::<Array<Bool>, _>(finals)
-    .bind::<Timestamptz, _>(now)
     .execute(conn)
     .await?;
     Ok(())

@@ -10,6 +10,7 @@ use dispatcher_core::domain::{DispatchId, DispatchState, TimelineEntry, Timeline
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use crate::prepared::Prepared;
 use crate::schema::{event_timeline, sql_types};
 use crate::vocab::DbDispatchState;
 
@@ -93,7 +94,7 @@ pub(crate) async fn note_queued(
     // One ordered scan of the affected pools' queues (window functions), not
     // two counts per new dispatch: a burst of hundreds joining a long queue
     // stays linear.
-    diesel::sql_query(
+    Prepared(diesel::sql_query(
         "WITH queue AS (
              SELECT q.id, q.event_id, q.item_name, q.pool,
                     row_number() OVER (PARTITION BY q.pool ORDER BY q.queue_position, q.id) AS position,
@@ -114,7 +115,7 @@ pub(crate) async fn note_queued(
     .bind::<Timestamptz, _>(at)
     .bind::<Text, _>(TimelineKind::Queued.as_str())
     .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Queued))
-    .bind::<diesel::sql_types::Nullable<Text>, _>(actor)
+    .bind::<diesel::sql_types::Nullable<Text>, _>(actor))
     .execute(conn)
     .await?;
     Ok(())
@@ -130,8 +131,9 @@ pub(crate) async fn note_superseded(
     if dispatch_ids.is_empty() {
         return Ok(());
     }
-    diesel::sql_query(
-        "INSERT INTO event_timeline (event_id, dispatch_id, at, kind, detail)
+    Prepared(
+        diesel::sql_query(
+            "INSERT INTO event_timeline (event_id, dispatch_id, at, kind, detail)
          SELECT d.event_id, d.id, $2, $3,
                 jsonb_build_object('by_event', (
                     SELECT e.uuid::text FROM dispatches n JOIN webhook_events e ON e.id = n.event_id
@@ -142,10 +144,11 @@ pub(crate) async fn note_superseded(
            FROM dispatches d
           WHERE d.id = ANY($1)
           ORDER BY d.id",
+        )
+        .bind::<Array<Int8>, _>(dispatch_ids)
+        .bind::<Timestamptz, _>(at)
+        .bind::<Text, _>(TimelineKind::Superseded.as_str()),
     )
-    .bind::<Array<Int8>, _>(dispatch_ids)
-    .bind::<Timestamptz, _>(at)
-    .bind::<Text, _>(TimelineKind::Superseded.as_str())
     .execute(conn)
     .await?;
     Ok(())
