@@ -652,24 +652,26 @@ impl DispatchStore for LeaderSession {
         let result = self
             .conn
             .transaction::<_, diesel::result::Error, _>(async |conn| {
-                let started: Vec<(i64, i64, String, String, i64, i32)> = diesel::update(
-                    dispatches::table
-                        .filter(dispatches::id.eq_any(&ids))
-                        .filter(dispatches::state.eq(DbDispatchState(DispatchState::Queued))),
+                let started: Vec<(i64, i64, String, String, i64, i32)> = Prepared(
+                    diesel::update(
+                        dispatches::table
+                            .filter(dispatches::id.eq_any(&ids))
+                            .filter(dispatches::state.eq(DbDispatchState(DispatchState::Queued))),
+                    )
+                    .set((
+                        dispatches::state.eq(DbDispatchState(DispatchState::Triggering)),
+                        dispatches::attempts.eq(dispatches::attempts + 1),
+                        dispatches::trigger_started_at.eq(now),
+                    ))
+                    .returning((
+                        dispatches::id,
+                        dispatches::event_id,
+                        dispatches::item_name,
+                        dispatches::repository_full_name,
+                        dispatches::pull_request_number,
+                        dispatches::attempts,
+                    )),
                 )
-                .set((
-                    dispatches::state.eq(DbDispatchState(DispatchState::Triggering)),
-                    dispatches::attempts.eq(dispatches::attempts + 1),
-                    dispatches::trigger_started_at.eq(now),
-                ))
-                .returning((
-                    dispatches::id,
-                    dispatches::event_id,
-                    dispatches::item_name,
-                    dispatches::repository_full_name,
-                    dispatches::pull_request_number,
-                    dispatches::attempts,
-                ))
                 .get_results(conn)
                 .await?;
                 let sent_notes: Vec<Note> = started
@@ -756,21 +758,23 @@ impl DispatchStore for LeaderSession {
                             attempt,
                             listener_event_id,
                             ..
-                        } => diesel::update(
-                            target
-                                .filter(
-                                    dispatches::state
-                                        .eq(DbDispatchState(DispatchState::Triggering)),
-                                )
-                                .filter(dispatches::attempts.eq(attempt_i32(*attempt))),
+                        } => Prepared(
+                            diesel::update(
+                                target
+                                    .filter(
+                                        dispatches::state
+                                            .eq(DbDispatchState(DispatchState::Triggering)),
+                                    )
+                                    .filter(dispatches::attempts.eq(attempt_i32(*attempt))),
+                            )
+                            .set((
+                                dispatches::state.eq(DbDispatchState(DispatchState::Triggered)),
+                                dispatches::listener_event_id
+                                    .eq(listener_event_id.as_deref().map(error::storable)),
+                                dispatches::triggered_at.eq(now),
+                            ))
+                            .returning(dispatches::event_id),
                         )
-                        .set((
-                            dispatches::state.eq(DbDispatchState(DispatchState::Triggered)),
-                            dispatches::listener_event_id
-                                .eq(listener_event_id.as_deref().map(error::storable)),
-                            dispatches::triggered_at.eq(now),
-                        ))
-                        .returning(dispatches::event_id)
                         .get_result(conn)
                         .await
                         .optional()?,
@@ -779,20 +783,22 @@ impl DispatchStore for LeaderSession {
                             next_attempt_at,
                             error,
                             ..
-                        } => diesel::update(
-                            target
-                                .filter(
-                                    dispatches::state
-                                        .eq(DbDispatchState(DispatchState::Triggering)),
-                                )
-                                .filter(dispatches::attempts.eq(attempt_i32(*attempt))),
+                        } => Prepared(
+                            diesel::update(
+                                target
+                                    .filter(
+                                        dispatches::state
+                                            .eq(DbDispatchState(DispatchState::Triggering)),
+                                    )
+                                    .filter(dispatches::attempts.eq(attempt_i32(*attempt))),
+                            )
+                            .set((
+                                dispatches::state.eq(DbDispatchState(DispatchState::Queued)),
+                                dispatches::next_attempt_at.eq(next_attempt_at),
+                                dispatches::last_error.eq(error::storable(error)),
+                            ))
+                            .returning(dispatches::event_id),
                         )
-                        .set((
-                            dispatches::state.eq(DbDispatchState(DispatchState::Queued)),
-                            dispatches::next_attempt_at.eq(next_attempt_at),
-                            dispatches::last_error.eq(error::storable(error)),
-                        ))
-                        .returning(dispatches::event_id)
                         .get_result(conn)
                         .await
                         .optional()?,
@@ -816,7 +822,7 @@ impl DispatchStore for LeaderSession {
                         DispatchOutcome::Confirmed {
                             listener_event_id, ..
                         } => {
-                            let changed =
+                            let changed = Prepared(
                                 diesel::update(target.filter(dispatches::state.eq_any([
                                     DbDispatchState(DispatchState::Triggering),
                                     DbDispatchState(DispatchState::Triggered),
@@ -825,10 +831,11 @@ impl DispatchStore for LeaderSession {
                                     dispatches::state.eq(DbDispatchState(DispatchState::Confirmed)),
                                     dispatches::confirmed_at.eq(now),
                                 ))
-                                .returning(dispatches::event_id)
-                                .get_result(conn)
-                                .await
-                                .optional()?;
+                                .returning(dispatches::event_id),
+                            )
+                            .get_result(conn)
+                            .await
+                            .optional()?;
                             // Confirmed from its run after the answer was lost:
                             // keep the run's eventID (it claims the run) and a
                             // trigger time.

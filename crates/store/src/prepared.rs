@@ -11,9 +11,10 @@
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::result::QueryResult;
-use diesel::sql_types::Untyped;
 
-/// A `sql_query` (with its binds) whose text is a constant.
+/// A statement whose text is a constant: a `sql_query` with its binds, or
+/// a DSL statement diesel itself would not cache (an `UPDATE … RETURNING`)
+/// whose SQL does not depend on its values.
 #[derive(Debug, Clone)]
 pub(crate) struct Prepared<Q>(pub(crate) Q);
 
@@ -33,8 +34,10 @@ impl<Q> QueryId for Prepared<Q> {
     const HAS_STATIC_QUERY_ID: bool = false;
 }
 
-impl<Q> Query for Prepared<Q> {
-    type SqlType = Untyped;
+impl<Q: Query> Query for Prepared<Q> {
+    // `Untyped` for `sql_query`, the `RETURNING` columns' types for a DSL
+    // statement.
+    type SqlType = Q::SqlType;
 }
 
 #[cfg(test)]
