@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use dispatcher_fakes::{FakeEventListener, FakeKube, TektonMode};
 
-use crate::harness::{BenchDb, Dispatcher, SECRET, pr_payload};
+use crate::harness::{BenchDb, Dispatcher, SECRET, post_webhook, pr_payload};
 use crate::stats::{Samples, ms};
 
 const PIPELINE: &str = "failover-pipeline";
@@ -149,19 +149,7 @@ async fn ready(client: &reqwest::Client, url: &str) -> anyhow::Result<serde_json
 async fn send(client: &reqwest::Client, url: &str, pr: u64) -> anyhow::Result<Instant> {
     let payload = pr_payload("bench/repo", pr, "opened", 4 * 1024);
     let sent = Instant::now();
-    let r = client
-        .post(format!("{url}/api/v1/webhooks/github-pipeline"))
-        .header("User-Agent", "GitHub-Hookshot/bench")
-        .header("X-GitHub-Event", "pull_request")
-        .header("X-GitHub-Delivery", format!("failover-{pr}"))
-        .header("Content-Type", "application/json")
-        .header(
-            "X-Hub-Signature-256",
-            dispatcher_sig::sign(SECRET.as_bytes(), payload.as_bytes()),
-        )
-        .body(payload)
-        .send()
-        .await?;
+    let r = post_webhook(client, url, &format!("failover-{pr}"), payload).await?;
     if r.status() != reqwest::StatusCode::OK {
         bail!("webhook answered {}", r.status());
     }

@@ -222,3 +222,26 @@ pub(crate) fn pr_payload(repo: &str, number: u64, action: &str, size: usize) -> 
         serde_json::Value::String("lorem ipsum ".repeat(filler / 12 + 1)[..filler].to_owned());
     v.to_string()
 }
+
+/// POSTs `payload` as a signed `pull_request` delivery `delivery` to the
+/// dispatcher at `url`.
+pub(crate) async fn post_webhook(
+    client: &reqwest::Client,
+    url: &str,
+    delivery: &str,
+    payload: String,
+) -> reqwest::Result<reqwest::Response> {
+    client
+        .post(format!("{url}/api/v1/webhooks/github-pipeline"))
+        .header("User-Agent", "GitHub-Hookshot/bench")
+        .header("X-GitHub-Event", "pull_request")
+        .header("X-GitHub-Delivery", delivery)
+        .header("Content-Type", "application/json")
+        .header(
+            "X-Hub-Signature-256",
+            dispatcher_sig::sign(SECRET.as_bytes(), payload.as_bytes()),
+        )
+        .body(payload)
+        .send()
+        .await
+}

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use dispatcher_fakes::{FakeEventListener, FakeKube, TektonMode};
 
-use crate::harness::{BenchDb, Dispatcher, SECRET, pr_payload};
+use crate::harness::{BenchDb, Dispatcher, SECRET, post_webhook, pr_payload};
 use crate::stats::{Samples, mib, ms};
 
 const PIPELINE: &str = "bench-pipeline";
@@ -110,19 +110,7 @@ async fn send(
     n: u64,
     payload: &str,
 ) -> anyhow::Result<Instant> {
-    let r = client
-        .post(format!("{url}/api/v1/webhooks/github-pipeline"))
-        .header("User-Agent", "GitHub-Hookshot/bench")
-        .header("X-GitHub-Event", "pull_request")
-        .header("X-GitHub-Delivery", format!("bench-{n}"))
-        .header("Content-Type", "application/json")
-        .header(
-            "X-Hub-Signature-256",
-            dispatcher_sig::sign(SECRET.as_bytes(), payload.as_bytes()),
-        )
-        .body(payload.to_owned())
-        .send()
-        .await?;
+    let r = post_webhook(client, url, &format!("bench-{n}"), payload.to_owned()).await?;
     let at = Instant::now();
     if r.status() != reqwest::StatusCode::OK {
         bail!("webhook answered {}", r.status());

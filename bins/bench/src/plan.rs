@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use dispatcher_fakes::{FakeEventListener, FakeKube};
 
-use crate::harness::{BenchDb, Dispatcher, SECRET, connect};
+use crate::harness::{BenchDb, Dispatcher, connect, post_webhook};
 use crate::stats::{mib, ms};
 
 const NAMESPACE: &str = "bench";
@@ -226,26 +226,8 @@ impl World {
             "pull_request": {"number": n}, "repository": {"full_name": "bench/unknown"},
         })
         .to_string();
-        let r = self
-            .client
-            .post(format!(
-                "{}/api/v1/webhooks/github-pipeline",
-                self.service.url
-            ))
-            .header("User-Agent", "GitHub-Hookshot/bench")
-            .header("X-GitHub-Event", "pull_request")
-            .header(
-                "X-GitHub-Delivery",
-                format!("unknown-{n}-{}", std::process::id()),
-            )
-            .header("Content-Type", "application/json")
-            .header(
-                "X-Hub-Signature-256",
-                dispatcher_sig::sign(SECRET.as_bytes(), payload.as_bytes()),
-            )
-            .body(payload)
-            .send()
-            .await?;
+        let delivery = format!("unknown-{n}-{}", std::process::id());
+        let r = post_webhook(&self.client, &self.service.url, &delivery, payload).await?;
         if !r.status().is_success() {
             let status = r.status();
             bail!(
@@ -319,19 +301,8 @@ impl World {
                         "pull_request": {"number": n}, "repository": {"full_name": format!("bench/other-{c}")},
                     })
                     .to_string();
-                    let r = client
-                        .post(format!("{url}/api/v1/webhooks/github-pipeline"))
-                        .header("User-Agent", "GitHub-Hookshot/bench")
-                        .header("X-GitHub-Event", "pull_request")
-                        .header("X-GitHub-Delivery", format!("rate-{c}-{n}"))
-                        .header("Content-Type", "application/json")
-                        .header(
-                            "X-Hub-Signature-256",
-                            dispatcher_sig::sign(SECRET.as_bytes(), payload.as_bytes()),
-                        )
-                        .body(payload)
-                        .send()
-                        .await;
+                    let delivery = format!("rate-{c}-{n}");
+                    let r = post_webhook(&client, &url, &delivery, payload).await;
                     if r.is_ok_and(|r| r.status().is_success()) {
                         ok += 1;
                     }
