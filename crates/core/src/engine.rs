@@ -20,22 +20,23 @@
 //! Nothing else logs these changes: the store applies them silently and the
 //! runtime wraps passes and triggers in spans.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use time::OffsetDateTime;
+use time::{Duration, OffsetDateTime};
 use url::Url;
 
 use crate::config::{PoolKey, Settings};
-use crate::domain::{DispatchState, EventId};
+use crate::domain::{DispatchState, EventId, PullRequestRef};
 use crate::fairness::refresh_after_intake;
+use crate::open_set::{self, QueueSummary};
 use crate::planner::{
     DispatchLimits, DispatchOutcome, MatchedEvent, MatchedItem, PoolUsage, RetryPolicy,
     cancel_query, orphan_candidates, plan_dispatch, plan_intake, plan_run_cancels, trigger_outcome,
 };
 use crate::ports::{
-    CapacitySource, DispatchStore, OpenExtras, PoolState, StoreError, Trigger, TriggerError,
-    TriggerJob, TriggerRequest,
+    CapacitySource, DispatchStore, LabelScope, OpenDispatch, OpenExtras, PoolState, StoreError,
+    Trigger, TriggerError, TriggerJob, TriggerRequest,
 };
 use crate::rules::{EventFacts, match_items, needs_payload};
 
@@ -146,6 +147,88 @@ pub struct Engine {
     /// GitHub credentials); fixed at start like the status worker, so a
     /// reload never leaves statuses nobody completes.
     queue_status: bool,
+    /// Waiting work per pool as last counted: decides whether passes are
+    /// incremental and fills their usage. `None` until the first pass.
+    summary: Option<Summary>,
+    /// Whether queued work was checked against the items' pools since the
+    /// start or the last reload.
+    placements_checked: bool,
+    /// Pull requests whose work changed since their labels were reconciled.
+    label_prs: BTreeSet<PullRequestRef>,
+    /// When every PR's labels were last reconciled.
+    labels_reconciled_at: Option<OffsetDateTime>,
+}
+
+/// How often an incremental pass counts the waiting work again (for
+/// metrics, readiness and retries in backoff): counting 100,000 waiting
+/// dispatches takes ~30 ms.
+const SUMMARY_EVERY: Duration = Duration::seconds(5);
+/// How often an incremental pass reconciles every PR's labels, not only
+/// those it changed work of.
+const LABELS_ALL_EVERY: Duration = Duration::seconds(30);
+
+/// Waiting work per pool, as counted by the store or a full pass.
+#[derive(Debug, Clone)]
+struct Summary {
+    at: OffsetDateTime,
+    by_pool: BTreeMap<PoolKey, QueueSummary>,
+    total: u64,
+}
+
+impl Summary {
+    async fn read<S: DispatchStore>(
+        store: &mut S,
+        now: OffsetDateTime,
+    ) -> Result<Self, StoreError> {
+        let by_pool = store.queue_summary(now).await?;
+        let total = by_pool.values().map(|s| u64::from(s.waiting)).sum();
+        Ok(Self {
+            at: now,
+            by_pool,
+            total,
+        })
+    }
+
+    fn from_usage(usage: &[PoolUsage], now: OffsetDateTime) -> Self {
+        let by_pool: BTreeMap<PoolKey, QueueSummary> = usage
+            .iter()
+            .map(|u| {
+                (
+                    u.pool.clone(),
+                    QueueSummary {
+                        waiting: u.waiting,
+                        oldest_waiting: u.oldest_waiting,
+                        next_retry: None,
+                    },
+                )
+            })
+            .collect();
+        let total = by_pool.values().map(|s| u64::from(s.waiting)).sum();
+        Self {
+            at: now,
+            by_pool,
+            total,
+        }
+    }
+
+    /// An incremental plan saw only the heads of queues: its counts come
+    /// from here (at most [`SUMMARY_EVERY`] old, never below what the pass
+    /// saw), and so does the wake-up for retries in backoff.
+    fn complete(&self, plan: &mut crate::planner::DispatchPlan, now: OffsetDateTime) {
+        for u in &mut plan.usage {
+            let Some(s) = self.by_pool.get(&u.pool) else {
+                continue;
+            };
+            u.waiting = u.waiting.max(s.waiting);
+            u.oldest_waiting = match (u.oldest_waiting, s.oldest_waiting) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if let Some(retry) = s.next_retry.filter(|t| *t > now) {
+                plan.next_wakeup = earliest(plan.next_wakeup, Some(retry));
+            }
+        }
+    }
 }
 
 impl Engine {
@@ -166,6 +249,10 @@ impl Engine {
             queue_status: settings.github.queue_status.posts_status()
                 && settings.github.labels_enabled(),
             settings,
+            summary: None,
+            placements_checked: false,
+            label_prs: BTreeSet::new(),
+            labels_reconciled_at: None,
         }
     }
 
@@ -183,8 +270,12 @@ impl Engine {
         let kept = std::mem::take(&mut self.unrecorded);
         let failures = self.unrecorded_failures;
         let queue_status = self.queue_status;
+        let summary = self.summary.take();
+        let label_prs = std::mem::take(&mut self.label_prs);
         *self = Self::new(settings);
         self.queue_status = queue_status;
+        self.summary = summary;
+        self.label_prs = label_prs;
         self.unrecorded = kept;
         self.unrecorded_failures = failures;
     }
@@ -210,6 +301,8 @@ impl Engine {
     /// so a result a newer leader has overtaken changes nothing).
     pub fn carry_over(&mut self, results: Vec<TriggerResult>, now: OffsetDateTime) {
         let mut report = TriggerReport::default();
+        self.label_prs
+            .extend(results.iter().map(|(job, _)| job.pr.clone()));
         let outcomes: Vec<DispatchOutcome> = results
             .into_iter()
             .map(|(job, result)| self.outcome(&job, result, now, &mut report))
@@ -239,9 +332,18 @@ impl Engine {
         let now = store.database_now().await?;
         report.now = Some(now);
         let extras = OpenExtras::for_settings(&self.settings);
-        let mut open = store
-            .open_dispatches(now - self.limits.reservation_timeout, extras)
-            .await?;
+        let cutoff = now - self.limits.reservation_timeout;
+        if self.summary.is_none() {
+            self.summary = Some(Summary::read(store, now).await?);
+        }
+        let incremental = self.incremental();
+        // A full pass reads the open set once, before intake, and keeps it
+        // current; an incremental one reads what it needs where it needs it.
+        let mut open = if incremental {
+            Vec::new()
+        } else {
+            store.open_dispatches(cutoff, extras).await?
+        };
         loop {
             let events = store.unplanned_events(PLAN_BATCH).await?;
             if events.is_empty() {
@@ -262,7 +364,17 @@ impl Engine {
                 .iter()
                 .map(|e| self.match_event(e, payloads.get(&e.id).map_or(&[][..], |p| p.as_bytes())))
                 .collect();
-            let plan = plan_intake(&matched, &open);
+            let of_prs;
+            let known: &[OpenDispatch] = if incremental {
+                let mut prs: Vec<PullRequestRef> = events.iter().map(|e| e.pr.clone()).collect();
+                prs.sort();
+                prs.dedup();
+                of_prs = store.open_of_prs(cutoff, &prs).await?;
+                &of_prs
+            } else {
+                &open
+            };
+            let plan = plan_intake(&matched, known);
             report.planned += plan.planned.len();
             report.aborted += plan.aborted.len();
             report.superseded += plan.superseded.len()
@@ -272,10 +384,13 @@ impl Engine {
                     .filter(|d| d.state == DispatchState::Cancelled)
                     .count();
             let created = store.apply_intake(&plan, now).await?;
-            journal::intake(&plan, &events, &matched, &open, &created);
-            open.retain(|d| !plan.superseded.contains(&d.id));
-            open.extend(created);
-            refresh_after_intake(&mut open, &events, extras);
+            journal::intake(&plan, &events, &matched, known, &created);
+            self.label_prs.extend(events.iter().map(|e| e.pr.clone()));
+            if !incremental {
+                open.retain(|d| !plan.superseded.contains(&d.id));
+                open.extend(created);
+                refresh_after_intake(&mut open, &events, extras);
+            }
             if batch_len < PLAN_BATCH {
                 break;
             }
@@ -307,14 +422,21 @@ impl Engine {
                 open.retain(|d| !queued.contains(&d.id));
             }
         }
+        let paused = store.paused_pools().await?;
+        if incremental {
+            // Read after intake and cancellations: they are already applied.
+            open = self
+                .read_incremental(store, &pools, &paused, cutoff, now, extras)
+                .await?;
+        }
+        self.placements_checked = true;
         let candidates = orphan_candidates(&self.settings, &open, &pools, self.limits, now);
         let claimed = if candidates.is_empty() {
             HashSet::new()
         } else {
             store.claimed_listener_event_ids(&candidates).await?
         };
-        let paused = store.paused_pools().await?;
-        let plan = plan_dispatch(
+        let mut plan = plan_dispatch(
             &self.settings,
             &open,
             &pools,
@@ -338,6 +460,13 @@ impl Engine {
         }
         if !plan.outcomes.is_empty() {
             store.record_outcomes(&plan.outcomes, now).await?;
+            let by_id: HashMap<crate::domain::DispatchId, &PullRequestRef> =
+                open.iter().map(|d| (d.id, &d.pr)).collect();
+            self.label_prs.extend(
+                plan.outcomes
+                    .iter()
+                    .filter_map(|o| by_id.get(&o.id()).map(|pr| (*pr).clone())),
+            );
         }
         for u in &plan.usage {
             if let Some(reason) = &u.blocked
@@ -346,9 +475,6 @@ impl Engine {
                 tracing::warn!(pool = %u.pool, waiting = u.waiting, %reason, "pool state unknown; dispatching nothing for it");
             }
         }
-        report.usage = plan.usage;
-        report.next_wakeup = plan.next_wakeup;
-
         let jobs = if plan.trigger.is_empty() {
             Vec::new()
         } else {
@@ -357,7 +483,33 @@ impl Engine {
         for job in &jobs {
             journal::triggering(&self.settings, job);
         }
-        report.labels_changed = store.reconcile_labels(now).await?;
+        self.label_prs.extend(jobs.iter().map(|j| j.pr.clone()));
+        if incremental {
+            if self
+                .summary
+                .as_ref()
+                .is_none_or(|s| s.at + SUMMARY_EVERY <= now)
+            {
+                self.summary = Some(Summary::read(store, now).await?);
+            }
+            if let Some(summary) = &self.summary {
+                summary.complete(&mut plan, now);
+            }
+            // A head superseded by a newer event took a slot's place in this
+            // pass's read: look again at once for the work behind it.
+            if plan
+                .outcomes
+                .iter()
+                .any(|o| matches!(o, DispatchOutcome::Superseded { .. }))
+            {
+                plan.next_wakeup = Some(now);
+            }
+        } else {
+            self.summary = Some(Summary::from_usage(&plan.usage, now));
+        }
+        report.usage = plan.usage;
+        report.next_wakeup = plan.next_wakeup;
+        report.labels_changed = self.reconcile_labels(store, incremental, now).await?;
         report.statuses_changed = self
             .reconcile_queue_status(store, &pools, &paused, now)
             .await?;
@@ -387,6 +539,72 @@ impl Engine {
         let wanted =
             crate::queue_status::wanted_statuses(&self.settings, &open, pools, paused, now);
         store.reconcile_queue_status(&wanted, now).await
+    }
+
+    /// Whether this pass reads only what can change (a deep queue).
+    fn incremental(&self) -> bool {
+        let above = self.settings.dispatch.incremental_pass_above;
+        above == 0
+            || self
+                .summary
+                .as_ref()
+                .is_some_and(|s| s.total > u64::from(above))
+    }
+
+    /// The open work an incremental pass plans with: everything in flight,
+    /// the heads of the queues of pools with room and, first thing in a term
+    /// or after a reload, queued work whose item left its pool.
+    async fn read_incremental<S: DispatchStore>(
+        &self,
+        store: &mut S,
+        pools: &BTreeMap<PoolKey, PoolState>,
+        paused: &std::collections::BTreeSet<PoolKey>,
+        cutoff: OffsetDateTime,
+        now: OffsetDateTime,
+        extras: OpenExtras,
+    ) -> Result<Vec<OpenDispatch>, StoreError> {
+        let mut open = store.in_flight(cutoff).await?;
+        let requests = open_set::head_requests(&self.settings, pools, paused);
+        if !requests.is_empty() {
+            open.extend(store.queue_heads(&requests, now, extras).await?);
+        }
+        if !self.placements_checked {
+            let seen: HashSet<crate::domain::DispatchId> = open.iter().map(|d| d.id).collect();
+            let misplaced = store
+                .misplaced(&open_set::placements(&self.settings), extras)
+                .await?;
+            open.extend(misplaced.into_iter().filter(|d| !seen.contains(&d.id)));
+        }
+        Ok(open)
+    }
+
+    /// `<pipeline>/queued` labels: every PR's on a full pass (and now and
+    /// then on incremental ones, for changes made outside passes: operator
+    /// actions), otherwise only the PRs whose work changed since.
+    async fn reconcile_labels<S: DispatchStore>(
+        &mut self,
+        store: &mut S,
+        incremental: bool,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let all_due = !incremental
+            || self
+                .labels_reconciled_at
+                .is_none_or(|at| at + LABELS_ALL_EVERY <= now);
+        let changed = if all_due {
+            let changed = store.reconcile_labels(now, LabelScope::All).await?;
+            self.labels_reconciled_at = Some(now);
+            changed
+        } else if self.label_prs.is_empty() {
+            0
+        } else {
+            let prs: Vec<PullRequestRef> = self.label_prs.iter().cloned().collect();
+            store
+                .reconcile_labels(now, LabelScope::PullRequests(&prs))
+                .await?
+        };
+        self.label_prs.clear();
+        Ok(changed)
     }
 
     async fn record_unrecorded<S: DispatchStore>(
@@ -448,6 +666,8 @@ impl Engine {
                 return Err(e);
             }
         };
+        self.label_prs
+            .extend(results.iter().map(|(job, _)| job.pr.clone()));
         let outcomes: Vec<DispatchOutcome> = results
             .into_iter()
             .map(|(job, result)| self.outcome(&job, result, done, &mut report))
@@ -520,6 +740,14 @@ impl Engine {
     }
 }
 
+/// The same tests with every pass incremental (the file is meant to be
+/// loaded twice: `build` in it tells the two runs apart).
+#[cfg(test)]
+#[allow(clippy::duplicate_mod)]
+#[path = "engine/tests.rs"]
+mod incremental_tests;
 mod journal;
+#[cfg(test)]
+mod test_log;
 #[cfg(test)]
 mod tests;

@@ -44,6 +44,7 @@ pub mod engine;
 pub mod fairness;
 pub mod intake;
 pub mod labels;
+pub mod open_set;
 pub mod operate;
 pub mod planner;
 pub mod ports;

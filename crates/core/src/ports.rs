@@ -2,7 +2,7 @@
 //! `dispatcher-store` (PostgreSQL), `dispatcher-capacity` (Kubernetes and the
 //! EventListener) and `dispatcher-github`; tests use in-memory fakes.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 
 use time::OffsetDateTime;
@@ -244,6 +244,16 @@ impl OpenExtras {
     }
 }
 
+/// Whose `<pipeline>/queued` labels [`DispatchStore::reconcile_labels`]
+/// brings in line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelScope<'a> {
+    /// Every pull request's.
+    All,
+    /// These pull requests' (the ones a pass changed work of).
+    PullRequests(&'a [PullRequestRef]),
+}
+
 /// A dispatch that still needs the engine: queued, triggering or triggered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenDispatch {
@@ -340,6 +350,70 @@ pub trait DispatchStore: Send {
         reservation_cutoff: OffsetDateTime,
         extras: OpenExtras,
     ) -> impl Future<Output = Result<Vec<OpenDispatch>, StoreError>> + Send;
+    /// The open dispatches of `prs` (as [`DispatchStore::open_dispatches`]
+    /// without extras), for newest-wins when planning their deliveries.
+    fn open_of_prs(
+        &mut self,
+        reservation_cutoff: OffsetDateTime,
+        prs: &[PullRequestRef],
+    ) -> impl Future<Output = Result<Vec<OpenDispatch>, StoreError>> + Send {
+        async move {
+            let open = self
+                .open_dispatches(reservation_cutoff, OpenExtras::NONE)
+                .await?;
+            Ok(crate::open_set::of_prs(open, prs))
+        }
+    }
+    /// The work in flight: triggering dispatches and those triggered after
+    /// `reservation_cutoff` ([`crate::open_set::in_flight`]).
+    fn in_flight(
+        &mut self,
+        reservation_cutoff: OffsetDateTime,
+    ) -> impl Future<Output = Result<Vec<OpenDispatch>, StoreError>> + Send {
+        async move {
+            let open = self
+                .open_dispatches(reservation_cutoff, OpenExtras::NONE)
+                .await?;
+            Ok(crate::open_set::in_flight(open))
+        }
+    }
+    /// The heads of the queues of `requests`' pools, with the `extras`
+    /// asked for ([`crate::open_set::heads`]).
+    fn queue_heads(
+        &mut self,
+        requests: &[crate::open_set::HeadRequest],
+        now: OffsetDateTime,
+        extras: OpenExtras,
+    ) -> impl Future<Output = Result<Vec<OpenDispatch>, StoreError>> + Send {
+        async move {
+            let open = self.open_dispatches(now, extras).await?;
+            Ok(crate::open_set::heads(open, requests, now))
+        }
+    }
+    /// Queued dispatches whose `(item, pool)` is none of `placements`
+    /// ([`crate::open_set::misplaced`]).
+    fn misplaced(
+        &mut self,
+        placements: &[(String, PoolKey)],
+        extras: OpenExtras,
+    ) -> impl Future<Output = Result<Vec<OpenDispatch>, StoreError>> + Send {
+        async move {
+            let now = self.database_now().await?;
+            let open = self.open_dispatches(now, extras).await?;
+            Ok(crate::open_set::misplaced(open, placements))
+        }
+    }
+    /// Waiting work per pool ([`crate::open_set::summary`]).
+    fn queue_summary(
+        &mut self,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<BTreeMap<PoolKey, crate::open_set::QueueSummary>, StoreError>> + Send
+    {
+        async move {
+            let open = self.open_dispatches(now, OpenExtras::NONE).await?;
+            Ok(crate::open_set::summary(&open, now))
+        }
+    }
     /// Applies matching results atomically: aborts, new dispatches, superseded
     /// ones. Returns the new dispatches that are queued.
     fn apply_intake(
@@ -363,10 +437,12 @@ pub trait DispatchStore: Send {
     fn paused_pools(
         &mut self,
     ) -> impl Future<Output = Result<std::collections::BTreeSet<PoolKey>, StoreError>> + Send;
-    /// Brings the wanted `<pipeline>/queued` labels in line with the queue; returns how many changed.
+    /// Brings the wanted `<pipeline>/queued` labels of `scope` in line with
+    /// the queue; returns how many changed.
     fn reconcile_labels(
         &mut self,
         now: OffsetDateTime,
+        scope: LabelScope<'_>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Brings the wanted queue statuses (`github.queue_status`) in line with
     /// `wanted` (every waiting dispatch's text): new and changed ones are

@@ -135,3 +135,78 @@ impl LabelStore for PgLabels {
             .map_err(error::query)
     }
 }
+
+/// Brings `pr_labels.wanted` in line with the queue for `scope`: a PR wants
+/// `<pipeline>/queued` while a dispatch of it waits in that pipeline's pool
+/// (queued, or being retried: a first attempt in flight never waited, so
+/// dispatching at once never labels). Returns how many intents changed.
+pub(crate) async fn reconcile(
+    conn: &mut diesel_async::AsyncPgConnection,
+    now: OffsetDateTime,
+    scope: dispatcher_core::ports::LabelScope<'_>,
+) -> Result<u64, diesel::result::Error> {
+    use diesel::sql_types::{Array, Int8, Text, Timestamptz};
+    use dispatcher_core::ports::LabelScope;
+
+    use crate::prepared::Prepared;
+
+    #[derive(QueryableByName)]
+    struct Changed {
+        #[diesel(sql_type = Int8)]
+        changed: i64,
+    }
+    // `$2`/`$3`: the PRs in scope (unused by the statement for every PR).
+    macro_rules! reconcile_sql {
+        ($waiting:literal, $withdrawn:literal) => {
+            concat!(
+                "WITH wanted AS (
+                     SELECT DISTINCT d.repository_full_name, d.pull_request_number, d.queued_label AS label
+                       FROM dispatches d ",
+                $waiting,
+                "        AND (d.state = 'queued' OR (d.state = 'triggering' AND d.attempts > 1))
+                 ), added AS (
+                     INSERT INTO pr_labels AS p (repository_full_name, pull_request_number, label, wanted, next_attempt_at, updated_at)
+                     SELECT repository_full_name, pull_request_number, label, TRUE, $1, $1 FROM wanted
+                     ON CONFLICT (repository_full_name, pull_request_number, label)
+                     DO UPDATE SET wanted = TRUE, attempts = 0, next_attempt_at = $1, updated_at = $1
+                     WHERE NOT p.wanted
+                     RETURNING 1
+                 ), removed AS (
+                     UPDATE pr_labels p SET wanted = FALSE, attempts = 0, next_attempt_at = $1, updated_at = $1
+                      WHERE p.wanted ",
+                $withdrawn,
+                "       AND NOT EXISTS (
+                          SELECT 1 FROM wanted w
+                           WHERE w.repository_full_name = p.repository_full_name
+                             AND w.pull_request_number = p.pull_request_number AND w.label = p.label)
+                     RETURNING 1
+                 )
+                 SELECT (SELECT count(*) FROM added) + (SELECT count(*) FROM removed) AS changed"
+            )
+        };
+    }
+    const ALL: &str = reconcile_sql!("WHERE d.state IN ('queued', 'triggering')", "");
+    // Through the primary keys' prefix (repository, PR) of both tables.
+    const SOME: &str = reconcile_sql!(
+        "WHERE (d.repository_full_name, d.pull_request_number) IN
+                (SELECT * FROM unnest($2::text[], $3::int8[]))
+            AND d.state IN ('queued', 'triggering')",
+        "AND (p.repository_full_name, p.pull_request_number) IN
+                (SELECT * FROM unnest($2::text[], $3::int8[]))"
+    );
+    let (sql, prs): (&'static str, &[PullRequestRef]) = match scope {
+        LabelScope::All => (ALL, &[]),
+        LabelScope::PullRequests(prs) => (SOME, prs),
+    };
+    let repositories: Vec<&str> = prs.iter().map(|p| p.repository.as_str()).collect();
+    let numbers: Vec<i64> = prs.iter().map(|p| p.number).collect();
+    let changed: Changed = Prepared(
+        diesel::sql_query(sql)
+            .bind::<Timestamptz, _>(now)
+            .bind::<Array<Text>, _>(repositories)
+            .bind::<Array<Int8>, _>(numbers),
+    )
+    .get_result(conn)
+    .await?;
+    Ok(u64::try_from(changed.changed).unwrap_or_default())
+}

@@ -11,7 +11,7 @@
 //! answering, and the [`Lease`] tells the leader, without a round trip,
 //! whether that may already have happened.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,10 +25,11 @@ use dispatcher_core::domain::{
     DispatchId, DispatchState, EventId, EventStatus, PullRequestRef, TimelineKind,
     UNSUPPORTED_MESSAGE, rfc3339,
 };
+use dispatcher_core::open_set::{HeadRequest, QueueSummary};
 use dispatcher_core::planner::{DispatchOutcome, IntakePlan};
 use dispatcher_core::ports::{
-    CancelCandidate, CancelQuery, DispatchStore, OpenDispatch, OpenExtras, StoreError, TriggerJob,
-    UnplannedEvent,
+    CancelCandidate, CancelQuery, DispatchStore, LabelScope, OpenDispatch, OpenExtras, StoreError,
+    TriggerJob, UnplannedEvent,
 };
 use dispatcher_core::timeline::fact;
 use futures_util::{FutureExt, StreamExt};
@@ -39,6 +40,7 @@ use crate::connect;
 use crate::error;
 use crate::events::headers_from_json;
 use crate::lease::Lease;
+use crate::open_set;
 use crate::prepared::Prepared;
 use crate::raw_json::RawJson;
 use crate::schema::{dispatches, pool_controls, sql_types, webhook_events};
@@ -135,7 +137,7 @@ struct NewDispatchRow<'a> {
 
 #[derive(Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = dispatches)]
-struct OpenRow {
+pub(crate) struct OpenRow {
     id: i64,
     event_id: i64,
     item_name: String,
@@ -149,18 +151,6 @@ struct OpenRow {
     listener_event_id: Option<String>,
     trigger_started_at: Option<OffsetDateTime>,
     triggered_at: Option<OffsetDateTime>,
-}
-
-#[derive(QueryableByName)]
-struct OpenWithSiblings {
-    #[diesel(embed)]
-    dispatch: OpenRow,
-    #[diesel(sql_type = diesel::sql_types::Bool)]
-    has_newer: bool,
-    #[diesel(sql_type = Array<Text>)]
-    labels: Vec<String>,
-    #[diesel(sql_type = Array<Timestamptz>)]
-    recent_triggers: Vec<OffsetDateTime>,
 }
 
 #[derive(QueryableByName)]
@@ -380,7 +370,7 @@ impl LeaderSession {
     }
 }
 
-fn open_from_row(r: OpenRow) -> OpenDispatch {
+pub(crate) fn open_from_row(r: OpenRow) -> OpenDispatch {
     OpenDispatch {
         id: DispatchId(r.id),
         event_id: EventId(r.event_id),
@@ -502,7 +492,61 @@ impl DispatchStore for LeaderSession {
     ) -> Result<Vec<OpenDispatch>, StoreError> {
         self.ensure_held()?;
         let started = Instant::now();
-        let rows = load_open(&mut self.conn, reservation_cutoff, extras).await;
+        let rows = open_set::load_open(&mut self.conn, reservation_cutoff, extras).await;
+        self.settle(started, rows).await
+    }
+
+    async fn open_of_prs(
+        &mut self,
+        reservation_cutoff: OffsetDateTime,
+        prs: &[PullRequestRef],
+    ) -> Result<Vec<OpenDispatch>, StoreError> {
+        self.ensure_held()?;
+        let started = Instant::now();
+        let rows = open_set::load_of_prs(&mut self.conn, reservation_cutoff, prs).await;
+        self.settle(started, rows).await
+    }
+
+    async fn in_flight(
+        &mut self,
+        reservation_cutoff: OffsetDateTime,
+    ) -> Result<Vec<OpenDispatch>, StoreError> {
+        self.ensure_held()?;
+        let started = Instant::now();
+        let rows = open_set::load_in_flight(&mut self.conn, reservation_cutoff).await;
+        self.settle(started, rows).await
+    }
+
+    async fn queue_heads(
+        &mut self,
+        requests: &[HeadRequest],
+        now: OffsetDateTime,
+        extras: OpenExtras,
+    ) -> Result<Vec<OpenDispatch>, StoreError> {
+        self.ensure_held()?;
+        let started = Instant::now();
+        let rows = open_set::load_heads(&mut self.conn, requests, now, extras).await;
+        self.settle(started, rows).await
+    }
+
+    async fn misplaced(
+        &mut self,
+        placements: &[(String, PoolKey)],
+        extras: OpenExtras,
+    ) -> Result<Vec<OpenDispatch>, StoreError> {
+        self.ensure_held()?;
+        let started = Instant::now();
+        let rows = open_set::load_misplaced(&mut self.conn, placements, extras).await;
+        self.settle(started, rows).await
+    }
+
+    async fn queue_summary(
+        &mut self,
+        now: OffsetDateTime,
+    ) -> Result<BTreeMap<PoolKey, QueueSummary>, StoreError> {
+        self.ensure_held()?;
+        let started = Instant::now();
+        let rows = open_set::load_summary(&mut self.conn, now).await;
         self.settle(started, rows).await
     }
 
@@ -951,48 +995,18 @@ impl DispatchStore for LeaderSession {
         Ok(pools.into_iter().map(PoolKey).collect())
     }
 
-    async fn reconcile_labels(&mut self, now: OffsetDateTime) -> Result<u64, StoreError> {
+    async fn reconcile_labels(
+        &mut self,
+        now: OffsetDateTime,
+        scope: LabelScope<'_>,
+    ) -> Result<u64, StoreError> {
         self.ensure_held()?;
         if !self.labels_enabled {
             return Ok(0);
         }
-        #[derive(QueryableByName)]
-        struct Changed {
-            #[diesel(sql_type = Int8)]
-            changed: i64,
-        }
         let started = Instant::now();
-        let result: Result<Changed, _> = Prepared(diesel::sql_query(
-            "WITH wanted AS (
-                 SELECT DISTINCT repository_full_name, pull_request_number, queued_label AS label
-                   FROM dispatches
-                  -- Waiting: queued, or being retried (a first attempt in flight
-                  -- never waited, so dispatching at once never labels).
-                  WHERE state = $2 OR (state = $3 AND attempts > 1)
-             ), added AS (
-                 INSERT INTO pr_labels AS p (repository_full_name, pull_request_number, label, wanted, next_attempt_at, updated_at)
-                 SELECT repository_full_name, pull_request_number, label, TRUE, $1, $1 FROM wanted
-                 ON CONFLICT (repository_full_name, pull_request_number, label)
-                 DO UPDATE SET wanted = TRUE, attempts = 0, next_attempt_at = $1, updated_at = $1
-                 WHERE NOT p.wanted
-                 RETURNING 1
-             ), removed AS (
-                 UPDATE pr_labels p SET wanted = FALSE, attempts = 0, next_attempt_at = $1, updated_at = $1
-                  WHERE p.wanted AND NOT EXISTS (
-                      SELECT 1 FROM wanted w
-                       WHERE w.repository_full_name = p.repository_full_name
-                         AND w.pull_request_number = p.pull_request_number AND w.label = p.label)
-                 RETURNING 1
-             )
-             SELECT (SELECT count(*) FROM added) + (SELECT count(*) FROM removed) AS changed",
-        )
-        .bind::<Timestamptz, _>(now)
-        .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Queued))
-        .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Triggering)))
-        .get_result(&mut self.conn)
-        .await;
-        let result = self.settle(started, result).await?;
-        Ok(u64::try_from(result.changed).unwrap_or_default())
+        let result = crate::labels::reconcile(&mut self.conn, now, scope).await;
+        self.settle(started, result).await
     }
 
     async fn reconcile_queue_status(
@@ -1020,71 +1034,6 @@ impl DispatchStore for LeaderSession {
         let result = cancels::load_candidates(&mut self.conn, query).await;
         self.settle(started, result).await
     }
-}
-
-/// Queued and triggering dispatches plus triggered ones newer than
-/// `reservation_cutoff` with the `extras` asked for, in pool FIFO order (the engine's hot query; the
-/// operators' queue view reads the same).
-pub(crate) async fn load_open(
-    conn: &mut AsyncPgConnection,
-    reservation_cutoff: OffsetDateTime,
-    extras: OpenExtras,
-) -> Result<Vec<OpenDispatch>, DieselError> {
-    let rows: Vec<OpenWithSiblings> = Prepared(diesel::sql_query(
-        "SELECT d.id, d.event_id, d.item_name, d.pool, d.repository_full_name, d.pull_request_number,
-                d.state, d.queue_position, d.attempts, d.next_attempt_at, d.listener_event_id,
-                d.trigger_started_at, d.triggered_at,
-                -- A forced replay runs despite newer events.
-                NOT d.forced AND EXISTS (SELECT 1 FROM dispatches n
-                         WHERE n.repository_full_name = d.repository_full_name
-                           AND n.pull_request_number = d.pull_request_number
-                           AND n.item_name = d.item_name
-                           AND n.event_id > d.event_id) AS has_newer,
-                -- Waiting work, only when a pool's order needs it ($5/$6 are
-                -- false otherwise and the subqueries never run): the PR's
-                -- labels as of its newest event that carried a label list
-                -- (a later `labeled` delivery counts even when no item
-                -- matches it), for dispatcher.priority_labels ...
-                CASE WHEN $5 AND d.state = $4 THEN COALESCE((
-                    SELECT e.labels FROM webhook_events e
-                     WHERE e.repository_full_name = d.repository_full_name
-                       AND e.pull_request_number = d.pull_request_number
-                       AND e.labels IS NOT NULL
-                     ORDER BY e.id DESC LIMIT 1), '{}') ELSE '{}' END AS labels,
-                -- ... and its repository's most recent trigger starts in this
-                -- pool, for round_robin_repository turns across passes.
-                CASE WHEN $6 AND d.state = $4 THEN ARRAY(
-                    SELECT s.trigger_started_at FROM dispatches s
-                     WHERE s.pool = d.pool
-                       AND s.repository_full_name = d.repository_full_name
-                       AND s.trigger_started_at IS NOT NULL
-                     ORDER BY s.trigger_started_at DESC LIMIT $7) ELSE '{}' END AS recent_triggers
-           FROM dispatches d
-          WHERE d.state = ANY($2)
-             OR (d.state = $3 AND d.triggered_at > $1)
-          ORDER BY d.pool, d.queue_position, d.id",
-    )
-    .bind::<Timestamptz, _>(reservation_cutoff)
-    .bind::<Array<sql_types::DispatchState>, _>(vec![
-        DbDispatchState(DispatchState::Queued),
-        DbDispatchState(DispatchState::Triggering),
-    ])
-    .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Triggered))
-    .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Queued))
-    .bind::<Bool, _>(extras.labels)
-    .bind::<Bool, _>(extras.recent_triggers)
-    .bind::<Int8, _>(i64::from(dispatcher_core::config::MAX_WEIGHT)))
-    .load(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| OpenDispatch {
-            has_newer: r.has_newer,
-            labels: r.labels,
-            recent_triggers: r.recent_triggers,
-            ..open_from_row(r.dispatch)
-        })
-        .collect())
 }
 
 /// Cancels new queued dispatches for which a newer event of the same PR and

@@ -44,6 +44,7 @@ mod labels;
 mod leader;
 mod lease;
 mod migrate;
+mod open_set;
 mod operate;
 mod pool;
 mod prepared;

@@ -25,7 +25,7 @@ use time::OffsetDateTime;
 
 use crate::PgEvents;
 use crate::error;
-use crate::leader::load_open;
+use crate::open_set::load_open;
 use crate::raw_json::RawJson;
 use crate::schema::{dispatches, pool_controls, sql_types, webhook_events};
 use crate::status;

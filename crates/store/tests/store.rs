@@ -16,8 +16,8 @@ use dispatcher_core::domain::{
 use dispatcher_core::intake::NewEvent;
 use dispatcher_core::planner::{DispatchOutcome, IntakePlan};
 use dispatcher_core::ports::{
-    DispatchStore, EventFilter, EventQuery, EventRepository, LabelStore, LabelTask, OpenExtras,
-    RecordOutcome,
+    DispatchStore, EventFilter, EventQuery, EventRepository, LabelScope, LabelStore, LabelTask,
+    OpenExtras, RecordOutcome,
 };
 use dispatcher_store::{ConnectionOptions, Database, LeaderOptions, MIGRATIONS, PoolOptions};
 use dispatcher_testdb::TestDatabase;
@@ -440,8 +440,15 @@ async fn label_intents_follow_the_queue() {
         ..IntakePlan::default()
     };
     leader.apply_intake(&plan, now).await.unwrap();
-    assert_eq!(leader.reconcile_labels(now).await.unwrap(), 1);
-    assert_eq!(leader.reconcile_labels(now).await.unwrap(), 0, "idempotent");
+    assert_eq!(
+        leader.reconcile_labels(now, LabelScope::All).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        leader.reconcile_labels(now, LabelScope::All).await.unwrap(),
+        0,
+        "idempotent"
+    );
     let tasks = labels.due_label_tasks(now, 10).await.unwrap();
     let expected = LabelTask {
         pr: PullRequestRef {
@@ -492,7 +499,26 @@ async fn label_intents_follow_the_queue() {
         )
         .await
         .unwrap();
-    assert_eq!(leader.reconcile_labels(now).await.unwrap(), 1);
+    // Reconciling another PR leaves this one's label; its own scope removes it.
+    let other = PullRequestRef {
+        repository: "o/r".into(),
+        number: 6,
+    };
+    let scoped = |pr| [pr];
+    assert_eq!(
+        leader
+            .reconcile_labels(now, LabelScope::PullRequests(&scoped(other)))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        leader
+            .reconcile_labels(now, LabelScope::PullRequests(&scoped(expected.pr.clone())))
+            .await
+            .unwrap(),
+        1
+    );
     let tasks = labels.due_label_tasks(now, 10).await.unwrap();
     assert_eq!(tasks.len(), 1);
     assert!(!tasks[0].wanted);

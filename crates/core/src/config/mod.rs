@@ -294,6 +294,8 @@ pub struct DispatchTuning {
     pub min_pass_interval: Duration,
     /// Longest takeover time after the active replica stops answering.
     pub failover_timeout: Duration,
+    /// Waiting dispatches above which passes are incremental.
+    pub incremental_pass_above: u32,
 }
 
 impl DispatchTuning {
@@ -340,6 +342,7 @@ impl Default for DispatchTuning {
             leader_retry_interval: d.leader_retry_interval,
             min_pass_interval: d.min_pass_interval,
             failover_timeout: d.failover_timeout,
+            incremental_pass_above: d.incremental_pass_above,
         }
     }
 }
@@ -943,6 +946,7 @@ fn validate_dispatch(raw: &DispatchSection, errors: &mut Vec<ConfigError>) -> Di
         capacity_stale_after: raw.capacity_stale_after,
         leader_retry_interval: raw.leader_retry_interval,
         min_pass_interval: raw.min_pass_interval,
+        incremental_pass_above: raw.incremental_pass_above,
     }
 }
 

@@ -433,6 +433,10 @@ pub struct DispatchSection {
     /// idle session well within it, which releases the lock.
     #[serde(with = "humantime_serde")]
     pub failover_timeout: Duration,
+    /// Waiting dispatches above which a pass reads only the work in flight
+    /// and the heads of the queues of pools with room, instead of every
+    /// open dispatch (`0`: always).
+    pub incremental_pass_above: u32,
 }
 
 impl Default for DispatchSection {
@@ -449,6 +453,7 @@ impl Default for DispatchSection {
             leader_retry_interval: Duration::from_secs(1),
             min_pass_interval: Duration::from_millis(5),
             failover_timeout: Duration::from_secs(15),
+            incremental_pass_above: 2000,
         }
     }
 }

@@ -33,7 +33,17 @@ fn settings_with_filter(cap: u32, max_attempts: u32, filter: Option<&str>) -> Ar
         "dispatch": {"max_attempts": max_attempts},
     });
     let (raw, _) = parse(v).expect("parses");
-    Arc::new(Settings::from_raw(raw).expect("valid"))
+    Arc::new(build(raw))
+}
+
+/// Settings for these tests. The module runs twice: as `tests` with the
+/// default (full passes over a small queue) and as `incremental_tests` with
+/// every pass incremental, which must decide the same.
+fn build(mut raw: crate::config::RawConfig) -> Settings {
+    if module_path!().ends_with("incremental_tests") {
+        raw.dispatch.incremental_pass_above = 0;
+    }
+    Settings::from_raw(raw).expect("valid")
 }
 
 #[derive(Default)]
@@ -290,7 +300,11 @@ impl DispatchStore for MemStore {
         Ok(std::collections::BTreeSet::new())
     }
 
-    async fn reconcile_labels(&mut self, _now: OffsetDateTime) -> Result<u64, StoreError> {
+    async fn reconcile_labels(
+        &mut self,
+        _now: OffsetDateTime,
+        _scope: crate::ports::LabelScope<'_>,
+    ) -> Result<u64, StoreError> {
         Ok(0)
     }
 
@@ -757,48 +771,7 @@ fn results_carried_over_from_a_lost_session_are_recorded_by_the_next_pass() {
     );
 }
 
-thread_local! {
-    /// This thread's log output (see [`logged`]).
-    static LOG_LINES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Writes into the calling thread's [`LOG_LINES`].
-struct ThreadSink;
-
-impl std::io::Write for ThreadSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOG_LINES.with(|lines| lines.borrow_mut().extend_from_slice(buf));
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// JSON log lines written while `f` runs (on this thread).
-///
-/// One global subscriber for the whole test binary, writing per thread: a
-/// scoped subscriber (`with_default`) raced tracing's per-callsite interest
-/// cache when other tests ran beside it, and lost lines now and then.
-fn logged(f: impl FnOnce()) -> Vec<serde_json::Value> {
-    static INSTALL: std::sync::Once = std::sync::Once::new();
-    INSTALL.call_once(|| {
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(|| ThreadSink)
-            .finish();
-        let _ = tracing::subscriber::set_global_default(subscriber);
-    });
-    LOG_LINES.with(|lines| lines.borrow_mut().clear());
-    f();
-    let bytes = LOG_LINES.with(|lines| std::mem::take(&mut *lines.borrow_mut()));
-    String::from_utf8_lossy(&bytes)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
+use super::test_log::logged;
 
 #[test]
 fn every_state_change_is_logged_once_with_its_reason_and_fields() {
@@ -887,7 +860,7 @@ fn settings_cancelling(cap: u32) -> Arc<Settings> {
         "security": {"verify_signatures": false},
     });
     let (raw, _) = parse(v).expect("parses");
-    Arc::new(Settings::from_raw(raw).expect("valid"))
+    Arc::new(build(raw))
 }
 
 #[test]
@@ -992,7 +965,7 @@ fn a_closed_event_an_item_matches_is_planned_as_usual() {
         "security": {"verify_signatures": false},
     });
     let (raw, _) = parse(v).expect("parses");
-    let mut engine = Engine::new(Arc::new(Settings::from_raw(raw).expect("valid")));
+    let mut engine = Engine::new(Arc::new(build(raw)));
     let mut store = MemStore::default();
     let trigger = ScriptedTrigger::default();
     // ops is paused (capacity 0): PR 10's dispatch waits.

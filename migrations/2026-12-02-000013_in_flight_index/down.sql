@@ -1,0 +1,1 @@
+DROP INDEX dispatches_in_flight_idx;
