@@ -26,6 +26,8 @@ use crate::stats::{mib, ms};
 
 const NAMESPACE: &str = "bench";
 const WAIT: Duration = Duration::from_secs(120);
+/// Runs finished one at a time before the burst.
+const FINISHED_ONE_BY_ONE: usize = 10;
 
 /// The shape of the load.
 #[derive(Debug, Clone, Copy)]
@@ -284,6 +286,35 @@ impl World {
         self.mean_since(before).await
     }
 
+    /// Every run not finished yet finishes at once (`first` pools were
+    /// already freed one by one): the time until each of those pools'
+    /// next dispatch reached the EventListener, and triggers per second.
+    async fn burst(&self, shape: Shape, first: usize) -> anyhow::Result<(usize, Duration)> {
+        let accepted = self.listener.accepted().len();
+        let freed = shape.pools() - first;
+        let started = Instant::now();
+        for i in first..shape.pools() {
+            let (r, k) = (i % shape.repos, (i / shape.repos) % shape.items);
+            self.kube.set_succeeded(
+                NAMESPACE,
+                &format!("run-{}", pipeline(r, k)),
+                "True",
+                "Succeeded",
+            );
+        }
+        let deadline = Instant::now() + WAIT;
+        while self.listener.accepted().len() < accepted + freed {
+            if Instant::now() > deadline {
+                bail!(
+                    "only {} of {freed} triggers after the runs finished",
+                    self.listener.accepted().len() - accepted
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok((freed, started.elapsed()))
+    }
+
     /// Deliveries no item matches, `clients` at a time for `duration`: accepted per second.
     async fn intake_rate(&self, clients: usize, duration: Duration) -> anyhow::Result<f64> {
         let started = Instant::now();
@@ -334,6 +365,7 @@ pub(crate) async fn run(
         shape.prs * shape.items
     )?;
     let mut rows = Vec::new();
+    let mut burst = None;
     for (tag, queued) in [("plan_empty", false), ("plan_deep", true)] {
         let started = Instant::now();
         let w = world(dispatcher, server_url, tag, shape, queued).await?;
@@ -341,8 +373,18 @@ pub(crate) async fn run(
         eprintln!("plan: {tag} ready after {}", ms(ready_after));
         let idle = w.idle_passes(20).await?;
         eprintln!("plan: {tag} idle passes {}", ms(idle));
-        let finished = w.run_finished_passes(shape, 10, queued).await?;
+        let finished = w
+            .run_finished_passes(shape, FINISHED_ONE_BY_ONE, queued)
+            .await?;
         eprintln!("plan: {tag} passes after a run finished {}", ms(finished));
+        if queued {
+            let (freed, took) = w.burst(shape, FINISHED_ONE_BY_ONE).await?;
+            burst = Some((freed, took));
+            eprintln!(
+                "plan: {tag} {freed} triggers after as many runs finished at once: {}",
+                ms(took)
+            );
+        }
         let rate = w.intake_rate(16, Duration::from_secs(5)).await?;
         let rss = w.service.peak_rss();
         rows.push((tag, ready_after, idle, finished, rate, rss));
@@ -370,5 +412,13 @@ pub(crate) async fn run(
         mib(deep.5),
         deep.4 / empty.4
     )?;
+    if let Some((freed, took)) = burst {
+        writeln!(
+            out,
+            "  deep queue: {freed} runs finish at once -> {freed} triggers in {} = {:.0} triggers/s (sharding only below 1000/s)",
+            ms(took),
+            freed as f64 / took.as_secs_f64()
+        )?;
+    }
     Ok(out)
 }

@@ -15,7 +15,23 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn burst_of_30_prs_against_capacity_3() {
-    let world = World::new(3, Some(Duration::from_millis(100))).await;
+    burst_of_30_prs(false).await;
+}
+
+/// The same, every pass reading only work in flight and the heads of queues with room.
+#[tokio::test(flavor = "multi_thread")]
+async fn burst_of_30_prs_against_capacity_3_in_incremental_passes() {
+    burst_of_30_prs(true).await;
+}
+
+async fn burst_of_30_prs(incremental: bool) {
+    let world = World::with(WorldOptions {
+        capacity: 3,
+        run_for: Some(Duration::from_millis(100)),
+        incremental,
+        ..WorldOptions::default()
+    })
+    .await;
     let svc = world.replica().await;
     for pr in 1..=30 {
         assert_eq!(
@@ -105,7 +121,23 @@ async fn burst_of_30_prs_against_capacity_3() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn newest_event_wins_while_queued_and_labels_follow_the_queue() {
-    let world = World::new(1, None).await;
+    newest_event_wins(false).await;
+}
+
+/// The same with incremental passes: labels of the PRs a pass changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn newest_event_wins_while_queued_and_labels_follow_the_queue_in_incremental_passes() {
+    newest_event_wins(true).await;
+}
+
+async fn newest_event_wins(incremental: bool) {
+    let world = World::with(WorldOptions {
+        capacity: 1,
+        run_for: None,
+        incremental,
+        ..WorldOptions::default()
+    })
+    .await;
     let svc = world.replica().await;
     let (_, first) = send_pr(&svc.url, "pr1-a", "o/r", 1, "opened").await;
     world.wait_dispatched(1).await;
@@ -299,7 +331,23 @@ async fn kubernetes_outage_blocks_dispatch_until_recovery() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_replicas_never_exceed_capacity_or_dispatch_twice() {
-    let world = World::new(3, Some(Duration::from_millis(80))).await;
+    two_replicas(false).await;
+}
+
+/// The same with incremental passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_never_exceed_capacity_or_dispatch_twice_in_incremental_passes() {
+    two_replicas(true).await;
+}
+
+async fn two_replicas(incremental: bool) {
+    let world = World::with(WorldOptions {
+        capacity: 3,
+        run_for: Some(Duration::from_millis(80)),
+        incremental,
+        ..WorldOptions::default()
+    })
+    .await;
     let a = world.replica().await;
     let b = world.replica().await;
     let sends: Vec<_> = (1..=30)

@@ -468,23 +468,8 @@ impl Engine {
                     .filter_map(|o| by_id.get(&o.id()).map(|pr| (*pr).clone())),
             );
         }
-        for u in &plan.usage {
-            if let Some(reason) = &u.blocked
-                && u.waiting > 0
-            {
-                tracing::warn!(pool = %u.pool, waiting = u.waiting, %reason, "pool state unknown; dispatching nothing for it");
-            }
-        }
-        let jobs = if plan.trigger.is_empty() {
-            Vec::new()
-        } else {
-            store.begin_triggers(&plan.trigger, now).await?
-        };
-        for job in &jobs {
-            journal::triggering(&self.settings, job);
-        }
-        self.label_prs.extend(jobs.iter().map(|j| j.pr.clone()));
         if incremental {
+            // Counted before this pass's triggers start, as a full pass counts.
             if self
                 .summary
                 .as_ref()
@@ -507,6 +492,22 @@ impl Engine {
         } else {
             self.summary = Some(Summary::from_usage(&plan.usage, now));
         }
+        for u in &plan.usage {
+            if let Some(reason) = &u.blocked
+                && u.waiting > 0
+            {
+                tracing::warn!(pool = %u.pool, waiting = u.waiting, %reason, "pool state unknown; dispatching nothing for it");
+            }
+        }
+        let jobs = if plan.trigger.is_empty() {
+            Vec::new()
+        } else {
+            store.begin_triggers(&plan.trigger, now).await?
+        };
+        for job in &jobs {
+            journal::triggering(&self.settings, job);
+        }
+        self.label_prs.extend(jobs.iter().map(|j| j.pr.clone()));
         report.usage = plan.usage;
         report.next_wakeup = plan.next_wakeup;
         report.labels_changed = self.reconcile_labels(store, incremental, now).await?;

@@ -49,6 +49,9 @@ pub struct WorldOptions {
     pub priority_labels: &'static str,
     /// More keys of the `github:` flow mapping, e.g. `", queue_status: check_run"`.
     pub github_yaml: &'static str,
+    /// Every pass incremental (`dispatch.incremental_pass_above: 0`), as
+    /// over a deep queue.
+    pub incremental: bool,
 }
 
 impl Default for WorldOptions {
@@ -67,6 +70,7 @@ impl Default for WorldOptions {
             second_repository: None,
             priority_labels: "",
             github_yaml: "",
+            incremental: false,
         }
     }
 }
@@ -185,11 +189,13 @@ dispatch:
   leader_retry_interval: 100ms
   safety_pass_interval: 5s
   failover_timeout: {failover_timeout}
+  incremental_pass_above: {incremental_above}
 {extra}
 "#,
             cap = self.options.capacity,
             listener = self.listener.url(),
             github = self.github.url(),
+            incremental_above = if self.options.incremental { 0 } else { 2000 },
             app = if self.options.github_app {
                 format!(
                     ", app: {{app_id: {APP_ID}, installation_id: {INSTALLATION_ID}, private_key_file: \"{}\"}}",
