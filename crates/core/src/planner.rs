@@ -447,6 +447,16 @@ pub fn orphan_candidates(
         .iter()
         .filter_map(|d| d.listener_event_id.as_deref())
         .collect();
+    // The oldest orphan's trigger per pool, in one walk over the open work
+    // (not one per pool: a thousand pools times a thousand in flight).
+    let mut oldest_orphan: HashMap<&PoolKey, OffsetDateTime> = HashMap::new();
+    for d in open.iter().filter(|d| is_orphan(d, limits, now)) {
+        let started = trigger_started(d);
+        oldest_orphan
+            .entry(&d.pool)
+            .and_modify(|t| *t = (*t).min(started))
+            .or_insert(started);
+    }
     let mut out = Vec::new();
     for (key, state) in pools {
         let Some(spec) = settings.pools.get(key) else {
@@ -458,12 +468,7 @@ pub fn orphan_candidates(
         if spec.dispatch_label.is_some() {
             continue;
         }
-        let Some(oldest) = open
-            .iter()
-            .filter(|d| d.pool == *key && is_orphan(d, limits, now))
-            .map(trigger_started)
-            .min()
-        else {
+        let Some(&oldest) = oldest_orphan.get(key) else {
             continue;
         };
         out.extend(

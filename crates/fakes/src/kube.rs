@@ -49,6 +49,9 @@ struct State {
     history: Vec<Change>,
     down: bool,
     max_unfinished: HashMap<String, usize>,
+    /// Unfinished runs per pipeline now (kept per change: recounting every
+    /// object on each change made a burst of 1,000 changes quadratic).
+    unfinished: HashMap<String, usize>,
     list_requests: u64,
     watch_requests: u64,
     requests: Vec<KubeRequest>,
@@ -402,12 +405,33 @@ fn record(inner: &Inner, state: &mut State, kind: &'static str, namespace: &str,
         .as_str()
         .unwrap_or_default()
         .to_owned();
+    let key = (namespace.to_owned(), name);
+    let pipeline_of = |o: &Value| {
+        o.pointer("/metadata/labels/tekton.dev~1pipeline")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    if let Some(old) = state.objects.get(&key)
+        && !is_finished(old)
+    {
+        let p = pipeline_of(old);
+        if let Some(n) = state.unfinished.get_mut(&p) {
+            *n = n.saturating_sub(1);
+        }
+    }
     if kind == "DELETED" {
-        state.objects.remove(&(namespace.to_owned(), name));
+        state.objects.remove(&key);
     } else {
-        state
-            .objects
-            .insert((namespace.to_owned(), name), object.clone());
+        if !is_finished(&object) {
+            let p = pipeline_of(&object);
+            let n = state.unfinished.entry(p.clone()).or_default();
+            *n += 1;
+            let n = *n;
+            let max = state.max_unfinished.entry(p).or_default();
+            *max = (*max).max(n);
+        }
+        state.objects.insert(key, object.clone());
     }
     state.history.push(Change {
         rv,
@@ -415,18 +439,6 @@ fn record(inner: &Inner, state: &mut State, kind: &'static str, namespace: &str,
         namespace: namespace.to_owned(),
         object,
     });
-    let mut per_pipeline: HashMap<String, usize> = HashMap::new();
-    for obj in state.objects.values().filter(|o| !is_finished(o)) {
-        let p = obj
-            .pointer("/metadata/labels/tekton.dev~1pipeline")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        *per_pipeline.entry(p.to_owned()).or_default() += 1;
-    }
-    for (p, n) in per_pipeline {
-        let max = state.max_unfinished.entry(p).or_default();
-        *max = (*max).max(n);
-    }
     inner.changed();
 }
 
@@ -789,8 +801,9 @@ fn watch_stream(
                     if state.down || state.watch_generation != generation {
                         return None;
                     }
-                    state
-                        .history
+                    // History is in resourceVersion order: start after `sent`.
+                    let unseen = state.history.partition_point(|c| c.rv <= sent);
+                    state.history[unseen..]
                         .iter()
                         .find(|c| {
                             c.rv > sent
