@@ -565,7 +565,20 @@ impl Engine {
         extras: OpenExtras,
     ) -> Result<Vec<OpenDispatch>, StoreError> {
         let mut open = store.in_flight(cutoff).await?;
-        let requests = open_set::head_requests(&self.settings, pools, paused);
+        // The planner over the work in flight alone says which pools have
+        // free slots, and how many (without the claimed eventIDs it may
+        // infer more orphans' runs: more free slots, never fewer).
+        let in_flight_usage = plan_dispatch(
+            &self.settings,
+            &open,
+            pools,
+            paused,
+            &HashSet::new(),
+            self.limits,
+            now,
+        )
+        .usage;
+        let requests = open_set::head_requests(&self.settings, &in_flight_usage);
         if !requests.is_empty() {
             open.extend(store.queue_heads(&requests, now, extras).await?);
         }

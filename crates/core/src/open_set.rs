@@ -9,8 +9,8 @@
 //!   ([`of_prs`], for newest-wins),
 //! * the work in flight ([`in_flight`]: triggering, or triggered within the
 //!   reservation), which decides every pool's room,
-//! * the heads of the queues of pools that may have room
-//!   ([`head_requests`], [`heads`]),
+//! * the heads of the queues of pools with free slots once the work in
+//!   flight is counted ([`head_requests`], [`heads`]),
 //! * after a start or a reload, queued work its item no longer sends to
 //!   that pool ([`misplaced`]), so it is moved or failed as a full pass
 //!   would,
@@ -20,13 +20,14 @@
 //! whole open set: the in-memory store of the engine's tests answers with
 //! them, and the PostgreSQL store's queries are tested against them.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use time::OffsetDateTime;
 
 use crate::config::{Fairness, PoolKey, Settings};
 use crate::domain::{DispatchState, PullRequestRef};
-use crate::ports::{OpenDispatch, PoolState};
+use crate::planner::PoolUsage;
+use crate::ports::OpenDispatch;
 
 /// The head of one pool's queue to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,33 +140,27 @@ pub fn summary(open: &[OpenDispatch], now: OffsetDateTime) -> BTreeMap<PoolKey, 
     out
 }
 
-/// The queue heads a pass needs: pools whose state is known, not paused,
-/// with fewer runs than their capacity. A FIFO pool needs as many heads as
-/// it could start (`max_capacity - running`, an upper bound of its room:
-/// reservations only lower it); a pool ordered by priorities or fairness
-/// needs all its waiting work, as a full pass reads it.
-pub fn head_requests(
-    settings: &Settings,
-    pools: &BTreeMap<PoolKey, PoolState>,
-    paused: &BTreeSet<PoolKey>,
-) -> Vec<HeadRequest> {
+/// The queue heads a pass needs, from the usage the planner computes over
+/// the work in flight alone (`in_flight_usage`): pools whose state is
+/// known, not paused, with free slots. A FIFO pool needs as many heads as
+/// it has free slots; a pool ordered by priorities or fairness needs all
+/// its waiting work, as a full pass reads it.
+pub fn head_requests(settings: &Settings, in_flight_usage: &[PoolUsage]) -> Vec<HeadRequest> {
     let ordered_by_labels = !settings.priority_labels.is_empty();
-    settings
-        .pools
-        .values()
-        .filter(|spec| !paused.contains(&spec.key))
-        .filter_map(|spec| {
-            let Some(PoolState::Known { running, .. }) = pools.get(&spec.key) else {
-                return None;
-            };
-            let room = spec.max_capacity.saturating_sub(*running);
-            if room == 0 {
+    in_flight_usage
+        .iter()
+        .filter(|u| !u.paused)
+        .filter_map(|u| {
+            let spec = settings.pools.get(&u.pool)?;
+            let busy = u.running?.saturating_add(u.reserved);
+            let free = u.max_capacity.saturating_sub(busy);
+            if free == 0 {
                 return None;
             }
             let fifo = spec.fairness == Fairness::Fifo && !ordered_by_labels;
             Some(HeadRequest {
-                pool: spec.key.clone(),
-                limit: fifo.then_some(room),
+                pool: u.pool.clone(),
+                limit: fifo.then_some(free),
             })
         })
         .collect()
