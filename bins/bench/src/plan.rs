@@ -377,6 +377,8 @@ pub(crate) async fn run(
             .run_finished_passes(shape, FINISHED_ONE_BY_ONE, queued)
             .await?;
         eprintln!("plan: {tag} passes after a run finished {}", ms(finished));
+        let rate = w.intake_rate(16, Duration::from_secs(5)).await?;
+        // Last: it changes the world (every pool then holds a reservation).
         if queued {
             let (freed, took) = w.burst(shape, FINISHED_ONE_BY_ONE).await?;
             burst = Some((freed, took));
@@ -385,7 +387,6 @@ pub(crate) async fn run(
                 ms(took)
             );
         }
-        let rate = w.intake_rate(16, Duration::from_secs(5)).await?;
         let rss = w.service.peak_rss();
         rows.push((tag, ready_after, idle, finished, rate, rss));
         w.service.stop().await?;

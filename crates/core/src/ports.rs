@@ -282,7 +282,8 @@ pub struct OpenDispatch {
     /// When the 202 arrived (triggered).
     pub triggered_at: Option<OffsetDateTime>,
     /// A dispatch for a newer event of the same PR and item exists (in any
-    /// state). A queued dispatch with a newer sibling must not run.
+    /// state). A queued dispatch with a newer sibling must not run. Only
+    /// queued work needs it: stores may leave it `false` for the rest.
     pub has_newer: bool,
     /// The pull request's labels as of its newest stored event that had a
     /// label list (queued work, when [`OpenExtras::labels`]; for

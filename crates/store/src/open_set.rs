@@ -33,8 +33,10 @@ macro_rules! open_columns {
         "SELECT d.id, d.event_id, d.item_name, d.pool, d.repository_full_name, d.pull_request_number,
                 d.state, d.queue_position, d.attempts, d.next_attempt_at, d.listener_event_id,
                 d.trigger_started_at, d.triggered_at,
-                -- A forced replay runs despite newer events.
-                NOT d.forced AND EXISTS (SELECT 1 FROM dispatches n
+                -- Queued work only (work in flight is never superseded; a
+                -- thousand reservations cost no probes). A forced replay
+                -- runs despite newer events.
+                d.state = $1 AND NOT d.forced AND EXISTS (SELECT 1 FROM dispatches n
                          WHERE n.repository_full_name = d.repository_full_name
                            AND n.pull_request_number = d.pull_request_number
                            AND n.item_name = d.item_name
