@@ -157,6 +157,8 @@ pub struct Engine {
     label_prs: BTreeSet<PullRequestRef>,
     /// When every PR's labels were last reconciled.
     labels_reconciled_at: Option<OffsetDateTime>,
+    /// When queue statuses were last reconciled.
+    statuses_reconciled_at: Option<OffsetDateTime>,
 }
 
 /// How often an incremental pass counts the waiting work again (for
@@ -253,6 +255,7 @@ impl Engine {
             placements_checked: false,
             label_prs: BTreeSet::new(),
             labels_reconciled_at: None,
+            statuses_reconciled_at: None,
         }
     }
 
@@ -512,7 +515,7 @@ impl Engine {
         report.next_wakeup = plan.next_wakeup;
         report.labels_changed = self.reconcile_labels(store, incremental, now).await?;
         report.statuses_changed = self
-            .reconcile_queue_status(store, &pools, &paused, now)
+            .reconcile_queue_status(store, incremental, &pools, &paused, now)
             .await?;
         Ok((report, jobs))
     }
@@ -520,9 +523,14 @@ impl Engine {
     /// With `github.queue_status: check_run | commit_status` (and GitHub
     /// credentials): the queue as it stands after this pass's triggers, in
     /// the explain API's positions and estimates, becomes the wanted statuses.
+    /// Over a deep queue (incremental passes) at most every
+    /// [`SUMMARY_EVERY`]: every waiting PR's position needs the whole open
+    /// set, and the status worker sends at most one update per
+    /// `queue_status_interval` anyway.
     async fn reconcile_queue_status<S: DispatchStore>(
-        &self,
+        &mut self,
         store: &mut S,
+        incremental: bool,
         pools: &BTreeMap<PoolKey, PoolState>,
         paused: &std::collections::BTreeSet<PoolKey>,
         now: OffsetDateTime,
@@ -530,6 +538,14 @@ impl Engine {
         if !self.queue_status {
             return Ok(0);
         }
+        if incremental
+            && self
+                .statuses_reconciled_at
+                .is_some_and(|at| at + SUMMARY_EVERY > now)
+        {
+            return Ok(0);
+        }
+        self.statuses_reconciled_at = Some(now);
         // The pool order may need labels and trigger history (fairness).
         let open = store
             .open_dispatches(

@@ -980,3 +980,57 @@ fn a_closed_event_an_item_matches_is_planned_as_usual() {
         [(1, DispatchState::Cancelled), (2, DispatchState::Triggered)]
     );
 }
+
+fn settings_on(item: &str, pipeline: &str, cap: u32) -> Arc<Settings> {
+    let v = json!({
+        "dispatcher": {"items": [{
+            "name": item, "events": ["opened", "synchronize"], "full_repository_name": "o/r",
+            "callback_url": "http://el:8080/",
+            "capacity": {"type": "ocp_tekton", "pipeline_name": pipeline, "max_capacity": cap, "namespace": "ns"},
+        }]},
+        "security": {"verify_signatures": false},
+    });
+    let (raw, _) = parse(v).expect("parses");
+    Arc::new(build(raw))
+}
+
+/// A reload moves waiting work to its item's new pool (where it may start
+/// at once) and fails work whose item is gone; incremental passes find it
+/// through `misplaced`, full passes in the open set.
+#[test]
+fn a_reload_moves_waiting_work_to_the_new_pool_and_fails_orphaned_items() {
+    let mut engine = Engine::new(settings_on("ops", "p", 1));
+    let mut store = MemStore::default();
+    let trigger = ScriptedTrigger::default();
+    store.add_event(1, 10, "opened");
+    store.add_event(2, 11, "opened");
+    // One foreign run fills the pool: both wait.
+    let full = running(1, &[]);
+    block_on(pass(&mut engine, &mut store, &full, &trigger)).expect("pass");
+    assert_eq!(
+        store.states(),
+        [(1, DispatchState::Queued), (2, DispatchState::Queued)]
+    );
+
+    // The item moves to pipeline q with room for one more.
+    engine.reload(settings_on("ops", "q", 2));
+    let report = block_on(pass(&mut engine, &mut store, &full, &trigger)).expect("pass");
+    assert_eq!(report.triggered, 1, "{report:?}");
+    assert_eq!(
+        store.states(),
+        [(1, DispatchState::Triggered), (2, DispatchState::Queued)]
+    );
+    assert!(
+        store
+            .dispatches
+            .values()
+            .all(|(d, _)| d.pool == PoolKey("ns/q".into())),
+        "both moved"
+    );
+
+    // The item is renamed: the waiting one can never run.
+    engine.reload(settings_on("ops-renamed", "q", 2));
+    let report = block_on(pass(&mut engine, &mut store, &full, &trigger)).expect("pass");
+    assert_eq!(report.failed, 1, "{report:?}");
+    assert_eq!(store.states()[1], (2, DispatchState::Failed));
+}
