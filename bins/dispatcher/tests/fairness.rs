@@ -75,7 +75,18 @@ async fn finish_one_then_next(world: &World, dispatched: usize) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_priority_label_jumps_the_queue_without_preempting() {
+    priority_label_jumps(false).await;
+}
+
+/// The same with incremental passes (a pool ordered by labels reads all its waiting work).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_priority_label_jumps_the_queue_without_preempting_in_incremental_passes() {
+    priority_label_jumps(true).await;
+}
+
+async fn priority_label_jumps(incremental: bool) {
     let world = World::with(WorldOptions {
+        incremental,
         capacity: 1,
         priority_labels: r#"[{label: "priority/critical", priority: 100}]"#,
         ..WorldOptions::default()
@@ -143,7 +154,18 @@ async fn a_priority_label_jumps_the_queue_without_preempting() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn repositories_sharing_a_pool_take_turns() {
+    repositories_take_turns(false).await;
+}
+
+/// The same with incremental passes (a round-robin pool reads all its waiting work, with trigger history).
+#[tokio::test(flavor = "multi_thread")]
+async fn repositories_sharing_a_pool_take_turns_in_incremental_passes() {
+    repositories_take_turns(true).await;
+}
+
+async fn repositories_take_turns(incremental: bool) {
     let world = World::with(WorldOptions {
+        incremental,
         capacity: 1,
         fairness: "round_robin_repository",
         second_repository: Some("o/s"),
