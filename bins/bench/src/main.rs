@@ -96,6 +96,10 @@ enum Command {
         /// Pull requests waiting, each in every pool of its repository.
         #[arg(long, default_value_t = 20_000)]
         prs: usize,
+        /// Instead: one leader against this many shard leaders over the
+        /// same load (a simulation of leadership per pool group).
+        #[arg(long)]
+        shards: Option<usize>,
     },
     /// Standby takeover after the active replica freezes.
     Failover {
@@ -197,13 +201,19 @@ fn main() -> anyhow::Result<()> {
                 Command::Failover { rounds } => {
                     failover::run(&cli.dispatcher, &cli.database_url, rounds).await?
                 }
-                Command::Plan { repos, items, prs } => {
-                    plan::run(
-                        &cli.dispatcher,
-                        &cli.database_url,
-                        plan::Shape { repos, items, prs },
-                    )
-                    .await?
+                Command::Plan {
+                    repos,
+                    items,
+                    prs,
+                    shards,
+                } => {
+                    let shape = plan::Shape { repos, items, prs };
+                    match shards {
+                        Some(n) => {
+                            plan::run_shards(&cli.dispatcher, &cli.database_url, shape, n).await?
+                        }
+                        None => plan::run(&cli.dispatcher, &cli.database_url, shape).await?,
+                    }
                 }
                 Command::Flood {
                     seconds,

@@ -288,11 +288,18 @@ impl World {
 
     /// Every run not finished yet finishes at once (`first` pools were
     /// already freed one by one): the time until each of those pools'
-    /// next dispatch reached the EventListener, and triggers per second.
+    /// next dispatch reached the EventListener.
     async fn burst(&self, shape: Shape, first: usize) -> anyhow::Result<(usize, Duration)> {
-        let accepted = self.listener.accepted().len();
-        let freed = shape.pools() - first;
         let started = Instant::now();
+        let (accepted, freed) = self.free_remaining(shape, first);
+        self.wait_accepted(accepted + freed).await?;
+        Ok((freed, started.elapsed()))
+    }
+
+    /// Finishes every run not finished yet; returns the listener's count
+    /// before and how many pools were freed.
+    fn free_remaining(&self, shape: Shape, first: usize) -> (usize, usize) {
+        let accepted = self.listener.accepted().len();
         for i in first..shape.pools() {
             let (r, k) = (i % shape.repos, (i / shape.repos) % shape.items);
             self.kube.set_succeeded(
@@ -302,17 +309,22 @@ impl World {
                 "Succeeded",
             );
         }
+        (accepted, shape.pools() - first)
+    }
+
+    /// Waits until the EventListener has accepted `count` triggers in all.
+    async fn wait_accepted(&self, count: usize) -> anyhow::Result<()> {
         let deadline = Instant::now() + WAIT;
-        while self.listener.accepted().len() < accepted + freed {
+        while self.listener.accepted().len() < count {
             if Instant::now() > deadline {
                 bail!(
-                    "only {} of {freed} triggers after the runs finished",
-                    self.listener.accepted().len() - accepted
+                    "only {} of {count} triggers after the runs finished",
+                    self.listener.accepted().len()
                 );
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        Ok((freed, started.elapsed()))
+        Ok(())
     }
 
     /// Deliveries no item matches, `clients` at a time for `duration`: accepted per second.
@@ -421,5 +433,101 @@ pub(crate) async fn run(
             freed as f64 / took.as_secs_f64()
         )?;
     }
+    Ok(out)
+}
+
+/// `plan --shards N`: a simulation of leadership per pool group. The same
+/// load as one leader's (measured first, deep queue only) is split into `N`
+/// worlds of a `1/N` share each (its repositories' pools and pull requests,
+/// so every pool keeps its depth), each with its own dispatcher and
+/// database on the same PostgreSQL server and the same cores, as `N` shard
+/// leaders would run it. Reported: the pass after a run finished (per
+/// shard) and the triggers per second when every pool is freed at once
+/// (all shards together).
+pub(crate) async fn run_shards(
+    dispatcher: &Path,
+    server_url: &str,
+    shape: Shape,
+    shards: usize,
+) -> anyhow::Result<String> {
+    if shards < 2 || !shape.repos.is_multiple_of(shards) || !shape.prs.is_multiple_of(shards) {
+        bail!("--shards must be at least 2 and divide --repos and --prs");
+    }
+    let share = Shape {
+        repos: shape.repos / shards,
+        items: shape.items,
+        prs: shape.prs / shards,
+    };
+    let mut out = String::new();
+    writeln!(
+        out,
+        "plan --shards {shards}: {} pools and {} waiting dispatches, one leader vs {shards} shard leaders of {} pools and {} waiting each",
+        shape.pools(),
+        shape.prs * shape.items,
+        share.pools(),
+        share.prs * share.items
+    )?;
+
+    let one = world(dispatcher, server_url, "plan_one", shape, true).await?;
+    let one_pass = one
+        .run_finished_passes(shape, FINISHED_ONE_BY_ONE, true)
+        .await?;
+    let (one_freed, one_took) = one.burst(shape, FINISHED_ONE_BY_ONE).await?;
+    one.service.stop().await?;
+    one.db.drop_now().await?;
+    drop(one.kube);
+    eprintln!("plan: one leader measured");
+
+    let mut worlds = Vec::new();
+    for i in 0..shards {
+        worlds.push(
+            world(
+                dispatcher,
+                server_url,
+                &format!("plan_shard{i}"),
+                share,
+                true,
+            )
+            .await?,
+        );
+    }
+    let mut shard_pass = Duration::ZERO;
+    for w in &worlds {
+        shard_pass += w
+            .run_finished_passes(share, FINISHED_ONE_BY_ONE, true)
+            .await?;
+    }
+    let shard_pass = shard_pass / u32::try_from(shards).unwrap_or(1);
+    // Every shard's pools freed at once, then each shard's triggers awaited.
+    let started = Instant::now();
+    let freeing: Vec<(usize, usize)> = worlds
+        .iter()
+        .map(|w| w.free_remaining(share, FINISHED_ONE_BY_ONE))
+        .collect();
+    for (w, (accepted, n)) in worlds.iter().zip(&freeing) {
+        w.wait_accepted(accepted + n).await?;
+    }
+    let took = started.elapsed();
+    let freed: usize = freeing.iter().map(|(_, n)| n).sum();
+    for w in worlds {
+        w.service.stop().await?;
+        w.db.drop_now().await?;
+        drop(w.kube);
+    }
+    let per_second = |n: usize, t: Duration| n as f64 / t.as_secs_f64();
+    writeln!(
+        out,
+        "  1 leader    pass after a run finished {:>9}   every pool freed: {one_freed} triggers in {} = {:.0}/s",
+        ms(one_pass),
+        ms(one_took),
+        per_second(one_freed, one_took)
+    )?;
+    writeln!(
+        out,
+        "  {shards} shards    pass after a run finished {:>9}   every pool freed: {freed} triggers in {} = {:.0}/s (all shards at once)",
+        ms(shard_pass),
+        ms(took),
+        per_second(freed, took)
+    )?;
     Ok(out)
 }
