@@ -63,6 +63,7 @@ impl BenchDb {
             .env("DATABASE_URL", &url)
             .output()
             .with_context(|| format!("running {}", dispatcher.display()))?;
+        let _ = std::fs::remove_dir_all(&dir);
         if !out.status.success() {
             bail!(
                 "dispatcher migrate failed: {}",
@@ -92,7 +93,13 @@ impl BenchDb {
 pub(crate) struct Dispatcher {
     child: Child,
     pub(crate) url: String,
-    _dir: PathBuf,
+    dir: PathBuf,
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl Dispatcher {
@@ -103,11 +110,13 @@ impl Dispatcher {
         database_url: &str,
         env: &[(&str, String)],
     ) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!(
-            "dispatcher-bench-{}-{}",
-            std::process::id(),
-            config.len()
-        ));
+        // One directory per process started: two dispatchers running at
+        // once must not share a config file (a rewrite would reload the
+        // other), and each directory goes when its dispatcher does.
+        static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("dispatcher-bench-{}-run{n}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let config_path = dir.join("config.yaml");
         std::fs::write(&config_path, config)?;
@@ -168,7 +177,7 @@ impl Dispatcher {
         Ok(Self {
             child,
             url: format!("http://{address}"),
-            _dir: dir,
+            dir,
         })
     }
 

@@ -468,16 +468,6 @@ pub(crate) async fn run_shards(
         share.prs * share.items
     )?;
 
-    let one = world(dispatcher, server_url, "plan_one", shape, true).await?;
-    let one_pass = one
-        .run_finished_passes(shape, FINISHED_ONE_BY_ONE, true)
-        .await?;
-    let (one_freed, one_took) = one.burst(shape, FINISHED_ONE_BY_ONE).await?;
-    one.service.stop().await?;
-    one.db.drop_now().await?;
-    drop(one.kube);
-    eprintln!("plan: one leader measured");
-
     let mut worlds = Vec::new();
     for i in 0..shards {
         worlds.push(
@@ -514,6 +504,16 @@ pub(crate) async fn run_shards(
         w.db.drop_now().await?;
         drop(w.kube);
     }
+    let one = world(dispatcher, server_url, "plan_one", shape, true).await?;
+    let one_pass = one
+        .run_finished_passes(shape, FINISHED_ONE_BY_ONE, true)
+        .await?;
+    let (one_freed, one_took) = one.burst(shape, FINISHED_ONE_BY_ONE).await?;
+    one.service.stop().await?;
+    one.db.drop_now().await?;
+    drop(one.kube);
+    eprintln!("plan: one leader measured");
+
     let per_second = |n: usize, t: Duration| n as f64 / t.as_secs_f64();
     writeln!(
         out,
