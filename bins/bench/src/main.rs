@@ -17,8 +17,10 @@
 //!   clients alone: share accepted, p50/p99, the dispatcher's peak RSS.
 //! * `plan`: the dispatch pass with 1,000 full pools and 100,000 waiting
 //!   dispatches (an idle pass, the passes after a run finishes, intake rate,
-//!   peak RSS), versus the same world with an empty queue. Not part of the
-//!   default run (it takes minutes); `just bench plan`.
+//!   peak RSS, triggers/s when every pool is freed at once), versus the same
+//!   world with an empty queue; `plan --shards 4`: the same load by one
+//!   leader and by 4 shard leaders. Not part of the default run;
+//!   `just bench plan`.
 //!
 //! Needs `DATABASE_URL` (a server where it may create databases) and the
 //! `dispatcher` binary; `just bench` provides both.
