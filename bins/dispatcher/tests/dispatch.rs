@@ -377,7 +377,22 @@ async fn two_replicas(incremental: bool) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_the_active_replica_loses_and_repeats_nothing() {
-    let world = World::new(2, None).await;
+    killing_the_active_replica(false).await;
+}
+
+/// The same with incremental passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_active_replica_loses_and_repeats_nothing_in_incremental_passes() {
+    killing_the_active_replica(true).await;
+}
+
+async fn killing_the_active_replica(incremental: bool) {
+    let world = World::with(WorldOptions {
+        capacity: 2,
+        incremental,
+        ..WorldOptions::default()
+    })
+    .await;
     let mut replicas = vec![world.replica().await, world.replica().await];
     for pr in 1..=8 {
         let url = &replicas[(pr % 2) as usize].url;

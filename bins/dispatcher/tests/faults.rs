@@ -52,7 +52,18 @@ async fn send_all(replicas: &[&Service], prs: std::ops::RangeInclusive<i64>) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn leader_session_terminated_with_five_posts_in_flight() {
+    session_terminated_with_posts_in_flight(false).await;
+}
+
+/// The same with incremental passes: the in-flight work is what they read.
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_session_terminated_with_five_posts_in_flight_in_incremental_passes() {
+    session_terminated_with_posts_in_flight(true).await;
+}
+
+async fn session_terminated_with_posts_in_flight(incremental: bool) {
     let world = World::with(WorldOptions {
+        incremental,
         capacity: 5,
         trigger_timeout: "10s",
         ..WorldOptions::default()
@@ -149,7 +160,18 @@ async fn database_restart_mid_burst() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_right_after_the_listener_accepted_with_a_dispatch_label() {
+    kill_9_after_accepted(false).await;
+}
+
+/// The same with incremental passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_right_after_the_listener_accepted_with_a_dispatch_label_in_incremental_passes() {
+    kill_9_after_accepted(true).await;
+}
+
+async fn kill_9_after_accepted(incremental: bool) {
     let world = World::with(WorldOptions {
+        incremental,
         capacity: 2,
         dispatch_label: true,
         ..WorldOptions::default()
