@@ -166,7 +166,15 @@ pub(crate) async fn reconcile(
                 "        AND (d.state = 'queued' OR (d.state = 'triggering' AND d.attempts > 1))
                  ), added AS (
                      INSERT INTO pr_labels AS p (repository_full_name, pull_request_number, label, wanted, next_attempt_at, updated_at)
-                     SELECT repository_full_name, pull_request_number, label, TRUE, $1, $1 FROM wanted
+                     SELECT w.repository_full_name, w.pull_request_number, w.label, TRUE, $1, $1
+                       FROM wanted w
+                      -- Already wanted: nothing to write (an upsert of every
+                      -- waiting PR's label cost ~1.5 s at 100,000 waiting).
+                      WHERE NOT EXISTS (
+                          SELECT 1 FROM pr_labels q
+                           WHERE q.repository_full_name = w.repository_full_name
+                             AND q.pull_request_number = w.pull_request_number
+                             AND q.label = w.label AND q.wanted)
                      ON CONFLICT (repository_full_name, pull_request_number, label)
                      DO UPDATE SET wanted = TRUE, attempts = 0, next_attempt_at = $1, updated_at = $1
                      WHERE NOT p.wanted
