@@ -15,8 +15,8 @@ use dispatcher_core::domain::{DispatchId, DispatchState, EventId, EventStatus, T
 use dispatcher_core::intake::NewEvent;
 use dispatcher_core::planner::{CancelReason, DispatchOutcome, IntakePlan};
 use dispatcher_core::ports::{
-    CancelQuery, DispatchStore, EventRepository, OperatorStore, RecordOutcome, RunCancelResult,
-    RunCancelStore, RunTarget,
+    CancelQuery, DispatchStore, EventRepository, OperatorStore, RunCancelResult, RunCancelStore,
+    RunTarget,
 };
 use dispatcher_store::{Database, LeaderOptions, PoolOptions};
 use dispatcher_testdb::TestDatabase;
@@ -24,10 +24,7 @@ use dispatcher_testdb::TestDatabase;
 async fn record(db: &Database, delivery: &str, pr: i64, action: &str) -> EventId {
     let mut e: NewEvent = common::event(delivery, pr, &format!("{{\"pr\":{pr}}}"));
     e.action = action.to_owned();
-    match db.events().record(e).await.unwrap() {
-        RecordOutcome::Created(e) => e.id,
-        other => panic!("{other:?}"),
-    }
+    common::created(db.events().record(e).await.unwrap())
 }
 
 fn target() -> RunTarget {

@@ -13,12 +13,13 @@ use dispatcher_core::config::PoolKey;
 use dispatcher_core::domain::{DispatchState, EventId, PullRequestRef};
 use dispatcher_core::intake::NewEvent;
 use dispatcher_core::planner::{IntakePlan, NewDispatch};
-use dispatcher_core::ports::{
-    DispatchStore, EventFilter, EventQuery, EventRepository, RecordOutcome, StoreError,
-};
+use dispatcher_core::ports::{DispatchStore, EventFilter, EventQuery, EventRepository, StoreError};
 use dispatcher_store::{ConnectionOptions, Database, LeaderOptions, LeaderSession, PoolOptions};
 use dispatcher_testdb::TestDatabase;
 use time::OffsetDateTime;
+
+mod common;
+use common::created;
 
 /// Upper bound of every wait in these tests.
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -43,13 +44,6 @@ fn event(delivery: &str, pr: i64) -> NewEvent {
         labels: None,
         payload: "{}".to_owned(),
         headers: vec![],
-    }
-}
-
-fn created(outcome: RecordOutcome) -> EventId {
-    match outcome {
-        RecordOutcome::Created(e) => e.id,
-        other => panic!("expected a new row, got {other:?}"),
     }
 }
 

@@ -8,15 +8,13 @@ use dispatcher_core::config::PoolKey;
 use dispatcher_core::domain::{DispatchState, PullRequestRef};
 use dispatcher_core::open_set::{self, HeadRequest};
 use dispatcher_core::planner::{DispatchOutcome, IntakePlan, NewDispatch};
-use dispatcher_core::ports::{
-    DispatchStore, EventRepository, OpenDispatch, OpenExtras, RecordOutcome,
-};
+use dispatcher_core::ports::{DispatchStore, EventRepository, OpenDispatch, OpenExtras};
 use dispatcher_store::{Database, LeaderOptions, PoolOptions};
 use dispatcher_testdb::TestDatabase;
 use time::OffsetDateTime;
 
 mod common;
-use common::{event, new_dispatch};
+use common::{created, event, new_dispatch};
 
 fn by_id(mut v: Vec<OpenDispatch>) -> Vec<OpenDispatch> {
     v.sort_by_key(|d| d.id);
@@ -39,10 +37,9 @@ async fn partial_reads_match_the_reference_over_the_whole_open_set() {
         ("g", 6),
         ("h", 7),
     ] {
-        match events.record(event(delivery, pr, "{}")).await.unwrap() {
-            RecordOutcome::Created(e) => ids.push(e.id),
-            other => panic!("{other:?}"),
-        }
+        ids.push(created(
+            events.record(event(delivery, pr, "{}")).await.unwrap(),
+        ));
     }
     let mut leader = database
         .try_lead(false, LeaderOptions::default())

@@ -9,8 +9,8 @@ use dispatcher_core::config::PoolKey;
 use dispatcher_core::domain::{DispatchState, EventId, EventStatus, TimelineKind};
 use dispatcher_core::planner::{DispatchOutcome, IntakePlan, NewDispatch};
 use dispatcher_core::ports::{
-    CancelOutcome, DispatchStore, EventRepository, OpenExtras, OperatorStore, RecordOutcome,
-    ReplayOutcome, ReplayRequest, ReplayTarget,
+    CancelOutcome, DispatchStore, EventRepository, OpenExtras, OperatorStore, ReplayOutcome,
+    ReplayRequest, ReplayTarget,
 };
 use dispatcher_store::{Database, LeaderOptions, PoolOptions};
 use dispatcher_testdb::TestDatabase;
@@ -36,14 +36,12 @@ fn replay(force: bool) -> ReplayRequest {
 }
 
 async fn record(events: &impl EventRepository, delivery: &str, pr: i64) -> EventId {
-    match events
-        .record(event(delivery, pr, &format!("{{\"d\":\"{delivery}\"}}")))
-        .await
-        .unwrap()
-    {
-        RecordOutcome::Created(e) => e.id,
-        other => panic!("{other:?}"),
-    }
+    common::created(
+        events
+            .record(event(delivery, pr, &format!("{{\"d\":\"{delivery}\"}}")))
+            .await
+            .unwrap(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -12,7 +12,7 @@ use dispatcher_core::config::PoolKey;
 use dispatcher_core::domain::{DispatchId, DispatchState, EventId, PullRequestRef};
 use dispatcher_core::planner::IntakePlan;
 use dispatcher_core::ports::{
-    DispatchStore, EventRepository, QueueStatusStore, RecordOutcome, StatusPhase, StatusTask,
+    DispatchStore, EventRepository, QueueStatusStore, StatusPhase, StatusTask,
 };
 use dispatcher_core::queue_status::WantedStatus;
 use dispatcher_store::{Database, LeaderOptions, PoolOptions};
@@ -26,10 +26,7 @@ const WINDOW: Duration = Duration::from_secs(30);
 
 async fn record(events: &impl EventRepository, delivery: &str, pr: i64, sha: &str) -> EventId {
     let payload = format!(r#"{{"pull_request":{{"number":{pr},"head":{{"sha":"{sha}"}}}}}}"#);
-    match events.record(event(delivery, pr, &payload)).await.unwrap() {
-        RecordOutcome::Created(e) => e.id,
-        other => panic!("{other:?}"),
-    }
+    common::created(events.record(event(delivery, pr, &payload)).await.unwrap())
 }
 
 fn wanted(dispatch: DispatchId, pr: i64, text: &str) -> WantedStatus {

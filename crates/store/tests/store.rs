@@ -10,9 +10,7 @@ use diesel::{Connection, RunQueryDsl as _};
 use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_migrations::MigrationHarness;
-use dispatcher_core::domain::{
-    DispatchId, DispatchState, EventId, EventStatus, EventUuid, PullRequestRef,
-};
+use dispatcher_core::domain::{DispatchId, DispatchState, EventStatus, EventUuid, PullRequestRef};
 use dispatcher_core::intake::NewEvent;
 use dispatcher_core::planner::{DispatchOutcome, IntakePlan};
 use dispatcher_core::ports::{
@@ -24,7 +22,7 @@ use dispatcher_testdb::TestDatabase;
 use time::OffsetDateTime;
 
 mod common;
-use common::{event, new_dispatch};
+use common::{created, event, new_dispatch};
 
 fn db(test: &TestDatabase) -> Database {
     Database::connect(
@@ -35,13 +33,6 @@ fn db(test: &TestDatabase) -> Database {
         },
     )
     .expect("pool")
-}
-
-fn created(outcome: RecordOutcome) -> EventId {
-    match outcome {
-        RecordOutcome::Created(e) => e.id,
-        other => panic!("expected a new row, got {other:?}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,11 +1,12 @@
 //! Builders shared by the store's test binaries.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::panic)]
 
 use dispatcher_core::config::PoolKey;
 use dispatcher_core::domain::{DispatchState, EventId, PullRequestRef};
 use dispatcher_core::intake::NewEvent;
 use dispatcher_core::planner::NewDispatch;
+use dispatcher_core::ports::RecordOutcome;
 
 /// A `pull_request` `opened` delivery of `o/r#pr`.
 pub fn event(delivery: &str, pr: i64, payload: &str) -> NewEvent {
@@ -50,5 +51,13 @@ pub fn new_dispatch(event: EventId, pr: i64, item: &str, state: DispatchState) -
         },
         queue_position: event.0,
         state,
+    }
+}
+
+/// The id of a delivery that made a new row (panics on anything else).
+pub fn created(outcome: RecordOutcome) -> EventId {
+    match outcome {
+        RecordOutcome::Created(e) => e.id,
+        other => panic!("expected a new row, got {other:?}"),
     }
 }
