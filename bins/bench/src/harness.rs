@@ -181,6 +181,36 @@ impl Dispatcher {
         })
     }
 
+    /// Waits until this replica is the active dispatcher and Kubernetes
+    /// state is known for its `pools` pools (the readiness API).
+    pub(crate) async fn wait_leading(&self, pools: usize) -> anyhow::Result<()> {
+        let client = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let mut every = tokio::time::interval(std::time::Duration::from_millis(20));
+        loop {
+            every.tick().await;
+            let r: serde_json::Value = client
+                .get(format!("{}/api/v1/status/ready", self.url))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let known = r["dispatcher"]["pools"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            if r["dispatcher"]["role"] == "leader"
+                && known.len() == pools
+                && known.iter().all(|p| p["state"] == "known")
+            {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("dispatcher never became ready: {r}");
+            }
+        }
+    }
+
     /// The process id, while it runs.
     pub(crate) fn pid(&self) -> Option<u32> {
         self.child.id()

@@ -77,24 +77,7 @@ server: {{bind: 127.0.0.1, port: 0, shutdown_delay: 0s}}
     )
     .await?;
     // Wait for the first full PipelineRun list (the pool is unknown until then).
-    let ready = reqwest::Client::new();
-    let deadline = Instant::now() + WAIT;
-    let mut every = tokio::time::interval(Duration::from_millis(20));
-    loop {
-        every.tick().await;
-        let r: serde_json::Value = ready
-            .get(format!("{}/api/v1/status/ready", service.url))
-            .send()
-            .await?
-            .json()
-            .await?;
-        if r["dispatcher"]["role"] == "leader" && r["dispatcher"]["pools"][0]["state"] == "known" {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("dispatcher never became ready: {r}");
-        }
-    }
+    service.wait_leading(1).await?;
     Ok(World {
         kube,
         listener,

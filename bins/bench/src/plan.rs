@@ -143,31 +143,8 @@ async fn world(
         &[("KUBECONFIG", kubeconfig.display().to_string())],
     )
     .await?;
+    service.wait_leading(shape.pools()).await?;
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + WAIT;
-    let mut every = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        every.tick().await;
-        let r: serde_json::Value = client
-            .get(format!("{}/api/v1/status/ready", service.url))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let pools = r["dispatcher"]["pools"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        if r["dispatcher"]["role"] == "leader"
-            && pools.len() == shape.pools()
-            && pools.iter().all(|p| p["state"] == "known")
-        {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("dispatcher never became ready: {r}");
-        }
-    }
     Ok(World {
         kube,
         listener,
