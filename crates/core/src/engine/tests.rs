@@ -22,15 +22,25 @@ fn settings(cap: u32, max_attempts: u32) -> Arc<Settings> {
 }
 
 fn settings_with_filter(cap: u32, max_attempts: u32, filter: Option<&str>) -> Arc<Settings> {
+    let mut ops = item("ops", "p", cap);
+    ops["filter"] = json!({"cel_expression": filter});
+    with_items(&[ops], &json!({"max_attempts": max_attempts}))
+}
+
+/// One item for `o/r`'s `opened` and `synchronize` events on `pipeline`.
+fn item(name: &str, pipeline: &str, cap: u32) -> serde_json::Value {
+    json!({
+        "name": name, "events": ["opened", "synchronize"], "full_repository_name": "o/r",
+        "callback_url": "http://el:8080/",
+        "capacity": {"type": "ocp_tekton", "pipeline_name": pipeline, "max_capacity": cap, "namespace": "ns"},
+    })
+}
+
+fn with_items(items: &[serde_json::Value], dispatch: &serde_json::Value) -> Arc<Settings> {
     let v = json!({
-        "dispatcher": {"items": [{
-            "name": "ops", "events": ["opened", "synchronize"], "full_repository_name": "o/r",
-            "callback_url": "http://el:8080/",
-            "capacity": {"type": "ocp_tekton", "pipeline_name": "p", "max_capacity": cap, "namespace": "ns"},
-            "filter": {"cel_expression": filter},
-        }]},
+        "dispatcher": {"items": items},
         "security": {"verify_signatures": false},
-        "dispatch": {"max_attempts": max_attempts},
+        "dispatch": dispatch,
     });
     let (raw, _) = parse(v).expect("parses");
     Arc::new(build(raw))
@@ -850,17 +860,10 @@ fn every_state_change_is_logged_once_with_its_reason_and_fields() {
 }
 
 fn settings_cancelling(cap: u32) -> Arc<Settings> {
-    let v = json!({
-        "dispatcher": {"items": [{
-            "name": "ops", "events": ["opened", "synchronize"], "full_repository_name": "o/r",
-            "callback_url": "http://el:8080/",
-            "capacity": {"type": "ocp_tekton", "pipeline_name": "p", "max_capacity": cap, "namespace": "ns"},
-            "cancel_superseded": true, "cancel_on_close": true,
-        }]},
-        "security": {"verify_signatures": false},
-    });
-    let (raw, _) = parse(v).expect("parses");
-    Arc::new(build(raw))
+    let mut ops = item("ops", "p", cap);
+    ops["cancel_superseded"] = json!(true);
+    ops["cancel_on_close"] = json!(true);
+    with_items(&[ops], &json!({}))
 }
 
 #[test]
@@ -981,17 +984,8 @@ fn a_closed_event_an_item_matches_is_planned_as_usual() {
     );
 }
 
-fn settings_on(item: &str, pipeline: &str, cap: u32) -> Arc<Settings> {
-    let v = json!({
-        "dispatcher": {"items": [{
-            "name": item, "events": ["opened", "synchronize"], "full_repository_name": "o/r",
-            "callback_url": "http://el:8080/",
-            "capacity": {"type": "ocp_tekton", "pipeline_name": pipeline, "max_capacity": cap, "namespace": "ns"},
-        }]},
-        "security": {"verify_signatures": false},
-    });
-    let (raw, _) = parse(v).expect("parses");
-    Arc::new(build(raw))
+fn settings_on(name: &str, pipeline: &str, cap: u32) -> Arc<Settings> {
+    with_items(&[item(name, pipeline, cap)], &json!({}))
 }
 
 /// A reload moves waiting work to its item's new pool (where it may start
