@@ -10,7 +10,7 @@ use percent_encoding::utf8_percent_encode;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::{GithubLabels, SEGMENT, rate_limit_end};
+use crate::{GithubLabels, SEGMENT, refusal};
 
 impl GithubLabels {
     fn deliveries_url(&self, hook: &HookRef) -> Result<String, NotifyError> {
@@ -31,22 +31,6 @@ impl GithubLabels {
             "{}/{owner}/hooks/{}/deliveries",
             self.api_url, hook.hook_id
         ))
-    }
-}
-
-/// The error of an answer that is not a success, with the rate limit's end.
-async fn refusal(response: reqwest::Response) -> NotifyError {
-    let status = response.status();
-    let retry_at = rate_limit_end(status, response.headers(), OffsetDateTime::now_utc());
-    let body = response.text().await.unwrap_or_default();
-    let message = serde_json::from_str::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
-        .unwrap_or_else(|| body.chars().take(200).collect());
-    let message = format!("GitHub answered HTTP {}: {message}", status.as_u16());
-    match retry_at {
-        Some(at) => NotifyError::rate_limited(message, at),
-        None => NotifyError::new(message),
     }
 }
 

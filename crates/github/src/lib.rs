@@ -204,19 +204,11 @@ impl GithubLabels {
             .send(|| self.request(reqwest::Method::GET, &url))
             .await
             .map_err(|e| e.message)?;
-        let status = response.status();
+        if !response.status().is_success() {
+            return Err(refusal(response).await.message);
+        }
         let body = response.text().await.unwrap_or_default();
         let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        if !status.is_success() {
-            let message = json
-                .get("message")
-                .and_then(serde_json::Value::as_str)
-                .map_or_else(|| body.chars().take(200).collect(), str::to_owned);
-            return Err(format!(
-                "GitHub answered HTTP {}: {message}",
-                status.as_u16()
-            ));
-        }
         let permissions = json
             .get("permissions")
             .and_then(|p| p.as_object())
@@ -273,6 +265,12 @@ async fn check(
     if status.is_success() || (ok_404 && status == reqwest::StatusCode::NOT_FOUND) {
         return Ok(());
     }
+    Err(refusal(response).await)
+}
+
+/// The error of an answer that is not a success, with the rate limit's end.
+pub(crate) async fn refusal(response: reqwest::Response) -> NotifyError {
+    let status = response.status();
     let retry_at = rate_limit_end(status, response.headers(), OffsetDateTime::now_utc());
     let body = response.text().await.unwrap_or_default();
     let message = serde_json::from_str::<serde_json::Value>(&body)
@@ -280,10 +278,10 @@ async fn check(
         .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
         .unwrap_or_else(|| body.chars().take(200).collect());
     let message = format!("GitHub answered HTTP {}: {message}", status.as_u16());
-    Err(match retry_at {
+    match retry_at {
         Some(at) => NotifyError::rate_limited(message, at),
         None => NotifyError::new(message),
-    })
+    }
 }
 
 /// When GitHub may be called again after a rate-limited answer, or `None`
