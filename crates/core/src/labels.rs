@@ -13,7 +13,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use crate::backoff::retry_delay;
-use crate::ports::{Clock, LabelStore, PrNotifier, StoreError};
+use crate::ports::{Clock, LabelStore, PrNotifier, RateLimitPause, StoreError};
 
 /// Label changes sent per pass (a full batch means more may be due).
 pub const LABEL_BATCH: usize = 50;
@@ -101,7 +101,7 @@ where
 /// worker.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LabelPacer {
-    paused_until: Option<OffsetDateTime>,
+    pause: RateLimitPause,
 }
 
 impl LabelPacer {
@@ -112,7 +112,7 @@ impl LabelPacer {
 
     /// The end of the current rate-limit pause, if one was reported.
     pub fn paused_until(&self) -> Option<OffsetDateTime> {
-        self.paused_until
+        self.pause.until()
     }
 
     /// [`run_label_pass`], unless a rate-limit pause is still running: then
@@ -129,18 +129,15 @@ impl LabelPacer {
         N: PrNotifier,
         K: Clock,
     {
-        if let Some(until) = self.paused_until {
-            if clock.now() < until {
-                return Ok(LabelReport {
-                    next_retry: Some(until),
-                    paused_until: Some(until),
-                    ..LabelReport::default()
-                });
-            }
-            self.paused_until = None;
+        if let Some(until) = self.pause.running(clock.now()) {
+            return Ok(LabelReport {
+                next_retry: Some(until),
+                paused_until: Some(until),
+                ..LabelReport::default()
+            });
         }
         let report = run_label_pass(store, notifier, clock).await?;
-        self.paused_until = report.paused_until;
+        self.pause.set(report.paused_until);
         Ok(report)
     }
 }

@@ -199,6 +199,37 @@ pub trait OperatorStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
+/// A rate-limit pause GitHub reported to a worker (labels, queue statuses):
+/// nothing is read or sent until it ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimitPause {
+    until: Option<OffsetDateTime>,
+}
+
+impl RateLimitPause {
+    /// The pause's end while it still runs at `now`; a pause that ended is
+    /// forgotten.
+    pub fn running(&mut self, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        match self.until {
+            Some(until) if now < until => Some(until),
+            _ => {
+                self.until = None;
+                None
+            }
+        }
+    }
+
+    /// The end of the last pause reported, if any.
+    pub fn until(&self) -> Option<OffsetDateTime> {
+        self.until
+    }
+
+    /// Records what the last pass reported (`None`: no pause).
+    pub fn set(&mut self, until: Option<OffsetDateTime>) {
+        self.until = until;
+    }
+}
+
 /// A stored event that has not been matched against the config yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnplannedEvent {

@@ -22,7 +22,8 @@ use crate::config::{PoolKey, Settings};
 use crate::domain::{DispatchId, DispatchState, PullRequestRef};
 use crate::operate::{self, PauseInfo, PoolOverview, QueueSnapshot, QueuedWork, WaitReason};
 use crate::ports::{
-    Clock, OpenDispatch, PoolState, QueueStatusStore, StatusNotifier, StatusPhase, StoreError,
+    Clock, OpenDispatch, PoolState, QueueStatusStore, RateLimitPause, StatusNotifier, StatusPhase,
+    StoreError,
 };
 
 /// Status updates sent per pass (a full batch means more may be due).
@@ -288,7 +289,7 @@ where
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusPacer {
     interval: Duration,
-    paused_until: Option<OffsetDateTime>,
+    pause: RateLimitPause,
 }
 
 impl StatusPacer {
@@ -296,7 +297,7 @@ impl StatusPacer {
     pub fn new(interval: Duration) -> Self {
         Self {
             interval,
-            paused_until: None,
+            pause: RateLimitPause::default(),
         }
     }
 
@@ -312,18 +313,15 @@ impl StatusPacer {
         N: StatusNotifier,
         K: Clock,
     {
-        if let Some(until) = self.paused_until {
-            if clock.now() < until {
-                return Ok(StatusReport {
-                    next_due: Some(until),
-                    paused_until: Some(until),
-                    ..StatusReport::default()
-                });
-            }
-            self.paused_until = None;
+        if let Some(until) = self.pause.running(clock.now()) {
+            return Ok(StatusReport {
+                next_due: Some(until),
+                paused_until: Some(until),
+                ..StatusReport::default()
+            });
         }
         let report = run_status_pass(store, notifier, clock, self.interval).await?;
-        self.paused_until = report.paused_until;
+        self.pause.set(report.paused_until);
         Ok(report)
     }
 }
