@@ -174,7 +174,6 @@ const LABELS_ALL_EVERY: Duration = Duration::seconds(30);
 struct Summary {
     at: OffsetDateTime,
     by_pool: BTreeMap<PoolKey, QueueSummary>,
-    total: u64,
 }
 
 impl Summary {
@@ -182,12 +181,9 @@ impl Summary {
         store: &mut S,
         now: OffsetDateTime,
     ) -> Result<Self, StoreError> {
-        let by_pool = store.queue_summary(now).await?;
-        let total = by_pool.values().map(|s| u64::from(s.waiting)).sum();
         Ok(Self {
             at: now,
-            by_pool,
-            total,
+            by_pool: store.queue_summary(now).await?,
         })
     }
 
@@ -205,12 +201,12 @@ impl Summary {
                 )
             })
             .collect();
-        let total = by_pool.values().map(|s| u64::from(s.waiting)).sum();
-        Self {
-            at: now,
-            by_pool,
-            total,
-        }
+        Self { at: now, by_pool }
+    }
+
+    /// Waiting dispatches in all pools.
+    fn total(&self) -> u64 {
+        self.by_pool.values().map(|s| u64::from(s.waiting)).sum()
     }
 
     /// An incremental plan saw only the heads of queues: its counts come
@@ -565,7 +561,7 @@ impl Engine {
             || self
                 .summary
                 .as_ref()
-                .is_some_and(|s| s.total > u64::from(above))
+                .is_some_and(|s| s.total() > u64::from(above))
     }
 
     /// The open work an incremental pass plans with: everything in flight,
