@@ -157,7 +157,7 @@ async fn send(client: &reqwest::Client, url: &str, pr: u64) -> anyhow::Result<In
 }
 
 async fn arrived(listener: &FakeEventListener, n: usize) -> anyhow::Result<()> {
-    if !listener.wait_until(WAIT, |l| l.accepted().len() >= n).await {
+    if !listener.wait_until(WAIT, |l| l.accepted_count() >= n).await {
         bail!("trigger {n} never reached the listener");
     }
     Ok(())

@@ -243,13 +243,13 @@ impl World {
         for i in 0..n {
             let (r, k) = (i % shape.repos, (i / shape.repos) % shape.items);
             let p = pipeline(r, k);
-            let accepted = self.listener.accepted().len();
+            let accepted = self.listener.accepted_count();
             let count = self.passes().await?.0;
             self.kube
                 .set_succeeded(NAMESPACE, &format!("run-{p}"), "True", "Succeeded");
             if queued {
                 let deadline = Instant::now() + WAIT;
-                while self.listener.accepted().len() <= accepted {
+                while self.listener.accepted_count() <= accepted {
                     if Instant::now() > deadline {
                         bail!("no trigger after a run finished");
                     }
@@ -276,7 +276,7 @@ impl World {
     /// Finishes every run not finished yet; returns the listener's count
     /// before and how many pools were freed.
     fn free_remaining(&self, shape: Shape, first: usize) -> (usize, usize) {
-        let accepted = self.listener.accepted().len();
+        let accepted = self.listener.accepted_count();
         for i in first..shape.pools() {
             let (r, k) = (i % shape.repos, (i / shape.repos) % shape.items);
             self.kube.set_succeeded(
@@ -292,11 +292,11 @@ impl World {
     /// Waits until the EventListener has accepted `count` triggers in all.
     async fn wait_accepted(&self, count: usize) -> anyhow::Result<()> {
         let deadline = Instant::now() + WAIT;
-        while self.listener.accepted().len() < count {
+        while self.listener.accepted_count() < count {
             if Instant::now() > deadline {
                 bail!(
                     "only {} of {count} triggers after the runs finished",
-                    self.listener.accepted().len()
+                    self.listener.accepted_count()
                 );
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
