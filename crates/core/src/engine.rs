@@ -1,14 +1,16 @@
 //! The engine: one dispatch pass over the ports. It reads open work, asks the
 //! planner for decisions, and applies them: record, trigger, record again.
 //!
-//! The runtime (and the engine's own tests) drive it through two calls:
-//! [`Engine::plan_pass`] commits a pass's decisions and hands back the
-//! triggers to send; [`Engine::record_triggers`] records what the
-//! EventListeners answered. Between the two the caller POSTs each job with
-//! [`send_trigger`], concurrently, without holding up later passes.
+//! The runtime drives it through [`Engine::pass`]: it records what the
+//! EventListeners answered since the last pass, commits the pass's
+//! decisions (all in one store transaction) and hands back the triggers to
+//! send; the caller POSTs each job with [`send_trigger`], concurrently,
+//! without holding up later passes, and hands the answers to the next pass.
+//! [`Engine::plan_pass`] (no answers) and [`Engine::record_triggers`]
+//! (answers alone, at shutdown) are the two halves.
 //!
 //! Ordering is what makes a pass crash-safe: a dispatch is committed as
-//! `triggering` *before* its POST and as `triggered` right after the 202, so
+//! `triggering` *before* its POST and as `triggered` soon after the 202, so
 //! a restarted dispatcher never re-sends an accepted trigger. A trigger whose
 //! answer never got recorded (crash, lost connection, timeout) keeps its slot
 //! until its PipelineRun shows up or `reservation_timeout` passes (see
@@ -42,8 +44,6 @@ use crate::rules::{EventFacts, match_items, needs_payload};
 
 /// Events matched per store round trip.
 const PLAN_BATCH: usize = 500;
-/// Margin on top of the trigger timeout before a `triggering` dispatch counts
-/// as an orphan (its POST cannot still be in flight).
 /// Passes that may fail to record kept outcomes before they are dropped.
 const MAX_RECORD_REPLAYS: u32 = 3;
 
@@ -229,6 +229,35 @@ impl Summary {
     }
 }
 
+/// What an engine remembers of its passes besides the database, saved
+/// before a pass and put back if the pass's transaction rolls back (so work
+/// it did not commit is done again: a placement check, a label reconcile).
+struct Bookkeeping {
+    placements_checked: bool,
+    label_prs: BTreeSet<PullRequestRef>,
+    labels_reconciled_at: Option<OffsetDateTime>,
+    statuses_reconciled_at: Option<OffsetDateTime>,
+}
+
+impl Bookkeeping {
+    fn of(engine: &Engine) -> Self {
+        Self {
+            placements_checked: engine.placements_checked,
+            label_prs: engine.label_prs.clone(),
+            labels_reconciled_at: engine.labels_reconciled_at,
+            statuses_reconciled_at: engine.statuses_reconciled_at,
+        }
+    }
+
+    /// Keeps the PRs added since (their work may still have changed).
+    fn restore(self, engine: &mut Engine) {
+        engine.placements_checked = self.placements_checked;
+        engine.label_prs.extend(self.label_prs);
+        engine.labels_reconciled_at = self.labels_reconciled_at;
+        engine.statuses_reconciled_at = self.statuses_reconciled_at;
+    }
+}
+
 impl Engine {
     /// An engine for `settings`.
     pub fn new(settings: Arc<Settings>) -> Self {
@@ -299,6 +328,12 @@ impl Engine {
     /// the next pass records them (each write is guarded by state and attempt,
     /// so a result a newer leader has overtaken changes nothing).
     pub fn carry_over(&mut self, results: Vec<TriggerResult>, now: OffsetDateTime) {
+        self.keep_outcomes(results, now);
+    }
+
+    /// Decides the outcomes of `results` at `now` and keeps them for the
+    /// next recording; returns what they were.
+    fn keep_outcomes(&mut self, results: Vec<TriggerResult>, now: OffsetDateTime) -> TriggerReport {
         let mut report = TriggerReport::default();
         self.label_prs
             .extend(results.iter().map(|(job, _)| job.pr.clone()));
@@ -307,13 +342,14 @@ impl Engine {
             .map(|(job, result)| self.outcome(&job, result, now, &mut report))
             .collect();
         self.unrecorded.extend(outcomes);
+        report
     }
 
     /// Plans a pass and commits its decisions; returns the triggers to send.
     /// Each returned job is committed as `triggering` (counted against its
     /// pool). The caller POSTs them, concurrently and without holding up later
-    /// passes, and hands the results to [`Engine::record_triggers`]. Every time
-    /// used is the database's clock.
+    /// passes, and hands the results to [`Engine::record_triggers`] or to the
+    /// next [`Engine::pass`]. Every time used is the database's clock.
     pub async fn plan_pass<S, C>(
         &mut self,
         store: &mut S,
@@ -323,12 +359,102 @@ impl Engine {
         S: DispatchStore,
         C: CapacitySource,
     {
-        let mut report = PassReport::default();
-        self.record_unrecorded(store).await?;
+        self.pass(store, capacity, Vec::new()).await
+    }
 
+    /// Records `answers` (results of POSTs from earlier passes, and any kept
+    /// from before), then plans a pass, all in one store transaction
+    /// ([`DispatchStore::begin_pass`]): the round trips between a delivery
+    /// and its POST are what its latency is made of. The report counts the
+    /// answers too. If the pass fails, nothing of it is kept: the answers wait
+    /// for the next pass, and what this one decided is decided again.
+    pub async fn pass<S, C>(
+        &mut self,
+        store: &mut S,
+        capacity: &C,
+        answers: Vec<TriggerResult>,
+    ) -> Result<(PassReport, Vec<TriggerJob>), StoreError>
+    where
+        S: DispatchStore,
+        C: CapacitySource,
+    {
+        let mut answers = Some(answers);
+        loop {
+            let saved = Bookkeeping::of(self);
+            let answers = answers.take().unwrap_or_default();
+            match self.pass_once(store, capacity, answers).await {
+                Ok(done) => return Ok(done),
+                Err(e) => {
+                    saved.restore(self);
+                    if !self.give_up_unrecorded(&e) {
+                        return Err(e);
+                    }
+                    // Dropped: plan the pass again without them.
+                }
+            }
+        }
+    }
+
+    async fn pass_once<S, C>(
+        &mut self,
+        store: &mut S,
+        capacity: &C,
+        answers: Vec<TriggerResult>,
+    ) -> Result<(PassReport, Vec<TriggerJob>), StoreError>
+    where
+        S: DispatchStore,
+        C: CapacitySource,
+    {
+        let begun = store.begin_pass().await;
         // One reading of the database clock per pass (a few ms stale by the
         // end of it, which every deadline tolerates).
-        let now = store.database_now().await?;
+        let now = match begun {
+            Ok(()) => store.database_now().await,
+            Err(e) => Err(e),
+        };
+        let now = match now {
+            Ok(now) => now,
+            Err(e) => {
+                store.abort_pass().await;
+                self.carry_over(answers, OffsetDateTime::now_utc());
+                return Err(e);
+            }
+        };
+        // Kept until the commit: a failed pass records them next time.
+        let answered = self.keep_outcomes(answers, now);
+        let planned = match self.plan_in_pass(store, capacity, now).await {
+            Ok(planned) => planned,
+            Err(e) => {
+                store.abort_pass().await;
+                return Err(e);
+            }
+        };
+        store.commit_pass().await?;
+        self.unrecorded.clear();
+        self.unrecorded_failures = 0;
+        let (mut report, jobs) = planned;
+        report.triggered += answered.triggered;
+        report.retried += answered.retried;
+        report.failed += answered.failed;
+        report.next_wakeup = earliest(report.next_wakeup, answered.next_wakeup);
+        Ok((report, jobs))
+    }
+
+    /// The pass itself, inside the store's pass transaction, at `now`.
+    async fn plan_in_pass<S, C>(
+        &mut self,
+        store: &mut S,
+        capacity: &C,
+        now: OffsetDateTime,
+    ) -> Result<(PassReport, Vec<TriggerJob>), StoreError>
+    where
+        S: DispatchStore,
+        C: CapacitySource,
+    {
+        let mut report = PassReport::default();
+        if !self.unrecorded.is_empty() {
+            store.record_outcomes(&self.unrecorded, now).await?;
+        }
         report.now = Some(now);
         let extras = OpenExtras::for_settings(&self.settings);
         let cutoff = now - self.limits.reservation_timeout;
@@ -633,41 +759,26 @@ impl Engine {
         Ok(changed)
     }
 
-    async fn record_unrecorded<S: DispatchStore>(
-        &mut self,
-        store: &mut S,
-    ) -> Result<(), StoreError> {
+    /// After a failed pass: outcomes the database keeps refusing to record
+    /// would stop every later pass. Past [`MAX_RECORD_REPLAYS`] failures they
+    /// are dropped; their dispatches stay `triggering` and are settled as
+    /// orphans (confirmed from their runs, or retried).
+    /// Returns whether it dropped them.
+    fn give_up_unrecorded(&mut self, error: &StoreError) -> bool {
         if self.unrecorded.is_empty() {
-            return Ok(());
+            return false;
         }
-        let now = store.database_now().await?;
-        match store.record_outcomes(&self.unrecorded, now).await {
-            Ok(()) => {
-                tracing::info!(
-                    outcomes = self.unrecorded.len(),
-                    "recorded trigger outcomes kept from earlier"
-                );
-                self.unrecorded.clear();
-                self.unrecorded_failures = 0;
-                Ok(())
-            }
-            // The database rejects these writes themselves: keeping them would
-            // stop every later pass. Their dispatches stay `triggering` and are
-            // settled as orphans (confirmed from their runs, or retried).
-            Err(StoreError::Query(e)) if self.unrecorded_failures + 1 >= MAX_RECORD_REPLAYS => {
-                tracing::error!(
-                    error = %e, outcomes = self.unrecorded.len(),
-                    "giving up recording trigger outcomes; their dispatches will be settled as orphans"
-                );
-                self.unrecorded.clear();
-                self.unrecorded_failures = 0;
-                Ok(())
-            }
-            Err(e) => {
-                self.unrecorded_failures += 1;
-                Err(e)
-            }
+        self.unrecorded_failures += 1;
+        if matches!(error, StoreError::Query(_)) && self.unrecorded_failures >= MAX_RECORD_REPLAYS {
+            tracing::error!(
+                error = %error, outcomes = self.unrecorded.len(),
+                "giving up recording trigger outcomes; their dispatches will be settled as orphans"
+            );
+            self.unrecorded.clear();
+            self.unrecorded_failures = 0;
+            return true;
         }
+        false
     }
 
     /// Records the results of POSTs started by [`Engine::plan_pass`]. If

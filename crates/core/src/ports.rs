@@ -354,9 +354,29 @@ pub struct TriggerJob {
 }
 
 /// The storage the single active dispatcher works on. Every method is one
-/// transaction; implementations must fence writes so that a replica that lost
-/// the dispatcher lock cannot change anything ([`StoreError::LostLeadership`]).
+/// transaction, unless a pass transaction is open ([`DispatchStore::begin_pass`]);
+/// implementations must fence writes so that a replica that lost the
+/// dispatcher lock cannot change anything ([`StoreError::LostLeadership`]).
 pub trait DispatchStore: Send {
+    /// Opens the transaction every method joins until
+    /// [`DispatchStore::commit_pass`] or [`DispatchStore::abort_pass`]: one
+    /// pass is one commit instead of one per step (each a round trip or two,
+    /// and a WAL flush, before the pass's POSTs can start). The commit waits
+    /// for its WAL flush whenever the pass wrote more than intake, so every
+    /// job returned by [`DispatchStore::begin_triggers`] is durable before
+    /// its POST. The default (a store without transactions) does nothing.
+    fn begin_pass(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async { Ok(()) }
+    }
+    /// Commits the pass transaction (nothing if none is open).
+    fn commit_pass(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async { Ok(()) }
+    }
+    /// Rolls the pass transaction back (nothing if none is open, or if a
+    /// failed method already ended it).
+    fn abort_pass(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
     /// The database's clock. Every deadline the engine stores or compares is
     /// on this one clock, whichever replica computes it.
     fn database_now(&mut self) -> impl Future<Output = Result<OffsetDateTime, StoreError>> + Send;

@@ -34,6 +34,13 @@ use dispatcher_metrics::{FinishStatus, PoolGauges};
 const PASS_ERROR_BACKOFF: Duration = Duration::from_secs(1);
 /// Slack on top of the trigger timeout when waiting for POSTs in flight.
 const DRAIN_SLACK: Duration = Duration::from_secs(2);
+/// How long a trigger answer or a PipelineRun change may wait for the next
+/// pass while no work waits for a slot. Such a pass is bookkeeping (recording
+/// a 202, confirming a run); run at once it is what a delivery arriving a
+/// moment later queues behind (each pass is some twenty round trips). Waiting
+/// this long, it rides along with the delivery's own pass, or with others
+/// like it. With work waiting, a freed slot is used at once.
+const BOOKKEEPING_DELAY: Duration = Duration::from_millis(20);
 
 /// Why a leadership term ended.
 enum TermEnd {
@@ -248,6 +255,9 @@ where
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pacer = PassPacer::new(tokio::time::Instant::now());
         let mut answers: Vec<TriggerResult> = Vec::new();
+        // Whether the last pass left work waiting for a slot (unknown after
+        // a failed pass: then every wake-up counts).
+        let mut work_waiting: bool;
         loop {
             if *shutdown.borrow() {
                 return self.stop(engine, &mut session, triggers, answers).await;
@@ -283,6 +293,7 @@ where
                     return TermEnd::Lost;
                 }
                 Ok(Ok((report, jobs))) => {
+                    work_waiting = report.usage.iter().any(|u| u.waiting > 0);
                     span.in_scope(|| self.after_pass(&report, &label_wake, &status_wake));
                     for job in jobs {
                         let url = engine.callback_url(&job).cloned();
@@ -298,6 +309,7 @@ where
                     return TermEnd::Lost;
                 }
                 Ok(Err(e)) => {
+                    work_waiting = true;
                     tracing::error!(error = %e, "dispatch pass failed; retrying");
                     if session.heartbeat().await.is_err() {
                         return TermEnd::Lost;
@@ -307,6 +319,12 @@ where
             };
             let sleep = tokio::time::sleep(next_wakeup);
             tokio::pin!(sleep);
+            let bookkeeping = |sleep: &mut std::pin::Pin<&mut tokio::time::Sleep>| {
+                let due = tokio::time::Instant::now() + BOOKKEEPING_DELAY;
+                if due < sleep.deadline() {
+                    sleep.as_mut().reset(due);
+                }
+            };
             // Wait for a reason to run the next pass; heartbeats keep the session alive meanwhile.
             loop {
                 self.status.tick();
@@ -321,9 +339,17 @@ where
                     }
                     answer = triggers.next() => {
                         answers.push(answer);
-                        break;
+                        if work_waiting {
+                            break;
+                        }
+                        bookkeeping(&mut sleep);
                     }
-                    () = self.capacity.changed() => break,
+                    () = self.capacity.changed() => {
+                        if work_waiting {
+                            break;
+                        }
+                        bookkeeping(&mut sleep);
+                    }
                     () = &mut sleep => break,
                     // A reload: the next pass uses it (a raised capacity at once).
                     changed = updates.changed(), if updates_open => {
@@ -344,23 +370,14 @@ where
         }
     }
 
-    /// Records trigger answers, then plans and commits the next pass.
+    /// Records trigger answers and plans the next pass, in one commit.
     async fn pass<S: ActiveSession>(
         &self,
         engine: &mut Engine,
         session: &mut S,
         answers: Vec<TriggerResult>,
     ) -> Result<(PassReport, Vec<dispatcher_core::ports::TriggerJob>), StoreError> {
-        let recorded = engine.record_triggers(session, answers).await?;
-        let (mut report, jobs) = engine.plan_pass(session, &*self.capacity).await?;
-        report.triggered += recorded.triggered;
-        report.retried += recorded.retried;
-        report.failed += recorded.failed;
-        report.next_wakeup = match (report.next_wakeup, recorded.next_wakeup) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        Ok((report, jobs))
+        engine.pass(session, &*self.capacity, answers).await
     }
 
     /// Shutdown while leading: no new triggers; wait for the POSTs already

@@ -19,14 +19,16 @@ use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 use diesel::sql_types::{Array, Bool, Int4, Int8, Text, Timestamptz};
 use diesel_async::pooled_connection::PoolableConnection;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{
+    AnsiTransactionManager, AsyncConnection, AsyncPgConnection, RunQueryDsl, TransactionManager,
+};
 use dispatcher_core::config::PoolKey;
 use dispatcher_core::domain::{
     DispatchId, DispatchState, EventId, EventStatus, PullRequestRef, TimelineKind,
     UNSUPPORTED_MESSAGE, rfc3339,
 };
 use dispatcher_core::open_set::{HeadRequest, QueueSummary};
-use dispatcher_core::planner::{DispatchOutcome, IntakePlan};
+use dispatcher_core::planner::{DispatchOutcome, IntakePlan, NewDispatch};
 use dispatcher_core::ports::{
     CancelCandidate, CancelQuery, DispatchStore, LabelScope, OpenDispatch, OpenExtras, StoreError,
     TriggerJob, UnplannedEvent,
@@ -49,6 +51,9 @@ use crate::timeline::{self, Note};
 use crate::vocab::{DbDispatchState, DbEventStatus};
 use crate::wakeup::LocalLeader;
 use crate::wakeup::WAKEUP_CHANNEL;
+
+mod pass;
+use pass::{PassWrites, in_transaction};
 
 /// Advisory lock key of the active dispatcher ("dispatch").
 const LEADER_LOCK: i64 = 0x6469_7370_6174_6368;
@@ -101,6 +106,8 @@ pub struct LeaderSession {
     options: LeaderOptions,
     lease: Lease,
     backend_pid: i32,
+    /// The open pass transaction, if any ([`DispatchStore::begin_pass`]).
+    pass: Option<PassWrites>,
 }
 
 impl std::fmt::Debug for LeaderSession {
@@ -117,22 +124,6 @@ impl Drop for LeaderSession {
         // The connection (and with it the lock) goes with the session.
         self.lease.revoke();
     }
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = dispatches)]
-struct NewDispatchRow<'a> {
-    event_id: i64,
-    item_name: &'a str,
-    pool: &'a str,
-    queued_label: &'a str,
-    repository_full_name: &'a str,
-    pull_request_number: i64,
-    state: DbDispatchState,
-    queue_position: i64,
-    next_attempt_at: OffsetDateTime,
-    created_at: OffsetDateTime,
-    finished_at: Option<OffsetDateTime>,
 }
 
 #[derive(Queryable, QueryableByName, Selectable)]
@@ -239,6 +230,7 @@ impl LeaderSession {
             options,
             lease,
             backend_pid: setup.backend_pid,
+            pass: None,
         }))
     }
 
@@ -345,6 +337,11 @@ impl LeaderSession {
     /// backend, idle timeout) is not told apart from other errors by diesel,
     /// so when in doubt the session is asked once more.
     async fn classify(&mut self, e: DieselError) -> StoreError {
+        // A failed statement aborts the pass transaction: end it, or the
+        // probe below would be refused too (and so would every later write).
+        if self.pass.take().is_some() {
+            let _ = AnsiTransactionManager::rollback_transaction(&mut self.conn).await;
+        }
         if error::is_connection_lost(&e) || self.conn.is_broken() || !self.probe().await {
             self.lease.revoke();
             tracing::debug!(error = %e, "the leader session is gone");
@@ -404,6 +401,57 @@ type UnplannedRow = (
 );
 
 impl DispatchStore for LeaderSession {
+    async fn begin_pass(&mut self) -> Result<(), StoreError> {
+        self.ensure_held()?;
+        if self.pass.is_some() {
+            // A pass the caller neither committed nor aborted: drop its writes.
+            self.abort_pass().await;
+        }
+        let started = Instant::now();
+        let result = AnsiTransactionManager::begin_transaction(&mut self.conn).await;
+        self.settle(started, result).await?;
+        self.pass = Some(PassWrites::default());
+        Ok(())
+    }
+
+    async fn commit_pass(&mut self) -> Result<(), StoreError> {
+        let Some(mut pass) = self.pass.take() else {
+            return Ok(());
+        };
+        // Back to `self.pass` until the commit, so a failure below (through
+        // `classify`) rolls the transaction back.
+        let touched = pass.take_touched();
+        let durable = pass.durable();
+        self.pass = Some(pass);
+        self.ensure_held()?;
+        let started = Instant::now();
+        let conn = &mut self.conn;
+        let result = async {
+            let wrote = touched.is_some();
+            if let Some((events, now)) = touched {
+                status::refresh(conn, &events, now).await?;
+            }
+            // (A pass that wrote nothing has no WAL to flush anyway.)
+            if wrote && !durable {
+                Prepared(diesel::sql_query("SET LOCAL synchronous_commit = off"))
+                    .execute(conn)
+                    .await?;
+            }
+            AnsiTransactionManager::commit_transaction(conn).await
+        }
+        .await;
+        if result.is_ok() {
+            self.pass = None;
+        }
+        self.settle(started, result).await
+    }
+
+    async fn abort_pass(&mut self) {
+        if self.pass.take().is_some() {
+            let _ = AnsiTransactionManager::rollback_transaction(&mut self.conn).await;
+        }
+    }
+
     async fn database_now(&mut self) -> Result<OffsetDateTime, StoreError> {
         self.ensure_held()?;
         let started = Instant::now();
@@ -558,40 +606,25 @@ impl DispatchStore for LeaderSession {
         let planned: Vec<i64> = plan.planned.iter().map(|e| e.0).collect();
         let aborted: Vec<i64> = plan.aborted.iter().map(|e| e.0).collect();
         let superseded: Vec<i64> = plan.superseded.iter().map(|d| d.0).collect();
-        let rows: Vec<NewDispatchRow<'_>> = plan
-            .new_dispatches
-            .iter()
-            .map(|d| {
-                let cancelled = d.state == DispatchState::Cancelled;
-                NewDispatchRow {
-                    event_id: d.event_id.0,
-                    item_name: &d.item,
-                    pool: &d.pool.0,
-                    queued_label: &d.queued_label,
-                    repository_full_name: &d.pr.repository,
-                    pull_request_number: d.pr.number,
-                    state: DbDispatchState(d.state),
-                    queue_position: d.queue_position,
-                    next_attempt_at: now,
-                    created_at: now,
-                    finished_at: cancelled.then_some(now),
-                }
-            })
-            .collect();
         self.ensure_held()?;
         let started = Instant::now();
-        let result = self
-            .conn
-            .transaction::<_, diesel::result::Error, _>(async |conn| {
+        let in_pass = self.pass.is_some();
+        let result = in_transaction!(
+            in_pass,
+            &mut self.conn,
+            async |conn: &mut AsyncPgConnection| {
                 // Nothing outside the database acts on this commit alone:
                 // every trigger is sent only after `begin_triggers` commits
                 // synchronously, which flushes the WAL up to and including
                 // this transaction. Lost in a crash, it is planned again from
                 // the same events with the same outcome; so it need not wait
-                // for its own WAL flush (one fsync less per pass).
-                Prepared(diesel::sql_query("SET LOCAL synchronous_commit = off"))
-                    .execute(conn)
-                    .await?;
+                // for its own WAL flush (one fsync less per pass). Inside a
+                // pass transaction the commit decides (see `PassWrites`).
+                if !in_pass {
+                    Prepared(diesel::sql_query("SET LOCAL synchronous_commit = off"))
+                        .execute(conn)
+                        .await?;
+                }
                 // One statement marks every event planned and the unmatched ones aborted.
                 Prepared(diesel::sql_query(
                     "UPDATE webhook_events
@@ -626,26 +659,14 @@ impl DispatchStore for LeaderSession {
                     .await?
                 };
                 let mut touched: Vec<i64> = cancelled.iter().map(|c| c.1).collect();
-                let created: Vec<OpenRow> = if rows.is_empty() {
-                    Vec::new()
-                } else {
-                    diesel::insert_into(dispatches::table)
-                        .values(&rows)
-                        .on_conflict((
-                            dispatches::event_id,
-                            dispatches::item_name,
-                            dispatches::round,
-                        ))
-                        .do_nothing()
-                        .returning(OpenRow::as_returning())
-                        .get_results(conn)
-                        .await?
-                };
+                let created = insert_dispatches(conn, &plan.new_dispatches, now).await?;
                 let stale = cancel_stale(conn, &created, now).await?;
-                touched.extend(rows.iter().map(|r| r.event_id));
+                touched.extend(plan.new_dispatches.iter().map(|d| d.event_id.0));
                 touched.sort_unstable();
                 touched.dedup();
-                status::refresh(conn, &touched, now).await?;
+                if !in_pass {
+                    status::refresh(conn, &touched, now).await?;
+                }
                 let aborted_notes: Vec<Note> = aborted
                     .iter()
                     .map(|e| Note {
@@ -675,13 +696,20 @@ impl DispatchStore for LeaderSession {
                     )
                     .collect();
                 timeline::note_superseded(conn, &superseded_now, now).await?;
-                Ok(created
+                let queued: Vec<OpenDispatch> = created
                     .into_iter()
                     .filter(|d| d.state.0 == DispatchState::Queued && !stale.contains(&d.id))
                     .map(open_from_row)
-                    .collect())
-            })
-            .await;
+                    .collect();
+                Ok((queued, touched))
+            }
+        );
+        let result = result.map(|(queued, touched)| {
+            if let Some(pass) = self.pass.as_mut() {
+                pass.touch(&touched, now);
+            }
+            queued
+        });
         self.settle(started, result).await
     }
 
@@ -693,9 +721,11 @@ impl DispatchStore for LeaderSession {
         self.ensure_held()?;
         let ids: Vec<i64> = ids.iter().map(|d| d.0).collect();
         let sent = Instant::now();
-        let result = self
-            .conn
-            .transaction::<_, diesel::result::Error, _>(async |conn| {
+        let in_pass = self.pass.is_some();
+        let result = in_transaction!(
+            in_pass,
+            &mut self.conn,
+            async |conn: &mut AsyncPgConnection| {
                 let started: Vec<(i64, i64, String, String, i64, i32)> = Prepared(
                     diesel::update(
                         dispatches::table
@@ -775,8 +805,13 @@ impl DispatchStore for LeaderSession {
                     .collect();
                 jobs.sort_by_key(|j| ids.iter().position(|i| *i == j.dispatch.0));
                 Ok(jobs)
-            })
-            .await;
+            }
+        );
+        if let (Some(pass), Ok(jobs)) = (self.pass.as_mut(), &result)
+            && !jobs.is_empty()
+        {
+            pass.needs_flush();
+        }
         self.settle(sent, result).await
     }
 
@@ -787,9 +822,11 @@ impl DispatchStore for LeaderSession {
     ) -> Result<(), StoreError> {
         self.ensure_held()?;
         let started = Instant::now();
-        let result = self
-            .conn
-            .transaction::<_, diesel::result::Error, _>(async |conn| {
+        let in_pass = self.pass.is_some();
+        let result = in_transaction!(
+            in_pass,
+            &mut self.conn,
+            async |conn: &mut AsyncPgConnection| {
                 let mut touched = Vec::with_capacity(outcomes.len());
                 let mut notes = Vec::with_capacity(outcomes.len());
                 let mut superseded = Vec::new();
@@ -975,11 +1012,20 @@ impl DispatchStore for LeaderSession {
                 }
                 touched.sort_unstable();
                 touched.dedup();
-                status::refresh(conn, &touched, now).await?;
+                if !in_pass {
+                    status::refresh(conn, &touched, now).await?;
+                }
                 timeline::append(conn, now, &notes).await?;
-                timeline::note_superseded(conn, &superseded, now).await
-            })
-            .await;
+                timeline::note_superseded(conn, &superseded, now).await?;
+                Ok(touched)
+            }
+        );
+        let result = result.map(|touched| {
+            if let Some(pass) = self.pass.as_mut() {
+                pass.touch(&touched, now);
+                pass.needs_flush();
+            }
+        });
         self.settle(started, result).await
     }
 
@@ -1006,6 +1052,9 @@ impl DispatchStore for LeaderSession {
         }
         let started = Instant::now();
         let result = crate::labels::reconcile(&mut self.conn, now, scope).await;
+        if let (Some(pass), Ok(1..)) = (self.pass.as_mut(), &result) {
+            pass.needs_flush();
+        }
         self.settle(started, result).await
     }
 
@@ -1016,12 +1065,17 @@ impl DispatchStore for LeaderSession {
     ) -> Result<u64, StoreError> {
         self.ensure_held()?;
         let started = Instant::now();
-        let result = self
-            .conn
-            .transaction::<_, DieselError, _>(async |conn| {
+        let in_pass = self.pass.is_some();
+        let result = in_transaction!(
+            in_pass,
+            &mut self.conn,
+            async |conn: &mut AsyncPgConnection| {
                 crate::queue_status::reconcile(conn, wanted, now).await
-            })
-            .await;
+            }
+        );
+        if let (Some(pass), Ok(1..)) = (self.pass.as_mut(), &result) {
+            pass.needs_flush();
+        }
         self.settle(started, result).await
     }
 
@@ -1034,6 +1088,55 @@ impl DispatchStore for LeaderSession {
         let result = cancels::load_candidates(&mut self.conn, query).await;
         self.settle(started, result).await
     }
+}
+
+/// Inserts `new` (skipping any already made for its event, item and round)
+/// and returns the rows made, in order. One constant statement over arrays
+/// whatever the number of rows, so it stays prepared (see
+/// [`timeline::append`]).
+async fn insert_dispatches(
+    conn: &mut AsyncPgConnection,
+    new: &[NewDispatch],
+    now: OffsetDateTime,
+) -> Result<Vec<OpenRow>, DieselError> {
+    if new.is_empty() {
+        return Ok(Vec::new());
+    }
+    let column = |f: fn(&NewDispatch) -> &str| -> Vec<&str> { new.iter().map(f).collect() };
+    let event_ids: Vec<i64> = new.iter().map(|d| d.event_id.0).collect();
+    let numbers: Vec<i64> = new.iter().map(|d| d.pr.number).collect();
+    let positions: Vec<i64> = new.iter().map(|d| d.queue_position).collect();
+    let states: Vec<DbDispatchState> = new.iter().map(|d| DbDispatchState(d.state)).collect();
+    Prepared(
+        diesel::sql_query(
+            "INSERT INTO dispatches (event_id, item_name, pool, queued_label, repository_full_name,
+                                     pull_request_number, state, queue_position, next_attempt_at,
+                                     created_at, finished_at)
+             SELECT t.event_id, t.item_name, t.pool, t.queued_label, t.repository_full_name,
+                    t.pull_request_number, t.state, t.queue_position, $9, $9,
+                    CASE WHEN t.state = $10 THEN $9 END
+               FROM unnest($1, $2, $3, $4, $5, $6, $7, $8) WITH ORDINALITY
+                    AS t(event_id, item_name, pool, queued_label, repository_full_name,
+                         pull_request_number, state, queue_position, n)
+              ORDER BY t.n
+             ON CONFLICT (event_id, item_name, round) DO NOTHING
+             RETURNING id, event_id, item_name, pool, repository_full_name, pull_request_number,
+                       state, queue_position, attempts, next_attempt_at, listener_event_id,
+                       trigger_started_at, triggered_at",
+        )
+        .bind::<Array<Int8>, _>(&event_ids)
+        .bind::<Array<Text>, _>(column(|d| &d.item))
+        .bind::<Array<Text>, _>(column(|d| &d.pool.0))
+        .bind::<Array<Text>, _>(column(|d| &d.queued_label))
+        .bind::<Array<Text>, _>(column(|d| &d.pr.repository))
+        .bind::<Array<Int8>, _>(&numbers)
+        .bind::<Array<sql_types::DispatchState>, _>(&states)
+        .bind::<Array<Int8>, _>(&positions)
+        .bind::<Timestamptz, _>(now)
+        .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Cancelled)),
+    )
+    .load(conn)
+    .await
 }
 
 /// Cancels new queued dispatches for which a newer event of the same PR and

@@ -4,7 +4,7 @@
 //! `dispatcher_core::timeline`'s.
 
 use diesel::prelude::*;
-use diesel::sql_types::{Array, Int8, Text, Timestamptz};
+use diesel::sql_types::{Array, Int8, Jsonb, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use dispatcher_core::domain::{DispatchId, DispatchState, TimelineEntry, TimelineKind};
 use serde_json::Value;
@@ -42,18 +42,12 @@ impl Note {
     }
 }
 
-#[derive(Insertable)]
-#[diesel(table_name = event_timeline)]
-struct NewEntry<'a> {
-    event_id: i64,
-    dispatch_id: Option<i64>,
-    at: OffsetDateTime,
-    kind: &'static str,
-    detail: &'a Value,
-    actor: Option<&'a str>,
-}
-
-/// Appends `notes` at `at`.
+/// Appends `notes` at `at`, in their order.
+///
+/// One constant statement over arrays whatever the number of notes, so it
+/// stays prepared: diesel's multi-row `INSERT` has a text per row count and
+/// is parsed again on every call (a round trip of its own, two or three
+/// times per pass).
 pub(crate) async fn append(
     conn: &mut AsyncPgConnection,
     at: OffsetDateTime,
@@ -62,21 +56,28 @@ pub(crate) async fn append(
     if notes.is_empty() {
         return Ok(());
     }
-    let rows: Vec<NewEntry<'_>> = notes
-        .iter()
-        .map(|n| NewEntry {
-            event_id: n.event_id,
-            dispatch_id: n.dispatch_id,
-            at,
-            kind: n.kind.as_str(),
-            detail: &n.detail,
-            actor: n.actor.as_deref(),
-        })
-        .collect();
-    diesel::insert_into(event_timeline::table)
-        .values(&rows)
-        .execute(conn)
-        .await?;
+    let event_ids: Vec<i64> = notes.iter().map(|n| n.event_id).collect();
+    let dispatch_ids: Vec<Option<i64>> = notes.iter().map(|n| n.dispatch_id).collect();
+    let kinds: Vec<&str> = notes.iter().map(|n| n.kind.as_str()).collect();
+    let details: Vec<&Value> = notes.iter().map(|n| &n.detail).collect();
+    let actors: Vec<Option<&str>> = notes.iter().map(|n| n.actor.as_deref()).collect();
+    Prepared(
+        diesel::sql_query(
+            "INSERT INTO event_timeline (event_id, dispatch_id, at, kind, detail, actor)
+             SELECT t.event_id, t.dispatch_id, $6, t.kind, t.detail, t.actor
+               FROM unnest($1, $2, $3, $4, $5) WITH ORDINALITY
+                    AS t(event_id, dispatch_id, kind, detail, actor, n)
+              ORDER BY t.n",
+        )
+        .bind::<Array<Int8>, _>(&event_ids)
+        .bind::<Array<Nullable<Int8>>, _>(&dispatch_ids)
+        .bind::<Array<Text>, _>(&kinds)
+        .bind::<Array<Jsonb>, _>(&details)
+        .bind::<Array<Nullable<Text>>, _>(&actors)
+        .bind::<Timestamptz, _>(at),
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

@@ -35,6 +35,15 @@ fn db(test: &TestDatabase) -> Database {
     .expect("pool")
 }
 
+/// This database's leader session (labels on or off); panics if another holds the lock.
+async fn lead(database: &Database, labels: bool) -> dispatcher_store::LeaderSession {
+    database
+        .try_lead(labels, LeaderOptions::default())
+        .await
+        .unwrap()
+        .expect("leader")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn payload_is_stored_byte_exact() {
     let t = TestDatabase::new();
@@ -222,11 +231,7 @@ async fn only_one_leader_at_a_time() {
 async fn inserts_wake_the_leader() {
     let t = TestDatabase::new();
     let database = db(&t);
-    let mut leader = database
-        .try_lead(true, LeaderOptions::default())
-        .await
-        .unwrap()
-        .expect("leader");
+    let mut leader = lead(&database, true).await;
     let waiting = tokio::spawn(async move { leader.wait_for_wakeup().await.map(|()| leader) });
     database
         .events()
@@ -245,11 +250,7 @@ async fn dispatch_lifecycle_updates_event_status() {
     let e1 = created(events.record(event("a", 1, "{\"n\":1}")).await.unwrap());
     let e2 = created(events.record(event("b", 1, "{\"n\":2}")).await.unwrap());
     let e3 = created(events.record(event("c", 2, "{\"n\":3}")).await.unwrap());
-    let mut leader = database
-        .try_lead(true, LeaderOptions::default())
-        .await
-        .unwrap()
-        .expect("leader");
+    let mut leader = lead(&database, true).await;
     let now = OffsetDateTime::now_utc();
 
     let plan = IntakePlan {
@@ -354,16 +355,91 @@ async fn dispatch_lifecycle_updates_event_status() {
     );
 }
 
+/// A pass is one transaction (`begin_pass`): others see none of it before
+/// the commit, nothing of it stays after an abort, a failed statement ends it
+/// as a query error without costing leadership, and the commit leaves each
+/// event's status as its dispatches' final states say.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pass_commits_or_rolls_back_as_one_transaction() {
+    let t = TestDatabase::new();
+    let database = db(&t);
+    let events = database.events();
+    let e1 = created(events.record(event("a", 1, "{\"n\":1}")).await.unwrap());
+    let mut leader = lead(&database, true).await;
+    let now = OffsetDateTime::now_utc();
+    let status = |id| {
+        let events = events.clone();
+        async move { events.detail(id).await.unwrap().unwrap() }
+    };
+    let plan = IntakePlan {
+        planned: vec![e1],
+        aborted: vec![],
+        new_dispatches: vec![new_dispatch(e1, 1, "ops", DispatchState::Queued)],
+        superseded: vec![],
+    };
+
+    leader.begin_pass().await.unwrap();
+    let queued = leader.apply_intake(&plan, now).await.unwrap();
+    let jobs = leader.begin_triggers(&[queued[0].id], now).await.unwrap();
+    assert_eq!(jobs.len(), 1, "the pass sees its own writes");
+    let outside = status(e1).await;
+    assert_eq!(outside.event.status, EventStatus::Pending);
+    assert!(outside.dispatches.is_empty(), "nobody else sees them yet");
+    leader.abort_pass().await;
+    assert_eq!(leader.unplanned_events(10).await.unwrap().len(), 1);
+    assert!(status(e1).await.dispatches.is_empty());
+
+    // A dispatch of an event that does not exist breaks its foreign key.
+    leader.begin_pass().await.unwrap();
+    leader.apply_intake(&plan, now).await.unwrap();
+    let broken = IntakePlan {
+        planned: vec![],
+        aborted: vec![],
+        new_dispatches: vec![new_dispatch(
+            dispatcher_core::domain::EventId(e1.0 + 1000),
+            1,
+            "ops",
+            DispatchState::Queued,
+        )],
+        superseded: vec![],
+    };
+    let failed = leader.apply_intake(&broken, now).await.unwrap_err();
+    assert!(
+        matches!(failed, dispatcher_core::ports::StoreError::Query(_)),
+        "{failed:?}"
+    );
+    leader.abort_pass().await;
+    leader.heartbeat().await.expect("still the leader");
+    assert_eq!(
+        leader.unplanned_events(10).await.unwrap().len(),
+        1,
+        "the pass's first write went with it"
+    );
+
+    leader.begin_pass().await.unwrap();
+    let queued = leader.apply_intake(&plan, now).await.unwrap();
+    let jobs = leader.begin_triggers(&[queued[0].id], now).await.unwrap();
+    let answer = DispatchOutcome::Triggered {
+        id: jobs[0].dispatch,
+        attempt: jobs[0].attempt,
+        listener_event_id: Some("ev-1".into()),
+    };
+    leader.record_outcomes(&[answer], now).await.unwrap();
+    leader.commit_pass().await.unwrap();
+    let detail = status(e1).await;
+    assert_eq!(detail.dispatches[0].state, DispatchState::Triggered);
+    assert_eq!(
+        (detail.event.status, detail.event.processed),
+        (EventStatus::Processed, true)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn retries_and_failures_are_recorded() {
     let t = TestDatabase::new();
     let database = db(&t);
     let e = created(database.events().record(event("a", 1, "{}")).await.unwrap());
-    let mut leader = database
-        .try_lead(true, LeaderOptions::default())
-        .await
-        .unwrap()
-        .expect("leader");
+    let mut leader = lead(&database, true).await;
     let now = OffsetDateTime::now_utc();
     let plan = IntakePlan {
         planned: vec![e],
@@ -418,11 +494,7 @@ async fn label_intents_follow_the_queue() {
     let t = TestDatabase::new();
     let database = db(&t);
     let e = created(database.events().record(event("a", 5, "{}")).await.unwrap());
-    let mut leader = database
-        .try_lead(true, LeaderOptions::default())
-        .await
-        .unwrap()
-        .expect("leader");
+    let mut leader = lead(&database, true).await;
     let mut labels = database.labels();
     let now = OffsetDateTime::now_utc();
     let plan = IntakePlan {
@@ -779,11 +851,7 @@ async fn a_retry_knows_about_newer_events_and_can_be_superseded() {
     let events = database.events();
     let e1 = created(events.record(event("a", 1, "{}")).await.unwrap());
     let e2 = created(events.record(event("b", 1, "{\"n\":2}")).await.unwrap());
-    let mut leader = database
-        .try_lead(false, LeaderOptions::default())
-        .await
-        .unwrap()
-        .expect("leader");
+    let mut leader = lead(&database, false).await;
     let now = OffsetDateTime::now_utc();
     let first = IntakePlan {
         planned: vec![e1],
@@ -872,11 +940,7 @@ async fn open_work_carries_current_labels_and_recent_triggers() {
             .await
             .unwrap(),
     );
-    let mut leader = database
-        .try_lead(false, LeaderOptions::default())
-        .await
-        .unwrap()
-        .expect("leader");
+    let mut leader = lead(&database, false).await;
     let now = OffsetDateTime::now_utc();
     let plan = IntakePlan {
         planned: vec![e1, e2, e3, e4],
