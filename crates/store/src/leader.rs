@@ -34,6 +34,7 @@ use dispatcher_core::ports::{
     TriggerJob, UnplannedEvent,
 };
 use dispatcher_core::timeline::fact;
+use futures_util::future::{try_join, try_join3, try_join4};
 use futures_util::{FutureExt, StreamExt};
 use time::OffsetDateTime;
 
@@ -613,6 +614,10 @@ impl DispatchStore for LeaderSession {
             in_pass,
             &mut self.conn,
             async |conn: &mut AsyncPgConnection| {
+                // Three round trips whatever the plan: the independent
+                // writes together, the stale check (it needs the new rows),
+                // then the timeline facts together (they need both).
+                let shared: &AsyncPgConnection = conn;
                 // Nothing outside the database acts on this commit alone:
                 // every trigger is sent only after `begin_triggers` commits
                 // synchronously, which flushes the WAL up to and including
@@ -620,31 +625,40 @@ impl DispatchStore for LeaderSession {
                 // the same events with the same outcome; so it need not wait
                 // for its own WAL flush (one fsync less per pass). Inside a
                 // pass transaction the commit decides (see `PassWrites`).
-                if !in_pass {
-                    Prepared(diesel::sql_query("SET LOCAL synchronous_commit = off"))
-                        .execute(conn)
-                        .await?;
-                }
+                let commit_async = async {
+                    let mut c = shared;
+                    if !in_pass {
+                        Prepared(diesel::sql_query("SET LOCAL synchronous_commit = off"))
+                            .execute(&mut c)
+                            .await?;
+                    }
+                    Ok::<_, DieselError>(())
+                };
                 // One statement marks every event planned and the unmatched ones aborted.
-                Prepared(diesel::sql_query(
-                    "UPDATE webhook_events
-                        SET planned_at = $1,
-                            status = CASE WHEN id = ANY($3) THEN $5 ELSE status END,
-                            processing_error = CASE WHEN id = ANY($3) THEN $4 ELSE processing_error END,
-                            processed_at = CASE WHEN id = ANY($3) THEN $1 ELSE processed_at END,
-                            processed = processed OR id = ANY($3)
-                      WHERE id = ANY($2)",
-                )
-                .bind::<Timestamptz, _>(now)
-                .bind::<Array<Int8>, _>(&planned)
-                .bind::<Array<Int8>, _>(&aborted)
-                .bind::<Text, _>(UNSUPPORTED_MESSAGE)
-                .bind::<sql_types::EventStatus, _>(DbEventStatus(EventStatus::Aborted)))
-                .execute(conn)
-                .await?;
-                let cancelled: Vec<(i64, i64)> = if superseded.is_empty() {
-                    Vec::new()
-                } else {
+                let mark_planned = async {
+                    let mut c = shared;
+                    Prepared(diesel::sql_query(
+                        "UPDATE webhook_events
+                            SET planned_at = $1,
+                                status = CASE WHEN id = ANY($3) THEN $5 ELSE status END,
+                                processing_error = CASE WHEN id = ANY($3) THEN $4 ELSE processing_error END,
+                                processed_at = CASE WHEN id = ANY($3) THEN $1 ELSE processed_at END,
+                                processed = processed OR id = ANY($3)
+                          WHERE id = ANY($2)",
+                    )
+                    .bind::<Timestamptz, _>(now)
+                    .bind::<Array<Int8>, _>(&planned)
+                    .bind::<Array<Int8>, _>(&aborted)
+                    .bind::<Text, _>(UNSUPPORTED_MESSAGE)
+                    .bind::<sql_types::EventStatus, _>(DbEventStatus(EventStatus::Aborted)))
+                    .execute(&mut c)
+                    .await
+                };
+                let cancel_superseded = async {
+                    let mut c = shared;
+                    if superseded.is_empty() {
+                        return Ok(Vec::new());
+                    }
                     diesel::update(
                         dispatches::table
                             .filter(dispatches::id.eq_any(&superseded))
@@ -655,18 +669,17 @@ impl DispatchStore for LeaderSession {
                         dispatches::finished_at.eq(now),
                     ))
                     .returning((dispatches::id, dispatches::event_id))
-                    .get_results(conn)
-                    .await?
+                    .get_results::<(i64, i64)>(&mut c)
+                    .await
                 };
-                let mut touched: Vec<i64> = cancelled.iter().map(|c| c.1).collect();
-                let created = insert_dispatches(conn, &plan.new_dispatches, now).await?;
-                let stale = cancel_stale(conn, &created, now).await?;
-                touched.extend(plan.new_dispatches.iter().map(|d| d.event_id.0));
-                touched.sort_unstable();
-                touched.dedup();
-                if !in_pass {
-                    status::refresh(conn, &touched, now).await?;
-                }
+                let ((), _, cancelled, created) = try_join4(
+                    commit_async,
+                    mark_planned,
+                    cancel_superseded,
+                    insert_dispatches(shared, &plan.new_dispatches, now),
+                )
+                .await?;
+                let stale = cancel_stale(shared, &created, now).await?;
                 let aborted_notes: Vec<Note> = aborted
                     .iter()
                     .map(|e| Note {
@@ -677,13 +690,11 @@ impl DispatchStore for LeaderSession {
                         actor: None,
                     })
                     .collect();
-                timeline::append(conn, now, &aborted_notes).await?;
                 let queued: Vec<i64> = created
                     .iter()
                     .filter(|d| d.state.0 == DispatchState::Queued && !stale.contains(&d.id))
                     .map(|d| d.id)
                     .collect();
-                timeline::note_queued(conn, &queued, now, None).await?;
                 let superseded_now: Vec<i64> = cancelled
                     .iter()
                     .map(|c| c.0)
@@ -695,7 +706,19 @@ impl DispatchStore for LeaderSession {
                             .map(|d| d.id),
                     )
                     .collect();
-                timeline::note_superseded(conn, &superseded_now, now).await?;
+                try_join3(
+                    timeline::append(shared, now, &aborted_notes),
+                    timeline::note_queued(shared, &queued, now, None),
+                    timeline::note_superseded(shared, &superseded_now, now),
+                )
+                .await?;
+                let mut touched: Vec<i64> = cancelled.iter().map(|c| c.1).collect();
+                touched.extend(plan.new_dispatches.iter().map(|d| d.event_id.0));
+                touched.sort_unstable();
+                touched.dedup();
+                if !in_pass {
+                    status::refresh(conn, &touched, now).await?;
+                }
                 let queued: Vec<OpenDispatch> = created
                     .into_iter()
                     .filter(|d| d.state.0 == DispatchState::Queued && !stale.contains(&d.id))
@@ -759,20 +782,26 @@ impl DispatchStore for LeaderSession {
                         )
                     })
                     .collect();
-                timeline::append(conn, now, &sent_notes).await?;
                 let event_ids: Vec<i64> = started.iter().map(|s| s.1).collect();
                 type Row = (i64, RawJson, serde_json::Value, bool, OffsetDateTime);
-                let payloads: Vec<Row> = webhook_events::table
-                    .filter(webhook_events::id.eq_any(&event_ids))
-                    .select((
-                        webhook_events::id,
-                        webhook_events::payload,
-                        webhook_events::headers,
-                        webhook_events::adopted,
-                        webhook_events::received_at,
-                    ))
-                    .load(conn)
-                    .await?;
+                let shared: &AsyncPgConnection = conn;
+                let load_payloads = async {
+                    let mut c = shared;
+                    webhook_events::table
+                        .filter(webhook_events::id.eq_any(&event_ids))
+                        .select((
+                            webhook_events::id,
+                            webhook_events::payload,
+                            webhook_events::headers,
+                            webhook_events::adopted,
+                            webhook_events::received_at,
+                        ))
+                        .load::<Row>(&mut c)
+                        .await
+                };
+                // One round trip for both.
+                let ((), payloads) =
+                    try_join(timeline::append(shared, now, &sent_notes), load_payloads).await?;
                 type Stored = (String, Vec<(String, String)>, bool, OffsetDateTime);
                 let mut by_event: std::collections::HashMap<i64, Stored> = payloads
                     .into_iter()
@@ -1015,8 +1044,11 @@ impl DispatchStore for LeaderSession {
                 if !in_pass {
                     status::refresh(conn, &touched, now).await?;
                 }
-                timeline::append(conn, now, &notes).await?;
-                timeline::note_superseded(conn, &superseded, now).await?;
+                try_join(
+                    timeline::append(conn, now, &notes),
+                    timeline::note_superseded(conn, &superseded, now),
+                )
+                .await?;
                 Ok(touched)
             }
         );
@@ -1095,7 +1127,7 @@ impl DispatchStore for LeaderSession {
 /// whatever the number of rows, so it stays prepared (see
 /// [`timeline::append`]).
 async fn insert_dispatches(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     new: &[NewDispatch],
     now: OffsetDateTime,
 ) -> Result<Vec<OpenRow>, DieselError> {
@@ -1135,7 +1167,7 @@ async fn insert_dispatches(
         .bind::<Timestamptz, _>(now)
         .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Cancelled)),
     )
-    .load(conn)
+    .load(&mut conn)
     .await
 }
 
@@ -1144,7 +1176,7 @@ async fn insert_dispatches(
 /// committed after a newer one was planned (even triggered and finished)
 /// must never run. Returns their ids.
 async fn cancel_stale(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     created: &[OpenRow],
     now: OffsetDateTime,
 ) -> Result<Vec<i64>, DieselError> {
@@ -1177,7 +1209,7 @@ async fn cancel_stale(
         .bind::<Timestamptz, _>(now)
         .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Queued)),
     )
-    .load(conn)
+    .load(&mut conn)
     .await?;
     if !stale.is_empty() {
         // Debug only: the engine's journal logs each of these as cancelled.

@@ -44,12 +44,16 @@ impl Note {
 
 /// Appends `notes` at `at`, in their order.
 ///
+/// The writers here take a shared connection so that a caller can send
+/// several of them at once (diesel-async pipelines futures polled
+/// together): PostgreSQL runs them in the order they were sent.
+///
 /// One constant statement over arrays whatever the number of notes, so it
 /// stays prepared: diesel's multi-row `INSERT` has a text per row count and
 /// is parsed again on every call (a round trip of its own, two or three
 /// times per pass).
 pub(crate) async fn append(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     at: OffsetDateTime,
     notes: &[Note],
 ) -> QueryResult<()> {
@@ -76,7 +80,7 @@ pub(crate) async fn append(
         .bind::<Array<Nullable<Text>>, _>(&actors)
         .bind::<Timestamptz, _>(at),
     )
-    .execute(conn)
+    .execute(&mut conn)
     .await?;
     Ok(())
 }
@@ -84,7 +88,7 @@ pub(crate) async fn append(
 /// Records where each of `dispatch_ids` (just queued) joined its pool's
 /// queue: position and queue length, counted in the same transaction.
 pub(crate) async fn note_queued(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     dispatch_ids: &[i64],
     at: OffsetDateTime,
     actor: Option<&str>,
@@ -117,7 +121,7 @@ pub(crate) async fn note_queued(
     .bind::<Text, _>(TimelineKind::Queued.as_str())
     .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Queued))
     .bind::<diesel::sql_types::Nullable<Text>, _>(actor))
-    .execute(conn)
+    .execute(&mut conn)
     .await?;
     Ok(())
 }
@@ -125,7 +129,7 @@ pub(crate) async fn note_queued(
 /// Records that `dispatch_ids` were cancelled by a newer event of their pull
 /// request and item, naming that event.
 pub(crate) async fn note_superseded(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     dispatch_ids: &[i64],
     at: OffsetDateTime,
 ) -> QueryResult<()> {
@@ -150,7 +154,7 @@ pub(crate) async fn note_superseded(
         .bind::<Timestamptz, _>(at)
         .bind::<Text, _>(TimelineKind::Superseded.as_str()),
     )
-    .execute(conn)
+    .execute(&mut conn)
     .await?;
     Ok(())
 }
