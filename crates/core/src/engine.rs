@@ -429,7 +429,11 @@ impl Engine {
                 return Err(e);
             }
         };
-        store.commit_pass().await?;
+        if let Err(e) = store.commit_pass().await {
+            // Whatever the commit left open goes (a no-op once the store ended it).
+            store.abort_pass().await;
+            return Err(e);
+        }
         self.unrecorded.clear();
         self.unrecorded_failures = 0;
         let (mut report, jobs) = planned;

@@ -611,6 +611,36 @@ fn outcomes_that_could_not_be_recorded_are_recorded_next_pass() {
     assert_eq!(trigger.calls.lock().map(|c| c.len()).unwrap_or_default(), 1);
 }
 
+/// The way the runtime drives it: answers go to the next pass, which
+/// records them in its own transaction; a pass that fails keeps them.
+#[test]
+fn answers_handed_to_a_failing_pass_are_recorded_by_the_next() {
+    let mut engine = Engine::new(settings(1, 5));
+    let mut store = MemStore::default();
+    let trigger = ScriptedTrigger::default();
+    let cap = running(0, &[]);
+    store.add_event(1, 10, "opened");
+    let (_, jobs) = block_on(engine.pass(&mut store, &cap, Vec::new())).expect("pass");
+    assert_eq!(jobs.len(), 1);
+    let answer = block_on(send_trigger(
+        &trigger,
+        engine.callback_url(&jobs[0]),
+        &jobs[0],
+    ));
+    store.fail_record = true;
+    let failed = block_on(engine.pass(&mut store, &cap, vec![(jobs[0].clone(), answer)]));
+    assert!(failed.is_err());
+    assert_eq!(engine.unrecorded(), 1, "kept for the next pass");
+    assert_eq!(store.states(), [(1, DispatchState::Triggering)]);
+
+    store.fail_record = false;
+    let (_, jobs) = block_on(engine.pass(&mut store, &cap, Vec::new())).expect("pass");
+    assert!(jobs.is_empty(), "the accepted trigger is not sent again");
+    assert_eq!(engine.unrecorded(), 0);
+    assert_eq!(store.states(), [(1, DispatchState::Triggered)]);
+    assert_eq!(trigger.calls.lock().map(|c| c.len()).unwrap_or_default(), 1);
+}
+
 #[test]
 fn payloads_are_read_only_for_filters() {
     let trigger = ScriptedTrigger::default();
