@@ -141,8 +141,12 @@ pub struct Engine {
     retry: RetryPolicy,
     /// Outcomes of POSTs already sent that are not recorded yet.
     unrecorded: Vec<DispatchOutcome>,
-    /// Consecutive passes that failed to record `unrecorded`.
+    /// Consecutive failures to record `unrecorded` on their own.
     unrecorded_failures: u32,
+    /// A pass (or a recording) failed with `unrecorded` pending: the next
+    /// one records them in a transaction of their own first, so they never
+    /// depend on the rest of a pass succeeding.
+    record_alone: bool,
     /// Whether passes write queue statuses (`github.queue_status` with
     /// GitHub credentials); fixed at start like the status worker, so a
     /// reload never leaves statuses nobody completes.
@@ -234,7 +238,6 @@ impl Summary {
 /// it did not commit is done again: a placement check, a label reconcile).
 struct Bookkeeping {
     placements_checked: bool,
-    label_prs: BTreeSet<PullRequestRef>,
     labels_reconciled_at: Option<OffsetDateTime>,
     statuses_reconciled_at: Option<OffsetDateTime>,
 }
@@ -243,16 +246,15 @@ impl Bookkeeping {
     fn of(engine: &Engine) -> Self {
         Self {
             placements_checked: engine.placements_checked,
-            label_prs: engine.label_prs.clone(),
             labels_reconciled_at: engine.labels_reconciled_at,
             statuses_reconciled_at: engine.statuses_reconciled_at,
         }
     }
 
-    /// Keeps the PRs added since (their work may still have changed).
+    /// (The PRs whose labels to reconcile need nothing: they are cleared
+    /// only once a pass commits.)
     fn restore(self, engine: &mut Engine) {
         engine.placements_checked = self.placements_checked;
-        engine.label_prs.extend(self.label_prs);
         engine.labels_reconciled_at = self.labels_reconciled_at;
         engine.statuses_reconciled_at = self.statuses_reconciled_at;
     }
@@ -273,6 +275,7 @@ impl Engine {
             retry,
             unrecorded: Vec::new(),
             unrecorded_failures: 0,
+            record_alone: false,
             queue_status: settings.github.queue_status.posts_status()
                 && settings.github.labels_enabled(),
             settings,
@@ -297,6 +300,7 @@ impl Engine {
     pub fn reload(&mut self, settings: Arc<Settings>) {
         let kept = std::mem::take(&mut self.unrecorded);
         let failures = self.unrecorded_failures;
+        let record_alone = self.record_alone;
         let queue_status = self.queue_status;
         let summary = self.summary.take();
         let label_prs = std::mem::take(&mut self.label_prs);
@@ -306,6 +310,7 @@ impl Engine {
         self.label_prs = label_prs;
         self.unrecorded = kept;
         self.unrecorded_failures = failures;
+        self.record_alone = record_alone;
     }
 
     /// Whether `settings` is the configuration in use (the same value, not
@@ -366,8 +371,10 @@ impl Engine {
     /// from before), then plans a pass, all in one store transaction
     /// ([`DispatchStore::begin_pass`]): the round trips between a delivery
     /// and its POST are what its latency is made of. The report counts the
-    /// answers too. If the pass fails, nothing of it is kept: the answers wait
-    /// for the next pass, and what this one decided is decided again.
+    /// answers too. If the pass fails, nothing of it is kept: what it decided
+    /// is decided again, and the answers are recorded first thing next time,
+    /// in a transaction of their own (so a pass that keeps failing for
+    /// another reason never costs them).
     pub async fn pass<S, C>(
         &mut self,
         store: &mut S,
@@ -378,21 +385,19 @@ impl Engine {
         S: DispatchStore,
         C: CapacitySource,
     {
-        let mut answers = Some(answers);
-        loop {
-            let saved = Bookkeeping::of(self);
-            let answers = answers.take().unwrap_or_default();
-            match self.pass_once(store, capacity, answers).await {
-                Ok(done) => return Ok(done),
-                Err(e) => {
-                    saved.restore(self);
-                    if !self.give_up_unrecorded(&e) {
-                        return Err(e);
-                    }
-                    // Dropped: plan the pass again without them.
-                }
-            }
+        if self.record_alone
+            && let Err(e) = self.record_unrecorded(store).await
+        {
+            self.carry_over(answers, OffsetDateTime::now_utc());
+            return Err(e);
         }
+        let saved = Bookkeeping::of(self);
+        let result = self.pass_once(store, capacity, answers).await;
+        if result.is_err() {
+            saved.restore(self);
+            self.record_alone = !self.unrecorded.is_empty();
+        }
+        result
     }
 
     async fn pass_once<S, C>(
@@ -436,6 +441,8 @@ impl Engine {
         }
         self.unrecorded.clear();
         self.unrecorded_failures = 0;
+        // Reconciled in this pass's transaction: only now are they done.
+        self.label_prs.clear();
         let (mut report, jobs) = planned;
         report.triggered += answered.triggered;
         report.retried += answered.retried;
@@ -759,30 +766,49 @@ impl Engine {
                 .reconcile_labels(now, LabelScope::PullRequests(&prs))
                 .await?
         };
-        self.label_prs.clear();
         Ok(changed)
     }
 
-    /// After a failed pass: outcomes the database keeps refusing to record
-    /// would stop every later pass. Past [`MAX_RECORD_REPLAYS`] failures they
-    /// are dropped; their dispatches stay `triggering` and are settled as
-    /// orphans (confirmed from their runs, or retried).
-    /// Returns whether it dropped them.
-    fn give_up_unrecorded(&mut self, error: &StoreError) -> bool {
+    /// Records the outcomes kept from a failed pass or recording, in a
+    /// transaction of their own. Outcomes the database itself keeps
+    /// refusing would stop every later pass: after [`MAX_RECORD_REPLAYS`]
+    /// such refusals they are dropped, and their dispatches stay
+    /// `triggering`, settled as orphans (confirmed from their runs, or
+    /// retried).
+    async fn record_unrecorded<S: DispatchStore>(
+        &mut self,
+        store: &mut S,
+    ) -> Result<(), StoreError> {
         if self.unrecorded.is_empty() {
-            return false;
+            self.record_alone = false;
+            return Ok(());
         }
-        self.unrecorded_failures += 1;
-        if matches!(error, StoreError::Query(_)) && self.unrecorded_failures >= MAX_RECORD_REPLAYS {
-            tracing::error!(
-                error = %error, outcomes = self.unrecorded.len(),
-                "giving up recording trigger outcomes; their dispatches will be settled as orphans"
-            );
-            self.unrecorded.clear();
-            self.unrecorded_failures = 0;
-            return true;
+        let recorded = match store.database_now().await {
+            Ok(now) => store.record_outcomes(&self.unrecorded, now).await,
+            Err(e) => Err(e),
+        };
+        match recorded {
+            Ok(()) => {
+                tracing::info!(
+                    outcomes = self.unrecorded.len(),
+                    "recorded trigger outcomes kept from earlier"
+                );
+            }
+            Err(StoreError::Query(e)) if self.unrecorded_failures + 1 >= MAX_RECORD_REPLAYS => {
+                tracing::error!(
+                    error = %e, outcomes = self.unrecorded.len(),
+                    "giving up recording trigger outcomes; their dispatches will be settled as orphans"
+                );
+            }
+            Err(e) => {
+                self.unrecorded_failures += 1;
+                return Err(e);
+            }
         }
-        false
+        self.unrecorded.clear();
+        self.unrecorded_failures = 0;
+        self.record_alone = false;
+        Ok(())
     }
 
     /// Records the results of POSTs started by [`Engine::plan_pass`]. If
@@ -797,6 +823,11 @@ impl Engine {
         S: DispatchStore,
     {
         let mut report = TriggerReport::default();
+        // Kept ones first (at shutdown this is the process's last chance).
+        if let Err(e) = self.record_unrecorded(store).await {
+            self.carry_over(results, OffsetDateTime::now_utc());
+            return Err(e);
+        }
         if results.is_empty() {
             return Ok(report);
         }
@@ -815,6 +846,7 @@ impl Engine {
             .collect();
         if let Err(e) = store.record_outcomes(&outcomes, done).await {
             self.unrecorded.extend(outcomes);
+            self.record_alone = true;
             return Err(e);
         }
         Ok(report)

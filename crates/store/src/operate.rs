@@ -269,6 +269,19 @@ impl OperatorStore for PgEvents {
         let mut conn = self.db.conn().await?;
         let result = conn
             .transaction::<_, diesel::result::Error, _>(async |conn| {
+                // Its dispatches first, then the event: the order a dispatch
+                // pass takes them in (it changes a dispatch, then writes the
+                // event's timeline fact, which key-share locks the event,
+                // and refolds its status at the commit), so the two never
+                // wait for each other in a circle, even when the cancel
+                // comes between a pass's two statements.
+                let _: Vec<i64> = dispatches::table
+                    .filter(dispatches::event_id.eq(event.0))
+                    .order(dispatches::id)
+                    .select(dispatches::id)
+                    .for_update()
+                    .load(conn)
+                    .await?;
                 let status: Option<DbEventStatus> = webhook_events::table
                     .filter(webhook_events::id.eq(event.0))
                     .select(webhook_events::status)

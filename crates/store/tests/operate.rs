@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use diesel_async::{AsyncConnection, RunQueryDsl};
 use dispatcher_core::config::PoolKey;
 use dispatcher_core::domain::{DispatchState, EventId, EventStatus, TimelineKind};
 use dispatcher_core::planner::{DispatchOutcome, IntakePlan, NewDispatch};
@@ -12,11 +13,11 @@ use dispatcher_core::ports::{
     CancelOutcome, DispatchStore, EventRepository, OpenExtras, OperatorStore, ReplayOutcome,
     ReplayRequest, ReplayTarget,
 };
-use dispatcher_store::{Database, LeaderOptions, PoolOptions};
+use dispatcher_store::{Database, PoolOptions};
 use dispatcher_testdb::TestDatabase;
 
 mod common;
-use common::{event, new_dispatch};
+use common::{event, lead, new_dispatch};
 use time::OffsetDateTime;
 
 fn queued(event: EventId, pr: i64) -> NewDispatch {
@@ -52,11 +53,7 @@ async fn timeline_cancel_replay_and_pause_keep_newest_wins() {
     let older = record(&events, "d1", 1).await;
     let newer = record(&events, "d2", 1).await;
     let other = record(&events, "d3", 2).await;
-    let mut leader = db
-        .try_lead(false, LeaderOptions::default())
-        .await
-        .unwrap()
-        .expect("leader");
+    let mut leader = lead(&db, false).await;
     let now = OffsetDateTime::now_utc();
     let first = leader
         .apply_intake(
@@ -194,4 +191,59 @@ async fn timeline_cancel_replay_and_pause_keep_newest_wins() {
     assert!(leader.paused_pools().await.unwrap().is_empty());
     let never = PoolKey("ns/never".into());
     assert!(!events.set_paused(&never, false, "alice").await.unwrap());
+}
+
+/// An operator's cancel racing a pass that starts the same dispatch (the
+/// pass now holds its locks until the end of the whole pass): the cancel
+/// waits for the pass's commit, then finds nothing waiting, and neither
+/// fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_racing_a_pass_that_starts_the_dispatch_waits_for_it() {
+    let t = TestDatabase::new();
+    let db = Database::connect(t.url(), PoolOptions::default()).unwrap();
+    let events = db.events();
+    let e = record(&events, "d1", 1).await;
+    let mut leader = lead(&db, false).await;
+    let now = OffsetDateTime::now_utc();
+    let plan = IntakePlan {
+        planned: vec![e],
+        aborted: vec![],
+        new_dispatches: vec![queued(e, 1)],
+        superseded: vec![],
+    };
+    let id = leader.apply_intake(&plan, now).await.unwrap()[0].id;
+
+    leader.begin_pass().await.unwrap();
+    assert_eq!(leader.begin_triggers(&[id], now).await.unwrap().len(), 1);
+    let cancel = tokio::spawn({
+        let events = events.clone();
+        async move { events.cancel(e, "alice").await }
+    });
+    // Until the cancel waits on a lock held by the pass (bounded).
+    let mut probe = diesel_async::AsyncPgConnection::establish(t.url())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+        )
+        .get_result(&mut probe)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cancel never waited"
+        );
+        tokio::task::yield_now().await;
+    }
+    leader.commit_pass().await.expect("the pass commits");
+    assert_eq!(
+        cancel.await.unwrap().unwrap(),
+        Some(CancelOutcome::NothingWaiting(EventStatus::Queued)),
+        "the dispatch left the queue before the cancel could take it"
+    );
 }

@@ -22,7 +22,7 @@ use dispatcher_testdb::TestDatabase;
 use time::OffsetDateTime;
 
 mod common;
-use common::{created, event, new_dispatch};
+use common::{created, event, lead, new_dispatch};
 
 fn db(test: &TestDatabase) -> Database {
     Database::connect(
@@ -33,15 +33,6 @@ fn db(test: &TestDatabase) -> Database {
         },
     )
     .expect("pool")
-}
-
-/// This database's leader session (labels on or off); panics if another holds the lock.
-async fn lead(database: &Database, labels: bool) -> dispatcher_store::LeaderSession {
-    database
-        .try_lead(labels, LeaderOptions::default())
-        .await
-        .unwrap()
-        .expect("leader")
 }
 
 #[tokio::test(flavor = "multi_thread")]

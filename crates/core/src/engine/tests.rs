@@ -65,12 +65,33 @@ struct MemStore {
     aborted: HashSet<EventId>,
     fail_record: bool,
     reject_record: bool,
+    /// Pass commits still to refuse (a query error, as a deadlock would be).
+    fail_commits: u32,
+    /// The state as of `begin_pass`, put back by `abort_pass`.
+    snapshot: Option<Snapshot>,
     clock: ManualClock,
     /// Dispatches with a run cancellation (`CancelRun` of a non-queued one).
     run_cancels: Vec<i64>,
 }
 
+/// What a pass transaction of [`MemStore`] can roll back.
+type Snapshot = (
+    Vec<(UnplannedEvent, bool)>,
+    BTreeMap<i64, (OpenDispatch, Option<String>)>,
+    HashSet<EventId>,
+    Vec<i64>,
+);
+
 impl MemStore {
+    fn snapshot(&self) -> Snapshot {
+        (
+            self.events.clone(),
+            self.dispatches.clone(),
+            self.aborted.clone(),
+            self.run_cancels.clone(),
+        )
+    }
+
     fn add_event(&mut self, id: i64, pr: i64, action: &str) {
         let e = UnplannedEvent {
             id: EventId(id),
@@ -95,6 +116,30 @@ impl MemStore {
 }
 
 impl DispatchStore for MemStore {
+    async fn begin_pass(&mut self) -> Result<(), StoreError> {
+        self.snapshot = Some(self.snapshot());
+        Ok(())
+    }
+
+    async fn commit_pass(&mut self) -> Result<(), StoreError> {
+        if self.fail_commits > 0 {
+            self.fail_commits -= 1;
+            self.abort_pass().await;
+            return Err(StoreError::Query("deadlock detected".into()));
+        }
+        self.snapshot = None;
+        Ok(())
+    }
+
+    async fn abort_pass(&mut self) {
+        if let Some((events, dispatches, aborted, run_cancels)) = self.snapshot.take() {
+            self.events = events;
+            self.dispatches = dispatches;
+            self.aborted = aborted;
+            self.run_cancels = run_cancels;
+        }
+    }
+
     async fn database_now(&mut self) -> Result<OffsetDateTime, StoreError> {
         Ok(self.clock.now())
     }
@@ -611,24 +656,34 @@ fn outcomes_that_could_not_be_recorded_are_recorded_next_pass() {
     assert_eq!(trigger.calls.lock().map(|c| c.len()).unwrap_or_default(), 1);
 }
 
-/// The way the runtime drives it: answers go to the next pass, which
-/// records them in its own transaction; a pass that fails keeps them.
-#[test]
-fn answers_handed_to_a_failing_pass_are_recorded_by_the_next() {
+/// One event triggered by a pass, and the listener's answer to it (202),
+/// not recorded yet.
+fn answered_first_trigger() -> (
+    Engine,
+    MemStore,
+    ScriptedTrigger,
+    FixedCapacity,
+    TriggerResult,
+) {
     let mut engine = Engine::new(settings(1, 5));
     let mut store = MemStore::default();
     let trigger = ScriptedTrigger::default();
     let cap = running(0, &[]);
     store.add_event(1, 10, "opened");
-    let (_, jobs) = block_on(engine.pass(&mut store, &cap, Vec::new())).expect("pass");
+    let (_, mut jobs) = block_on(engine.pass(&mut store, &cap, Vec::new())).expect("pass");
     assert_eq!(jobs.len(), 1);
-    let answer = block_on(send_trigger(
-        &trigger,
-        engine.callback_url(&jobs[0]),
-        &jobs[0],
-    ));
+    let job = jobs.remove(0);
+    let result = block_on(send_trigger(&trigger, engine.callback_url(&job), &job));
+    (engine, store, trigger, cap, (job, result))
+}
+
+/// The way the runtime drives it: answers go to the next pass, which
+/// records them in its own transaction; a pass that fails keeps them.
+#[test]
+fn answers_handed_to_a_failing_pass_are_recorded_by_the_next() {
+    let (mut engine, mut store, trigger, cap, answer) = answered_first_trigger();
     store.fail_record = true;
-    let failed = block_on(engine.pass(&mut store, &cap, vec![(jobs[0].clone(), answer)]));
+    let failed = block_on(engine.pass(&mut store, &cap, vec![answer]));
     assert!(failed.is_err());
     assert_eq!(engine.unrecorded(), 1, "kept for the next pass");
     assert_eq!(store.states(), [(1, DispatchState::Triggering)]);
@@ -639,6 +694,41 @@ fn answers_handed_to_a_failing_pass_are_recorded_by_the_next() {
     assert_eq!(engine.unrecorded(), 0);
     assert_eq!(store.states(), [(1, DispatchState::Triggered)]);
     assert_eq!(trigger.calls.lock().map(|c| c.len()).unwrap_or_default(), 1);
+}
+
+/// A pass that keeps failing for another reason (here its commit) never
+/// costs the answers it was handed: they are recorded on their own first.
+#[test]
+fn answers_survive_passes_that_keep_failing_for_another_reason() {
+    let (mut engine, mut store, trigger, cap, answer) = answered_first_trigger();
+    store.fail_commits = 5;
+    let mut answers = vec![answer];
+    for _ in 0..5 {
+        let failed = block_on(engine.pass(&mut store, &cap, std::mem::take(&mut answers)));
+        assert!(failed.is_err());
+    }
+    assert_eq!(
+        store.states(),
+        [(1, DispatchState::Triggered)],
+        "recorded despite five failed passes"
+    );
+    assert_eq!(engine.unrecorded(), 0);
+    let (_, jobs) = block_on(engine.pass(&mut store, &cap, Vec::new())).expect("pass");
+    assert!(jobs.is_empty());
+    assert_eq!(trigger.calls.lock().map(|c| c.len()).unwrap_or_default(), 1);
+}
+
+/// At shutdown the runtime records the answers still in flight; those kept
+/// from a failed pass go with them.
+#[test]
+fn recording_answers_alone_records_those_kept_from_a_failed_pass() {
+    let (mut engine, mut store, _, cap, answer) = answered_first_trigger();
+    store.fail_commits = 1;
+    assert!(block_on(engine.pass(&mut store, &cap, vec![answer])).is_err());
+    assert_eq!(store.states(), [(1, DispatchState::Triggering)]);
+    block_on(engine.record_triggers(&mut store, Vec::new())).expect("recorded");
+    assert_eq!(store.states(), [(1, DispatchState::Triggered)]);
+    assert_eq!(engine.unrecorded(), 0);
 }
 
 #[test]

@@ -1,12 +1,19 @@
 //! Builders shared by the store's test binaries.
 
-#![allow(dead_code, unreachable_pub, clippy::panic)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 use dispatcher_core::config::PoolKey;
 use dispatcher_core::domain::{DispatchState, EventId, PullRequestRef};
 use dispatcher_core::intake::NewEvent;
 use dispatcher_core::planner::NewDispatch;
 use dispatcher_core::ports::RecordOutcome;
+use dispatcher_store::{Database, LeaderOptions, LeaderSession};
 
 /// A `pull_request` `opened` delivery of `o/r#pr`.
 pub fn event(delivery: &str, pr: i64, payload: &str) -> NewEvent {
@@ -60,4 +67,14 @@ pub fn created(outcome: RecordOutcome) -> EventId {
         RecordOutcome::Created(e) => e.id,
         other => panic!("expected a new row, got {other:?}"),
     }
+}
+
+/// This database's leader session (labels on or off); panics if another
+/// holds the lock.
+pub async fn lead(database: &Database, labels: bool) -> LeaderSession {
+    database
+        .try_lead(labels, LeaderOptions::default())
+        .await
+        .unwrap()
+        .expect("leader")
 }
