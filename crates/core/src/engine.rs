@@ -143,10 +143,6 @@ pub struct Engine {
     unrecorded: Vec<DispatchOutcome>,
     /// Consecutive failures to record `unrecorded` on their own.
     unrecorded_failures: u32,
-    /// A pass (or a recording) failed with `unrecorded` pending: the next
-    /// one records them in a transaction of their own first, so they never
-    /// depend on the rest of a pass succeeding.
-    record_alone: bool,
     /// Whether passes write queue statuses (`github.queue_status` with
     /// GitHub credentials); fixed at start like the status worker, so a
     /// reload never leaves statuses nobody completes.
@@ -275,7 +271,6 @@ impl Engine {
             retry,
             unrecorded: Vec::new(),
             unrecorded_failures: 0,
-            record_alone: false,
             queue_status: settings.github.queue_status.posts_status()
                 && settings.github.labels_enabled(),
             settings,
@@ -300,7 +295,6 @@ impl Engine {
     pub fn reload(&mut self, settings: Arc<Settings>) {
         let kept = std::mem::take(&mut self.unrecorded);
         let failures = self.unrecorded_failures;
-        let record_alone = self.record_alone;
         let queue_status = self.queue_status;
         let summary = self.summary.take();
         let label_prs = std::mem::take(&mut self.label_prs);
@@ -310,7 +304,6 @@ impl Engine {
         self.label_prs = label_prs;
         self.unrecorded = kept;
         self.unrecorded_failures = failures;
-        self.record_alone = record_alone;
     }
 
     /// Whether `settings` is the configuration in use (the same value, not
@@ -385,9 +378,10 @@ impl Engine {
         S: DispatchStore,
         C: CapacitySource,
     {
-        if self.record_alone
-            && let Err(e) = self.record_unrecorded(store).await
-        {
+        // Outcomes kept from a failed pass or a lost session go on their
+        // own first, so they never depend on the rest of a pass succeeding;
+        // `answers` join the pass's transaction.
+        if let Err(e) = self.record_unrecorded(store).await {
             self.carry_over(answers, OffsetDateTime::now_utc());
             return Err(e);
         }
@@ -395,7 +389,6 @@ impl Engine {
         let result = self.pass_once(store, capacity, answers).await;
         if result.is_err() {
             saved.restore(self);
-            self.record_alone = !self.unrecorded.is_empty();
         }
         result
     }
@@ -427,18 +420,18 @@ impl Engine {
         };
         // Kept until the commit: a failed pass records them next time.
         let answered = self.keep_outcomes(answers, now);
-        let planned = match self.plan_in_pass(store, capacity, now).await {
+        let committed = match self.plan_in_pass(store, capacity, now).await {
+            Ok(planned) => store.commit_pass().await.map(|()| planned),
+            Err(e) => Err(e),
+        };
+        let planned = match committed {
             Ok(planned) => planned,
             Err(e) => {
+                // Whatever is left open goes (a no-op once the store ended it).
                 store.abort_pass().await;
                 return Err(e);
             }
         };
-        if let Err(e) = store.commit_pass().await {
-            // Whatever the commit left open goes (a no-op once the store ended it).
-            store.abort_pass().await;
-            return Err(e);
-        }
         self.unrecorded.clear();
         self.unrecorded_failures = 0;
         // Reconciled in this pass's transaction: only now are they done.
@@ -769,18 +762,17 @@ impl Engine {
         Ok(changed)
     }
 
-    /// Records the outcomes kept from a failed pass or recording, in a
-    /// transaction of their own. Outcomes the database itself keeps
-    /// refusing would stop every later pass: after [`MAX_RECORD_REPLAYS`]
-    /// such refusals they are dropped, and their dispatches stay
-    /// `triggering`, settled as orphans (confirmed from their runs, or
-    /// retried).
+    /// Records the outcomes kept from a failed pass or recording, or from a
+    /// lost session, in a transaction of their own. Outcomes the database
+    /// itself keeps refusing would stop every later pass: after
+    /// [`MAX_RECORD_REPLAYS`] such refusals they are dropped, and their
+    /// dispatches stay `triggering`, settled as orphans (confirmed from
+    /// their runs, or retried).
     async fn record_unrecorded<S: DispatchStore>(
         &mut self,
         store: &mut S,
     ) -> Result<(), StoreError> {
         if self.unrecorded.is_empty() {
-            self.record_alone = false;
             return Ok(());
         }
         let recorded = match store.database_now().await {
@@ -807,7 +799,6 @@ impl Engine {
         }
         self.unrecorded.clear();
         self.unrecorded_failures = 0;
-        self.record_alone = false;
         Ok(())
     }
 
@@ -846,7 +837,6 @@ impl Engine {
             .collect();
         if let Err(e) = store.record_outcomes(&outcomes, done).await {
             self.unrecorded.extend(outcomes);
-            self.record_alone = true;
             return Err(e);
         }
         Ok(report)

@@ -279,7 +279,8 @@ where
             let started = std::time::Instant::now();
             let pass = tokio::time::timeout(
                 d.pass_timeout(),
-                self.pass(engine, &mut session, std::mem::take(&mut answers)),
+                // Records the answers and plans, in one commit.
+                engine.pass(&mut session, &*self.capacity, std::mem::take(&mut answers)),
             )
             .instrument(span.clone())
             .await;
@@ -368,16 +369,6 @@ where
                 }
             }
         }
-    }
-
-    /// Records trigger answers and plans the next pass, in one commit.
-    async fn pass<S: ActiveSession>(
-        &self,
-        engine: &mut Engine,
-        session: &mut S,
-        answers: Vec<TriggerResult>,
-    ) -> Result<(PassReport, Vec<dispatcher_core::ports::TriggerJob>), StoreError> {
-        engine.pass(session, &*self.capacity, answers).await
     }
 
     /// Shutdown while leading: no new triggers; wait for the POSTs already
