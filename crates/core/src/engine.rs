@@ -37,8 +37,8 @@ use crate::planner::{
     cancel_query, orphan_candidates, plan_dispatch, plan_intake, plan_run_cancels, trigger_outcome,
 };
 use crate::ports::{
-    CapacitySource, DispatchStore, LabelScope, OpenDispatch, OpenExtras, PoolState, StoreError,
-    Trigger, TriggerError, TriggerJob, TriggerRequest,
+    CapacitySource, DispatchStore, LabelScope, OpenDispatch, OpenExtras, PassReads, PoolState,
+    StoreError, Trigger, TriggerError, TriggerJob, TriggerRequest,
 };
 use crate::rules::{EventFacts, match_items, needs_payload};
 
@@ -403,14 +403,9 @@ impl Engine {
         S: DispatchStore,
         C: CapacitySource,
     {
-        let begun = store.begin_pass().await;
-        // One reading of the database clock per pass (a few ms stale by the
-        // end of it, which every deadline tolerates).
-        let now = match begun {
-            Ok(()) => store.database_now().await,
-            Err(e) => Err(e),
-        };
-        let now = match now {
+        // One reading of the database clock per pass, with its BEGIN (a few
+        // ms stale by the end of it, which every deadline tolerates).
+        let now = match store.begin_pass().await {
             Ok(now) => now,
             Err(e) => {
                 store.abort_pass().await;
@@ -468,13 +463,19 @@ impl Engine {
         let incremental = self.incremental();
         // A full pass reads the open set once, before intake, and keeps it
         // current; an incremental one reads what it needs where it needs it.
-        let mut open = if incremental {
-            Vec::new()
-        } else {
-            store.open_dispatches(cutoff, extras).await?
-        };
+        let PassReads {
+            mut open,
+            unplanned,
+            paused,
+        } = store
+            .pass_reads(cutoff, (!incremental).then_some(extras), PLAN_BATCH)
+            .await?;
+        let mut first_batch = Some(unplanned);
         loop {
-            let events = store.unplanned_events(PLAN_BATCH).await?;
+            let events = match first_batch.take() {
+                Some(events) => events,
+                None => store.unplanned_events(PLAN_BATCH).await?,
+            };
             if events.is_empty() {
                 break;
             }
@@ -551,7 +552,6 @@ impl Engine {
                 open.retain(|d| !queued.contains(&d.id));
             }
         }
-        let paused = store.paused_pools().await?;
         if incremental {
             // Read after intake and cancellations: they are already applied.
             open = self

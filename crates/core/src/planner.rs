@@ -299,6 +299,8 @@ pub struct PoolUsage {
     pub max_capacity: u32,
     /// Queued dispatches.
     pub waiting: u32,
+    /// Of those, how many this pass starts (its triggers from this pool).
+    pub starting: u32,
     /// Queued since: the earliest `next_attempt_at` of the queued dispatches
     /// (their creation, or the end of a retry's backoff), `None` when none waits.
     pub oldest_waiting: Option<OffsetDateTime>,
@@ -306,6 +308,13 @@ pub struct PoolUsage {
     pub blocked: Option<String>,
     /// An operator paused the pool: it queues but triggers nothing.
     pub paused: bool,
+}
+
+impl PoolUsage {
+    /// Queued dispatches this pass leaves waiting for a slot.
+    pub fn left_waiting(&self) -> u32 {
+        self.waiting.saturating_sub(self.starting)
+    }
 }
 
 /// Decisions of one dispatch pass.
@@ -673,12 +682,15 @@ fn plan_pool(
         Some(PoolState::Unknown { reason }) => (None, Some(reason.clone())),
         None => (None, Some("no capacity information".to_owned())),
     };
+    let mut starting = 0u32;
     if let Some(running) = running.filter(|_| !paused) {
         let free = spec
             .max_capacity
             .saturating_sub(running.saturating_add(reserved));
+        let before = plan.trigger.len();
         plan.trigger
             .extend(eligible.iter().take(free as usize).map(|d| d.id));
+        starting = u32::try_from(plan.trigger.len() - before).unwrap_or(u32::MAX);
     }
     plan.usage.push(PoolUsage {
         pool: key.clone(),
@@ -686,6 +698,7 @@ fn plan_pool(
         reserved,
         max_capacity: spec.max_capacity,
         waiting,
+        starting,
         oldest_waiting,
         blocked,
         paused,

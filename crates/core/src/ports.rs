@@ -353,6 +353,17 @@ pub struct TriggerJob {
     pub resign: bool,
 }
 
+/// What a pass reads first ([`DispatchStore::pass_reads`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassReads {
+    /// The open set (empty unless asked for).
+    pub open: Vec<OpenDispatch>,
+    /// The oldest unplanned events.
+    pub unplanned: Vec<UnplannedEvent>,
+    /// Pools an operator paused.
+    pub paused: std::collections::BTreeSet<PoolKey>,
+}
+
 /// The storage the single active dispatcher works on. Every method is one
 /// transaction, unless a pass transaction is open ([`DispatchStore::begin_pass`]);
 /// implementations must fence writes so that a replica that lost the
@@ -364,9 +375,34 @@ pub trait DispatchStore: Send {
     /// and a WAL flush, before the pass's POSTs can start). The commit waits
     /// for its WAL flush whenever the pass wrote more than intake, so every
     /// job returned by [`DispatchStore::begin_triggers`] is durable before
-    /// its POST. The default (a store without transactions) does nothing.
-    fn begin_pass(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send {
-        async { Ok(()) }
+    /// its POST. Returns the database's clock, read in the same round trip:
+    /// the pass's one reading of it. The default (a store without
+    /// transactions) only reads the clock.
+    fn begin_pass(&mut self) -> impl Future<Output = Result<OffsetDateTime, StoreError>> + Send {
+        self.database_now()
+    }
+    /// What every pass reads first, together: the open set (when `open` asks
+    /// for it, with those extras; a full pass), the first `unplanned_limit`
+    /// unplanned events and the paused pools. A store that can pipeline
+    /// statements sends them in one round trip; the default reads one after
+    /// the other.
+    fn pass_reads(
+        &mut self,
+        reservation_cutoff: OffsetDateTime,
+        open: Option<OpenExtras>,
+        unplanned_limit: usize,
+    ) -> impl Future<Output = Result<PassReads, StoreError>> + Send {
+        async move {
+            let open = match open {
+                Some(extras) => self.open_dispatches(reservation_cutoff, extras).await?,
+                None => Vec::new(),
+            };
+            Ok(PassReads {
+                open,
+                unplanned: self.unplanned_events(unplanned_limit).await?,
+                paused: self.paused_pools().await?,
+            })
+        }
     }
     /// Commits the pass transaction (nothing if none is open).
     fn commit_pass(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send {

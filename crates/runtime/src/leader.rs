@@ -294,7 +294,9 @@ where
                     return TermEnd::Lost;
                 }
                 Ok(Ok((report, jobs))) => {
-                    work_waiting = report.usage.iter().any(|u| u.waiting > 0);
+                    // Work this pass starts is not waiting: the answers and
+                    // PipelineRuns it brings are bookkeeping, not a slot to fill.
+                    work_waiting = report.usage.iter().any(|u| u.left_waiting() > 0);
                     span.in_scope(|| self.after_pass(&report, &label_wake, &status_wake));
                     for job in jobs {
                         let url = engine.callback_url(&job).cloned();

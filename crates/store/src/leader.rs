@@ -19,9 +19,7 @@ use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 use diesel::sql_types::{Array, Bool, Int4, Int8, Text, Timestamptz};
 use diesel_async::pooled_connection::PoolableConnection;
-use diesel_async::{
-    AnsiTransactionManager, AsyncConnection, AsyncPgConnection, RunQueryDsl, TransactionManager,
-};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use dispatcher_core::config::PoolKey;
 use dispatcher_core::domain::{
     DispatchId, DispatchState, EventId, EventStatus, PullRequestRef, TimelineKind,
@@ -30,8 +28,8 @@ use dispatcher_core::domain::{
 use dispatcher_core::open_set::{HeadRequest, QueueSummary};
 use dispatcher_core::planner::{DispatchOutcome, IntakePlan, NewDispatch};
 use dispatcher_core::ports::{
-    CancelCandidate, CancelQuery, DispatchStore, LabelScope, OpenDispatch, OpenExtras, StoreError,
-    TriggerJob, UnplannedEvent,
+    CancelCandidate, CancelQuery, DispatchStore, LabelScope, OpenDispatch, OpenExtras, PassReads,
+    StoreError, TriggerJob, UnplannedEvent,
 };
 use dispatcher_core::timeline::fact;
 use futures_util::future::{try_join, try_join3, try_join4};
@@ -109,6 +107,10 @@ pub struct LeaderSession {
     backend_pid: i32,
     /// The open pass transaction, if any ([`DispatchStore::begin_pass`]).
     pass: Option<PassWrites>,
+    /// Whether a pass has committed on this connection: from then on its
+    /// commit statements are prepared and can be pipelined (see
+    /// [`pass::commit`]).
+    committed_once: bool,
 }
 
 impl std::fmt::Debug for LeaderSession {
@@ -232,6 +234,7 @@ impl LeaderSession {
             lease,
             backend_pid: setup.backend_pid,
             pass: None,
+            committed_once: false,
         }))
     }
 
@@ -341,7 +344,7 @@ impl LeaderSession {
         // A failed statement aborts the pass transaction: end it, or the
         // probe below would be refused too (and so would every later write).
         if self.pass.take().is_some() {
-            let _ = AnsiTransactionManager::rollback_transaction(&mut self.conn).await;
+            let _ = pass::rollback(&self.conn).await;
         }
         if error::is_connection_lost(&e) || self.conn.is_broken() || !self.probe().await {
             self.lease.revoke();
@@ -402,54 +405,44 @@ type UnplannedRow = (
 );
 
 impl DispatchStore for LeaderSession {
-    async fn begin_pass(&mut self) -> Result<(), StoreError> {
+    async fn begin_pass(&mut self) -> Result<OffsetDateTime, StoreError> {
         self.ensure_held()?;
         if self.pass.is_some() {
             // A pass the caller neither committed nor aborted: drop its writes.
             self.abort_pass().await;
         }
         let started = Instant::now();
-        let result = AnsiTransactionManager::begin_transaction(&mut self.conn).await;
-        self.settle(started, result).await?;
+        let result = pass::begin(&self.conn).await;
+        // Set before settling: should the BEGIN have gone through and the
+        // clock failed, `classify` rolls it back.
         self.pass = Some(PassWrites::default());
-        Ok(())
+        let now = self.settle(started, result).await?;
+        Ok(now)
     }
 
     async fn commit_pass(&mut self) -> Result<(), StoreError> {
-        let Some(mut pass) = self.pass.take() else {
+        if self.pass.is_none() {
             return Ok(());
-        };
-        // Back to `self.pass` until the commit, so a failure below (through
-        // `classify`) rolls the transaction back.
-        let touched = pass.take_touched();
-        let durable = pass.durable();
-        self.pass = Some(pass);
+        }
+        // The pass stays in `self.pass` until the commit succeeded, so a
+        // failure (through `classify`, or the caller's `abort_pass`) rolls
+        // the transaction back.
         self.ensure_held()?;
         let started = Instant::now();
-        let conn = &mut self.conn;
-        let result = async {
-            let wrote = touched.is_some();
-            if let Some((events, now)) = touched {
-                status::refresh(conn, &events, now).await?;
-            }
-            // (A pass that wrote nothing has no WAL to flush anyway.)
-            if wrote && !durable {
-                Prepared(diesel::sql_query("SET LOCAL synchronous_commit = off"))
-                    .execute(conn)
-                    .await?;
-            }
-            AnsiTransactionManager::commit_transaction(conn).await
-        }
-        .await;
+        let result = match self.pass.as_mut() {
+            Some(writes) => pass::commit(&self.conn, writes, self.committed_once).await,
+            None => Ok(()),
+        };
         if result.is_ok() {
             self.pass = None;
+            self.committed_once = true;
         }
         self.settle(started, result).await
     }
 
     async fn abort_pass(&mut self) {
         if self.pass.take().is_some() {
-            let _ = AnsiTransactionManager::rollback_transaction(&mut self.conn).await;
+            let _ = pass::rollback(&self.conn).await;
         }
     }
 
@@ -486,33 +479,8 @@ impl DispatchStore for LeaderSession {
     async fn unplanned_events(&mut self, limit: usize) -> Result<Vec<UnplannedEvent>, StoreError> {
         self.ensure_held()?;
         let started = Instant::now();
-        let rows: Result<Vec<UnplannedRow>, _> = webhook_events::table
-            .filter(webhook_events::planned_at.is_null())
-            .order(webhook_events::id)
-            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-            .select((
-                webhook_events::id,
-                webhook_events::action,
-                webhook_events::repository_full_name,
-                webhook_events::pull_request_number,
-                webhook_events::headers,
-                webhook_events::labels,
-            ))
-            .load(&mut self.conn)
-            .await;
-        let rows = self.settle(started, rows).await?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(id, action, repository, number, headers, labels)| UnplannedEvent {
-                    id: EventId(id),
-                    action,
-                    pr: PullRequestRef { repository, number },
-                    headers: headers_from_json(&headers),
-                    labels,
-                },
-            )
-            .collect())
+        let result = load_unplanned(&self.conn, limit).await;
+        self.settle(started, result).await
     }
 
     async fn event_payloads(
@@ -541,7 +509,7 @@ impl DispatchStore for LeaderSession {
     ) -> Result<Vec<OpenDispatch>, StoreError> {
         self.ensure_held()?;
         let started = Instant::now();
-        let rows = open_set::load_open(&mut self.conn, reservation_cutoff, extras).await;
+        let rows = open_set::load_open(&self.conn, reservation_cutoff, extras).await;
         self.settle(started, rows).await
     }
 
@@ -1064,13 +1032,37 @@ impl DispatchStore for LeaderSession {
     async fn paused_pools(&mut self) -> Result<BTreeSet<PoolKey>, StoreError> {
         self.ensure_held()?;
         let started = Instant::now();
-        let result: Result<Vec<String>, _> = pool_controls::table
-            .filter(pool_controls::paused)
-            .select(pool_controls::pool)
-            .load(&mut self.conn)
-            .await;
-        let pools = self.settle(started, result).await?;
-        Ok(pools.into_iter().map(PoolKey).collect())
+        let result = load_paused(&self.conn).await;
+        self.settle(started, result).await
+    }
+
+    async fn pass_reads(
+        &mut self,
+        reservation_cutoff: OffsetDateTime,
+        open: Option<OpenExtras>,
+        unplanned_limit: usize,
+    ) -> Result<PassReads, StoreError> {
+        self.ensure_held()?;
+        let started = Instant::now();
+        let conn = &self.conn;
+        // Sent together, one round trip: none depends on another.
+        let result = try_join3(
+            async {
+                match open {
+                    Some(extras) => open_set::load_open(conn, reservation_cutoff, extras).await,
+                    None => Ok(Vec::new()),
+                }
+            },
+            load_unplanned(conn, unplanned_limit),
+            load_paused(conn),
+        )
+        .await;
+        let (open, unplanned, paused) = self.settle(started, result).await?;
+        Ok(PassReads {
+            open,
+            unplanned,
+            paused,
+        })
     }
 
     async fn reconcile_labels(
@@ -1120,6 +1112,49 @@ impl DispatchStore for LeaderSession {
         let result = cancels::load_candidates(&mut self.conn, query).await;
         self.settle(started, result).await
     }
+}
+
+/// The oldest `limit` unplanned events.
+async fn load_unplanned(
+    mut conn: &AsyncPgConnection,
+    limit: usize,
+) -> Result<Vec<UnplannedEvent>, DieselError> {
+    let rows: Vec<UnplannedRow> = webhook_events::table
+        .filter(webhook_events::planned_at.is_null())
+        .order(webhook_events::id)
+        .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+        .select((
+            webhook_events::id,
+            webhook_events::action,
+            webhook_events::repository_full_name,
+            webhook_events::pull_request_number,
+            webhook_events::headers,
+            webhook_events::labels,
+        ))
+        .load(&mut conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, action, repository, number, headers, labels)| UnplannedEvent {
+                id: EventId(id),
+                action,
+                pr: PullRequestRef { repository, number },
+                headers: headers_from_json(&headers),
+                labels,
+            },
+        )
+        .collect())
+}
+
+/// The pools an operator paused.
+async fn load_paused(mut conn: &AsyncPgConnection) -> Result<BTreeSet<PoolKey>, DieselError> {
+    let pools: Vec<String> = pool_controls::table
+        .filter(pool_controls::paused)
+        .select(pool_controls::pool)
+        .load(&mut conn)
+        .await?;
+    Ok(pools.into_iter().map(PoolKey).collect())
 }
 
 /// Inserts `new` (skipping any already made for its event, item and round)

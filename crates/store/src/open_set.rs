@@ -107,7 +107,7 @@ fn into_open(rows: Vec<OpenWithSiblings>) -> Vec<OpenDispatch> {
 /// `reservation_cutoff` with the `extras` asked for, in pool FIFO order (a
 /// full pass; the operators' queue view reads the same).
 pub(crate) async fn load_open(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     reservation_cutoff: OffsetDateTime,
     extras: OpenExtras,
 ) -> Result<Vec<OpenDispatch>, DieselError> {
@@ -119,7 +119,7 @@ pub(crate) async fn load_open(
           ORDER BY d.pool, d.queue_position, d.id"
     );
     let rows = Prepared(open_query!(SQL, extras).bind::<Timestamptz, _>(reservation_cutoff))
-        .load(conn)
+        .load(&mut conn)
         .await?;
     Ok(into_open(rows))
 }

@@ -16,13 +16,32 @@ use crate::vocab::{DbDispatchState, DbEventStatus};
 /// Recomputes the status of `event_ids` from their dispatches (call inside
 /// the transaction that changed them).
 pub(crate) async fn refresh(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     event_ids: &[i64],
     now: OffsetDateTime,
 ) -> QueryResult<()> {
+    let folded = fold(conn, event_ids).await?;
+    folded.write(conn, now).await
+}
+
+/// The statuses of some events, folded from their dispatches' states and
+/// not yet written.
+#[derive(Debug, Default)]
+pub(crate) struct Folded {
+    ids: Vec<i64>,
+    statuses: Vec<DbEventStatus>,
+    processed: Vec<bool>,
+    errors: Vec<Option<String>>,
+    finals: Vec<bool>,
+}
+
+/// Reads the dispatches of `event_ids` and folds each event's status (one
+/// round trip; none for no events).
+pub(crate) async fn fold(conn: &AsyncPgConnection, event_ids: &[i64]) -> QueryResult<Folded> {
     if event_ids.is_empty() {
-        return Ok(());
+        return Ok(Folded::default());
     }
+    let mut conn = conn;
     // Only the event's current round counts: a replay starts a new one.
     let rows: Vec<(i64, DbDispatchState, Option<String>)> = dispatches::table
         .inner_join(webhook_events::table)
@@ -34,7 +53,7 @@ pub(crate) async fn refresh(
             dispatches::state,
             dispatches::last_error,
         ))
-        .load(conn)
+        .load(&mut conn)
         .await?;
     let mut per_event: BTreeMap<i64, Vec<DispatchSummary>> = BTreeMap::new();
     for (event_id, DbDispatchState(state), last_error) in rows {
@@ -43,35 +62,46 @@ pub(crate) async fn refresh(
             .or_default()
             .push(DispatchSummary { state, last_error });
     }
-    let mut ids = Vec::with_capacity(per_event.len());
-    let mut statuses = Vec::with_capacity(per_event.len());
-    let mut processed = Vec::with_capacity(per_event.len());
-    let mut errors = Vec::with_capacity(per_event.len());
-    let mut finals = Vec::with_capacity(per_event.len());
+    let mut folded = Folded::default();
     for (id, summaries) in per_event {
         let derived = derive_event_status(&summaries);
-        ids.push(id);
-        statuses.push(DbEventStatus(derived.status));
-        processed.push(derived.processed);
-        errors.push(derived.error);
-        finals.push(derived.is_final);
+        folded.ids.push(id);
+        folded.statuses.push(DbEventStatus(derived.status));
+        folded.processed.push(derived.processed);
+        folded.errors.push(derived.error);
+        folded.finals.push(derived.is_final);
     }
-    Prepared(
-        diesel::sql_query(
-            "UPDATE webhook_events e
-            SET status = v.status, processed = v.processed, processing_error = v.error,
-                processed_at = CASE WHEN v.final THEN COALESCE(e.processed_at, $6) ELSE NULL END
-           FROM unnest($1, $2, $3, $4, $5) AS v(id, status, processed, error, final)
-          WHERE e.id = v.id",
+    Ok(folded)
+}
+
+impl Folded {
+    /// Writes the statuses (one statement; none when there are none), at `now`.
+    pub(crate) async fn write(
+        self,
+        conn: &AsyncPgConnection,
+        now: OffsetDateTime,
+    ) -> QueryResult<()> {
+        if self.ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = conn;
+        Prepared(
+            diesel::sql_query(
+                "UPDATE webhook_events e
+                SET status = v.status, processed = v.processed, processing_error = v.error,
+                    processed_at = CASE WHEN v.final THEN COALESCE(e.processed_at, $6) ELSE NULL END
+               FROM unnest($1, $2, $3, $4, $5) AS v(id, status, processed, error, final)
+              WHERE e.id = v.id",
+            )
+            .bind::<Array<Int8>, _>(self.ids)
+            .bind::<Array<sql_types::EventStatus>, _>(self.statuses)
+            .bind::<Array<Bool>, _>(self.processed)
+            .bind::<Array<Nullable<Text>>, _>(self.errors)
+            .bind::<Array<Bool>, _>(self.finals)
+            .bind::<Timestamptz, _>(now),
         )
-        .bind::<Array<Int8>, _>(ids)
-        .bind::<Array<sql_types::EventStatus>, _>(statuses)
-        .bind::<Array<Bool>, _>(processed)
-        .bind::<Array<Nullable<Text>>, _>(errors)
-        .bind::<Array<Bool>, _>(finals)
-        .bind::<Timestamptz, _>(now),
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
+        .execute(&mut conn)
+        .await?;
+        Ok(())
+    }
 }

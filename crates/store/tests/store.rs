@@ -423,6 +423,49 @@ async fn a_pass_commits_or_rolls_back_as_one_transaction() {
         (detail.event.status, detail.event.processed),
         (EventStatus::Processed, true)
     );
+
+    // The next pass: its first reads, sent together, are what the reads one
+    // by one give; its commit sends the status write with the COMMIT.
+    let e2 = created(events.record(event("b", 2, "{\"n\":2}")).await.unwrap());
+    let clock = leader.begin_pass().await.unwrap();
+    assert!(clock >= now, "the pass reads the database's clock");
+    let cutoff = now - Duration::from_secs(3600);
+    let reads = leader
+        .pass_reads(cutoff, Some(OpenExtras::NONE), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        reads.open,
+        leader
+            .open_dispatches(cutoff, OpenExtras::NONE)
+            .await
+            .unwrap()
+    );
+    assert_eq!(reads.open.len(), 1);
+    let unplanned: Vec<_> = reads.unplanned.iter().map(|e| e.id).collect();
+    assert_eq!(unplanned, vec![e2]);
+    assert_eq!(reads.unplanned, leader.unplanned_events(10).await.unwrap());
+    assert_eq!(reads.paused, leader.paused_pools().await.unwrap());
+    let no_open = leader.pass_reads(cutoff, None, 10).await.unwrap();
+    assert!(
+        no_open.open.is_empty(),
+        "an incremental pass reads no open set"
+    );
+    let confirmed = DispatchOutcome::Confirmed {
+        id: jobs[0].dispatch,
+        listener_event_id: None,
+        run: Some("run-1".into()),
+    };
+    leader.record_outcomes(&[confirmed], now).await.unwrap();
+    assert_eq!(
+        status(e1).await.dispatches[0].state,
+        DispatchState::Triggered
+    );
+    leader.commit_pass().await.unwrap();
+    let detail = status(e1).await;
+    assert_eq!(detail.dispatches[0].state, DispatchState::Confirmed);
+    assert_eq!(detail.event.status, EventStatus::Processed);
+    leader.heartbeat().await.expect("no transaction left open");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -116,9 +116,9 @@ impl MemStore {
 }
 
 impl DispatchStore for MemStore {
-    async fn begin_pass(&mut self) -> Result<(), StoreError> {
+    async fn begin_pass(&mut self) -> Result<OffsetDateTime, StoreError> {
         self.snapshot = Some(self.snapshot());
-        Ok(())
+        Ok(self.clock.now())
     }
 
     async fn commit_pass(&mut self) -> Result<(), StoreError> {

@@ -253,7 +253,11 @@ fn a_paused_pool_queues_and_confirms_but_triggers_nothing() {
         "only the pool that is not paused triggers"
     );
     let a = plan.usage.iter().find(|u| paused.contains(&u.pool));
-    assert_eq!(a.map(|u| (u.paused, u.waiting)), Some((true, 1)));
+    assert_eq!(
+        a.map(|u| (u.paused, u.waiting, u.left_waiting())),
+        Some((true, 1, 1)),
+        "a paused pool's work is left waiting"
+    );
 }
 
 #[test]
@@ -282,6 +286,8 @@ fn fills_free_slots_oldest_first() {
         NOW,
     );
     assert_eq!(plan.trigger, [DispatchId(2), DispatchId(1)]);
+    let a = plan.usage.iter().find(|u| u.pool == pool("pa"));
+    assert_eq!(a.map(PoolUsage::left_waiting), Some(1));
     let plan = plan_dispatch(
         &s,
         &open,
@@ -291,6 +297,12 @@ fn fills_free_slots_oldest_first() {
         NOW,
     );
     assert_eq!(plan.trigger, [DispatchId(2)]);
+    let a = plan.usage.iter().find(|u| u.pool == pool("pa"));
+    assert_eq!(
+        a.map(|u| (u.waiting, u.starting, u.left_waiting())),
+        Some((3, 1, 2)),
+        "one slot free: one of three starts, two are left waiting"
+    );
     let plan = plan_dispatch(
         &s,
         &open,

@@ -557,6 +557,7 @@ mod tests {
                 reserved,
                 max_capacity: capacity,
                 waiting: u32::try_from(queue.len()).unwrap(),
+                starting: 0,
                 oldest_waiting: None,
                 blocked: running.is_none().then(|| "watch failed".to_owned()),
                 paused: false,

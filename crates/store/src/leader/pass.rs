@@ -2,8 +2,24 @@
 //! writes of a pass join it instead of committing one by one, and what every
 //! step would have repeated (refreshing the events' statuses) is done once,
 //! at the commit.
+//!
+//! The transaction is begun and ended with plain `BEGIN` / `COMMIT` /
+//! `ROLLBACK`, not diesel's transaction manager: those statements can then
+//! go out together with the pass's first read and last write (pipelined on
+//! the one connection, executed in the order sent), a round trip each
+//! instead of one of their own. Inside a pass nothing uses diesel's
+//! `transaction` (see [`in_transaction`]), so its manager never nests a
+//! `BEGIN` into this one.
 
+use diesel::QueryableByName;
+use diesel::result::QueryResult;
+use diesel::sql_types::Timestamptz;
+use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use futures_util::future::{try_join, try_join3};
 use time::OffsetDateTime;
+
+use crate::prepared::Prepared;
+use crate::status;
 
 /// What the open pass transaction still owes its commit.
 #[derive(Debug, Default)]
@@ -60,3 +76,90 @@ macro_rules! in_transaction {
     }};
 }
 pub(super) use in_transaction;
+
+/// `BEGIN` and the database clock, in one round trip.
+pub(super) async fn begin(conn: &AsyncPgConnection) -> QueryResult<OffsetDateTime> {
+    #[derive(QueryableByName)]
+    struct Clock {
+        #[diesel(sql_type = Timestamptz)]
+        now: OffsetDateTime,
+    }
+    let (begun, clock) = try_join(
+        async {
+            let mut c = conn;
+            c.batch_execute("BEGIN").await
+        },
+        async {
+            let mut c = conn;
+            Prepared(diesel::sql_query("SELECT clock_timestamp() AS now"))
+                .get_result::<Clock>(&mut c)
+                .await
+        },
+    )
+    .await?;
+    let () = begun;
+    Ok(clock.now)
+}
+
+/// Folds the touched events' statuses, then writes them and commits, in
+/// one round trip once `pipeline` (`COMMIT` after a failed statement ends
+/// the transaction as a `ROLLBACK` without an error of its own: the failed
+/// write's error is what the caller sees).
+///
+/// Statements sent together run in the order they are *sent*, and diesel
+/// sends a statement only once its prepared form and its custom types'
+/// OIDs are known: the first time, after round trips of their own, while a
+/// statement without custom types would already have gone out. So the
+/// session's first commit goes one statement at a time (`pipeline` false);
+/// by the next one both are cached on the connection and the `COMMIT`
+/// (prepared, queued behind the write on the statement cache) cannot
+/// overtake the write.
+pub(super) async fn commit(
+    conn: &AsyncPgConnection,
+    writes: &mut PassWrites,
+    pipeline: bool,
+) -> QueryResult<()> {
+    let durable = writes.durable();
+    let (folded, now, wrote) = match writes.take_touched() {
+        Some((events, now)) => (status::fold(conn, &events).await?, Some(now), true),
+        None => (status::Folded::default(), None, false),
+    };
+    let write = async {
+        match now {
+            Some(now) => folded.write(conn, now).await,
+            None => Ok(()),
+        }
+    };
+    // (A pass that wrote nothing has no WAL to flush anyway.)
+    let relax = async {
+        if wrote && !durable {
+            let mut c = conn;
+            Prepared(diesel::sql_query("SET LOCAL synchronous_commit = off"))
+                .execute(&mut c)
+                .await?;
+        }
+        Ok(())
+    };
+    let commit = async {
+        let mut c = conn;
+        Prepared(diesel::sql_query("COMMIT"))
+            .execute(&mut c)
+            .await
+            .map(drop)
+    };
+    if pipeline {
+        try_join3(write, relax, commit).await?;
+    } else {
+        write.await?;
+        relax.await?;
+        commit.await?;
+    }
+    Ok(())
+}
+
+/// Ends the pass transaction without its writes (a warning, not an error,
+/// when a failed `COMMIT` already ended it).
+pub(super) async fn rollback(conn: &AsyncPgConnection) -> QueryResult<()> {
+    let mut c = conn;
+    c.batch_execute("ROLLBACK").await
+}
