@@ -51,6 +51,7 @@ use crate::vocab::{DbDispatchState, DbEventStatus};
 use crate::wakeup::LocalLeader;
 use crate::wakeup::WAKEUP_CHANNEL;
 
+mod answers;
 mod pass;
 use pass::{PassWrites, in_transaction};
 
@@ -824,10 +825,19 @@ impl DispatchStore for LeaderSession {
             in_pass,
             &mut self.conn,
             async |conn: &mut AsyncPgConnection| {
+                let split = answers::split(outcomes);
+                let shared: &AsyncPgConnection = conn;
+                let (triggered, confirmed) = try_join(
+                    answers::record_triggered(shared, &split.triggered, now),
+                    answers::record_confirmed(shared, &split.confirmed, now),
+                )
+                .await?;
                 let mut touched = Vec::with_capacity(outcomes.len());
-                let mut notes = Vec::with_capacity(outcomes.len());
+                touched.extend(triggered);
+                touched.extend(confirmed);
+                let mut notes = Vec::with_capacity(split.rest.len());
                 let mut superseded = Vec::new();
-                for outcome in outcomes {
+                for outcome in split.rest {
                     let target = dispatches::table.filter(dispatches::id.eq(outcome.id().0));
                     // Each write is guarded by the state (and attempt) it expects, so a
                     // stale outcome from before a leadership change cannot undo newer work.
@@ -1259,7 +1269,13 @@ async fn cancel_stale(
 /// The timeline fact of a recorded outcome (`Superseded` is written by
 /// [`timeline::note_superseded`], which names the newer event).
 fn outcome_note(outcome: &DispatchOutcome, event_id: i64) -> Note {
-    let (kind, detail) = match outcome {
+    let (kind, detail) = outcome_fact(outcome);
+    Note::dispatch(event_id, outcome.id().0, kind, detail)
+}
+
+/// What the timeline says of `outcome`.
+fn outcome_fact(outcome: &DispatchOutcome) -> (TimelineKind, serde_json::Value) {
+    match outcome {
         DispatchOutcome::Triggered {
             attempt,
             listener_event_id,
@@ -1306,8 +1322,7 @@ fn outcome_note(outcome: &DispatchOutcome, event_id: i64) -> Note {
             TimelineKind::RunCancelRequested,
             serde_json::json!({ fact::REASON: reason.as_str() }),
         ),
-    };
-    Note::dispatch(event_id, outcome.id().0, kind, detail)
+    }
 }
 
 fn attempt_i32(attempt: u32) -> i32 {

@@ -20,10 +20,14 @@ use diesel::QueryableByName;
 use diesel::sql_types::{Int4, Int8, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use dispatcher_core::config::PoolKey;
-use dispatcher_core::domain::{DispatchId, DispatchState, EventId, EventStatus, PullRequestRef};
+use dispatcher_core::domain::{
+    DispatchId, DispatchState, EventId, EventStatus, PullRequestRef, TimelineKind,
+};
 use dispatcher_core::intake::NewEvent;
 use dispatcher_core::planner::{DispatchOutcome, IntakePlan, NewDispatch};
-use dispatcher_core::ports::{DispatchStore, EventRepository, OpenExtras, RecordOutcome};
+use dispatcher_core::ports::{
+    DispatchStore, EventRepository, OpenExtras, OperatorStore, RecordOutcome,
+};
 use dispatcher_store::{ConnectionOptions, Database, LeaderOptions, LeaderSession, PoolOptions};
 use dispatcher_testdb::TestDatabase;
 use time::OffsetDateTime;
@@ -704,4 +708,145 @@ mod migration {
         .join()
         .unwrap();
     }
+}
+
+/// The timeline facts of `event`, as (dispatch, kind) in order.
+async fn facts(f: &Fixture, event: EventId) -> Vec<(Option<DispatchId>, TimelineKind)> {
+    f.database
+        .events()
+        .timeline(event)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| matches!(t.kind, TimelineKind::Accepted | TimelineKind::Confirmed))
+        .map(|t| (t.dispatch, t.kind))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_and_confirmations_of_many_dispatches_are_recorded_together_exactly() {
+    let mut f = Fixture::new().await;
+    let sent = whole_seconds(OffsetDateTime::now_utc());
+    let now = sent + Duration::from_secs(30);
+    let (e1, answered) = f.dispatch(DispatchState::Triggering, sent).await;
+    let (e2, stale) = f.dispatch(DispatchState::Triggering, sent).await;
+    let (e3, confirmed) = f.dispatch(DispatchState::Triggered, sent).await;
+    let (e4, lost_answer) = f.dispatch(DispatchState::Triggering, sent).await;
+    let (e5, finished) = f.dispatch(DispatchState::Failed, sent).await;
+    let finished_before = f.row(finished).await;
+    let stale_before = f.row(stale).await;
+
+    f.leader
+        .record_outcomes(
+            &[
+                DispatchOutcome::Triggered {
+                    id: answered,
+                    attempt: 1,
+                    listener_event_id: Some("ev-answered".into()),
+                },
+                DispatchOutcome::Confirmed {
+                    id: confirmed,
+                    listener_event_id: Some("run-ev-other".into()),
+                    run: Some("run-3".into()),
+                },
+                DispatchOutcome::Triggered {
+                    id: stale,
+                    attempt: 7,
+                    listener_event_id: Some("ev-stale".into()),
+                },
+                DispatchOutcome::Confirmed {
+                    id: lost_answer,
+                    listener_event_id: Some("run-ev-4".into()),
+                    run: Some("run-4".into()),
+                },
+                DispatchOutcome::Confirmed {
+                    id: finished,
+                    listener_event_id: Some("run-ev-5".into()),
+                    run: Some("run-5".into()),
+                },
+            ],
+            now,
+        )
+        .await
+        .unwrap();
+
+    let row = f.row(answered).await;
+    assert_eq!(
+        (row.state.as_str(), row.listener_event_id.as_deref()),
+        ("triggered", Some("ev-answered"))
+    );
+    assert_eq!(row.triggered_at, Some(now));
+    assert_eq!(f.row(stale).await, stale_before, "another attempt's answer");
+    let row = f.row(confirmed).await;
+    assert_eq!(row.state, "confirmed");
+    assert_eq!(row.listener_event_id, Some(format!("ev-{confirmed}")));
+    assert_eq!(row.triggered_at, Some(sent));
+    let row = f.row(lost_answer).await;
+    assert_eq!(
+        (row.state.as_str(), row.listener_event_id.as_deref()),
+        ("confirmed", Some("run-ev-4"))
+    );
+    assert_eq!(row.triggered_at, Some(now));
+    assert_eq!(f.row(finished).await, finished_before);
+
+    assert_eq!(f.status(e1).await, (EventStatus::Processed, true));
+    assert_eq!(f.status(e2).await, (EventStatus::Queued, false));
+    assert_eq!(f.status(e4).await, (EventStatus::Processed, true));
+    // A fact for each change, none for what did not change.
+    assert_eq!(
+        facts(&f, e1).await,
+        vec![(Some(answered), TimelineKind::Accepted)]
+    );
+    assert!(facts(&f, e2).await.is_empty());
+    assert_eq!(
+        facts(&f, e3).await,
+        vec![
+            (Some(confirmed), TimelineKind::Accepted),
+            (Some(confirmed), TimelineKind::Confirmed)
+        ]
+    );
+    assert_eq!(
+        facts(&f, e4).await,
+        vec![(Some(lost_answer), TimelineKind::Confirmed)]
+    );
+    assert!(facts(&f, e5).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_and_a_confirmation_of_one_dispatch_apply_in_their_order() {
+    let mut f = Fixture::new().await;
+    let sent = whole_seconds(OffsetDateTime::now_utc());
+    let now = sent + Duration::from_secs(30);
+    let (event, id) = f.dispatch(DispatchState::Triggering, sent).await;
+    f.leader
+        .record_outcomes(
+            &[
+                DispatchOutcome::Triggered {
+                    id,
+                    attempt: 1,
+                    listener_event_id: Some("ev-own".into()),
+                },
+                DispatchOutcome::Confirmed {
+                    id,
+                    listener_event_id: Some("run-ev".into()),
+                    run: None,
+                },
+            ],
+            now,
+        )
+        .await
+        .unwrap();
+    let row = f.row(id).await;
+    assert_eq!(
+        (row.state.as_str(), row.listener_event_id.as_deref()),
+        ("confirmed", Some("ev-own")),
+        "the 202 first, then its run"
+    );
+    assert_eq!(
+        facts(&f, event).await,
+        vec![
+            (Some(id), TimelineKind::Accepted),
+            (Some(id), TimelineKind::Confirmed)
+        ]
+    );
 }
