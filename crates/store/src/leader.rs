@@ -718,46 +718,21 @@ impl DispatchStore for LeaderSession {
             in_pass,
             &mut self.conn,
             async |conn: &mut AsyncPgConnection| {
-                let started: Vec<(i64, i64, String, String, i64, i32)> = Prepared(
-                    diesel::update(
-                        dispatches::table
-                            .filter(dispatches::id.eq_any(&ids))
-                            .filter(dispatches::state.eq(DbDispatchState(DispatchState::Queued))),
-                    )
-                    .set((
-                        dispatches::state.eq(DbDispatchState(DispatchState::Triggering)),
-                        dispatches::attempts.eq(dispatches::attempts + 1),
-                        dispatches::trigger_started_at.eq(now),
-                    ))
-                    .returning((
-                        dispatches::id,
-                        dispatches::event_id,
-                        dispatches::item_name,
-                        dispatches::repository_full_name,
-                        dispatches::pull_request_number,
-                        dispatches::attempts,
-                    )),
-                )
-                .get_results(conn)
-                .await?;
-                let sent_notes: Vec<Note> = started
-                    .iter()
-                    .map(|(id, event_id, .., attempts)| {
-                        Note::dispatch(
-                            *event_id,
-                            *id,
-                            TimelineKind::TriggerSent,
-                            serde_json::json!({ fact::ATTEMPT: attempts }),
-                        )
-                    })
-                    .collect();
-                let event_ids: Vec<i64> = started.iter().map(|s| s.1).collect();
                 type Row = (i64, RawJson, serde_json::Value, bool, OffsetDateTime);
                 let shared: &AsyncPgConnection = conn;
+                // The payloads of the dispatches' events, whichever of them
+                // start: it needs nothing from the update, so both go in one
+                // round trip.
                 let load_payloads = async {
                     let mut c = shared;
                     webhook_events::table
-                        .filter(webhook_events::id.eq_any(&event_ids))
+                        .filter(
+                            webhook_events::id.eq_any(
+                                dispatches::table
+                                    .filter(dispatches::id.eq_any(&ids))
+                                    .select(dispatches::event_id),
+                            ),
+                        )
                         .select((
                             webhook_events::id,
                             webhook_events::payload,
@@ -768,9 +743,9 @@ impl DispatchStore for LeaderSession {
                         .load::<Row>(&mut c)
                         .await
                 };
-                // One round trip for both.
-                let ((), payloads) =
-                    try_join(timeline::append(shared, now, &sent_notes), load_payloads).await?;
+                let (started, payloads) =
+                    try_join(start_triggers(shared, &ids, now), load_payloads).await?;
+                let event_ids: Vec<i64> = started.iter().map(|s| s.event_id).collect();
                 type Stored = (String, Vec<(String, String)>, bool, OffsetDateTime);
                 let mut by_event: std::collections::HashMap<i64, Stored> = payloads
                     .into_iter()
@@ -781,7 +756,15 @@ impl DispatchStore for LeaderSession {
                 // Keep the caller's (FIFO) order.
                 let mut jobs: Vec<TriggerJob> = started
                     .into_iter()
-                    .filter_map(|(id, event_id, item, repository, number, attempts)| {
+                    .filter_map(|started| {
+                        let Started {
+                            id,
+                            event_id,
+                            item,
+                            repository,
+                            number,
+                            attempts,
+                        } = started;
                         let (payload, headers, resign, at) = match by_event.get(&event_id) {
                             Some(p) if event_ids.iter().filter(|e| **e == event_id).count() > 1 => {
                                 p.clone()
@@ -1122,6 +1105,57 @@ impl DispatchStore for LeaderSession {
         let result = cancels::load_candidates(&mut self.conn, query).await;
         self.settle(started, result).await
     }
+}
+
+/// A dispatch `queued` → `triggering` ([`start_triggers`]).
+#[derive(QueryableByName)]
+struct Started {
+    #[diesel(sql_type = Int8)]
+    id: i64,
+    #[diesel(sql_type = Int8)]
+    event_id: i64,
+    #[diesel(sql_type = Text)]
+    item: String,
+    #[diesel(sql_type = Text)]
+    repository: String,
+    #[diesel(sql_type = Int8)]
+    number: i64,
+    #[diesel(sql_type = Int4)]
+    attempts: i32,
+}
+
+/// Moves the queued ones of `ids` to `triggering` (one more attempt) and
+/// writes a `trigger_sent` fact for each, in one statement.
+async fn start_triggers(
+    mut conn: &AsyncPgConnection,
+    ids: &[i64],
+    now: OffsetDateTime,
+) -> Result<Vec<Started>, DieselError> {
+    Prepared(
+        diesel::sql_query(
+            "WITH started AS (
+                UPDATE dispatches d
+                   SET state = $2, attempts = d.attempts + 1, trigger_started_at = $4
+                 WHERE d.id = ANY($1) AND d.state = $3
+                RETURNING d.id, d.event_id, d.item_name AS item,
+                          d.repository_full_name AS repository,
+                          d.pull_request_number AS number, d.attempts
+             ), noted AS (
+                INSERT INTO event_timeline (event_id, dispatch_id, at, kind, detail)
+                SELECT event_id, id, $4, $5, jsonb_build_object($6::text, attempts)
+                  FROM started ORDER BY id
+             )
+             SELECT * FROM started",
+        )
+        .bind::<Array<Int8>, _>(ids)
+        .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Triggering))
+        .bind::<sql_types::DispatchState, _>(DbDispatchState(DispatchState::Queued))
+        .bind::<Timestamptz, _>(now)
+        .bind::<Text, _>(TimelineKind::TriggerSent.as_str())
+        .bind::<Text, _>(fact::ATTEMPT),
+    )
+    .load(&mut conn)
+    .await
 }
 
 /// The oldest `limit` unplanned events.

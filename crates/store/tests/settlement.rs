@@ -810,6 +810,21 @@ async fn answers_and_confirmations_of_many_dispatches_are_recorded_together_exac
         vec![(Some(lost_answer), TimelineKind::Confirmed)]
     );
     assert!(facts(&f, e5).await.is_empty());
+    // And `begin_triggers` wrote what each trigger was, with its attempt.
+    let sent: Vec<_> = f
+        .database
+        .events()
+        .timeline(e1)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.kind == TimelineKind::TriggerSent)
+        .map(|t| (t.dispatch, t.detail))
+        .collect();
+    assert_eq!(
+        sent,
+        vec![(Some(answered), serde_json::json!({"attempt": 1}))]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
