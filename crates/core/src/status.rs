@@ -2,10 +2,15 @@
 //!
 //! The API keeps the original service's per-event vocabulary while the engine
 //! works per dispatch (one event can fan out to several pipelines). This is the
-//! single place that folds one into the other; the store calls it whenever it
-//! changes dispatch states, in the same transaction.
+//! meaning of folding one into the other. The store folds in SQL whenever it
+//! changes dispatch states, in the same transaction (so the fold goes out with
+//! the statements around it), and its tests hold that fold equal to this one
+//! over every mix of states.
 
 use crate::domain::{CANCELLED_MESSAGE, DispatchState, EventStatus};
+
+/// The error of a failed dispatch that recorded none.
+pub const FAILED_WITHOUT_ERROR: &str = "trigger failed";
 
 /// One dispatch's contribution to its event's status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +51,7 @@ pub fn derive_event_status(dispatches: &[DispatchSummary]) -> DerivedStatus {
             .map(|d| {
                 d.last_error
                     .clone()
-                    .unwrap_or_else(|| "trigger failed".to_owned())
+                    .unwrap_or_else(|| FAILED_WITHOUT_ERROR.to_owned())
             })
     };
     if dispatches.is_empty() {

@@ -108,10 +108,8 @@ pub struct LeaderSession {
     backend_pid: i32,
     /// The open pass transaction, if any ([`DispatchStore::begin_pass`]).
     pass: Option<PassWrites>,
-    /// Whether a pass has committed on this connection: from then on its
-    /// commit statements are prepared and can be pipelined (see
-    /// [`pass::commit`]).
-    committed_once: bool,
+    /// The commit statements prepared on this connection (see [`pass::commit`]).
+    commit_statements: pass::CommitStatements,
 }
 
 impl std::fmt::Debug for LeaderSession {
@@ -235,7 +233,7 @@ impl LeaderSession {
             lease,
             backend_pid: setup.backend_pid,
             pass: None,
-            committed_once: false,
+            commit_statements: pass::CommitStatements::default(),
         }))
     }
 
@@ -431,12 +429,11 @@ impl DispatchStore for LeaderSession {
         self.ensure_held()?;
         let started = Instant::now();
         let result = match self.pass.as_mut() {
-            Some(writes) => pass::commit(&self.conn, writes, self.committed_once).await,
+            Some(writes) => pass::commit(&self.conn, writes, &mut self.commit_statements).await,
             None => Ok(()),
         };
         if result.is_ok() {
             self.pass = None;
-            self.committed_once = true;
         }
         self.settle(started, result).await
     }

@@ -101,38 +101,41 @@ pub(super) async fn begin(conn: &AsyncPgConnection) -> QueryResult<OffsetDateTim
     Ok(clock.now)
 }
 
-/// Folds the touched events' statuses, then writes them and commits, in
-/// one round trip once `pipeline` (`COMMIT` after a failed statement ends
-/// the transaction as a `ROLLBACK` without an error of its own: the failed
-/// write's error is what the caller sees).
+/// Which statements of [`commit`] this connection has prepared.
+#[derive(Debug, Default)]
+pub(super) struct CommitStatements {
+    refold: bool,
+    relax: bool,
+}
+
+/// Refolds the touched events' statuses and commits, in one round trip
+/// when it can (`COMMIT` after a failed statement ends the transaction as
+/// a `ROLLBACK` without an error of its own: the failed write's error is
+/// what the caller sees).
 ///
 /// Statements sent together run in the order they are *sent*, and diesel
-/// sends a statement only once its prepared form and its custom types'
-/// OIDs are known: the first time, after round trips of their own, while a
-/// statement without custom types would already have gone out. So the
-/// session's first commit goes one statement at a time (`pipeline` false);
-/// by the next one both are cached on the connection and the `COMMIT`
-/// (prepared, queued behind the write on the statement cache) cannot
-/// overtake the write.
+/// sends a statement only once its prepared form is known: the first time,
+/// after a round trip of its own, while an already prepared `COMMIT` would
+/// go out at once, before it, and commit without it. So the statements go
+/// together only when every one before the `COMMIT` is prepared already
+/// (`prepared`, kept by the caller per connection); otherwise one at a time.
 pub(super) async fn commit(
     conn: &AsyncPgConnection,
     writes: &mut PassWrites,
-    pipeline: bool,
+    prepared: &mut CommitStatements,
 ) -> QueryResult<()> {
-    let durable = writes.durable();
-    let (folded, now, wrote) = match writes.take_touched() {
-        Some((events, now)) => (status::fold(conn, &events).await?, Some(now), true),
-        None => (status::Folded::default(), None, false),
-    };
-    let write = async {
-        match now {
-            Some(now) => folded.write(conn, now).await,
+    let touched = writes.take_touched();
+    let refolds = touched.is_some();
+    // (A pass that wrote nothing has no WAL to flush anyway.)
+    let relaxes = refolds && !writes.durable();
+    let refold = async {
+        match &touched {
+            Some((events, now)) => status::refresh(conn, events, *now).await,
             None => Ok(()),
         }
     };
-    // (A pass that wrote nothing has no WAL to flush anyway.)
     let relax = async {
-        if wrote && !durable {
+        if relaxes {
             let mut c = conn;
             Prepared(diesel::sql_query("SET LOCAL synchronous_commit = off"))
                 .execute(&mut c)
@@ -147,13 +150,15 @@ pub(super) async fn commit(
             .await
             .map(drop)
     };
-    if pipeline {
-        try_join3(write, relax, commit).await?;
+    if (!refolds || prepared.refold) && (!relaxes || prepared.relax) {
+        try_join3(refold, relax, commit).await?;
     } else {
-        write.await?;
+        refold.await?;
         relax.await?;
         commit.await?;
     }
+    prepared.refold |= refolds;
+    prepared.relax |= relaxes;
     Ok(())
 }
 
