@@ -113,12 +113,16 @@ pub(super) struct CommitStatements {
 /// a `ROLLBACK` without an error of its own: the failed write's error is
 /// what the caller sees).
 ///
-/// Statements sent together run in the order they are *sent*, and diesel
-/// sends a statement only once its prepared form is known: the first time,
-/// after a round trip of its own, while an already prepared `COMMIT` would
-/// go out at once, before it, and commit without it. So the statements go
-/// together only when every one before the `COMMIT` is prepared already
-/// (`prepared`, kept by the caller per connection); otherwise one at a time.
+/// Statements sent together run in the order they are *sent*. diesel-async
+/// 0.9 sends them in the order they are polled (its statement cache stays
+/// locked while one is being prepared, so a prepared `COMMIT` waits behind
+/// an unprepared refold), but that is an implementation detail, and a
+/// `COMMIT` overtaking the refold would commit the pass without it. So the
+/// statements go together only when every one before the `COMMIT` has been
+/// prepared on this connection already (`prepared`, kept by the caller per
+/// connection); otherwise one at a time. (A statement failing in the client,
+/// before it is sent, would still let the `COMMIT` go: the refold binds only
+/// integers, a timestamp and fixed text, which always encode.)
 pub(super) async fn commit(
     conn: &AsyncPgConnection,
     writes: &mut PassWrites,
