@@ -6,7 +6,8 @@
 //! the other outcomes of the pass); the cancel worker then reads due rows and
 //! records each attempt ([`PgRunCancels`]). A dispatch whose run is cancelled
 //! while it is still in flight stays `triggering`/`triggered` (holding its
-//! slot) and becomes `cancelled` when its run is seen ([`cancel_if_requested`]).
+//! slot) and becomes `cancelled` when its run is seen (in the statement that
+//! confirms it, `leader::answers`).
 
 use diesel::prelude::*;
 use diesel::sql_types::{Array, Bool, Double, Int4, Int8, Nullable, Text, Timestamptz};
@@ -23,7 +24,6 @@ use time::OffsetDateTime;
 
 use crate::error;
 use crate::pool::Database;
-use crate::prepared::Prepared;
 use crate::schema::sql_types;
 use crate::vocab::DbDispatchState;
 
@@ -201,29 +201,6 @@ pub(crate) async fn apply(
     .execute(conn)
     .await?;
     Ok(changed.then_some(event_id))
-}
-
-/// A dispatch just confirmed whose run is to be cancelled becomes
-/// `cancelled` (its run, now visible, is counted until it finishes).
-pub(crate) async fn cancel_if_requested(
-    conn: &mut AsyncPgConnection,
-    dispatch: i64,
-    now: OffsetDateTime,
-) -> QueryResult<bool> {
-    let n = Prepared(
-        diesel::sql_query(
-            "UPDATE dispatches d SET state = $2, finished_at = $3
-          WHERE d.id = $1 AND d.state = $4
-            AND EXISTS (SELECT 1 FROM run_cancellations c WHERE c.dispatch_id = d.id)",
-        )
-        .bind::<Int8, _>(dispatch)
-        .bind::<sql_types::DispatchState, _>(db(DispatchState::Cancelled))
-        .bind::<Timestamptz, _>(now)
-        .bind::<sql_types::DispatchState, _>(db(DispatchState::Confirmed)),
-    )
-    .execute(conn)
-    .await?;
-    Ok(n > 0)
 }
 
 /// Pending run cancellations in PostgreSQL, for the cancel worker. Its

@@ -447,16 +447,8 @@ impl DispatchStore for LeaderSession {
     async fn database_now(&mut self) -> Result<OffsetDateTime, StoreError> {
         self.ensure_held()?;
         let started = Instant::now();
-        #[derive(QueryableByName)]
-        struct Clock {
-            #[diesel(sql_type = Timestamptz)]
-            now: OffsetDateTime,
-        }
-        let result: Result<Clock, _> =
-            Prepared(diesel::sql_query("SELECT clock_timestamp() AS now"))
-                .get_result(&mut self.conn)
-                .await;
-        self.settle(started, result).await.map(|c| c.now)
+        let result = pass::read_clock(&self.conn).await;
+        self.settle(started, result).await
     }
 
     async fn claimed_listener_event_ids(
@@ -805,208 +797,23 @@ impl DispatchStore for LeaderSession {
             in_pass,
             &mut self.conn,
             async |conn: &mut AsyncPgConnection| {
-                let split = answers::split(outcomes);
-                let shared: &AsyncPgConnection = conn;
-                let (triggered, confirmed) = try_join(
-                    answers::record_triggered(shared, &split.triggered, now),
-                    answers::record_confirmed(shared, &split.confirmed, now),
-                )
-                .await?;
                 let mut touched = Vec::with_capacity(outcomes.len());
-                touched.extend(triggered);
-                touched.extend(confirmed);
-                let mut notes = Vec::with_capacity(split.rest.len());
-                let mut superseded = Vec::new();
-                for outcome in split.rest {
-                    let target = dispatches::table.filter(dispatches::id.eq(outcome.id().0));
-                    // Each write is guarded by the state (and attempt) it expects, so a
-                    // stale outcome from before a leadership change cannot undo newer work.
-                    let changed: Option<i64> = match outcome {
-                        DispatchOutcome::Triggered {
-                            attempt,
-                            listener_event_id,
-                            ..
-                        } => Prepared(
-                            diesel::update(
-                                target
-                                    .filter(
-                                        dispatches::state
-                                            .eq(DbDispatchState(DispatchState::Triggering)),
-                                    )
-                                    .filter(dispatches::attempts.eq(attempt_i32(*attempt))),
-                            )
-                            .set((
-                                dispatches::state.eq(DbDispatchState(DispatchState::Triggered)),
-                                dispatches::listener_event_id
-                                    .eq(listener_event_id.as_deref().map(error::storable)),
-                                dispatches::triggered_at.eq(now),
-                            ))
-                            .returning(dispatches::event_id),
-                        )
-                        .get_result(conn)
-                        .await
-                        .optional()?,
-                        DispatchOutcome::Retry {
-                            attempt,
-                            next_attempt_at,
-                            error,
-                            ..
-                        } => Prepared(
-                            diesel::update(
-                                target
-                                    .filter(
-                                        dispatches::state
-                                            .eq(DbDispatchState(DispatchState::Triggering)),
-                                    )
-                                    .filter(dispatches::attempts.eq(attempt_i32(*attempt))),
-                            )
-                            .set((
-                                dispatches::state.eq(DbDispatchState(DispatchState::Queued)),
-                                dispatches::next_attempt_at.eq(next_attempt_at),
-                                dispatches::last_error.eq(error::storable(error)),
-                            ))
-                            .returning(dispatches::event_id),
-                        )
-                        .get_result(conn)
-                        .await
-                        .optional()?,
-                        DispatchOutcome::Failed { attempt, error, .. } => diesel::update(
-                            target
-                                .filter(dispatches::state.eq_any([
-                                    DbDispatchState(DispatchState::Triggering),
-                                    DbDispatchState(DispatchState::Queued),
-                                ]))
-                                .filter(dispatches::attempts.eq(attempt_i32(*attempt))),
-                        )
-                        .set((
-                            dispatches::state.eq(DbDispatchState(DispatchState::Failed)),
-                            dispatches::last_error.eq(error::storable(error)),
-                            dispatches::finished_at.eq(now),
-                        ))
-                        .returning(dispatches::event_id)
-                        .get_result(conn)
-                        .await
-                        .optional()?,
-                        DispatchOutcome::Confirmed {
-                            listener_event_id, ..
-                        } => {
-                            let changed = Prepared(
-                                diesel::update(target.filter(dispatches::state.eq_any([
-                                    DbDispatchState(DispatchState::Triggering),
-                                    DbDispatchState(DispatchState::Triggered),
-                                ])))
-                                .set((
-                                    dispatches::state.eq(DbDispatchState(DispatchState::Confirmed)),
-                                    dispatches::confirmed_at.eq(now),
-                                ))
-                                .returning(dispatches::event_id),
-                            )
-                            .get_result(conn)
-                            .await
-                            .optional()?;
-                            // Confirmed from its run after the answer was lost:
-                            // keep the run's eventID (it claims the run) and a
-                            // trigger time.
-                            if let (Some(_), Some(run_event)) = (changed, listener_event_id) {
-                                diesel::update(
-                                    target.filter(dispatches::listener_event_id.is_null()),
-                                )
-                                .set(dispatches::listener_event_id.eq(error::storable(run_event)))
-                                .execute(conn)
-                                .await?;
-                                diesel::update(target.filter(dispatches::triggered_at.is_null()))
-                                    .set(dispatches::triggered_at.eq(now))
-                                    .execute(conn)
-                                    .await?;
-                            }
-                            // Its run was to be cancelled while it was in flight:
-                            // now that the run is visible (and counted), it is.
-                            if changed.is_some() {
-                                cancels::cancel_if_requested(conn, outcome.id().0, now).await?;
-                            }
-                            changed
-                        }
-                        DispatchOutcome::Unanswered { attempt, error, .. } => {
-                            let changed: Option<i64> = diesel::update(
-                                target
-                                    .filter(
-                                        dispatches::state
-                                            .eq(DbDispatchState(DispatchState::Triggering)),
-                                    )
-                                    .filter(dispatches::attempts.eq(attempt_i32(*attempt))),
-                            )
-                            .set(dispatches::last_error.eq(error::storable(error)))
-                            .returning(dispatches::event_id)
-                            .get_result(conn)
-                            .await
-                            .optional()?;
-                            // The event's status does not change: only the timeline.
-                            if let Some(event_id) = changed {
-                                notes.push(outcome_note(outcome, event_id));
-                            }
-                            None
-                        }
-                        DispatchOutcome::Moved {
-                            pool, queued_label, ..
-                        } => {
-                            diesel::update(target.filter(
-                                dispatches::state.eq(DbDispatchState(DispatchState::Queued)),
-                            ))
-                            .set((
-                                dispatches::pool.eq(&pool.0),
-                                dispatches::queued_label.eq(queued_label),
-                            ))
-                            .returning(dispatches::event_id)
-                            .get_result(conn)
-                            .await
-                            .optional()?
-                        }
-                        DispatchOutcome::Superseded { .. } => {
-                            diesel::update(target.filter(
-                                dispatches::state.eq(DbDispatchState(DispatchState::Queued)),
-                            ))
-                            .set((
-                                dispatches::state.eq(DbDispatchState(DispatchState::Cancelled)),
-                                dispatches::finished_at.eq(now),
-                            ))
-                            .returning(dispatches::event_id)
-                            .get_result(conn)
-                            .await
-                            .optional()?
-                        }
-                        DispatchOutcome::CancelRun {
-                            reason,
-                            by_event,
-                            target,
-                            ..
-                        } => {
-                            // Writes its own timeline entry (naming the event).
-                            let changed =
-                                cancels::apply(conn, outcome.id(), *reason, *by_event, target, now)
-                                    .await?;
-                            touched.extend(changed);
-                            None
-                        }
-                    };
-                    if let Some(event_id) = changed {
-                        if matches!(outcome, DispatchOutcome::Superseded { .. }) {
-                            superseded.push(outcome.id().0);
-                        } else {
-                            notes.push(outcome_note(outcome, event_id));
-                        }
-                    }
-                    touched.extend(changed);
+                for segment in answers::segments(outcomes) {
+                    let shared: &AsyncPgConnection = conn;
+                    let (triggered, confirmed) = try_join(
+                        answers::record_triggered(shared, &segment.triggered, now),
+                        answers::record_confirmed(shared, &segment.confirmed, now),
+                    )
+                    .await?;
+                    touched.extend(triggered);
+                    touched.extend(confirmed);
+                    touched.extend(record_one_by_one(conn, &segment.rest, now).await?);
                 }
                 touched.sort_unstable();
                 touched.dedup();
                 if !in_pass {
                     status::refresh(conn, &touched, now).await?;
                 }
-                try_join(
-                    timeline::append(conn, now, &notes),
-                    timeline::note_superseded(conn, &superseded, now),
-                )
-                .await?;
                 Ok(touched)
             }
         );
@@ -1102,6 +909,133 @@ impl DispatchStore for LeaderSession {
         let result = cancels::load_candidates(&mut self.conn, query).await;
         self.settle(started, result).await
     }
+}
+
+/// Records the outcomes `answers` does not, one statement each (for
+/// distinct dispatches), with their timeline facts. Returns the events whose
+/// status may have changed.
+async fn record_one_by_one(
+    conn: &mut AsyncPgConnection,
+    outcomes: &[&DispatchOutcome],
+    now: OffsetDateTime,
+) -> QueryResult<Vec<i64>> {
+    let mut touched = Vec::with_capacity(outcomes.len());
+    let mut notes = Vec::with_capacity(outcomes.len());
+    let mut superseded = Vec::new();
+    for outcome in outcomes {
+        let target = dispatches::table.filter(dispatches::id.eq(outcome.id().0));
+        // Each write is guarded by the state (and attempt) it expects, so a
+        // stale outcome from before a leadership change cannot undo newer work.
+        let changed: Option<i64> = match outcome {
+            // Recorded by `answers`; the caller never passes them here.
+            DispatchOutcome::Triggered { .. } | DispatchOutcome::Confirmed { .. } => None,
+            DispatchOutcome::Retry {
+                attempt,
+                next_attempt_at,
+                error,
+                ..
+            } => Prepared(
+                diesel::update(
+                    target
+                        .filter(dispatches::state.eq(DbDispatchState(DispatchState::Triggering)))
+                        .filter(dispatches::attempts.eq(attempt_i32(*attempt))),
+                )
+                .set((
+                    dispatches::state.eq(DbDispatchState(DispatchState::Queued)),
+                    dispatches::next_attempt_at.eq(next_attempt_at),
+                    dispatches::last_error.eq(error::storable(error)),
+                ))
+                .returning(dispatches::event_id),
+            )
+            .get_result(conn)
+            .await
+            .optional()?,
+            DispatchOutcome::Failed { attempt, error, .. } => diesel::update(
+                target
+                    .filter(dispatches::state.eq_any([
+                        DbDispatchState(DispatchState::Triggering),
+                        DbDispatchState(DispatchState::Queued),
+                    ]))
+                    .filter(dispatches::attempts.eq(attempt_i32(*attempt))),
+            )
+            .set((
+                dispatches::state.eq(DbDispatchState(DispatchState::Failed)),
+                dispatches::last_error.eq(error::storable(error)),
+                dispatches::finished_at.eq(now),
+            ))
+            .returning(dispatches::event_id)
+            .get_result(conn)
+            .await
+            .optional()?,
+            DispatchOutcome::Unanswered { attempt, error, .. } => {
+                let changed: Option<i64> = diesel::update(
+                    target
+                        .filter(dispatches::state.eq(DbDispatchState(DispatchState::Triggering)))
+                        .filter(dispatches::attempts.eq(attempt_i32(*attempt))),
+                )
+                .set(dispatches::last_error.eq(error::storable(error)))
+                .returning(dispatches::event_id)
+                .get_result(conn)
+                .await
+                .optional()?;
+                // The event's status does not change: only the timeline.
+                if let Some(event_id) = changed {
+                    notes.push(outcome_note(outcome, event_id));
+                }
+                None
+            }
+            DispatchOutcome::Moved {
+                pool, queued_label, ..
+            } => diesel::update(
+                target.filter(dispatches::state.eq(DbDispatchState(DispatchState::Queued))),
+            )
+            .set((
+                dispatches::pool.eq(&pool.0),
+                dispatches::queued_label.eq(queued_label),
+            ))
+            .returning(dispatches::event_id)
+            .get_result(conn)
+            .await
+            .optional()?,
+            DispatchOutcome::Superseded { .. } => diesel::update(
+                target.filter(dispatches::state.eq(DbDispatchState(DispatchState::Queued))),
+            )
+            .set((
+                dispatches::state.eq(DbDispatchState(DispatchState::Cancelled)),
+                dispatches::finished_at.eq(now),
+            ))
+            .returning(dispatches::event_id)
+            .get_result(conn)
+            .await
+            .optional()?,
+            DispatchOutcome::CancelRun {
+                reason,
+                by_event,
+                target,
+                ..
+            } => {
+                // Writes its own timeline entry (naming the event).
+                let changed =
+                    cancels::apply(conn, outcome.id(), *reason, *by_event, target, now).await?;
+                touched.extend(changed);
+                None
+            }
+        };
+        if let Some(event_id) = changed {
+            if matches!(outcome, DispatchOutcome::Superseded { .. }) {
+                superseded.push(outcome.id().0);
+            } else {
+                notes.push(outcome_note(outcome, event_id));
+            }
+        }
+        touched.extend(changed);
+    }
+    try_join(
+        timeline::append(conn, now, &notes),
+        timeline::note_superseded(conn, &superseded, now),
+    )
+    .await?;
+    Ok(touched)
 }
 
 /// A dispatch `queued` → `triggering` ([`start_triggers`]).

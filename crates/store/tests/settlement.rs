@@ -864,4 +864,36 @@ async fn an_answer_and_a_confirmation_of_one_dispatch_apply_in_their_order() {
             (Some(id), TimelineKind::Confirmed)
         ]
     );
+
+    // The other way round: the run is seen first (it claims its eventID),
+    // and the late 202 then finds nothing in flight to change.
+    let (event, id) = f.dispatch(DispatchState::Triggering, sent).await;
+    f.leader
+        .record_outcomes(
+            &[
+                DispatchOutcome::Confirmed {
+                    id,
+                    listener_event_id: Some("run-ev".into()),
+                    run: None,
+                },
+                DispatchOutcome::Triggered {
+                    id,
+                    attempt: 1,
+                    listener_event_id: Some("ev-own".into()),
+                },
+            ],
+            now,
+        )
+        .await
+        .unwrap();
+    let row = f.row(id).await;
+    assert_eq!(
+        (row.state.as_str(), row.listener_event_id.as_deref()),
+        ("confirmed", Some("run-ev")),
+        "the run first, then a 202 too late to matter"
+    );
+    assert_eq!(
+        facts(&f, event).await,
+        vec![(Some(id), TimelineKind::Confirmed)]
+    );
 }

@@ -1,9 +1,10 @@
 //! The outcomes every trigger brings, a 202 (`Triggered`) and later its run
 //! (`Confirmed`), recorded for any number of dispatches in one statement
 //! per kind, timeline fact included: a pass records the previous pass's
-//! answers and the runs it sees confirmed in one round trip each instead of
-//! two or three per dispatch. The other outcomes are rarer and go one by one
-//! (`LeaderSession::record_outcomes`).
+//! answers and the runs it sees confirmed in one round trip instead of two
+//! or three per dispatch. The other outcomes are rarer and go one by one
+//! (`LeaderSession::record_outcomes`). This is the only place these two are
+//! recorded.
 //!
 //! Each statement guards its writes by the state (and attempt) it expects,
 //! like the one-by-one path, so a stale outcome from before a leadership
@@ -28,34 +29,37 @@ use crate::vocab::DbDispatchState;
 
 use super::{attempt_i32, outcome_fact};
 
-/// The outcomes recorded here, and the rest, in their order.
+/// A run of outcomes for distinct dispatches: those recorded here, and the
+/// rest, in their order.
 #[derive(Debug, Default)]
-pub(super) struct Split<'a> {
+pub(super) struct Segment<'a> {
     pub(super) triggered: Vec<&'a DispatchOutcome>,
     pub(super) confirmed: Vec<&'a DispatchOutcome>,
     pub(super) rest: Vec<&'a DispatchOutcome>,
 }
 
-/// Sorts `outcomes` into those recorded here and the rest. When a dispatch
-/// has more than one outcome, all go one by one, in order: statements sent
-/// together are not ordered per dispatch.
-pub(super) fn split(outcomes: &[DispatchOutcome]) -> Split<'_> {
+/// Cuts `outcomes` into segments in which no dispatch appears twice (one,
+/// nearly always), each to be recorded before the next: statements sent
+/// together are not ordered per dispatch, segments are.
+pub(super) fn segments(outcomes: &[DispatchOutcome]) -> Vec<Segment<'_>> {
+    let mut segments = vec![Segment::default()];
     let mut seen = HashSet::with_capacity(outcomes.len());
-    if !outcomes.iter().all(|o| seen.insert(o.id())) {
-        return Split {
-            rest: outcomes.iter().collect(),
-            ..Split::default()
-        };
-    }
-    let mut split = Split::default();
     for outcome in outcomes {
+        if !seen.insert(outcome.id()) {
+            seen.clear();
+            seen.insert(outcome.id());
+            segments.push(Segment::default());
+        }
+        let Some(segment) = segments.last_mut() else {
+            continue;
+        };
         match outcome {
-            DispatchOutcome::Triggered { .. } => split.triggered.push(outcome),
-            DispatchOutcome::Confirmed { .. } => split.confirmed.push(outcome),
-            _ => split.rest.push(outcome),
+            DispatchOutcome::Triggered { .. } => segment.triggered.push(outcome),
+            DispatchOutcome::Confirmed { .. } => segment.confirmed.push(outcome),
+            _ => segment.rest.push(outcome),
         }
     }
-    split
+    segments
 }
 
 #[derive(QueryableByName)]

@@ -4,10 +4,10 @@
 //! at the commit.
 //!
 //! The transaction is begun and ended with plain `BEGIN` / `COMMIT` /
-//! `ROLLBACK`, not diesel's transaction manager: those statements can then
-//! go out together with the pass's first read and last write (pipelined on
-//! the one connection, executed in the order sent), a round trip each
-//! instead of one of their own. Inside a pass nothing uses diesel's
+//! `ROLLBACK`, not diesel's transaction manager: `BEGIN` can then go out
+//! with the pass's clock reading and `COMMIT` with its last write
+//! (pipelined on the one connection, executed in the order sent) instead of
+//! taking a round trip each of their own. Inside a pass nothing uses diesel's
 //! `transaction` (see [`in_transaction`]), so its manager never nests a
 //! `BEGIN` into this one.
 
@@ -77,28 +77,30 @@ macro_rules! in_transaction {
 }
 pub(super) use in_transaction;
 
-/// `BEGIN` and the database clock, in one round trip.
-pub(super) async fn begin(conn: &AsyncPgConnection) -> QueryResult<OffsetDateTime> {
+/// The database's clock (`clock_timestamp()`: it moves within a transaction).
+pub(super) async fn read_clock(mut conn: &AsyncPgConnection) -> QueryResult<OffsetDateTime> {
     #[derive(QueryableByName)]
     struct Clock {
         #[diesel(sql_type = Timestamptz)]
         now: OffsetDateTime,
     }
-    let (begun, clock) = try_join(
+    Prepared(diesel::sql_query("SELECT clock_timestamp() AS now"))
+        .get_result::<Clock>(&mut conn)
+        .await
+        .map(|c| c.now)
+}
+
+/// `BEGIN` and the database clock, in one round trip.
+pub(super) async fn begin(conn: &AsyncPgConnection) -> QueryResult<OffsetDateTime> {
+    let ((), now) = try_join(
         async {
             let mut c = conn;
             c.batch_execute("BEGIN").await
         },
-        async {
-            let mut c = conn;
-            Prepared(diesel::sql_query("SELECT clock_timestamp() AS now"))
-                .get_result::<Clock>(&mut c)
-                .await
-        },
+        read_clock(conn),
     )
     .await?;
-    let () = begun;
-    Ok(clock.now)
+    Ok(now)
 }
 
 /// Which statements of [`commit`] this connection has prepared.
